@@ -1,0 +1,4 @@
+from your_ai.cli import main
+
+if __name__ == "__main__":
+    main()

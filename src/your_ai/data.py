@@ -1,0 +1,195 @@
+"""Read and check JSONL records: plain text, chat (``messages``) and prompt/completion.
+
+Every problem is reported as a ``DataError`` naming the file, the line number and the
+value at fault. Nothing is dropped or altered silently: callers either stop at the first
+bad line or collect them all and report them (``read_records(..., collect_errors=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from your_ai.distrust import AUTHORITY_MAX, AUTHORITY_MIN
+
+METADATA_FIELDS = ("year", "source", "url", "publisher", "source_type", "identifier")
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+class DataError(ValueError):
+    """A bad record: ``file:line: reason``."""
+
+    def __init__(self, file: str | Path, line: int, reason: str):
+        self.file = str(file)
+        self.line = line
+        self.reason = reason
+        super().__init__(f"{self.file}:{line}: {reason}")
+
+
+@dataclass
+class Record:
+    """One checked JSONL record. ``fields`` is the object as read, unaltered."""
+
+    fields: dict[str, Any]
+    file: str
+    line: int
+    kind: str  # "text", "chat" or "prompt"
+
+    @property
+    def auth_weight(self) -> float | None:
+        return self.fields.get("auth_weight")
+
+    @property
+    def prov_entropy(self) -> float | None:
+        return self.fields.get("prov_entropy")
+
+    @property
+    def has_scores(self) -> bool:
+        return self.auth_weight is not None and self.prov_entropy is not None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {key: self.fields[key] for key in METADATA_FIELDS if self.fields.get(key) is not None}
+
+    def document_text(self) -> str:
+        """The text a scorer or a deduplicator looks at, whatever the record's form."""
+        if self.kind == "text":
+            return self.fields["text"]
+        if self.kind == "chat":
+            return "\n".join(message["content"] for message in self.fields["messages"])
+        return f"{self.fields['prompt']}\n{self.fields['completion']}"
+
+
+@dataclass
+class ReadResult:
+    records: list[Record] = field(default_factory=list)
+    errors: list[DataError] = field(default_factory=list)
+
+
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any] | DataError]:
+    """Yield ``(line_number, object)`` per non-blank line, or a ``DataError`` for bad JSON."""
+    path = Path(path)
+    try:
+        handle = path.open("r", encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, 0, "file does not exist") from None
+    with handle:
+        line_number = 0
+        while True:
+            try:
+                line = handle.readline()
+            except UnicodeDecodeError as error:
+                yield DataError(path, line_number + 1, f"not UTF-8 text ({error.reason})")
+                return
+            if not line:
+                return
+            line_number += 1
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line)
+            except json.JSONDecodeError as error:
+                snippet = line.strip()[:60]
+                yield DataError(path, line_number, f"not valid JSON ({error.msg}): {snippet!r}")
+
+
+def check_record(value: Any, file: str | Path, line: int) -> Record:
+    """Check one decoded JSON value; return a ``Record`` or raise ``DataError``."""
+    if not isinstance(value, dict):
+        raise DataError(file, line, f"expected a JSON object, got {type(value).__name__}")
+    if "text" in value:
+        kind = "text"
+        _check_text(value["text"], "text", file, line)
+    elif "messages" in value:
+        kind = "chat"
+        _check_messages(value["messages"], file, line)
+    elif "prompt" in value or "completion" in value:
+        kind = "prompt"
+        for key in ("prompt", "completion"):
+            if key not in value:
+                raise DataError(file, line, f"prompt/completion record has no {key!r}")
+            _check_text(value[key], key, file, line)
+    else:
+        raise DataError(file, line, "no 'text', 'messages' or 'prompt'/'completion' field")
+    _check_scores(value, file, line)
+    year = value.get("year")
+    if year is not None and (isinstance(year, bool) or not isinstance(year, int)):
+        if not (isinstance(year, str) and year.strip().isdigit()):
+            raise DataError(file, line, f"year={year!r} is not a whole number")
+    return Record(fields=value, file=str(file), line=line, kind=kind)
+
+
+def _check_text(value: Any, key: str, file, line) -> None:
+    if not isinstance(value, str):
+        raise DataError(file, line, f"{key}={_short(value)} is not a string")
+    if not value.strip():
+        raise DataError(file, line, f"{key} is empty")
+
+
+def _check_messages(messages: Any, file, line) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(file, line, f"messages={_short(messages)} is not a non-empty list")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DataError(file, line, f"messages[{index}]={_short(message)} is not an object")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise DataError(file, line, f"messages[{index}].role={role!r} is not one of {', '.join(CHAT_ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise DataError(file, line, f"messages[{index}].content={_short(message.get('content'))} is not a string")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise DataError(file, line, "messages has no assistant turn to learn from")
+
+
+def _check_scores(value: dict, file, line) -> None:
+    for key, low, high in (
+        ("auth_weight", AUTHORITY_MIN, AUTHORITY_MAX),
+        ("prov_entropy", 0.0, math.inf),
+    ):
+        if key not in value or value[key] is None:
+            continue
+        number = value[key]
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise DataError(file, line, f"{key}={_short(number)} is not a number")
+        if math.isnan(number) or math.isinf(number):
+            raise DataError(file, line, f"{key}={number!r} is not a finite number")
+        if not low <= number <= high:
+            bound = f"[{low}, {high}]" if math.isfinite(high) else f">= {low}"
+            raise DataError(file, line, f"{key}={number!r} is out of range ({bound})")
+    if ("auth_weight" in value) != ("prov_entropy" in value):
+        missing = "prov_entropy" if "auth_weight" in value else "auth_weight"
+        raise DataError(file, line, f"has only one of auth_weight/prov_entropy: {missing} is missing")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def iter_records(path: str | Path) -> Iterator[Record | DataError]:
+    """Stream a JSONL file: a ``Record`` per good line, a ``DataError`` per bad one."""
+    for item in iter_json_lines(path):
+        if isinstance(item, DataError):
+            yield item
+            continue
+        line_number, value = item
+        try:
+            yield check_record(value, path, line_number)
+        except DataError as error:
+            yield error
+
+
+def read_records(path: str | Path, *, collect_errors: bool = False) -> ReadResult:
+    """Read a whole JSONL file. Stops at the first bad line unless ``collect_errors``."""
+    result = ReadResult()
+    for item in iter_records(path):
+        if isinstance(item, DataError):
+            if not collect_errors:
+                raise item
+            result.errors.append(item)
+        else:
+            result.records.append(item)
+    return result
