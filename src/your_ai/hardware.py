@@ -1,0 +1,169 @@
+"""What machine is this: OS, CPU, memory, GPUs; which device and dtype to train on; the saved profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+GIB = 1024**3
+DEVICES = ("cuda", "mps", "cpu")
+
+
+def config_dir() -> Path:
+    """YOUR_AI_CONFIG_DIR, else $XDG_CONFIG_HOME/your-ai, else ~/.config/your-ai."""
+    explicit = os.environ.get("YOUR_AI_CONFIG_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "your-ai"
+
+
+def hardware_profile_path() -> Path:
+    return config_dir() / "hardware_profile.json"
+
+
+def pick_device(requested: str | None = None) -> str:
+    """``requested`` if it is usable here, else the best available: cuda > mps > cpu."""
+    import torch
+
+    if requested:
+        kind = requested.split(":")[0]
+        if kind not in DEVICES:
+            raise ValueError(f"--device {requested!r} is not one of {', '.join(DEVICES)}")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("--device mps was asked for, but Apple's MPS backend is not available here")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def training_dtype(device: str):
+    """bf16 on CUDA GPUs that support it, fp32 elsewhere (MPS and CPU train in fp32)."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cpu_name() -> str:
+    if platform.system() == "Darwin":
+        name = _sysctl("machdep.cpu.brand_string")
+        if name:
+            return name
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _sysctl(key: str) -> str | None:
+    try:
+        out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def detect_gpus() -> list[dict]:
+    """CUDA GPUs with name and memory; on Apple Silicon, the chip with its unified memory."""
+    import torch
+
+    gpus = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            gpus.append({
+                "backend": "cuda",
+                "index": index,
+                "name": props.name,
+                "memory_gb": round(props.total_memory / GIB, 2),
+                "compute_capability": f"{props.major}.{props.minor}",
+            })
+    elif platform.system() == "Darwin" and torch.backends.mps.is_available():
+        memory = _sysctl("hw.memsize")
+        gpus.append({
+            "backend": "mps",
+            "index": 0,
+            "name": _sysctl("machdep.cpu.brand_string") or "Apple Silicon",
+            "memory_gb": round(int(memory) / GIB, 2) if memory else None,
+            "unified_memory": True,
+        })
+    return gpus
+
+
+def detect_hardware() -> dict:
+    """A hardware profile: OS, CPU, memory, GPUs, the device training would use."""
+    import psutil
+    import torch
+
+    memory = psutil.virtual_memory()
+    gpus = detect_gpus()
+    device = pick_device()
+    device_memory = gpus[0]["memory_gb"] if gpus else round(memory.total / GIB, 2)
+    return {
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_name(),
+        "cpu_cores": psutil.cpu_count(logical=False) or os.cpu_count(),
+        "cpu_threads": os.cpu_count(),
+        "memory_gb": round(memory.total / GIB, 2),
+        "available_memory_gb": round(memory.available / GIB, 2),
+        "gpus": gpus,
+        "device": device,
+        "device_memory_gb": device_memory,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_hardware_profile(profile: dict, path: str | os.PathLike | None = None) -> Path:
+    """Write the profile as JSON (atomically); returns the path."""
+    target = Path(path) if path else hardware_profile_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    temporary.write_text(json.dumps(profile, indent=2) + "\n")
+    os.replace(temporary, target)
+    return target
+
+
+def load_hardware_profile(path: str | os.PathLike | None = None) -> dict | None:
+    target = Path(path) if path else hardware_profile_path()
+    if not target.is_file():
+        return None
+    try:
+        return json.loads(target.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{target}:{error.lineno}: not valid JSON ({error.msg})") from None
+
+
+def format_hardware_profile(profile: dict) -> str:
+    lines = [
+        f"OS:       {profile['os']} ({profile['machine']})",
+        f"CPU:      {profile['cpu']} - {profile['cpu_cores']} cores / {profile['cpu_threads']} threads",
+        f"Memory:   {profile['memory_gb']:.1f} GB ({profile['available_memory_gb']:.1f} GB available)",
+    ]
+    if profile["gpus"]:
+        for gpu in profile["gpus"]:
+            memory = f"{gpu['memory_gb']:.1f} GB" if gpu.get("memory_gb") else "unknown memory"
+            kind = "unified memory" if gpu.get("unified_memory") else "GPU memory"
+            lines.append(f"GPU {gpu['index']}:    {gpu['name']} ({gpu['backend']}, {memory} {kind})")
+    else:
+        lines.append("GPU:      none (training runs on the CPU)")
+    lines.append(f"Device:   {profile['device']} ({profile['device_memory_gb']:.1f} GB usable for training)")
+    return "\n".join(lines)

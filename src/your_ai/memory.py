@@ -1,0 +1,171 @@
+"""Memory: what the system has, what a run really peaked at, and what LoRA training should need.
+
+Peaks are peaks: the device's high-water mark (CUDA ``max_memory_reserved``; MPS driver memory,
+sampled) and the process's peak resident set size from the OS (``ru_maxrss``) -- never the
+memory read after the work is done.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import asdict, dataclass, field
+
+from your_ai.presets import Architecture
+
+GB = 1e9  # memory figures are shown in GB (10^9 bytes), as the earlier tool did
+BUDGET_FRACTION = 0.8
+
+
+def system_memory_gb() -> tuple[float, float]:
+    """(total, available) system memory in GB."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    return memory.total / GB, memory.available / GB
+
+
+def device_memory_gb(device: str) -> float:
+    """Memory the training device can use: the GPU's own memory on CUDA, system memory elsewhere."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = torch.device(device).index or 0
+        return torch.cuda.get_device_properties(index).total_memory / GB
+    return system_memory_gb()[0]
+
+
+def default_budget_gb(device: str) -> float:
+    """80% of the device's memory: the default ``--max-memory``."""
+    return BUDGET_FRACTION * device_memory_gb(device)
+
+
+def process_peak_rss_gb() -> float:
+    """This process's peak resident set size so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (peak if sys.platform == "darwin" else peak * 1024) / GB
+
+
+def rusage_peak_rss_gb(usage) -> float:
+    """Peak RSS from a ``resource.struct_rusage`` (e.g. the one ``os.wait4`` returns for a child)."""
+    return (usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024) / GB
+
+
+class PeakMemory:
+    """The device's high-water mark over a stretch of work; call ``sample()`` during it on MPS."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self._mps_peak = 0
+
+    def reset(self) -> None:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._mps_peak = 0
+        self.sample()
+
+    def sample(self) -> None:
+        if self.device == "mps":
+            import torch
+
+            self._mps_peak = max(self._mps_peak, torch.mps.driver_allocated_memory())
+
+    def device_peak_gb(self) -> float | None:
+        """Peak device memory in GB (CUDA reserved, MPS driver); None on CPU (see host peak)."""
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_reserved(self.device) / GB
+        if self.device == "mps":
+            self.sample()
+            return self._mps_peak / GB
+        return None
+
+    def device_peak_allocated_gb(self) -> float | None:
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.cuda.max_memory_allocated(self.device) / GB
+        return None
+
+    def peak_gb(self) -> float:
+        """The figure a budget is compared against: device peak on a GPU, host peak RSS on CPU."""
+        device_peak = self.device_peak_gb()
+        return device_peak if device_peak is not None else process_peak_rss_gb()
+
+
+# ---------------------------------------------------------------------------- the estimator
+
+@dataclass
+class MemoryEstimate:
+    total_gb: float
+    parts_gb: dict[str, float] = field(default_factory=dict)
+    assumptions: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lora_parameter_count(architecture: Architecture, rank: int, layers: int,
+                         targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> int:
+    """Exact LoRA parameter count: r * (in + out) per targeted projection per adapted layer."""
+    h, kv = architecture.hidden_size, architecture.num_key_value_heads * architecture.head_dim
+    i = architecture.intermediate_size
+    shapes = {
+        "q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+        "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+    }
+    per_layer = sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets)
+    return per_layer * min(layers, architecture.num_hidden_layers)
+
+
+def estimate_training_memory(
+    architecture: Architecture,
+    *,
+    batch_size: int = 2,
+    seq_length: int = 1024,
+    lora_rank: int = 64,
+    lora_layers: int = 16,
+    weight_bytes: float = 2.0,
+    activation_bytes: int = 2,
+    grad_checkpoint: bool = False,
+    overhead_gb: float = 0.5,
+) -> MemoryEstimate:
+    """First analytic estimate of LoRA training memory in GB.
+
+    weights (at their dtype) + LoRA params with grads and AdamW state (fp32: 16 bytes each)
+    + activations of the adapted layers (autograd keeps nothing below the first adapter)
+    + logits in fp32 with their gradient + a fixed allowance for the runtime.
+    """
+    layers = min(lora_layers, architecture.num_hidden_layers)
+    h, i = architecture.hidden_size, architecture.intermediate_size
+    kv = architecture.num_key_value_heads * architecture.head_dim
+    tokens = batch_size * seq_length
+
+    weights = architecture.parameter_count() * weight_bytes
+    lora = lora_parameter_count(architecture, lora_rank, layers) * 16
+    per_token_layer = (10 * h + 4 * i + 4 * kv) * activation_bytes
+    if grad_checkpoint:
+        activations = tokens * h * activation_bytes * layers + tokens * per_token_layer
+    else:
+        activations = tokens * per_token_layer * layers
+    logits = tokens * architecture.vocab_size * (4 + 4 + activation_bytes)
+    parts = {
+        "weights": weights / GB,
+        "lora_params_grads_optimizer": lora / GB,
+        "activations": activations / GB,
+        "logits": logits / GB,
+        "overhead": overhead_gb,
+    }
+    return MemoryEstimate(
+        total_gb=sum(parts.values()),
+        parts_gb={key: round(value, 3) for key, value in parts.items()},
+        assumptions={
+            "batch_size": batch_size, "seq_length": seq_length, "lora_rank": lora_rank,
+            "lora_layers": layers, "weight_bytes": weight_bytes, "grad_checkpoint": grad_checkpoint,
+        },
+    )
