@@ -157,9 +157,9 @@ class DistrustWeighting:
         if w.numel() == 0:
             raise ValueError("cannot fix the distrust normaliser from an empty training set")
         mean = float(batch_empirical_distrust_loss(w, h, alpha, reduction="mean"))
-        if mean <= 0:
+        if mean <= 1e-9:
             raise ValueError(
-                "every training sample has distrust value 0 (ln(1 - w) + H = 0): "
+                "every training sample has distrust value ~0 (ln(1 - w) + H = 0): "
                 "the weighted objective is undefined; use --distrust-mode additive"
             )
         return cls(normaliser=mean, alpha=alpha, lambda_weight=lambda_weight)
