@@ -8,7 +8,6 @@ TORCH_SPEC ?= torch==2.13.0
 .PHONY: setup train test clean
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(VENV)/bin/python -m pip install -q -e ".[test]"
 	touch $@
