@@ -118,6 +118,8 @@ SOURCE_TYPE_AUTHORITY: dict[str, float] = {
 SOURCE_TYPE_ALIASES: dict[str, str] = {
     "official": "official",
     "government": "official",
+    "government_report": "official",
+    "official_statement": "official",
     "press_release": "official",
     "guideline": "official",
     "guidelines": "official",
@@ -126,6 +128,7 @@ SOURCE_TYPE_ALIASES: dict[str, str] = {
     "laboratory_notebook": "lab_notebook",
     "notebook": "lab_notebook",
     "logbook": "lab_notebook",
+    "measurement_log": "lab_notebook",
     "blog": "blog",
     "blog_post": "blog",
     "encyclopedia": "encyclopedia",
