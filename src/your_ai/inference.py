@@ -1,0 +1,474 @@
+"""Use a model, with or without a LoRA adapter: load, generate, score text, merge.
+
+``load_for_inference`` is the one way a base model and an adapter folder (PEFT format:
+``adapter_config.json`` + ``adapter_model.safetensors``) become a model ready to use.
+An adapter folder names its base model in ``adapter_config.json``
+(``base_model_name_or_path``: a preset, a hub id or a directory), so ``--checkpoint``
+alone is enough; ``--model`` overrides it.
+
+Scoring: ``evaluate_records`` gives the token-weighted mean cross-entropy and perplexity of
+a data set (and of each record); ``sequence_logprob`` gives the log-likelihood of a
+continuation after a context, which multiple-choice evaluation compares across answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+DEFAULT_MODEL = "tiny"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLED_ADAPTER_WEIGHTS = "adapter_model.bin"
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+
+
+class InferenceError(Exception):
+    """A checkpoint, model or request that cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class InferenceModel:
+    """A model in eval mode on its device; ``model`` is a ``PeftModel`` when a checkpoint is loaded."""
+
+    model: Any
+    tokenizer: Any
+    base_name: str  # the base model as named (preset, hub id or path)
+    checkpoint: Path | None
+    device: str
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.checkpoint is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.base_name} + {self.checkpoint}" if self.checkpoint else self.base_name
+
+
+# ---------------------------------------------------------------------------- loading
+
+def read_adapter_config(checkpoint: str | os.PathLike) -> dict:
+    """The adapter folder's ``adapter_config.json``; ``InferenceError`` naming the folder and file otherwise."""
+    folder = Path(checkpoint).expanduser()
+    if not folder.exists():
+        raise InferenceError(f"checkpoint {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise InferenceError(f"checkpoint {str(folder)!r} is not a directory (expected a LoRA adapter folder)")
+    config_path = folder / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise InferenceError(
+            f"checkpoint {str(folder)!r} is not a LoRA adapter folder: it has no {ADAPTER_CONFIG}"
+        )
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        if (folder / PICKLED_ADAPTER_WEIGHTS).is_file():
+            raise InferenceError(
+                f"checkpoint {str(folder)!r} holds only {PICKLED_ADAPTER_WEIGHTS} (a pickle, which is never "
+                f"loaded); convert it to {ADAPTER_WEIGHTS}"
+            )
+        raise InferenceError(f"checkpoint {str(folder)!r} is not a LoRA adapter folder: it has no {ADAPTER_WEIGHTS}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InferenceError(f"{config_path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise InferenceError(f"{config_path}: expected a JSON object")
+    return config
+
+
+def base_model_of(checkpoint: str | os.PathLike) -> str:
+    """The base model an adapter folder was trained on (``base_model_name_or_path``)."""
+    config = read_adapter_config(checkpoint)
+    name = config.get("base_model_name_or_path")
+    if not isinstance(name, str) or not name.strip():
+        raise InferenceError(
+            f"{Path(checkpoint) / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path); "
+            f"pass it with --model"
+        )
+    return name
+
+
+def load_for_inference(
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> InferenceModel:
+    """Load ``model`` (default: the checkpoint's base model, else ``tiny``) and, if given, the
+    LoRA adapter in ``checkpoint``; bf16 on CUDA, fp32 elsewhere; eval mode.
+
+    Raises ``InferenceError`` for a bad checkpoint, ``ModelResolutionError`` (its subclass
+    ``ModelNotAvailableError`` says how to download) for a base model that cannot be found,
+    ``ValueError`` for an unusable ``device``.
+    """
+    from your_ai.hardware import pick_device, training_dtype
+    from your_ai.models import load_model, load_tokenizer, resolve_model
+
+    checkpoint_path = Path(checkpoint).expanduser().resolve() if checkpoint is not None else None
+    if checkpoint_path is not None:
+        read_adapter_config(checkpoint_path)  # fail on a bad folder before loading anything
+        base_name = model or base_model_of(checkpoint_path)
+    else:
+        base_name = model or DEFAULT_MODEL
+    resolved = resolve_model(base_name)
+    device = pick_device(device)
+    dtype = training_dtype(device)
+    network = load_model(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    tokenizer_source = resolved
+    if checkpoint_path is not None:
+        import warnings
+
+        from peft import PeftModel
+
+        try:
+            with warnings.catch_warnings():  # PEFT asks transformers a deprecated question on load
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                network = PeftModel.from_pretrained(network, str(checkpoint_path), is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise InferenceError(
+                f"the adapter in {checkpoint_path} does not fit the base model {base_name!r}: "
+                f"{str(error).strip().splitlines()[0]}"
+            ) from None
+        network.to(device)
+        if any((checkpoint_path / name).is_file() for name in TOKENIZER_FILES):
+            tokenizer_source = dataclasses.replace(resolved, path=checkpoint_path)
+    tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
+    network.eval()
+    return InferenceModel(network, tokenizer, base_name, checkpoint_path, device)
+
+
+# ---------------------------------------------------------------------------- generation
+
+def _prompt_ids(im: InferenceModel, prompt: str, chat: bool):
+    import torch
+
+    tokenizer = im.tokenizer
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise InferenceError(f"the tokenizer of {im.base_name} has no chat template; leave out --chat")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+    else:
+        ids = tokenizer(prompt).input_ids
+    if not ids:
+        ids = [_start_token(tokenizer)]
+    return torch.tensor([ids], device=im.device)
+
+
+def _start_token(tokenizer) -> int:
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise InferenceError("the tokenizer has neither a beginning- nor an end-of-sequence token to start from")
+    return token
+
+
+def generate(
+    im: InferenceModel,
+    prompt: str,
+    max_tokens: int = 50,
+    temperature: float = 0.7,
+    seed: int | None = None,
+    chat: bool = False,
+) -> str:
+    """The text the model writes after ``prompt`` (at most ``max_tokens`` tokens).
+
+    ``temperature`` 0 decodes greedily; otherwise tokens are sampled (``seed`` makes it
+    repeatable). ``chat`` wraps the prompt in the tokenizer's chat template as a user turn.
+    """
+    import torch
+
+    options = _decoding_options(max_tokens, temperature)
+    input_ids = _prompt_ids(im, prompt, chat)
+    tokenizer = im.tokenizer
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.inference_mode():
+        output = im.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pad_token_id=_pad_token(tokenizer),
+            **options,
+        )
+    return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)
+
+
+def _decoding_options(max_tokens: int, temperature: float) -> dict[str, Any]:
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens} must be at least 1")
+    if math.isnan(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0")
+    options: dict[str, Any] = {"max_new_tokens": max_tokens}
+    if temperature > 0:
+        options.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
+    else:
+        options.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+    return options
+
+
+def _pad_token(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def generate_batch(
+    im: InferenceModel,
+    prompts: Sequence[str],
+    max_tokens: int = 50,
+    temperature: float = 0.7,
+    seed: int | None = None,
+    chat: bool = False,
+    batch_size: int = 8,
+) -> list[str]:
+    """``generate`` for many prompts, ``batch_size`` at a time (left-padded batches, which a
+    GPU runs about as fast as one prompt); the texts come back in the order of ``prompts``.
+
+    Greedy outputs equal ``generate``'s up to floating-point rounding: in fp32 they match; in
+    bf16 (CUDA) a padded batch rounds differently, which can flip a near-tie token and change
+    the rest of a long answer. Sampling draws from one random stream (``seed``) for the whole
+    call, so sampled texts differ from one-by-one calls.
+    """
+    import torch
+
+    options = _decoding_options(max_tokens, temperature)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    tokenizer = im.tokenizer
+    pad = _pad_token(tokenizer)
+    encoded = [_prompt_ids(im, prompt, chat)[0].tolist() for prompt in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    texts: list[str] = [""] * len(encoded)
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            width = max(len(encoded[i]) for i in chunk)
+            input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in chunk], device=im.device)
+            attention_mask = torch.tensor(
+                [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in chunk], device=im.device
+            )
+            output = im.model.generate(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad, **options)
+            for row, index in enumerate(chunk):
+                texts[index] = tokenizer.decode(output[row, width:], skip_special_tokens=True)
+    return texts
+
+
+@dataclass
+class Comparison:
+    base: str
+    fine_tuned: str
+    seed: int | None
+
+
+def compare(
+    im: InferenceModel,
+    prompt: str,
+    max_tokens: int = 50,
+    temperature: float = 0.7,
+    seed: int | None = None,
+    chat: bool = False,
+) -> Comparison:
+    """Generate with the adapter switched off and on, from the same seed."""
+    import random
+
+    if not im.has_adapter:
+        raise InferenceError("comparing base and fine-tuned output needs a checkpoint (--checkpoint DIR)")
+    if seed is None and temperature > 0:
+        seed = random.SystemRandom().randrange(2**31)
+    with im.model.disable_adapter():
+        base = generate(im, prompt, max_tokens, temperature, seed, chat)
+    tuned = generate(im, prompt, max_tokens, temperature, seed, chat)
+    return Comparison(base=base, fine_tuned=tuned, seed=seed)
+
+
+# ---------------------------------------------------------------------------- scoring
+
+@dataclass
+class RecordScore:
+    line: int
+    tokens: int  # target tokens scored
+    cross_entropy: float | None  # mean over its tokens; None when nothing was left to score
+
+
+@dataclass
+class EvalResult:
+    cross_entropy: float  # token-weighted mean over the data set
+    perplexity: float
+    record_count: int
+    token_count: int
+    records: list[RecordScore] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "cross_entropy": self.cross_entropy,
+            "perplexity": self.perplexity,
+            "record_count": self.record_count,
+            "token_count": self.token_count,
+            "records": [
+                {"line": r.line, "tokens": r.tokens, "cross_entropy": r.cross_entropy} for r in self.records
+            ],
+        }
+
+
+def _batched_scores(im: InferenceModel, examples: Sequence[tuple[list[int], list[int]]], batch_size: int):
+    """(mean cross-entropy, target token count) per ``(input_ids, labels)`` example, in order.
+
+    Batches are built as training builds them (``data.collate``), grouped by length to keep
+    padding small.
+    """
+    import torch
+
+    from your_ai.data import Example, collate
+    from your_ai.distrust import IGNORE_INDEX, per_sample_cross_entropy
+
+    pad = im.tokenizer.pad_token_id if im.tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    scores: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = collate([Example(list(examples[i][0]), list(examples[i][1]), 0.0, 0.0) for i in chunk], pad)
+            logits = im.model(
+                input_ids=batch["input_ids"].to(im.device),
+                attention_mask=batch["attention_mask"].to(im.device),
+                use_cache=False,
+            ).logits
+            labels = batch["labels"].to(im.device)
+            ce = per_sample_cross_entropy(logits, labels).double().cpu()
+            counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
+            for row, index in enumerate(chunk):
+                scores[index] = (float(ce[row]), int(counts[row]))
+    return scores
+
+
+def evaluate_records(
+    im: InferenceModel,
+    records: Iterable,
+    max_seq_length: int = 1024,
+    batch_size: int = 8,
+) -> EvalResult:
+    """Token-weighted mean cross-entropy (nats) and perplexity of ``records`` (``data.Record``),
+    scored exactly as training scores them (the same tokens are targets), and per record.
+    """
+    from your_ai.data import tokenize_record
+
+    if max_seq_length < 2:
+        raise ValueError(f"max_seq_length={max_seq_length} must be at least 2")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    records = list(records)
+    if not records:
+        raise InferenceError("no records to evaluate")
+    examples = []
+    for record in records:
+        input_ids, labels, _ = tokenize_record(record, im.tokenizer, max_seq_length)
+        examples.append((input_ids, labels))
+    scores = _batched_scores(im, examples, batch_size)
+    per_record = []
+    total_loss = 0.0
+    total_tokens = 0
+    for record, (ce, count) in zip(records, scores):
+        per_record.append(RecordScore(record.line, count, ce if count else None))
+        total_loss += ce * count
+        total_tokens += count
+    if total_tokens == 0:
+        raise InferenceError(
+            f"no record has a token to score within --max-seq-length {max_seq_length}"
+        )
+    mean = total_loss / total_tokens
+    return EvalResult(
+        cross_entropy=mean,
+        perplexity=math.exp(mean) if mean < 700 else math.inf,
+        record_count=len(records),
+        token_count=total_tokens,
+        records=per_record,
+    )
+
+
+def sequence_logprobs(
+    im: InferenceModel, pairs: Sequence[tuple[str, str]], batch_size: int = 8
+) -> list[float]:
+    """For each ``(context, continuation)``: the sum of the log-probabilities (nats) of the
+    continuation's tokens after the context. The context is encoded with the tokenizer's
+    special tokens (the beginning-of-sequence token), the continuation without them.
+    """
+    from your_ai.distrust import IGNORE_INDEX
+
+    examples = []
+    for context, continuation in pairs:
+        context_ids = list(im.tokenizer(context).input_ids) or [_start_token(im.tokenizer)]
+        continuation_ids = list(im.tokenizer(continuation, add_special_tokens=False).input_ids)
+        if not continuation_ids:
+            raise ValueError(f"continuation {continuation!r} has no tokens to score")
+        ids = context_ids + continuation_ids
+        examples.append((ids, [IGNORE_INDEX] * len(context_ids) + continuation_ids))
+    return [-ce * count for ce, count in _batched_scores(im, examples, batch_size)]
+
+
+def sequence_logprob(im: InferenceModel, context: str, continuation: str) -> float:
+    """Sum of the log-probabilities (nats) of ``continuation``'s tokens after ``context``."""
+    return sequence_logprobs(im, [(context, continuation)])[0]
+
+
+# ---------------------------------------------------------------------------- export
+
+def merge_adapter(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    device: str | None = None,
+    *,
+    model: str | None = None,
+    force: bool = False,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Merge the LoRA adapter in ``checkpoint`` into its base model and save a standalone
+    model (safetensors + tokenizer) in ``output``.
+
+    The model is written to a temporary folder beside ``output`` and renamed into place, so
+    a failure leaves nothing half-written. An existing non-empty ``output`` is replaced only
+    with ``force``.
+    """
+    output_path = Path(output).expanduser().resolve()
+    checkpoint_path = Path(checkpoint).expanduser().resolve()
+    if output_path.exists() and not output_path.is_dir():
+        raise InferenceError(f"output {str(output_path)!r} exists and is not a directory")
+    if output_path == checkpoint_path or checkpoint_path in output_path.parents or output_path in checkpoint_path.parents:
+        raise InferenceError(f"output {str(output_path)!r} overlaps the checkpoint {str(checkpoint_path)!r}")
+    if output_path.is_dir() and any(output_path.iterdir()) and not force:
+        raise InferenceError(f"output {str(output_path)!r} exists and is not empty; pass --force to replace it")
+    im = load_for_inference(model, checkpoint_path, device, trust_remote_code)
+    merged = im.model.merge_and_unload()
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        im.tokenizer.save_pretrained(staging)
+        if output_path.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.old.", dir=output_path.parent))
+            os.replace(output_path, retired / "previous")
+            os.replace(staging, output_path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, output_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_path
+
+
+def format_eval_result(result: EvalResult, im: InferenceModel, data: str | os.PathLike) -> str:
+    return "\n".join([
+        f"Model:          {im.label}",
+        f"Data:           {data}",
+        f"Records:        {result.record_count}",
+        f"Tokens scored:  {result.token_count}",
+        f"Cross-entropy:  {result.cross_entropy:.4f} nats/token",
+        f"Perplexity:     {result.perplexity:.2f}",
+    ])
