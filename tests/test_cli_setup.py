@@ -37,7 +37,7 @@ def test_setup_detects_and_saves_a_profile(tmp_path):
     saved = tmp_path / "hardware_profile.json"
     assert f"Saved hardware profile to {saved}" in result.stdout
     profile = json.loads(saved.read_text())
-    assert profile["memory_gb"] == round(psutil.virtual_memory().total / 1024**3, 2)
+    assert profile["memory_gb"] == round(psutil.virtual_memory().total / 1e9, 2)
     assert profile["cpu_threads"] == os.cpu_count()
     assert profile["device"] in ("cuda", "mps", "cpu")
     import torch

@@ -1,18 +1,26 @@
-"""your-ai: LoRA fine-tuning under Brian Roemmele's Empirical Distrust objective."""
+"""your-ai: LoRA fine-tuning under Brian Roemmele's Empirical Distrust objective.
+
+The public API is imported lazily, so that ``your-ai --help`` does not pay for PyTorch.
+"""
 
 __version__ = "0.1.0"
 
-from your_ai.distrust import (  # noqa: E402
-    DistrustWeighting,
-    batch_empirical_distrust_loss,
-    distrust_objective,
-    empirical_distrust_loss,
-)
+_PUBLIC = {
+    "DistrustWeighting": "your_ai.distrust",
+    "batch_empirical_distrust_loss": "your_ai.distrust",
+    "distrust_objective": "your_ai.distrust",
+    "empirical_distrust_loss": "your_ai.distrust",
+    "score_document": "your_ai.scoring",
+    "score_documents": "your_ai.scoring",
+    "resolve_model": "your_ai.models",
+}
 
-__all__ = [
-    "__version__",
-    "DistrustWeighting",
-    "batch_empirical_distrust_loss",
-    "distrust_objective",
-    "empirical_distrust_loss",
-]
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'your_ai' has no attribute {name!r}")

@@ -9,16 +9,11 @@ import click
 
 from your_ai import __version__
 
-PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["-h", "--help"]}
 
 
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
-
-
-def _not_available_yet(command: str) -> None:
-    _fail(f"'{command}' is not available yet in this version of your-ai.", code=3)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,29 +64,478 @@ def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, as_jso
     click.echo(json.dumps(report, indent=2) if as_json else recommend_module.format_recommendation(report))
 
 
-# ---------------------------------------------------------------------------- not built yet
-
-def _placeholder(name: str, help_text: str) -> None:
-    @main.command(name=name, help=help_text, context_settings=PASS_THROUGH, add_help_option=True)
-    @click.pass_context
-    def command(ctx):
-        _not_available_yet(name)
+# ---------------------------------------------------------------------------- data
 
 
-for _name, _help in (
-    ("score", "Score text for authority weight and provenance entropy. (not available yet)"),
-    ("prepare", "Score, deduplicate, balance and split raw JSONL into train/val. (not available yet)"),
-    ("deduplicate", "Remove exact and near-duplicate documents from JSONL files. (not available yet)"),
-    ("analyze", "Report the authority / entropy distribution of a JSONL data set. (not available yet)"),
-    ("train", "Fine-tune a model with LoRA under the Empirical Distrust objective. (not available yet)"),
-    ("generate", "Generate text from a model, optionally with a fine-tuned adapter. (not available yet)"),
-    ("evaluate", "Cross-entropy and perplexity of a model over a data set. (not available yet)"),
-    ("export", "Merge a LoRA adapter into a standalone model. (not available yet)"),
-    ("benchmark", "Empirically test which model presets fit this machine. (not available yet)"),
-    ("optimize", "Sweep batch size x LoRA rank x layers for the fastest config that fits. (not available yet)"),
-    ("validate", "Run the authority-bias and censorship evaluation suite. (not available yet)"),
-):
-    _placeholder(_name, _help)
+def _report_bad_line(error) -> None:
+    click.echo(f"\r\033[Kbad line: {error}" if sys.stderr.isatty() else f"bad line: {error}", err=True)
+
+
+def _show_progress(lines_read: int) -> None:
+    click.echo(f"\r{lines_read:,} lines read", err=True, nl=False)
+
+
+@main.command()
+@click.argument("more_inputs", nargs=-1, metavar="[PATH]...")
+@click.option("--input", "inputs", multiple=True, metavar="PATH",
+              help="Raw JSONL file, glob or directory (its *.jsonl); several may follow one --input.")
+@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for train.jsonl, val.jsonl and prepare_report.json.")
+@click.option("--train-size", type=click.IntRange(min=0), help="Records to write to train.jsonl.")
+@click.option("--val-size", type=click.IntRange(min=0), help="Records to write to val.jsonl.")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
+              help="Share of records for val.jsonl when --val-size is not given.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed for balancing and splitting.")
+@click.option("--no-balance", is_flag=True, help="Keep every tier whole instead of downsampling to the target mix.")
+@click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
+@click.option("--key", metavar="FIELD", help="Treat records with the same FIELD value as exact duplicates.")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes that score documents (default: all CPUs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction, seed, no_balance, skip_bad, key,
+            workers, as_json):
+    """Score, deduplicate, balance and split raw JSONL into train/val."""
+    from your_ai import prepare as pipeline
+
+    if not inputs and not more_inputs:
+        _fail("no input: pass --input PATH (a JSONL file, glob or directory)")
+    try:
+        report = pipeline.prepare(
+            list(inputs) + list(more_inputs), output_dir, train_size=train_size, val_size=val_size,
+            val_fraction=val_fraction, seed=seed, balance=not no_balance, skip_bad=skip_bad, key=key,
+            workers=workers or pipeline.default_workers(), on_error=_report_bad_line,
+            on_progress=_show_progress if sys.stderr.isatty() else None,
+        )
+        if sys.stderr.isatty():
+            click.echo("\r\033[K", err=True, nl=False)
+    except pipeline.PrepareError as error:
+        _fail(str(error), code=1)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else pipeline.format_prepare_report(report))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output file (default: <first file>.dedup.jsonl).")
+@click.option("--key", metavar="FIELD", help="Treat records with the same FIELD value as exact duplicates.")
+@click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def deduplicate(files, output, key, skip_bad, as_json):
+    """Remove exact and near-duplicate documents from JSONL FILES."""
+    from your_ai import prepare as pipeline
+
+    try:
+        report = pipeline.deduplicate(files, output, key=key, skip_bad=skip_bad, on_error=_report_bad_line)
+    except pipeline.PrepareError as error:
+        _fail(str(error), code=1)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else pipeline.format_deduplicate_report(report))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG with the histograms and tier shares.")
+@click.option("--alpha", type=float, help="Distrust alpha (2.3-3.0, default 2.7).")
+@click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes that score documents (default: all CPUs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def analyze(files, plot, alpha, skip_bad, workers, as_json):
+    """Report the authority / entropy / distrust distribution of JSONL FILES."""
+    from your_ai import prepare as pipeline
+
+    try:
+        analysis = pipeline.analyze(files, alpha=alpha, skip_bad=skip_bad,
+                                    workers=workers or pipeline.default_workers(), on_error=_report_bad_line)
+    except pipeline.PrepareError as error:
+        _fail(str(error), code=1)
+    except ValueError as error:
+        _fail(str(error))
+    click.echo(pipeline.analysis_json(analysis) if as_json else pipeline.format_analysis(analysis))
+    if plot:
+        path = pipeline.plot_analysis(analysis, plot)
+        click.echo(f"Wrote {path}", err=as_json)
+
+
+# ---------------------------------------------------------------------------- scoring
+
+@main.command()
+@click.argument("text", required=False)
+@click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False),
+              help="Score every record of a JSONL file instead of TEXT.")
+@click.option("--year", type=int, help="Year of the document (else inferred from the text).")
+@click.option("--source", help="Source name, e.g. WHO.")
+@click.option("--source-type", help="Source type, e.g. patent, lab_notebook, press_release, blog, encyclopedia.")
+@click.option("--url", help="Where the document comes from.")
+@click.option("--publisher", help="Publisher of the document.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (JSON Lines with --file).")
+def score(text, file_path, year, source, source_type, url, publisher, as_json):
+    """Score TEXT (or each record of --file) for authority weight and provenance entropy."""
+    from rich.console import Console
+
+    from your_ai import scoring
+
+    metadata = {"year": year, "source": source, "source_type": source_type, "url": url, "publisher": publisher}
+    console = Console(width=None if sys.stdout.isatty() else 200)  # piped output: no wrapping of the tables
+    if file_path is None:
+        if text is None or not text.strip():
+            raise click.UsageError("give the TEXT to score, or --file FILE.jsonl")
+        result = scoring.score_document(text, metadata)
+        if as_json:
+            click.echo(json.dumps(result.to_dict(), indent=2))
+        else:
+            console.print(scoring.format_document_score(result))
+        return
+    if text is not None:
+        raise click.UsageError("give either TEXT or --file, not both")
+    given = [f"--{key.replace('_', '-')}" for key, value in metadata.items() if value is not None]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} apply to TEXT only; with --file each record carries its own metadata")
+    rows, errors = scoring.score_file(file_path)
+    if errors:
+        for error in errors:
+            click.echo(str(error), err=True)
+        _fail(f"{len(errors)} bad line(s) in {file_path}; nothing scored", code=1)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row.to_dict()))
+    else:
+        console.print(scoring.format_file_scores(rows, file_path))
+
+
+# ---------------------------------------------------------------------------- inference
+
+_MODEL_HELP = "Preset, hub id or model directory (default: the checkpoint's base model, else tiny)."
+_CHECKPOINT_HELP = "LoRA adapter folder (adapter_config.json + adapter_model.safetensors)."
+
+
+def _load_inference_model(model, checkpoint, device, trust_remote_code):
+    from your_ai.inference import InferenceError, load_for_inference
+    from your_ai.models import ModelResolutionError
+
+    try:
+        return load_for_inference(model, checkpoint, device, trust_remote_code)
+    except (InferenceError, ModelResolutionError) as error:
+        _fail(str(error), code=1)
+    except ValueError as error:  # an unusable --device
+        _fail(str(error))
+
+
+@main.command()
+@click.option("--model", help=_MODEL_HELP)
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--checkpoint", type=click.Path(), help=_CHECKPOINT_HELP)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True,
+              help="Sampling temperature; 0 decodes greedily.")
+@click.option("--seed", type=int, help="Seed for sampling, to repeat an output.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template as a user turn.")
+@click.option("--compare", is_flag=True, help="Print the base model's and the fine-tuned model's output.")
+@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+def generate(model, prompt, checkpoint, max_tokens, temperature, seed, chat, compare, device, trust_remote_code):
+    """Generate text from a model, optionally with a fine-tuned LoRA adapter."""
+    if compare and not checkpoint:
+        raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
+    from your_ai import inference
+
+    im = _load_inference_model(model, checkpoint, device, trust_remote_code)
+    try:
+        if compare:
+            result = inference.compare(im, prompt, max_tokens, temperature, seed, chat)
+        else:
+            click.echo(inference.generate(im, prompt, max_tokens, temperature, seed, chat))
+            return
+    except inference.InferenceError as error:
+        _fail(str(error), code=1)
+    sampling = "greedy" if temperature == 0 else f"temperature {temperature}, seed {result.seed}"
+    click.echo(f"--- base model: {im.base_name} ({sampling}) ---")
+    click.echo(result.base)
+    click.echo(f"--- fine-tuned: {im.checkpoint} ({sampling}) ---")
+    click.echo(result.fine_tuned)
+
+
+@main.command()
+@click.option("--model", help=_MODEL_HELP)
+@click.option("--checkpoint", type=click.Path(), help=_CHECKPOINT_HELP)
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="JSONL file to score.")
+@click.option("--max-seq-length", type=click.IntRange(min=2), default=1024, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, with a score per record.")
+def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, trust_remote_code, as_json):
+    """Cross-entropy and perplexity of a model (with an optional adapter) over a JSONL data set."""
+    from your_ai import inference
+    from your_ai.data import DataError, read_records
+
+    try:
+        read = read_records(data, collect_errors=True)
+    except DataError as error:
+        _fail(str(error), code=1)
+    if read.errors:
+        for error in read.errors:
+            click.echo(str(error), err=True)
+        _fail(f"{len(read.errors)} bad line(s) in {data}; nothing evaluated", code=1)
+    im = _load_inference_model(model, checkpoint, device, trust_remote_code)
+    try:
+        result = inference.evaluate_records(im, read.records, max_seq_length, batch_size)
+    except (inference.InferenceError, DataError) as error:
+        _fail(str(error), code=1)
+    if as_json:
+        payload = {"model": im.base_name, "checkpoint": str(im.checkpoint) if im.checkpoint else None,
+                   "data": str(data), **result.to_dict()}
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        click.echo(inference.format_eval_result(result, im, data))
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(), help=_CHECKPOINT_HELP)
+@click.option("--output", required=True, type=click.Path(), help="Directory for the standalone model.")
+@click.option("--model", help="Base model (default: the one the adapter names).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --output.")
+@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+def export(checkpoint, output, model, force, device, trust_remote_code):
+    """Merge a LoRA adapter into its base model and save a standalone model (safetensors)."""
+    from your_ai import inference
+    from your_ai.models import ModelResolutionError
+
+    try:
+        path = inference.merge_adapter(checkpoint, output, device, model=model, force=force,
+                                       trust_remote_code=trust_remote_code)
+    except (inference.InferenceError, ModelResolutionError) as error:
+        _fail(str(error), code=1)
+    except ValueError as error:  # an unusable --device
+        _fail(str(error))
+    click.echo(f"Saved the merged model to {path}")
+
+
+# ---------------------------------------------------------------------------- training
+
+_POSITIVE = click.IntRange(min=1)
+
+
+@main.command()
+@click.option("--model", help="Preset, hub id or model directory (default: the built-in tiny model).")
+@click.option("--data", type=click.Path(), help="JSONL file, or directory with train.jsonl (+ val.jsonl) "
+              "(default: the built-in demo corpus).")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Where the adapter goes "
+              "(default: models/distrust-<model>).")
+@click.option("--batch-size", type=_POSITIVE, help="Samples per micro-batch (default 2; tiny: 4).")
+@click.option("--grad-accum", type=_POSITIVE, help="Micro-batches per optimizer step (default 1).")
+@click.option("--lora-rank", type=_POSITIVE, help="LoRA rank (default 128; tiny: 16).")
+@click.option("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank).")
+@click.option("--lora-layers", type=_POSITIVE, help="Adapt the last N decoder layers (default 16, clamped to the model).")
+@click.option("--learning-rate", type=float, help="Peak learning rate (default 5e-5; tiny: 1e-3).")
+@click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warmup steps before the cosine decay "
+              "(default 100; tiny: 6).")
+@click.option("--max-steps", type=_POSITIVE, help="Optimizer steps (default 5000; tiny: 60).")
+@click.option("--max-grad-norm", type=float, help="Gradient clipping norm (default 1.0).")
+@click.option("--max-seq-length", type=click.IntRange(min=2), help="Truncate samples to N tokens (default 1024; tiny: 256).")
+@click.option("--weight-decay", type=float, help="AdamW weight decay (default 0.01).")
+@click.option("--distrust-mode", type=click.Choice(["weighted", "additive"]),
+              help="weighted: per-sample CE weights from the distrust value (default); additive: CE + lambda * d, "
+                   "which changes no gradient.")
+@click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
+@click.option("--lambda-weight", type=float, help="Strength of the distrust term (default 1.0; [0, 1] when weighted).")
+@click.option("--save-every", type=_POSITIVE, help="Checkpoint every N steps (default 500; tiny: 20).")
+@click.option("--keep-last", type=_POSITIVE, help="Checkpoints to keep (default 3).")
+@click.option("--save-best", is_flag=True, help="Keep the adapter with the lowest validation loss in best/ "
+              "(needs val.jsonl).")
+@click.option("--eval-every", type=_POSITIVE, help="Validation every N steps (default: --save-every).")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --output-dir.")
+@click.option("--max-memory", type=float, help="Stop (after saving a checkpoint, exit code 4) when the measured "
+              "peak memory in GB goes above this (default: 80% of the device's memory).")
+@click.option("--memory-report-interval", type=_POSITIVE, help="Log metrics every N steps (default 10).")
+@click.option("--metrics-file", type=click.Path(dir_okay=False), help="Metrics JSONL (default: <output-dir>/metrics.jsonl).")
+@click.option("--no-tensorboard", is_flag=True, help="Do not write TensorBoard events to <output-dir>/runs.")
+@click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass to save memory.")
+@click.option("--seed", type=int, help="Seed for LoRA init and data order (default 42).")
+@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+def train(no_tensorboard, **options):
+    """Fine-tune a model with LoRA under the Empirical Distrust objective.
+
+    With no --model and no --data it trains the built-in tiny model on the demo corpus (about a minute on a CPU).
+    """
+    from transformers.utils import logging as transformers_logging
+
+    from your_ai import train as training
+    from your_ai.checkpoints import CheckpointError
+    from your_ai.data import DataError
+    from your_ai.models import ModelResolutionError
+
+    transformers_logging.disable_progress_bar()
+    try:
+        result = training.train(training.TrainingArgs(tensorboard=not no_tensorboard, **options))
+    except training.TrainingArgsError as error:
+        _fail(str(error))
+    except training.MemoryLimitExceeded as error:
+        _fail(str(error), code=4)
+    except (DataError, ModelResolutionError, CheckpointError, training.TrainingError) as error:
+        _fail(str(error), code=1)
+    except ValueError as error:  # an unusable --device, a distrust input out of range
+        _fail(str(error))
+    if result.stopped_early:
+        click.echo(f"Stopped at step {result.steps}; continue with --resume --output-dir {result.output_dir}")
+        return
+    click.echo(f"Trained {result.steps} steps in {result.elapsed_s:.1f} s; peak memory {result.peak_memory_gb:.2f} GB")
+    click.echo(f"Adapter saved to {result.output_dir}")
+    click.echo(f"Try it: your-ai generate --checkpoint {result.output_dir} --prompt \"...\" --compare")
+
+
+# ---------------------------------------------------------------------------- benchmark
+
+def _fit_options(function):
+    """The fit-test config options shared by ``benchmark`` and ``optimize``."""
+    for option in reversed((
+        click.option("--seq-length", type=click.IntRange(min=2), help="Tokens per sample (default 1024, or the "
+                     "model's context if smaller)."),
+        click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass."),
+        click.option("--device", help="cuda, mps or cpu (default: the best available)."),
+        click.option("--synthetic", is_flag=True, help="Random-weight models of each preset's exact architecture: "
+                     "measures the fit without downloading anything."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1800, show_default=True,
+                     help="Seconds per fit test before its process group is killed."),
+    )):
+        function = option(function)
+    return function
+
+
+@main.command()
+@click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
+              help="Budget in GB (default: 80% of the device's memory: GPU memory on CUDA, system memory elsewhere).")
+@click.option("--models", help="Comma-separated presets to test (default: the five benchmark presets).")
+@click.option("--single-model", help="Run one fit test in this process and print one BENCHMARK_RESULT line "
+              "(what the benchmark runs in each subprocess).")
+@click.option("--optimize", is_flag=True, help="Sweep batch x rank x layers for each model that passes.")
+@click.option("--quick", is_flag=True, help="With --optimize: the quick grid (12 configs) instead of the full one (96).")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the results as JSON to FILE.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default="benchmark_log.jsonl", show_default=True,
+              help="Append every event to this JSONL file.")
+@click.option("--force", is_flag=True, help="Skip the safety checks (available memory, weights over the budget).")
+@click.option("--batch-size", type=_POSITIVE, default=2, show_default=True, help="Fit-test batch size.")
+@click.option("--lora-rank", type=_POSITIVE, default=64, show_default=True, help="Fit-test LoRA rank.")
+@click.option("--lora-layers", type=_POSITIVE, default=16, show_default=True,
+              help="Fit-test LoRA layers (the last N, clamped to the model).")
+@click.option("--steps", type=_POSITIVE, default=5, show_default=True, help="Training steps per fit test.")
+@_fit_options
+def benchmark(max_memory, models, single_model, optimize, quick, output, log_path, force, batch_size, lora_rank,
+              lora_layers, steps, seq_length, grad_checkpoint, device, synthetic, timeout):
+    """Empirically test which model presets fit this machine, one subprocess per model.
+
+    Exit code 0 when at least one model passed, 1 when none did.
+    """
+    from your_ai.probe import FitConfig
+
+    config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=steps,
+                       seq_length=seq_length, grad_checkpoint=grad_checkpoint)
+    if single_model:
+        from your_ai.probe import run_single
+
+        sys.exit(run_single(single_model, max_memory, device, config, synthetic=synthetic))
+
+    if quick and not optimize:
+        _fail("--quick picks the quick grid of --optimize; add --optimize")
+    from your_ai.benchmark import run_benchmark
+
+    names = [name.strip() for name in models.split(",") if name.strip()] if models else None
+    try:
+        report = run_benchmark(
+            names, max_memory_gb=max_memory, device=device, config=config, timeout_s=timeout, log_path=log_path,
+            output=output, synthetic=synthetic, force=force, optimize=optimize, quick=quick,
+        )
+    except (KeyError, ValueError) as error:  # an unknown preset, an unusable --device or setting
+        _fail(error.args[0] if error.args else str(error))
+    sys.exit(0 if report["recommended"] else 1)
+
+
+@main.command()
+@click.option("--model", required=True, help="Preset, hub id or model directory.")
+@click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
+              help="Budget in GB (default: 80% of the device's memory).")
+@click.option("--quick", is_flag=True, help="The quick grid: batch {2,4,8} x rank {64,128} x layers {16,24}.")
+@click.option("--steps", type=_POSITIVE, default=15, show_default=True, help="Training steps per config.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
+@_fit_options
+def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, device, synthetic, timeout):
+    """Sweep batch size x LoRA rank x layers for the fastest config that fits; save a hardware profile.
+
+    Exit code 0 when a config fits, 1 when none does or the model is not available.
+    """
+    from your_ai.models import ModelResolutionError
+    from your_ai.optimize import run_optimize
+
+    try:
+        outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
+                               timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
+                               grad_checkpoint=grad_checkpoint, output=output)
+    except ModelResolutionError as error:
+        _fail(str(error), code=1)
+    except ValueError as error:
+        _fail(str(error))
+    sys.exit(0 if outcome["best"] else 1)
+
+
+# ---------------------------------------------------------------------------- validation
+
+@main.command()
+@click.option("--model", help=_MODEL_HELP)
+@click.option("--checkpoint", type=click.Path(), help=_CHECKPOINT_HELP)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the full results (every answer) as JSON.")
+@click.option("--chart", type=click.Path(dir_okay=False), help="Write a radar chart (PNG) of the category pass rates.")
+@click.option("--compare", is_flag=True, help="Evaluate the base model and the fine-tuned model (needs --checkpoint).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Longest answer generated per prompt (greedy decoding).")
+@click.option("--truthfulqa", type=click.Path(dir_okay=False), help="Also score TruthfulQA MC1 from its CSV file.")
+@click.option("--limit", type=click.IntRange(min=1), help="Quick run: at most N tests of each kind "
+              "(CCP, Western, multiple choice, open) and the first N TruthfulQA questions.")
+@click.option("--suite", "suite_path", type=click.Path(dir_okay=False), help="A suite JSON file in the built-in "
+              "suite's format (default: the built-in 48 tests).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Prompts generated or scored together.")
+@click.option("--no-chat", is_flag=True, help="Send prompts as plain text even when the tokenizer has a chat template.")
+@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, limit, suite_path, batch_size,
+             no_chat, device, trust_remote_code):
+    """Run the censorship and authority-bias suite (and TruthfulQA MC1) on a model.
+
+    Exits 0 when the run completes, whatever the scores; 1 for a bad file, model or checkpoint.
+    """
+    if compare and not checkpoint:
+        raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
+    from your_ai import validate as validation
+
+    try:  # bad files fail before a model is loaded
+        suite = validation.load_suite(suite_path)
+        questions = validation.read_truthfulqa(truthfulqa) if truthfulqa else None
+    except (validation.SuiteError, validation.TruthfulQAError) as error:
+        _fail(str(error), code=1)
+    from rich.console import Console
+    from rich.progress import Progress
+    from transformers.utils import logging as transformers_logging
+
+    from your_ai.inference import InferenceError
+
+    transformers_logging.disable_progress_bar()
+    im = _load_inference_model(model, checkpoint, device, trust_remote_code)
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        def progress(description, total):
+            task = bar.add_task(description, total=total)
+            return lambda done: bar.advance(task, done)
+
+        try:
+            report = validation.validate(im, suite, max_tokens=max_tokens, chat=False if no_chat else None,
+                                         limit=limit, batch_size=batch_size, truthfulqa=questions,
+                                         truthfulqa_path=truthfulqa or "", compare=compare, progress=progress)
+        except InferenceError as error:
+            _fail(str(error), code=1)
+    Console(width=None if sys.stdout.isatty() else 120).print(validation.summary_table(report))
+    if output:
+        click.echo(f"Wrote {validation.write_report(report, output)}")
+    if chart:
+        click.echo(f"Wrote {validation.plot_radar(report, chart)}")
+
 
 
 if __name__ == "__main__":

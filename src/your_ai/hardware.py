@@ -9,7 +9,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-GIB = 1024**3
+GB = 1e9  # figures in GB (10^9 bytes), as everywhere in your-ai
 DEVICES = ("cuda", "mps", "cpu")
 
 
@@ -91,7 +91,7 @@ def detect_gpus() -> list[dict]:
                 "backend": "cuda",
                 "index": index,
                 "name": props.name,
-                "memory_gb": round(props.total_memory / GIB, 2),
+                "memory_gb": round(props.total_memory / GB, 2),
                 "compute_capability": f"{props.major}.{props.minor}",
             })
     elif platform.system() == "Darwin" and torch.backends.mps.is_available():
@@ -100,7 +100,7 @@ def detect_gpus() -> list[dict]:
             "backend": "mps",
             "index": 0,
             "name": _sysctl("machdep.cpu.brand_string") or "Apple Silicon",
-            "memory_gb": round(int(memory) / GIB, 2) if memory else None,
+            "memory_gb": round(int(memory) / GB, 2) if memory else None,
             "unified_memory": True,
         })
     return gpus
@@ -114,7 +114,7 @@ def detect_hardware() -> dict:
     memory = psutil.virtual_memory()
     gpus = detect_gpus()
     device = pick_device()
-    device_memory = gpus[0]["memory_gb"] if gpus else round(memory.total / GIB, 2)
+    device_memory = gpus[0]["memory_gb"] if gpus else round(memory.total / GB, 2)
     return {
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
@@ -123,8 +123,8 @@ def detect_hardware() -> dict:
         "cpu": _cpu_name(),
         "cpu_cores": psutil.cpu_count(logical=False) or os.cpu_count(),
         "cpu_threads": os.cpu_count(),
-        "memory_gb": round(memory.total / GIB, 2),
-        "available_memory_gb": round(memory.available / GIB, 2),
+        "memory_gb": round(memory.total / GB, 2),
+        "available_memory_gb": round(memory.available / GB, 2),
         "gpus": gpus,
         "device": device,
         "device_memory_gb": device_memory,

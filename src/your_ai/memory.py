@@ -110,6 +110,64 @@ class MemoryEstimate:
         return asdict(self)
 
 
+def training_dtype_bytes(device: str) -> int:
+    """Bytes per weight in the dtype training uses on ``device``: bf16 (2) on CUDA, fp32 (4) elsewhere.
+
+    Mirrors ``hardware.training_dtype`` without importing torch; a CUDA GPU without bf16 trains
+    in fp32, which the fit probe reports from the dtype it really loaded.
+    """
+    return 2 if device.startswith("cuda") else 4
+
+
+def architecture_from_config(config: dict) -> Architecture:
+    """The estimator's view of a Hugging Face ``config.json`` (decoder-only, Llama-like models)."""
+    try:
+        heads = int(config["num_attention_heads"])
+        return Architecture(
+            model_type=str(config.get("model_type", "llama")),
+            hidden_size=int(config["hidden_size"]),
+            intermediate_size=int(config["intermediate_size"]),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+            vocab_size=int(config["vocab_size"]),
+            max_position_embeddings=int(config.get("max_position_embeddings") or 2048),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"model config has no usable {error} for the memory estimate") from None
+
+
+def read_architecture(model_dir) -> Architecture:
+    """``architecture_from_config`` of ``model_dir/config.json``; errors name the file."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / "config.json"
+    try:
+        return architecture_from_config(json.loads(path.read_text()))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def fit_seq_length(requested: int | None, architecture: Architecture, default: int = 1024) -> int:
+    """The sequence length a fit test uses: ``requested`` (default 1024), at most the model's context."""
+    return min(requested or default, architecture.max_position_embeddings)
+
+
+def weights_gb(architecture: Architecture, device: str) -> float:
+    """Memory the weights alone take in ``device``'s training dtype."""
+    return architecture.parameter_count() * training_dtype_bytes(device) / GB
+
+
+def estimate_for_device(architecture: Architecture, device: str, **config) -> MemoryEstimate:
+    """``estimate_training_memory`` with weights and activations in ``device``'s training dtype."""
+    nbytes = training_dtype_bytes(device)
+    return estimate_training_memory(architecture, weight_bytes=nbytes, activation_bytes=nbytes, **config)
+
+
 def lora_parameter_count(architecture: Architecture, rank: int, layers: int,
                          targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> int:
     """Exact LoRA parameter count: r * (in + out) per targeted projection per adapted layer."""

@@ -1,0 +1,584 @@
+"""The benchmark: which presets fit this machine, measured one model per subprocess.
+
+For each preset, smallest first, the benchmark starts ``your-ai benchmark --single-model
+PRESET`` in its own process group, reads its one ``BENCHMARK_RESULT:`` line
+(``your_ai.probe``), reaps it with ``os.wait4`` (so even a killed child has a measured peak
+RSS) and classifies what the child could not report itself from facts: killed by SIGKILL
+(most likely the operating system's out-of-memory killer) -> ``oom``; killed by another
+signal -> ``crashed``; no result line -> ``error`` with the child's last stderr lines; no
+result within ``--timeout`` -> the whole process group is killed -> ``timeout``.
+
+An out-of-memory result or a peak over the budget stops the run (larger models will not
+fit either); a missing model, an error, a timeout or a crash does not. Every event is
+appended, flushed, to a JSONL log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+from your_ai import memory
+from your_ai.presets import BENCHMARK_PRESETS, Preset, get_preset
+from your_ai.probe import PHASE_PREFIX, FitConfig, estimate_for, parse_result_line
+
+DEFAULT_TIMEOUT_S = 1800.0
+DEFAULT_LOG = "benchmark_log.jsonl"
+SAFETY_ENV = "YOUR_AI_SAFETY_MIN_AVAILABLE_GB"
+SAFETY_MIN_AVAILABLE_GB = 2.0
+STOPPING_STATUSES = ("oom", "over_budget")
+POLL_S = 0.1
+TAIL_LINES = 20
+
+
+# ---------------------------------------------------------------------------- small pieces
+
+def safety_min_available_gb() -> float:
+    """The available-memory floor below which the benchmark stops (``YOUR_AI_SAFETY_MIN_AVAILABLE_GB``)."""
+    raw = os.environ.get(SAFETY_ENV)
+    if raw is None or not raw.strip():
+        return SAFETY_MIN_AVAILABLE_GB
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{SAFETY_ENV}={raw!r} is not a number of GB") from None
+    if value < 0:
+        raise ValueError(f"{SAFETY_ENV}={raw!r} must be >= 0")
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> Path:
+    """Write ``data`` as indented JSON through a temporary file and ``os.replace``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, target)
+    return target
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class EventLog:
+    """Append-only JSONL event log: one flushed line per event, with a timestamp and the run id."""
+
+    def __init__(self, path: str | os.PathLike | None, run_id: str):
+        self.path = Path(path) if path else None
+        self.run_id = run_id
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, event: str, **fields) -> None:
+        if not self.path:
+            return
+        record = {"timestamp": round(time.time(), 3), "time": now_iso(), "run_id": self.run_id, "event": event, **fields}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def new_run_id() -> str:
+    return f"{datetime.now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+class ProgressLine:
+    """``[1/5] name (7B  ) ... <result>`` with, on a terminal, a live phase and elapsed time until the result."""
+
+    def __init__(self, stream: TextIO, prefix: str):
+        self.stream = stream
+        self.prefix = prefix
+        self.live = bool(getattr(stream, "isatty", lambda: False)())
+        self._last = 0.0
+
+    def start(self) -> None:
+        self.stream.write(self.prefix)
+        self.stream.flush()
+
+    def update(self, phase: str, elapsed: float) -> None:
+        if not self.live or time.monotonic() - self._last < 0.5:
+            return
+        self._last = time.monotonic()
+        self.stream.write(f"\r{self.prefix}{phase} ({elapsed:.0f}s)\x1b[K")
+        self.stream.flush()
+
+    def finish(self, text: str) -> None:
+        self.stream.write((f"\r{self.prefix}{text}\x1b[K\n") if self.live else f"{text}\n")
+        self.stream.flush()
+
+
+# ---------------------------------------------------------------------------- one probe subprocess
+
+@dataclass
+class ProbeRun:
+    """One child, as the parent saw it: its classified result and the facts behind it."""
+
+    result: dict
+    command: list[str]
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    timed_out: bool = False
+    host_peak_gb: float | None = None
+    duration_s: float = 0.0
+    last_phase: str | None = None
+    stdout_lines: list[str] = field(default_factory=list)
+    stderr_lines: list[str] = field(default_factory=list)
+    spawn_error: str | None = None
+
+    def facts(self) -> dict:
+        return {
+            "pid": self.pid, "exit_code": self.exit_code, "signal": self.signal, "timed_out": self.timed_out,
+            "host_peak_gb": self.host_peak_gb, "duration_s": round(self.duration_s, 3), "last_phase": self.last_phase,
+            "stderr_head": self.stderr_lines[:TAIL_LINES], "stderr_tail": self.stderr_lines[-TAIL_LINES:],
+            "stdout_head": self.stdout_lines[:TAIL_LINES],
+        }
+
+
+def probe_command(model: str, max_memory_gb: float, device: str, config: FitConfig, *, synthetic: bool) -> list[str]:
+    command = [
+        sys.executable, "-m", "your_ai", "benchmark", "--single-model", model,
+        "--max-memory", repr(float(max_memory_gb)), "--device", device, *config.cli_args(),
+    ]
+    if synthetic:
+        command.append("--synthetic")
+    return command
+
+
+def run_probe_subprocess(
+    model: str,
+    max_memory_gb: float,
+    device: str,
+    config: FitConfig = FitConfig(),
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    synthetic: bool = False,
+    preset: Preset | None = None,
+    estimate_gb: float | None = None,
+    on_start: Callable[[ProbeRun], None] | None = None,
+    on_tick: Callable[[str, float], None] | None = None,
+) -> ProbeRun:
+    """Run one fit probe in its own process group and classify how it ended."""
+    command = probe_command(model, max_memory_gb, device, config, synthetic=synthetic)
+    run = ProbeRun(result={}, command=command)
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, text=True, errors="replace", bufsize=1,
+        )
+    except OSError as error:
+        run.spawn_error = f"{type(error).__name__}: {error}"
+        run.result = _parent_result(model, preset, device, config, synthetic, estimate_gb, max_memory_gb,
+                                    "error", f"could not start the fit probe: {run.spawn_error}")
+        return run
+    run.pid = process.pid
+    if on_start:
+        on_start(run)
+
+    def read(pipe, lines: list[str], phases: bool) -> None:
+        for line in pipe:
+            line = line.rstrip("\n")
+            if phases and line.startswith(PHASE_PREFIX):
+                run.last_phase = line[len(PHASE_PREFIX):]
+            else:
+                lines.append(line)
+
+    readers = [
+        threading.Thread(target=read, args=(process.stdout, run.stdout_lines, False), daemon=True),
+        threading.Thread(target=read, args=(process.stderr, run.stderr_lines, True), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    status = usage = None
+    try:
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            elapsed = time.monotonic() - started
+            if elapsed >= timeout_s:
+                run.timed_out = True
+                _kill_group(process.pid)
+                _, status, usage = os.wait4(process.pid, 0)
+                break
+            if on_tick:
+                on_tick(run.last_phase or "starting", elapsed)
+            time.sleep(POLL_S)
+    finally:
+        if status is None:  # interrupted (Ctrl-C reaches only our group): take the child down with us
+            _kill_group(process.pid)
+            os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    _kill_group(process.pid)  # anything the child left behind in its group
+    for reader in readers:
+        reader.join(timeout=10)
+    process.stdout.close()
+    process.stderr.close()
+
+    run.duration_s = time.monotonic() - started
+    run.host_peak_gb = round(memory.rusage_peak_rss_gb(usage), 3)
+    if os.WIFSIGNALED(status):
+        run.signal = _signal_name(os.WTERMSIG(status))
+    else:
+        run.exit_code = os.WEXITSTATUS(status)
+    run.result = classify(run, model, preset, device, config, synthetic, estimate_gb, max_memory_gb, timeout_s)
+    return run
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def classify(run: ProbeRun, model, preset, device, config, synthetic, estimate_gb, max_memory_gb, timeout_s) -> dict:
+    """The child's own result if it printed one, else what the facts of its end say."""
+    reported = parse_result_line("\n".join(run.stdout_lines))
+    if run.timed_out:
+        where = f", last phase: {run.last_phase}" if run.last_phase else ""
+        result = _parent_result(model, preset, device, config, synthetic, estimate_gb, max_memory_gb, "timeout",
+                                f"no result within {timeout_s:g} s{where}; process group killed")
+    elif reported is not None:
+        result = reported
+        if run.signal:
+            result.setdefault("notes", []).append(f"the probe was killed by {run.signal} after reporting")
+    elif run.signal == "SIGKILL":
+        result = _parent_result(
+            model, preset, device, config, synthetic, estimate_gb, max_memory_gb, "oom",
+            f"killed by SIGKILL, most likely by the operating system's out-of-memory killer "
+            f"(peak resident memory {run.host_peak_gb:.2f} GB)",
+        )
+    elif run.signal:
+        last = _last_lines(run.stderr_lines, 1)
+        result = _parent_result(model, preset, device, config, synthetic, estimate_gb, max_memory_gb, "crashed",
+                                f"crashed with {run.signal}" + (f": {last}" if last else ""))
+    elif run.exit_code:
+        last = _last_lines(run.stderr_lines, 3)
+        result = _parent_result(model, preset, device, config, synthetic, estimate_gb, max_memory_gb, "error",
+                                last or f"the probe exited with code {run.exit_code} and no message")
+    else:
+        result = _parent_result(model, preset, device, config, synthetic, estimate_gb, max_memory_gb, "error",
+                                "the probe exited without a result line")
+    if result.get("estimate_gb") is None:
+        result["estimate_gb"] = estimate_gb
+    if run.host_peak_gb is not None:
+        result["peak_host_gb"] = max(result.get("peak_host_gb") or 0.0, run.host_peak_gb)
+    result["exit_code"] = run.exit_code
+    result["signal"] = run.signal
+    return result
+
+
+def _last_lines(lines: list[str], count: int) -> str:
+    meaningful = [line.strip() for line in lines if line.strip()]
+    return " | ".join(meaningful[-count:])
+
+
+def _parent_result(model, preset, device, config: FitConfig, synthetic, estimate_gb, max_memory_gb, status, error) -> dict:
+    return {
+        "preset": preset.name if preset else None,
+        "model_name": preset.hub_id if preset else model,
+        "params": preset.params if preset else None,
+        "success": False,
+        "status": status,
+        "error": error,
+        "peak_memory_gb": None,
+        "peak_device_gb": None,
+        "peak_host_gb": None,
+        "step_time_s": None,
+        "tokens_per_s": None,
+        "estimate_gb": estimate_gb,
+        "max_memory_gb": None if max_memory_gb is None else round(max_memory_gb, 3),
+        "device": device,
+        "config": {
+            "batch_size": config.batch_size, "lora_rank": config.lora_rank, "lora_layers": config.lora_layers,
+            "seq_length": config.seq_length, "steps": config.steps, "dtype": None,
+            "grad_checkpoint": config.grad_checkpoint,
+        },
+        "synthetic": synthetic,
+        "notes": [],
+        "download_command": None,
+    }
+
+
+def _memory_released(run: ProbeRun) -> str:
+    if run.timed_out:
+        return "      [Memory released - subprocess killed]"
+    return "      [Memory released - subprocess exited]"
+
+
+# ---------------------------------------------------------------------------- result text
+
+def result_text(result: dict) -> str:
+    """What follows ``... `` on a model's line."""
+    status = result["status"]
+    estimate = result.get("estimate_gb")
+    tags = [f"est {estimate:.1f} GB"] if estimate is not None else []
+    if result.get("synthetic"):
+        tags.append("synthetic")
+    suffix = f" [{', '.join(tags)}]" if tags else ""
+    if status == "pass":
+        return f"✓ Pass ({result['peak_memory_gb']:.1f} GB peak){suffix}"
+    if status == "not_available":
+        need = f" — would need ~{estimate:.0f} GB" if estimate is not None else ""
+        command = result.get("download_command")
+        return f"✗ Model not available{need}" + (f"; `{command}`" if command else f": {result['error']}")
+    if status == "oom":
+        return f"✗ OOM ({result['error']}){suffix}"
+    if status == "over_budget":
+        return f"✗ Over budget ({result['error']}){suffix}"
+    if status == "timeout":
+        return f"✗ Timeout ({result['error']}){suffix}"
+    if status == "crashed":
+        return f"✗ Crashed ({result['error']}){suffix}"
+    return f"✗ Error: {result['error']}{suffix}"
+
+
+def _line_prefix(index: int, total: int, preset: Preset) -> str:
+    return f"[{index}/{total}] {preset.name:20} ({preset.params:4}) ... "
+
+
+# ---------------------------------------------------------------------------- the run
+
+def benchmark_presets(names: Sequence[str] | None) -> list[Preset]:
+    """The presets to test, smallest first (to 0.1B; equal sizes keep their order): the five, or the named ones."""
+    presets = list(BENCHMARK_PRESETS) if not names else [get_preset(name) for name in names]
+    return sorted(dict.fromkeys(presets), key=lambda p: round(p.architecture.parameter_count() / 1e8))
+
+
+def resolve_device(device: str | None) -> str:
+    """The training device (cuda > mps > cpu, or the one asked for)."""
+    if device == "cpu":
+        return device
+    from your_ai.hardware import pick_device
+
+    return pick_device(device)
+
+
+def run_benchmark(
+    models: Sequence[str] | None = None,
+    *,
+    max_memory_gb: float | None = None,
+    device: str | None = None,
+    config: FitConfig = FitConfig(),
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    log_path: str | os.PathLike | None = DEFAULT_LOG,
+    output: str | os.PathLike | None = None,
+    synthetic: bool = False,
+    force: bool = False,
+    optimize: bool = False,
+    quick: bool = False,
+    optimize_steps: int | None = None,
+    stream: TextIO | None = None,
+) -> dict:
+    """Test each preset in a subprocess, print one line per model, log every event; the report dict."""
+    stream = stream or sys.stdout
+    presets = benchmark_presets(models)
+    device = resolve_device(device)
+    device_memory = memory.device_memory_gb(device)
+    budget_source = "--max-memory"
+    if max_memory_gb is None:
+        max_memory_gb = memory.default_budget_gb(device)
+        budget_source = f"80% of {device_memory:.1f} GB"
+    safety_floor = safety_min_available_gb()
+    run_id = new_run_id()
+    log = EventLog(log_path, run_id)
+    started = time.monotonic()
+    log.log("benchmark_start", models=[p.name for p in presets], max_memory_gb=round(max_memory_gb, 3), device=device,
+            synthetic=synthetic, force=force, timeout_s=timeout_s, config=asdict(config), optimize=optimize)
+
+    def say(text: str = "") -> None:
+        stream.write(text + "\n")
+        stream.flush()
+
+    say(f"Benchmark: {len(presets)} model(s), smallest first, on {device}; "
+        f"budget {max_memory_gb:.2f} GB ({budget_source})" + ("; synthetic random-weight models" if synthetic else ""))
+    say(f"Fit test: batch {config.batch_size}, LoRA rank {config.lora_rank} on the last {config.lora_layers} layers, "
+        f"sequence {config.seq_length or 1024}, {config.steps} steps; timeout {timeout_s:g} s per model")
+    if log.path:
+        say(f"Log: {log.path} (run {run_id})")
+    say()
+
+    results: list[dict] = []
+    skipped: list[dict] = []
+    stop_reason: str | None = None
+    safety_stopped = False
+    total = len(presets)
+
+    def skip(prefix: str, preset: Preset, reason: str) -> None:
+        say(f"{prefix}- Skipped ({reason})")
+        skipped.append({"preset": preset.name, "model_name": preset.hub_id, "params": preset.params, "reason": reason})
+
+    try:
+        for index, preset in enumerate(presets, start=1):
+            prefix = _line_prefix(index, total, preset)
+            if stop_reason:
+                skip(prefix, preset, stop_reason)
+                continue
+            available = memory.system_memory_gb()[1]
+            if not force and available < safety_floor:
+                safety_stopped = True
+                stop_reason = "safety stop"
+                say(f"SAFETY STOP: only {available:.1f} GB of system memory is available (under {safety_floor:g} GB); "
+                    f"stopping before {preset.name}. Close other programs, or pass --force to go on anyway.")
+                log.log("safety_stop", preset=preset.name, available_gb=round(available, 3), min_available_gb=safety_floor)
+                skip(prefix, preset, stop_reason)
+                continue
+
+            architecture, located = _architecture_for(preset, synthetic)
+            estimate_gb = round(estimate_for(architecture, device, config).total_gb, 3)
+            log.log("model_start", preset=preset.name, index=index, total=total, model_name=preset.hub_id,
+                    estimate_gb=estimate_gb, available_gb=round(available, 3))
+            progress = ProgressLine(stream, prefix)
+            progress.start()
+
+            weights = memory.weights_gb(architecture, device)
+            if located and not force and weights > max_memory_gb:
+                result = _parent_result(
+                    preset.name, preset, device, config, synthetic, estimate_gb, max_memory_gb, "over_budget",
+                    f"the weights alone need {weights:.2f} GB > {max_memory_gb:.2f} GB budget; not loaded, --force tries anyway",
+                )
+                progress.finish(result_text(result))
+                log.log("over_budget_precheck", preset=preset.name, weights_gb=round(weights, 3), max_memory_gb=max_memory_gb)
+                results.append(result)
+            else:
+                run = run_probe_subprocess(
+                    preset.name, max_memory_gb, device, config, timeout_s=timeout_s, synthetic=synthetic, preset=preset,
+                    estimate_gb=estimate_gb,
+                    on_start=lambda r, name=preset.name: log.log("subprocess_start", preset=name, pid=r.pid, command=r.command),
+                    on_tick=progress.update,
+                )
+                result = run.result
+                result["duration_s"] = round(run.duration_s, 3)
+                progress.finish(result_text(result))
+                if run.spawn_error:
+                    log.log("subprocess_spawn_error", preset=preset.name, error=run.spawn_error, command=run.command)
+                else:
+                    say(_memory_released(run))
+                    event = "subprocess_success" if result["success"] else "subprocess_failed"
+                    log.log(event, preset=preset.name, status=result["status"], error=result.get("error"),
+                            peak_memory_gb=result.get("peak_memory_gb"), result=result, **run.facts())
+                results.append(result)
+            if result["status"] in STOPPING_STATUSES:
+                stop_reason = (
+                    f"{preset.name} {'ran out of memory' if result['status'] == 'oom' else 'went over the budget'}; "
+                    "larger models will not fit"
+                )
+    except KeyboardInterrupt:
+        log.log("benchmark_interrupted", tested=len(results), passed=sum(r["success"] for r in results))
+        raise
+
+    passed = [r for r in results if r["success"]]
+    recommended = passed[-1]["preset"] if passed else None
+    if optimize and passed:
+        _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick, optimize_steps, config, log,
+                         stream, say)
+    for result in results:
+        result.setdefault("optimal_config", None)
+
+    report = {
+        "run_id": run_id,
+        "created_at": now_iso(),
+        "max_memory_gb": round(max_memory_gb, 3),
+        "device": device,
+        "device_memory_gb": round(device_memory, 3),
+        "synthetic": synthetic,
+        "config": asdict(config),
+        "recommended": recommended,
+        "alternatives": [r["preset"] for r in reversed(passed[:-1])],
+        "models": results,
+        "skipped": skipped,
+        "safety_stop": safety_stopped,
+        "log": str(log.path) if log.path else None,
+    }
+    _print_summary(report, say)
+    log.log("benchmark_complete", tested=len(results), passed=len(passed), failed=len(results) - len(passed),
+            skipped=len(skipped), recommended=recommended, duration_s=round(time.monotonic() - started, 3))
+    if output:
+        path = write_json_atomic(output, report)
+        say(f"Results saved to {path}")
+    return report
+
+
+def _architecture_for(preset: Preset, synthetic: bool):
+    """The architecture to estimate with: the downloaded model's own config, else the preset's.
+
+    Returns (architecture, located) where ``located`` says the model is on this machine (or synthetic).
+    """
+    if synthetic:
+        return preset.architecture, True
+    from your_ai.models import ModelResolutionError, resolve_model
+
+    try:
+        resolved = resolve_model(preset.name)
+    except ModelResolutionError:
+        return preset.architecture, False
+    try:
+        return memory.read_architecture(resolved.path), True
+    except ValueError:
+        return preset.architecture, True
+
+
+def _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick, steps, config, log, stream, say) -> None:
+    from your_ai.optimize import DEFAULT_STEPS, run_optimize
+
+    for result in passed:
+        say()
+        say(f"Optimizing {result['preset']} ({'quick' if quick else 'full'} grid)")
+        log.log("optimize_start", preset=result["preset"])
+        outcome = run_optimize(
+            result["preset"], max_memory_gb=max_memory_gb, device=device, quick=quick,
+            steps=steps or DEFAULT_STEPS, timeout_s=timeout_s, synthetic=synthetic,
+            seq_length=config.seq_length, grad_checkpoint=config.grad_checkpoint, stream=stream, say=say,
+        )
+        result["optimal_config"] = outcome["best"] and {**outcome["best"], "profile": outcome["path"]}
+        log.log("optimize_complete", preset=result["preset"], optimal_config=result["optimal_config"],
+                results=outcome["results"])
+
+
+def _print_summary(report: dict, say) -> None:
+    results, skipped = report["models"], report["skipped"]
+    passed = [r for r in results if r["success"]]
+    say()
+    say(f"Tested {len(results)}, passed {len(passed)}, failed {len(results) - len(passed)}, skipped {len(skipped)}.")
+    if passed:
+        say(f"Recommended: {report['recommended']} (largest model that fits)")
+        if report["alternatives"]:
+            say(f"Alternatives: {', '.join(report['alternatives'])}")
+        say(f"Train it with: your-ai train --model {report['recommended']}")
+        return
+    say("No models passed benchmark.")
+    missing = [r for r in results if r["status"] == "not_available"]
+    if missing:
+        say()
+        say(f"⚠️  {len(missing)} model(s) not found locally")
+        say()
+        say("The benchmark needs the models on this machine. Options:")
+        say("  1. Download into the Hugging Face cache ($HF_HUB_CACHE, default ~/.cache/huggingface/hub):")
+        for result in missing:
+            say(f"       {result.get('download_command') or 'hf download ' + result['model_name']}")
+        say("  2. Use a model you already have on disk: your-ai train --model /path/to/model")
+        say("  3. Test the fit without downloading anything: your-ai benchmark --synthetic")
+    if report.get("log"):
+        say(f"Details of every attempt: {report['log']}")

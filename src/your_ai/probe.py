@@ -1,0 +1,397 @@
+"""The fit probe: one short LoRA training run in this process -> exactly one result line.
+
+``your-ai benchmark --single-model MODEL`` runs ``run_probe`` and prints::
+
+    BENCHMARK_RESULT:{"preset": ..., "success": ..., "status": ..., ...}
+
+on stdout (and nothing else there). While it works it writes ``BENCHMARK_PHASE:<phase>``
+lines (resolving, loading, step k/N) to stderr, which the benchmark shows as progress.
+
+The probe loads the model as ``train`` does (``train.load_for_training``: the training dtype,
+PEFT LoRA on the last N layers, clamped to the model's depth), builds AdamW with
+``train.build_optimizer`` and runs N steps of ``train.compute_loss`` on random token ids.
+The peak is a peak: the device's high-water mark from the start of this process (model
+weights included) and the process's peak RSS, never memory read after the work.
+
+It classifies what it can see itself, from exception types: ``torch.OutOfMemoryError`` or
+``MemoryError`` -> ``oom``; ``ModelNotAvailableError`` -> ``not_available`` (with the
+``hf download`` command); a measured peak over the budget -> ``over_budget``; anything else
+-> ``error`` with the real message. What it cannot report (killed by a signal, hung) is
+classified by the parent (``your_ai.benchmark``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+from your_ai import memory
+from your_ai.presets import PRESETS, Architecture
+
+RESULT_PREFIX = "BENCHMARK_RESULT:"
+PHASE_PREFIX = "BENCHMARK_PHASE:"
+
+# Test-only fault injection: makes the probe fail on purpose so the benchmark's handling of
+# crashes, kills, out-of-memory errors and hangs can be tested without a machine that fails.
+FAULT_ENV = "YOUR_AI_PROBE_FAULT"
+FAULT_KINDS = ("segfault", "sigkill", "oom", "error", "exit", "sleep")
+
+STATUSES = ("pass", "oom", "over_budget", "not_available", "error", "timeout", "crashed")
+
+LEARNING_RATE = 1e-4
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """What one probe trains: the benchmark's fixed conservative config by default."""
+
+    batch_size: int = 2
+    lora_rank: int = 64
+    lora_layers: int = 16
+    steps: int = 5
+    seq_length: int | None = None  # None: 1024, or the model's context if smaller
+    grad_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "lora_rank", "lora_layers", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.seq_length is not None and self.seq_length < 2:
+            raise ValueError(f"seq_length={self.seq_length!r} must be at least 2")
+
+    def cli_args(self) -> list[str]:
+        """The ``benchmark --single-model`` options that reproduce this config."""
+        args = [
+            "--batch-size", str(self.batch_size), "--lora-rank", str(self.lora_rank),
+            "--lora-layers", str(self.lora_layers), "--steps", str(self.steps),
+        ]
+        if self.seq_length is not None:
+            args += ["--seq-length", str(self.seq_length)]
+        if self.grad_checkpoint:
+            args.append("--grad-checkpoint")
+        return args
+
+
+def phase(name: str) -> None:
+    """Tell the parent what the probe is doing (one stderr line)."""
+    print(f"{PHASE_PREFIX}{name}", file=sys.stderr, flush=True)
+
+
+def emit_result(result: dict) -> None:
+    """Print the one machine-readable result line."""
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def parse_result_line(text: str) -> dict | None:
+    """The result a probe printed in ``text`` (its stdout), or None if it printed none."""
+    found = None
+    for line in text.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            try:
+                found = json.loads(line[len(RESULT_PREFIX):])
+            except json.JSONDecodeError:
+                continue
+    return found
+
+
+# ---------------------------------------------------------------------------- fault injection
+
+def injected_fault(model: str, config: FitConfig, environ=os.environ) -> str | None:
+    """The test-only fault ``YOUR_AI_PROBE_FAULT`` asks for in this probe, if any.
+
+    The value is a comma-separated list of ``FAULT`` or ``FAULT@SELECTOR``; the first entry
+    whose selector matches applies. FAULT: ``segfault`` (die by SIGSEGV), ``sigkill`` (die by
+    SIGKILL, as the OS out-of-memory killer does), ``oom`` (raise ``torch.OutOfMemoryError``),
+    ``error`` (raise ``RuntimeError``), ``exit:CODE`` (write to stderr and exit without a result
+    line), ``sleep:SECONDS`` (hang). SELECTOR: the model name as
+    given, or ``batch=N`` / ``rank=N`` / ``layers=N`` (the requested values).
+    """
+    spec = environ.get(FAULT_ENV, "").strip()
+    if not spec:
+        return None
+    for entry in spec.split(","):
+        entry = entry.strip()
+        fault, _, selector = entry.partition("@")
+        kind, _, argument = fault.partition(":")
+        if kind not in FAULT_KINDS or (kind in ("sleep", "exit")) != bool(argument):
+            raise ValueError(
+                f"{FAULT_ENV}={spec!r}: entry {entry!r} is not one of segfault, sigkill, oom, error, exit:CODE, "
+                f"sleep:SECONDS (optionally @MODEL or @batch=N / @rank=N / @layers=N)"
+            )
+        try:
+            float(argument) if kind == "sleep" else int(argument) if kind == "exit" else None
+        except ValueError:
+            raise ValueError(f"{FAULT_ENV}={spec!r}: {kind} needs a number, got {argument!r}") from None
+        if _selector_matches(selector, model, config, spec):
+            return fault
+    return None
+
+
+def _selector_matches(selector: str, model: str, config: FitConfig, spec: str) -> bool:
+    if not selector:
+        return True
+    key, equals, value = selector.partition("=")
+    if not equals:
+        return selector == model
+    fields = {"batch": config.batch_size, "rank": config.lora_rank, "layers": config.lora_layers}
+    if key not in fields or not value.isdigit():
+        raise ValueError(f"{FAULT_ENV}={spec!r}: selector {selector!r} must be a model name or batch=N, rank=N, layers=N")
+    return fields[key] == int(value)
+
+
+def trigger_fault(fault: str) -> None:
+    """Fail the way ``fault`` says (see ``injected_fault``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    kind, _, argument = fault.partition(":")
+    if kind == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif kind == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif kind == "oom":
+        import torch
+
+        raise torch.OutOfMemoryError(f"out of memory ({FAULT_ENV}={fault}, injected for testing)")
+    elif kind == "error":
+        raise RuntimeError(f"injected failure ({FAULT_ENV}={fault}, for testing)")
+    elif kind == "exit":
+        print(f"injected exit with code {argument} ({FAULT_ENV}, for testing)", file=sys.stderr, flush=True)
+        os._exit(int(argument))
+    elif kind == "sleep":
+        time.sleep(float(argument))
+
+
+# ---------------------------------------------------------------------------- the probe
+
+def run_probe(
+    model: str,
+    max_memory_gb: float | None = None,
+    device: str | None = None,
+    config: FitConfig = FitConfig(),
+    *,
+    synthetic: bool = False,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Run one fit test of ``model`` (preset, hub id or directory) in this process; the result dict."""
+    started = time.monotonic()
+    preset = PRESETS.get(model)
+    result = {
+        "preset": preset.name if preset else None,
+        "model_name": preset.hub_id if preset else model,
+        "params": preset.params if preset else None,
+        "success": False,
+        "status": "error",
+        "error": None,
+        "peak_memory_gb": None,
+        "peak_device_gb": None,
+        "peak_host_gb": None,
+        "step_time_s": None,
+        "tokens_per_s": None,
+        "estimate_gb": None,
+        "max_memory_gb": None if max_memory_gb is None else round(max_memory_gb, 3),
+        "device": device,
+        "config": {
+            "batch_size": config.batch_size, "lora_rank": config.lora_rank,
+            "lora_layers": config.lora_layers, "seq_length": config.seq_length,
+            "steps": config.steps, "dtype": None, "grad_checkpoint": config.grad_checkpoint,
+        },
+        "synthetic": synthetic,
+        "notes": [],
+        "download_command": None,
+        "duration_s": None,
+    }
+    peak = None
+    try:
+        import torch
+
+        from your_ai.hardware import pick_device
+        from your_ai.models import ModelNotAvailableError, resolve_model
+
+        device = pick_device(device)
+        result["device"] = device
+        if max_memory_gb is None:
+            max_memory_gb = memory.default_budget_gb(device)
+            result["max_memory_gb"] = round(max_memory_gb, 3)
+        peak = memory.PeakMemory(device)
+        peak.reset()  # from the start: the peak includes the model's weights
+        try:
+            phase("resolving")
+            if not synthetic:
+                resolved = resolve_model(model)
+                result["model_name"] = resolved.hub_id or str(resolved.path)
+            fault = injected_fault(model, config)
+            if fault:
+                trigger_fault(fault)
+            _fit_test(model, device, config, synthetic, trust_remote_code, peak, result)
+        except ModelNotAvailableError as error:
+            result.update(status="not_available", error=str(error), download_command=error.download_command)
+            _estimate_from_preset(preset, device, config, result)
+        except (torch.OutOfMemoryError, MemoryError) as error:
+            result.update(status="oom", error=f"{type(error).__name__}: {_first_line(error)}")
+        except RuntimeError as error:
+            if _is_mps_out_of_memory(error):
+                result.update(status="oom", error=f"{type(error).__name__}: {_first_line(error)}")
+            else:
+                raise
+    except Exception as error:  # noqa: BLE001 -- any other failure is reported with its real message
+        result.update(status="error", error=f"{type(error).__name__}: {error}")
+    finally:
+        if peak is not None:
+            _record_peaks(peak, result)
+        result["duration_s"] = round(time.monotonic() - started, 3)
+    if result["status"] == "pass" and max_memory_gb is not None and result["peak_memory_gb"] > max_memory_gb:
+        result.update(
+            status="over_budget",
+            error=f"peak {result['peak_memory_gb']:.2f} GB is over the {max_memory_gb:.2f} GB budget",
+        )
+    result["success"] = result["status"] == "pass"
+    return result
+
+
+def _fit_test(model, device, config, synthetic, trust_remote_code, peak, result) -> None:
+    import torch
+
+    from your_ai.lora import LoraSettings
+    phase("loading")
+    from transformers.utils import logging as transformers_logging
+
+    from your_ai.train import (
+        Objective,
+        build_optimizer,
+        compute_loss,
+        load_for_training,
+    )
+
+    transformers_logging.disable_progress_bar()
+    loaded = time.monotonic()
+    training = load_for_training(
+        model, LoraSettings(rank=config.lora_rank, layers=config.lora_layers), device,
+        grad_checkpoint=config.grad_checkpoint, synthetic=synthetic, trust_remote_code=trust_remote_code,
+    )
+    peak.sample()
+    result["load_time_s"] = round(time.monotonic() - loaded, 3)
+    net = training.model
+    model_config = net.config.to_dict()
+    architecture = memory.architecture_from_config(model_config)
+    seq_length = memory.fit_seq_length(config.seq_length, architecture)
+    layers_used = min(config.lora_layers, architecture.num_hidden_layers)
+    result["config"].update(seq_length=seq_length, lora_layers=layers_used, dtype=str(training.dtype).replace("torch.", ""))
+    result["architecture"] = training.architecture_name
+    result["notes"].extend(training.notes)
+    result["parameter_count"] = architecture.parameter_count()
+    if result["params"] is None:
+        result["params"] = params_label(architecture.parameter_count())
+    result["estimate_gb"] = round(memory.estimate_training_memory(
+        architecture, batch_size=config.batch_size, seq_length=seq_length, lora_rank=config.lora_rank,
+        lora_layers=layers_used, weight_bytes=training.dtype.itemsize, activation_bytes=training.dtype.itemsize,
+        grad_checkpoint=config.grad_checkpoint,
+    ).total_gb, 3)
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (config.batch_size, seq_length)
+    input_ids = torch.randint(0, architecture.vocab_size, shape, generator=generator)
+    auth_weight = torch.rand(config.batch_size, generator=generator) * 0.99
+    prov_entropy = torch.rand(config.batch_size, generator=generator) * 8.0
+    batch = {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones(shape, dtype=torch.long, device=device),
+        "labels": input_ids.to(device),
+        "auth_weight": auth_weight.to(device),
+        "prov_entropy": prov_entropy.to(device),
+    }
+    objective = Objective.from_dataset("weighted", 2.7, 1.0, auth_weight.tolist(), prov_entropy.tolist())
+    optimizer = build_optimizer(net, LEARNING_RATE)
+    net.train()
+    times = []
+    for step in range(1, config.steps + 1):
+        phase(f"step {step}/{config.steps}")
+        began = time.perf_counter()
+        loss = compute_loss(net, batch, objective).total
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _synchronize(device)
+        times.append(time.perf_counter() - began)
+        peak.sample()
+        if not torch.isfinite(loss.detach()).item():
+            result["notes"].append(f"loss was not finite at step {step}")
+    timed = times[1:] if len(times) > 1 else times  # the first step includes one-off warm-up
+    step_time = statistics.median(timed)
+    result.update(
+        status="pass",
+        step_time_s=round(step_time, 4),
+        tokens_per_s=round(config.batch_size * seq_length / step_time, 1),
+        step_times_s=[round(t, 4) for t in times],
+    )
+    phase("done")
+
+
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def _record_peaks(peak: memory.PeakMemory, result: dict) -> None:
+    try:
+        device_peak = peak.device_peak_gb()
+    except Exception as error:  # noqa: BLE001 -- a broken device after a failure must not hide the result
+        device_peak = None
+        result["notes"].append(f"device peak unavailable: {error}")
+    host_peak = memory.process_peak_rss_gb()
+    result["peak_device_gb"] = None if device_peak is None else round(device_peak, 3)
+    result["peak_host_gb"] = round(host_peak, 3)
+    result["peak_memory_gb"] = round(device_peak if device_peak is not None else host_peak, 3)
+
+
+def _estimate_from_preset(preset, device: str, config: FitConfig, result: dict) -> None:
+    if preset is None:
+        return
+    result["estimate_gb"] = round(estimate_for(preset.architecture, device, config).total_gb, 3)
+
+
+def estimate_for(architecture: Architecture, device: str, config: FitConfig) -> memory.MemoryEstimate:
+    """The analytic estimate for a fit test of ``config`` on ``device`` (training dtype assumed)."""
+    return memory.estimate_for_device(
+        architecture, device, batch_size=config.batch_size,
+        seq_length=memory.fit_seq_length(config.seq_length, architecture),
+        lora_rank=config.lora_rank, lora_layers=config.lora_layers, grad_checkpoint=config.grad_checkpoint,
+    )
+
+
+def params_label(count: int) -> str:
+    """A short parameter-count label: 4M, 7.2B, 70B."""
+    if count >= 1e9:
+        value, unit = count / 1e9, "B"
+    else:
+        value, unit = count / 1e6, "M"
+    text = f"{value:.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
+    return text + unit
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _is_mps_out_of_memory(error: RuntimeError) -> bool:
+    """Apple's MPS backend reports exhaustion as a RuntimeError with this message."""
+    return str(error).startswith("MPS backend out of memory")
+
+
+def run_single(model: str, max_memory_gb: float | None, device: str | None, config: FitConfig,
+               *, synthetic: bool = False, trust_remote_code: bool = False) -> int:
+    """``benchmark --single-model``: run the probe, print its one result line; exit code 0 on a pass."""
+    result = run_probe(model, max_memory_gb, device, config, synthetic=synthetic, trust_remote_code=trust_remote_code)
+    emit_result(result)
+    return 0 if result["success"] else 1

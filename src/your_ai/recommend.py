@@ -1,0 +1,89 @@
+"""Which presets should fit a memory budget, from the analytic estimate (no model is loaded).
+
+The budget is 80% of the memory given (or of the training device's memory: the GPU's own
+memory on CUDA, system memory elsewhere). Estimates assume the device's training dtype
+(bf16 on CUDA, fp32 elsewhere). ``your-ai benchmark`` measures what really fits.
+"""
+
+from __future__ import annotations
+
+from your_ai import memory
+from your_ai.presets import PRESETS, TINY
+from your_ai.probe import FitConfig, estimate_for
+
+
+def recommend_presets(
+    memory_gb: float | None = None,
+    batch_size: int = 2,
+    lora_rank: int = 64,
+    lora_layers: int = 16,
+    seq_length: int = 1024,
+    device: str | None = None,
+) -> dict:
+    """Every preset (smallest first) with its estimate and whether it fits 80% of ``memory_gb``."""
+    if memory_gb is not None and not memory_gb > 0:
+        raise ValueError(f"memory={memory_gb!r} must be a positive number of GB")
+    if device is None:
+        from your_ai.hardware import pick_device
+
+        device = pick_device()
+    source = "given"
+    if memory_gb is None:
+        memory_gb = memory.device_memory_gb(device)
+        source = f"detected {'GPU' if device.startswith('cuda') else 'system'} memory"
+    config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=1,
+                       seq_length=seq_length)
+    budget = memory.BUDGET_FRACTION * memory_gb
+    rows = []
+    for preset in sorted((p for p in PRESETS.values() if p is not TINY), key=lambda p: p.architecture.parameter_count()):
+        estimate = estimate_for(preset.architecture, device, config)
+        rows.append({
+            "preset": preset.name,
+            "hub_id": preset.hub_id,
+            "params": preset.params,
+            "tier": preset.tier,
+            "recommended": preset.recommended,
+            "estimate_gb": round(estimate.total_gb, 2),
+            "parts_gb": estimate.parts_gb,
+            "fits": estimate.total_gb <= budget,
+            "warnings": list(preset.warnings),
+        })
+    fitting = [row["preset"] for row in rows if row["fits"]]
+    return {
+        "memory_gb": round(memory_gb, 2),
+        "memory_source": source,
+        "budget_fraction": memory.BUDGET_FRACTION,
+        "budget_gb": round(budget, 2),
+        "device": device,
+        "weight_bytes": memory.training_dtype_bytes(device),
+        "config": {"batch_size": batch_size, "lora_rank": lora_rank, "lora_layers": lora_layers,
+                   "seq_length": seq_length},
+        "presets": rows,
+        "fitting": fitting,
+        "largest_fit": fitting[-1] if fitting else None,
+    }
+
+
+def format_recommendation(report: dict) -> str:
+    """The report as a table with the largest preset that fits."""
+    config = report["config"]
+    dtype = "bf16" if report["weight_bytes"] == 2 else "fp32"
+    lines = [
+        f"Memory: {report['memory_gb']:.1f} GB ({report['memory_source']}, {report['device']}); "
+        f"budget {report['budget_gb']:.1f} GB ({report['budget_fraction']:.0%})",
+        f"Estimated LoRA training memory: batch {config['batch_size']}, rank {config['lora_rank']} on the last "
+        f"{config['lora_layers']} layers, sequence {config['seq_length']}, {dtype} weights",
+        "",
+        f"  {'Preset':<20} {'Params':>6} {'Estimate':>10}  Fits",
+    ]
+    for row in report["presets"]:
+        mark = "yes" if row["fits"] else "no"
+        lines.append(f"  {row['preset']:<20} {row['params']:>6} {row['estimate_gb']:>7.1f} GB  {mark}")
+    lines.append("")
+    if report["largest_fit"]:
+        lines.append(f"Largest that fits: {report['largest_fit']}")
+    else:
+        lines.append(f"No preset fits {report['budget_gb']:.1f} GB. Try the built-in 'tiny' model for a demo, "
+                     "or a smaller --batch-size / --max-seq-length.")
+    lines.append("These are estimates; `your-ai benchmark` measures the real peak on this machine.")
+    return "\n".join(lines)

@@ -1,0 +1,263 @@
+"""`your-ai benchmark` end to end: real subprocesses, real exit statuses, real files.
+
+The tiny model is placed in a hub cache under the presets' hub ids (it has 4 layers, so the
+fit test's 16 LoRA layers are clamped). Failures are provoked with the test-only
+YOUR_AI_PROBE_FAULT variable; each benchmark run checks several things at once.
+"""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from hub_cache import add_snapshot, fake_commit
+
+from your_ai.benchmark import SAFETY_ENV, benchmark_presets, result_text, run_benchmark
+from your_ai.presets import PRESETS
+from your_ai.probe import FAULT_ENV, FitConfig
+
+FAST = ["--device", "cpu", "--seq-length", "64", "--steps", "2"]
+FAST_CONFIG = FitConfig(seq_length=64, steps=2)
+
+
+def hub_id(preset):
+    return PRESETS[preset].hub_id
+
+
+def make_cache(root, tiny_model_dir, presets):
+    cache = root / "hub"
+    cache.mkdir()
+    for preset in presets:
+        add_snapshot(cache, hub_id(preset), tiny_model_dir, fake_commit(preset))
+    return cache
+
+
+def run_cli(args, **env):
+    return subprocess.run([sys.executable, "-m", "your_ai", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+
+
+def read_log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def line_for(stdout, preset):
+    (line,) = [line for line in stdout.splitlines() if re.match(rf"\[\d+/\d+\] {preset} ", line)]
+    return line
+
+
+# ---------------------------------------------------------------------------- run A: the five presets
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, tiny_model_dir):
+    """Default presets: pass, crash (SIGSEGV), not available, killed by SIGKILL (-> OOM, stops), skipped;
+    then the quick optimize sweep of the model that passed (rank 128 and batch 4 made to run out of memory)."""
+    root = tmp_path_factory.mktemp("bench-a")
+    cache = make_cache(root, tiny_model_dir, ["hermes-mistral-7b", "dolphin-8b", "r1-distill-14b", "hermes-70b"])
+    log, output = root / "benchmark_log.jsonl", root / "out" / "results.json"
+    log.write_text(json.dumps({"event": "from an earlier run"}) + "\n")
+    started = time.monotonic()
+    proc = run_cli(["benchmark", *FAST, "--output", str(output), "--log", str(log), "--optimize", "--quick"],
+                   HF_HUB_CACHE=str(cache),
+                   **{FAULT_ENV: "segfault@dolphin-8b,sigkill@r1-distill-14b,oom@rank=128,oom@batch=4"})
+    print(f"run A took {time.monotonic() - started:.1f} s")
+    return proc, json.loads(output.read_text()), read_log(log)
+
+
+def test_lines_per_model_and_the_stop_rule(run_a):
+    proc, _, _ = run_a
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^\[1/5\] hermes-mistral-7b    \(7B  \) \.\.\. ✓ Pass \(\d+\.\d GB peak\) \[est \d+\.\d GB\]\n"
+                     r"      \[Memory released - subprocess exited\]$", out, re.MULTILINE), out
+    assert line_for(out, "dolphin-8b").startswith("[2/5] dolphin-8b           (8B  ) ... ✗ Crashed (crashed with SIGSEGV")
+    not_found = line_for(out, "llama-8b")
+    assert not_found.startswith("[3/5] llama-8b             (8B  ) ... ✗ Model not available — would need ~")
+    assert not_found.endswith(f"; `hf download {hub_id('llama-8b')}`")
+    oom = line_for(out, "r1-distill-14b")
+    assert oom.startswith("[4/5] r1-distill-14b       (14B ) ... ✗ OOM (killed by SIGKILL, most likely by the "
+                          "operating system's out-of-memory killer"), oom
+    assert line_for(out, "hermes-70b") == (
+        "[5/5] hermes-70b           (70B ) ... - Skipped (r1-distill-14b ran out of memory; larger models will not fit)")
+    assert out.count("[Memory released - subprocess exited]") == 4
+    assert "Recommended: hermes-mistral-7b (largest model that fits)" in out
+    assert "Tested 4, passed 1, failed 3, skipped 1." in out
+
+
+def test_json_output(run_a):
+    _, report, _ = run_a
+    assert report["recommended"] == "hermes-mistral-7b"
+    assert report["device"] == "cpu" and report["synthetic"] is False and report["max_memory_gb"] > 0
+    models = {m["preset"]: m for m in report["models"]}
+    assert [m["preset"] for m in report["models"]] == ["hermes-mistral-7b", "dolphin-8b", "llama-8b", "r1-distill-14b"]
+    assert [m["status"] for m in report["models"]] == ["pass", "crashed", "not_available", "oom"]
+    assert [s["preset"] for s in report["skipped"]] == ["hermes-70b"]
+    for model in report["models"]:
+        for key in ("preset", "model_name", "params", "success", "status", "peak_memory_gb", "estimate_gb", "error",
+                    "optimal_config", "config", "device", "synthetic"):
+            assert key in model, key
+    passed = models["hermes-mistral-7b"]
+    assert passed["success"] is True and passed["error"] is None
+    assert passed["model_name"] == hub_id("hermes-mistral-7b")
+    assert passed["config"] == {"batch_size": 2, "lora_rank": 64, "lora_layers": 4, "seq_length": 64, "steps": 2,
+                                "dtype": "float32", "grad_checkpoint": False}
+    assert "--lora-layers 16 clamped to the model's 4 layers" in passed["notes"]
+    assert 0.1 < passed["peak_memory_gb"] == passed["peak_host_gb"] < 8
+    assert passed["step_time_s"] > 0 and passed["tokens_per_s"] == pytest.approx(2 * 64 / passed["step_time_s"], rel=0.01)
+    # the estimate comes from the model on disk (the tiny one), not from the preset's 7B shape
+    assert passed["estimate_gb"] < 1
+    assert models["dolphin-8b"]["signal"] == "SIGSEGV"
+    missing = models["llama-8b"]
+    assert missing["download_command"] == f"hf download {hub_id('llama-8b')}"
+    assert f"hf download {hub_id('llama-8b')}" in missing["error"]
+    assert missing["estimate_gb"] > 10  # the preset's 8B shape
+    killed = models["r1-distill-14b"]
+    assert killed["signal"] == "SIGKILL" and killed["peak_host_gb"] > 0.01
+
+
+def test_optimize_fills_the_optimal_config(run_a):
+    proc, report, _ = run_a
+    assert "Optimizing hermes-mistral-7b (quick grid)" in proc.stdout
+    best = report["models"][0]["optimal_config"]
+    assert {k: best[k] for k in ("batch_size", "lora_rank", "lora_alpha", "lora_layers")} == {
+        "batch_size": 2, "lora_rank": 64, "lora_alpha": 128, "lora_layers": 4}
+    assert best["tokens_per_s"] > 0 and best["peak_memory_gb"] > 0.1
+    profile = json.loads(open(best["profile"]).read())
+    assert profile["model"] == "hermes-mistral-7b" and profile["steps"] == 15
+    assert [r["status"] for r in profile["results"]] == ["pass", "oom", "oom", "skipped", "skipped", "skipped"]
+    assert all(m["optimal_config"] is None for m in report["models"][1:])
+
+
+def test_event_log(run_a):
+    _, report, records = run_a
+    assert records[0] == {"event": "from an earlier run"}  # appended, never truncated
+    events = [r for r in records[1:]]
+    assert all(r["run_id"] == report["run_id"] and r["timestamp"] > 0 for r in events)
+    names = [r["event"] for r in events]
+    assert names == ["benchmark_start"] + ["model_start", "subprocess_start", "subprocess_success"] + [
+        "model_start", "subprocess_start", "subprocess_failed"] * 3 + [
+        "optimize_start", "optimize_complete", "benchmark_complete"]
+    success = events[3]
+    assert success["preset"] == "hermes-mistral-7b" and success["exit_code"] == 0 and success["last_phase"] == "done"
+    assert len(success["stdout_head"]) == 1 and success["stdout_head"][0].startswith("BENCHMARK_RESULT:{")
+    failed = [r for r in events if r["event"] == "subprocess_failed"]
+    assert [(r["preset"], r["status"], r["signal"]) for r in failed] == [
+        ("dolphin-8b", "crashed", "SIGSEGV"), ("llama-8b", "not_available", None), ("r1-distill-14b", "oom", "SIGKILL")]
+    assert failed[1]["exit_code"] == 1 and failed[0]["exit_code"] is None
+    assert failed[2]["last_phase"] == "resolving"  # the probe's phase lines reached the parent
+    complete = events[-1]
+    assert (complete["tested"], complete["passed"], complete["failed"], complete["skipped"]) == (4, 1, 3, 1)
+
+
+# ---------------------------------------------------------------------------- run B: errors and the budget
+
+def test_errors_do_not_stop_but_over_budget_does(tmp_path, tiny_model_dir):
+    cache = make_cache(tmp_path, tiny_model_dir, ["hermes-mistral-7b", "dolphin-8b", "llama-8b", "r1-distill-14b"])
+    log = tmp_path / "log.jsonl"
+    proc = run_cli(["benchmark", *FAST, "--models", "r1-distill-14b,dolphin-8b,llama-8b,hermes-mistral-7b",
+                    "--max-memory", "0.01", "--force", "--log", str(log)],
+                   HF_HUB_CACHE=str(cache), **{FAULT_ENV: "error@hermes-mistral-7b,exit:3@dolphin-8b"})
+    out = proc.stdout
+    assert proc.returncode == 1, proc.stderr
+    assert line_for(out, "hermes-mistral-7b").startswith(
+        "[1/4] hermes-mistral-7b    (7B  ) ... ✗ Error: RuntimeError: injected failure (YOUR_AI_PROBE_FAULT=error")
+    # no result line and a non-zero exit: the child's last stderr line is the message
+    assert line_for(out, "dolphin-8b").startswith(
+        "[2/4] dolphin-8b           (8B  ) ... ✗ Error: injected exit with code 3")
+    assert re.match(r"\[3/4\] llama-8b             \(8B  \) \.\.\. ✗ Over budget \(peak \d+\.\d\d GB is over the "
+                    r"0\.01 GB budget\) \[est", line_for(out, "llama-8b"))
+    assert line_for(out, "r1-distill-14b").endswith("- Skipped (llama-8b went over the budget; larger models will not fit)")
+    assert "No models passed benchmark." in out and "not found locally" not in out
+    failed = [r for r in read_log(log) if r["event"] == "subprocess_failed"]
+    assert [(r["status"], r["exit_code"]) for r in failed] == [("error", 1), ("error", 3), ("over_budget", 1)]
+    assert "injected exit with code 3" in failed[1]["stderr_tail"][-1]
+
+
+def test_nothing_downloaded_lists_the_options_and_force_skips_the_safety_stop(hub_cache, monkeypatch):
+    monkeypatch.setenv(SAFETY_ENV, "1000000")
+    stream = io.StringIO()
+    report = run_benchmark(["llama-8b"], device="cpu", force=True, log_path=None, config=FAST_CONFIG, stream=stream)
+    out = stream.getvalue()
+    assert report["recommended"] is None
+    assert "SAFETY STOP" not in out
+    assert out.count("✗ Model not available") == 1
+    assert "No models passed benchmark." in out
+    assert "⚠️  1 model(s) not found locally" in out
+    assert f"       hf download {hub_id('llama-8b')}" in out
+    assert "your-ai train --model /path/to/model" in out
+    assert "your-ai benchmark --synthetic" in out
+
+
+# ---------------------------------------------------------------------------- in process: no or one child
+
+def test_safety_stop(tmp_path, monkeypatch):
+    monkeypatch.setenv(SAFETY_ENV, "1000000")
+    log, stream = tmp_path / "log.jsonl", io.StringIO()
+    report = run_benchmark(["hermes-mistral-7b", "llama-8b"], device="cpu", log_path=log, stream=stream,
+                           output=tmp_path / "r.json")
+    out = stream.getvalue()
+    assert "SAFETY STOP: only" in out and "under 1e+06 GB" in out and "stopping before hermes-mistral-7b" in out
+    assert "[1/2] hermes-mistral-7b    (7B  ) ... - Skipped (safety stop)" in out
+    assert "[2/2] llama-8b             (8B  ) ... - Skipped (safety stop)" in out
+    assert report["safety_stop"] is True and report["models"] == [] and len(report["skipped"]) == 2
+    events = read_log(log)
+    assert [e["event"] for e in events] == ["benchmark_start", "safety_stop", "benchmark_complete"]
+    assert events[1]["min_available_gb"] == 1e6 and events[1]["available_gb"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["skipped"][0]["reason"] == "safety stop"
+
+
+def test_bad_safety_threshold_is_named(monkeypatch):
+    monkeypatch.setenv(SAFETY_ENV, "lots")
+    with pytest.raises(ValueError, match="YOUR_AI_SAFETY_MIN_AVAILABLE_GB='lots' is not a number"):
+        run_benchmark(["tiny"], device="cpu", log_path=None, stream=io.StringIO())
+
+
+def test_weights_over_the_budget_are_not_loaded(tmp_path, hub_cache):
+    hub_cache.add(hub_id("hermes-mistral-7b"))
+    log, stream = tmp_path / "log.jsonl", io.StringIO()
+    report = run_benchmark(["hermes-mistral-7b", "llama-8b"], device="cpu", max_memory_gb=0.01, log_path=log,
+                           stream=stream)
+    out = stream.getvalue()
+    assert "✗ Over budget (the weights alone need 0.02 GB > 0.01 GB budget; not loaded" in out
+    assert "- Skipped (hermes-mistral-7b went over the budget" in out
+    assert report["models"][0]["status"] == "over_budget"
+    assert "subprocess_start" not in [e["event"] for e in read_log(log)]
+
+
+def test_timeout_kills_the_process_group(tmp_path, hub_cache, monkeypatch):
+    hub_cache.add(hub_id("hermes-mistral-7b"))
+    monkeypatch.setenv(FAULT_ENV, "sleep:120")
+    stream = io.StringIO()
+    started = time.monotonic()
+    report = run_benchmark(["hermes-mistral-7b", "llama-8b"], device="cpu", timeout_s=2, config=FAST_CONFIG,
+                           log_path=tmp_path / "log.jsonl", stream=stream)
+    assert time.monotonic() - started < 60
+    out = stream.getvalue()
+    assert re.search(r"\[1/2\] hermes-mistral-7b    \(7B  \) \.\.\. ✗ Timeout \(no result within 2 s.*process group "
+                     r"killed\)", out), out
+    assert "      [Memory released - subprocess killed]" in out
+    assert report["models"][0]["status"] == "timeout"
+    assert len(report["models"]) == 2 and report["skipped"] == []  # a timeout does not stop the run
+    failed = [e for e in read_log(tmp_path / "log.jsonl") if e["event"] == "subprocess_failed"][0]
+    assert failed["timed_out"] is True and failed["signal"] == "SIGKILL"
+
+
+def test_presets_are_tested_smallest_first():
+    assert [p.name for p in benchmark_presets(None)] == [
+        "hermes-mistral-7b", "dolphin-8b", "llama-8b", "r1-distill-14b", "hermes-70b"]
+    assert [p.name for p in benchmark_presets(["hermes-70b", "tiny", "r1-distill-32b"])] == [
+        "tiny", "r1-distill-32b", "hermes-70b"]
+    with pytest.raises(KeyError, match="unknown preset 'nope'"):
+        benchmark_presets(["nope"])
+
+
+def test_result_text_for_synthetic_and_other_statuses():
+    base = {"estimate_gb": 15.14, "synthetic": True, "peak_memory_gb": 27.83, "error": "boom", "download_command": None}
+    assert result_text({**base, "status": "pass"}) == "✓ Pass (27.8 GB peak) [est 15.1 GB, synthetic]"
+    assert result_text({**base, "status": "error", "synthetic": False}) == "✗ Error: boom [est 15.1 GB]"
+    assert result_text({**base, "status": "not_available", "download_command": "hf download a/b"}) == (
+        "✗ Model not available — would need ~15 GB; `hf download a/b`")

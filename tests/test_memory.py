@@ -1,0 +1,84 @@
+"""Memory: peaks are peaks, and the estimator's counts match the models PyTorch and PEFT build."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from your_ai import memory
+from your_ai.lora import LoraSettings, apply_lora, trainable_parameter_count
+from your_ai.models import build_random_model
+from your_ai.presets import PRESETS, TINY, Architecture
+
+SMALL_QWEN2 = Architecture("qwen2", 64, 160, 3, 4, 2, 300, 256, tie_word_embeddings=True)
+
+
+@pytest.mark.parametrize("architecture", [TINY.architecture, SMALL_QWEN2], ids=["llama", "qwen2-tied"])
+def test_parameter_and_lora_counts_match_real_models(architecture):
+    model = build_random_model(architecture)
+    assert architecture.parameter_count() == sum(p.numel() for p in model.parameters())
+    peft_model, _ = apply_lora(model, LoraSettings(rank=8, layers=2))
+    assert memory.lora_parameter_count(architecture, 8, 2) == trainable_parameter_count(peft_model)
+    # asking for more layers than the model has counts the model's layers
+    assert memory.lora_parameter_count(architecture, 8, 99) == memory.lora_parameter_count(
+        architecture, 8, architecture.num_hidden_layers)
+
+
+def test_estimate_parts():
+    arch = PRESETS["hermes-mistral-7b"].architecture
+    cuda = memory.estimate_for_device(arch, "cuda", batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16)
+    cpu = memory.estimate_for_device(arch, "cpu", batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16)
+    assert cuda.parts_gb["weights"] == pytest.approx(arch.parameter_count() * 2 / 1e9, abs=1e-3)
+    assert cpu.parts_gb["weights"] == pytest.approx(2 * cuda.parts_gb["weights"], abs=1e-3)
+    assert cuda.total_gb == pytest.approx(sum(cuda.parts_gb.values()), abs=0.01)
+    assert cuda.parts_gb["lora_params_grads_optimizer"] == pytest.approx(
+        memory.lora_parameter_count(arch, 64, 16) * 16 / 1e9, abs=1e-3)
+    checkpointed = memory.estimate_for_device(arch, "cuda", lora_layers=16, grad_checkpoint=True)
+    assert checkpointed.parts_gb["activations"] < cuda.parts_gb["activations"]
+    bigger = memory.estimate_for_device(arch, "cuda", batch_size=4, lora_layers=16)
+    assert bigger.parts_gb["activations"] == pytest.approx(2 * cuda.parts_gb["activations"], rel=1e-3)
+    assert memory.weights_gb(arch, "cuda") == pytest.approx(cuda.parts_gb["weights"], abs=1e-3)
+    assert memory.training_dtype_bytes("cuda:1") == 2 and memory.training_dtype_bytes("mps") == 4
+
+
+def test_architecture_from_a_saved_config(tiny_model_dir, tmp_path):
+    read = memory.read_architecture(tiny_model_dir)
+    tiny = TINY.architecture
+    for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "vocab_size", "max_position_embeddings"):
+        assert getattr(read, field) == getattr(tiny, field), field
+    assert read.parameter_count() == tiny.parameter_count()
+    assert memory.fit_seq_length(None, read) == 1024 and memory.fit_seq_length(4096, read) == 1024
+    assert memory.fit_seq_length(64, read) == 64
+    (tmp_path / "config.json").write_text('{"hidden_size": 8,\n"vocab_size": }')
+    with pytest.raises(ValueError, match=r"config.json:2: not valid JSON"):
+        memory.read_architecture(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ValueError, match="config.json: model config has no usable 'num_attention_heads'"):
+        memory.read_architecture(tmp_path)
+
+
+def test_peak_is_the_high_water_mark_not_memory_after():
+    script = (
+        "from your_ai.memory import PeakMemory\n"
+        "import psutil, torch\n"
+        "peak = PeakMemory('cpu'); peak.reset(); rss = psutil.Process().memory_info().rss / 1e9\n"
+        "x = torch.ones(100_000_000)\n"  # 0.4 GB, touched
+        "during = peak.peak_gb(); del x\n"
+        "print(rss, during, peak.peak_gb(), peak.device_peak_gb())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True).stdout
+    rss_before, during, after, device = out.split()
+    assert float(during) >= float(rss_before) + 0.38
+    assert float(after) == float(during)  # freeing does not lower a peak
+    assert device == "None"
+
+
+def test_a_childs_peak_rss_from_wait4():
+    child = subprocess.Popen([sys.executable, "-c", "x = b'1' * 300_000_000"])
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0
+    assert 0.3 <= memory.rusage_peak_rss_gb(usage) < 1.0

@@ -1,0 +1,59 @@
+"""The fit probe (`benchmark --single-model`): one real LoRA run, exactly one result line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from your_ai.probe import (
+    FAULT_ENV,
+    RESULT_PREFIX,
+    FitConfig,
+    injected_fault,
+    params_label,
+    parse_result_line,
+)
+
+
+def single_model(*args, **env):
+    proc = subprocess.run([sys.executable, "-m", "your_ai", "benchmark", "--single-model", *args, "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(RESULT_PREFIX), (proc.stdout, proc.stderr)
+    return proc, json.loads(lines[0][len(RESULT_PREFIX):])
+
+
+def test_out_of_memory_error_is_reported_as_oom(tiny_model_dir):
+    proc, result = single_model("tiny", **{FAULT_ENV: "oom"})
+    assert proc.returncode == 1
+    assert result["status"] == "oom" and result["success"] is False
+    assert result["error"].startswith("OutOfMemoryError: out of memory (YOUR_AI_PROBE_FAULT=oom")
+    assert result["peak_host_gb"] > 0
+
+
+def test_fault_selectors():
+    config = FitConfig(batch_size=4, lora_rank=64, lora_layers=16)
+    env = {FAULT_ENV: "sleep:5@llama-8b, oom@batch=4, segfault"}
+    assert injected_fault("llama-8b", config, env) == "sleep:5"
+    assert injected_fault("tiny", config, env) == "oom"
+    assert injected_fault("tiny", FitConfig(batch_size=2), env) == "segfault"
+    assert injected_fault("tiny", config, {FAULT_ENV: "error@rank=128"}) is None
+    assert injected_fault("tiny", config, {}) is None
+    for bad in ("explode", "sleep", "sleep:soon", "oom@size=3", "exit:x"):
+        with pytest.raises(ValueError, match=f"{FAULT_ENV}="):
+            injected_fault("tiny", config, {FAULT_ENV: bad})
+
+
+def test_result_line_parsing_and_config_checks():
+    assert parse_result_line("noise\nBENCHMARK_RESULT:{\"status\": \"pass\"}\nmore") == {"status": "pass"}
+    assert parse_result_line("BENCHMARK_RESULT:{broken\n") is None
+    assert parse_result_line("") is None
+    assert FitConfig(seq_length=128, grad_checkpoint=True).cli_args() == [
+        "--batch-size", "2", "--lora-rank", "64", "--lora-layers", "16", "--steps", "5", "--seq-length", "128",
+        "--grad-checkpoint"]
+    with pytest.raises(ValueError, match="batch_size=0 must be a positive integer"):
+        FitConfig(batch_size=0)
+    assert [params_label(n) for n in (3_950_848, 7_241_732_096, 70_553_706_496, 1_500_000_000)] == [
+        "4M", "7.2B", "71B", "1.5B"]
