@@ -1,0 +1,118 @@
+"""`your-ai generate`, `evaluate` and `export` as a user runs them (real subprocesses and files)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_inference import make_adapter
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "your_ai", *args], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ))
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    return make_adapter(tmp_path_factory.mktemp("cli-adapter") / "adapter")
+
+
+def _blocks(stdout: str) -> dict[str, str]:
+    """``--- label ... ---`` headed blocks of ``generate --compare``, by first word of the label."""
+    blocks, current = {}, None
+    for line in stdout.splitlines():
+        if line.startswith("--- ") and line.endswith(" ---"):
+            current = line[4:].split(":")[0]
+            blocks[current] = []
+        elif current:
+            blocks[current].append(line)
+    return {key: "\n".join(value) for key, value in blocks.items()}
+
+
+def test_generate_compare_prints_base_and_fine_tuned_outputs(adapter_dir):
+    prompt = "The bridge was completed in"
+    result = run_cli("generate", "--prompt", prompt, "--checkpoint", str(adapter_dir), "--compare",
+                     "--temperature", "0", "--max-tokens", "10")
+    assert result.returncode == 0, result.stderr
+    assert "--- base model: tiny (greedy) ---" in result.stdout
+    assert f"--- fine-tuned: {adapter_dir.resolve()} (greedy) ---" in result.stdout
+    blocks = _blocks(result.stdout)
+    assert blocks["base model"].strip() and blocks["fine-tuned"].strip()
+    assert blocks["base model"] != blocks["fine-tuned"]
+
+    from your_ai import inference
+
+    im = inference.load_for_inference(checkpoint=adapter_dir)
+    assert blocks["fine-tuned"] == inference.generate(im, prompt, max_tokens=10, temperature=0)
+    with im.model.disable_adapter():
+        assert blocks["base model"] == inference.generate(im, prompt, max_tokens=10, temperature=0)
+
+    single = run_cli("generate", "--prompt", prompt, "--checkpoint", str(adapter_dir),
+                     "--temperature", "0", "--max-tokens", "10")
+    assert single.returncode == 0, single.stderr
+    assert single.stdout == blocks["fine-tuned"] + "\n"
+
+
+def test_generate_usage_and_checkpoint_errors(tmp_path):
+    result = run_cli("generate", "--prompt", "hi", "--compare")
+    assert result.returncode == 2 and "--compare needs --checkpoint" in result.stderr
+    result = run_cli("generate", "--prompt", "hi", "--checkpoint", str(tmp_path))
+    assert result.returncode == 1
+    assert f"checkpoint '{tmp_path}' is not a LoRA adapter folder: it has no adapter_config.json" in result.stderr
+
+
+def test_evaluate_json_and_bad_lines(adapter_dir, tmp_path):
+    data = tmp_path / "val.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in (
+        {"text": "The bridge was completed in 1931 and carried 40 tonnes.", "auth_weight": 0.05, "prov_entropy": 7.5},
+        {"prompt": "When was the bridge completed?", "completion": " In 1931."},
+        {"text": "Engineers measured the load on the bridge each spring."},
+    )) + "\n")
+    result = run_cli("evaluate", "--data", str(data), "--checkpoint", str(adapter_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"] == "tiny" and report["checkpoint"] == str(adapter_dir.resolve())
+    assert report["record_count"] == 3 and [r["line"] for r in report["records"]] == [1, 2, 3]
+    assert report["token_count"] == sum(r["tokens"] for r in report["records"]) > 10
+    weighted = sum(r["cross_entropy"] * r["tokens"] for r in report["records"]) / report["token_count"]
+    assert report["cross_entropy"] == pytest.approx(weighted)
+    assert report["perplexity"] == pytest.approx(math.exp(report["cross_entropy"]))
+    assert 0 < report["cross_entropy"] < 2 * math.log(2048)
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "x", "auth_weight": 1.5, "prov_entropy": 2}\nnot json\n')
+    result = run_cli("evaluate", "--data", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:2: auth_weight=1.5 is out of range" in result.stderr
+    assert f"{bad}:3: not valid JSON" in result.stderr
+    assert result.stdout == ""
+
+
+def test_export_writes_a_standalone_model_with_the_adapters_logits(adapter_dir, tmp_path):
+    output = tmp_path / "merged"
+    result = run_cli("export", "--checkpoint", str(adapter_dir), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert f"Saved the merged model to {output}" in result.stdout
+    assert (output / "model.safetensors").is_file() and not list(output.glob("adapter_*"))
+
+    from transformers import AutoModelForCausalLM
+
+    from your_ai import inference
+
+    merged = AutoModelForCausalLM.from_pretrained(output, local_files_only=True)
+    im = inference.load_for_inference(checkpoint=adapter_dir)
+    ids = torch.tensor([[0, 17, 250, 999, 1500, 42, 7]])
+    with torch.no_grad():
+        expected = im.model(input_ids=ids).logits
+        got = merged(input_ids=ids).logits
+        with im.model.disable_adapter():
+            base = im.model(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not torch.allclose(got, base, atol=1e-3)
