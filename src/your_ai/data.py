@@ -3,6 +3,11 @@
 Every problem is reported as a ``DataError`` naming the file, the line number and the
 value at fault. Nothing is dropped or altered silently: callers either stop at the first
 bad line or collect them all and report them (``read_records(..., collect_errors=True)``).
+
+For training, records become tokenised examples and batches: ``training_files`` (a file, or a
+directory with train.jsonl / val.jsonl), ``record_scores``, ``tokenize_records``, ``collate``
+(right padding, -100 labels where nothing is learned) and ``BatchSampler`` (a shuffled order
+reproducible from the seed and a ``DataPosition``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from your_ai.distrust import AUTHORITY_MAX, AUTHORITY_MIN
+from your_ai.distrust import AUTHORITY_MAX, AUTHORITY_MIN, IGNORE_INDEX
 
 METADATA_FIELDS = ("year", "source", "url", "publisher", "source_type", "identifier")
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -119,6 +124,9 @@ def check_record(value: Any, file: str | Path, line: int) -> Record:
     if year is not None and (isinstance(year, bool) or not isinstance(year, int)):
         if not (isinstance(year, str) and year.strip().isdigit()):
             raise DataError(file, line, f"year={year!r} is not a whole number")
+    for key in METADATA_FIELDS:
+        if key != "year" and value.get(key) is not None and not isinstance(value[key], str):
+            raise DataError(file, line, f"{key}={_short(value[key])} is not a string")
     return Record(fields=value, file=str(file), line=line, kind=kind)
 
 
@@ -193,3 +201,209 @@ def read_records(path: str | Path, *, collect_errors: bool = False) -> ReadResul
         else:
             result.records.append(item)
     return result
+
+
+# ---------------------------------------------------------------------------- training data
+
+TRAIN_FILE = "train.jsonl"
+VAL_FILE = "val.jsonl"
+
+
+@dataclass
+class TrainingFiles:
+    train: Path
+    val: Path | None
+
+
+def training_files(path: str | Path) -> TrainingFiles:
+    """``path`` is a JSONL file (train only) or a directory holding train.jsonl and optionally val.jsonl."""
+    path = Path(path)
+    if path.is_dir():
+        train = path / TRAIN_FILE
+        if not train.is_file():
+            raise DataError(train, 0, f"file does not exist (a data directory needs {TRAIN_FILE}, optionally {VAL_FILE})")
+        val = path / VAL_FILE
+        return TrainingFiles(train=train, val=val if val.is_file() else None)
+    if not path.exists():
+        raise DataError(path, 0, "file does not exist")
+    return TrainingFiles(train=path, val=None)
+
+
+def record_scores(records: list[Record]) -> tuple[list[float], list[float], int]:
+    """(auth_weights, prov_entropies, how many were computed): a record's own values when it
+    carries them, else ``scoring.score_document`` of its text and metadata."""
+    from your_ai.scoring import score_document
+
+    weights, entropies, computed = [], [], 0
+    for record in records:
+        if record.has_scores:
+            weights.append(float(record.auth_weight))
+            entropies.append(float(record.prov_entropy))
+            continue
+        try:
+            score = score_document(record.document_text(), record.metadata)
+        except ValueError as error:
+            raise DataError(record.file, record.line, str(error)) from None
+        weights.append(score.authority_weight)
+        entropies.append(score.provenance_entropy)
+        computed += 1
+    return weights, entropies, computed
+
+
+@dataclass
+class Example:
+    """One tokenised record: ``labels`` is ``input_ids`` with IGNORE_INDEX where nothing is learned."""
+
+    input_ids: list[int]
+    labels: list[int]
+    auth_weight: float
+    prov_entropy: float
+
+    @property
+    def target_tokens(self) -> int:
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+def tokenize_record(record: Record, tokenizer, max_seq_length: int) -> tuple[list[int], list[int], bool]:
+    """(input_ids, labels, exact) for one record, truncated to ``max_seq_length`` tokens.
+
+    text: every token is learned, with the end-of-sequence token appended.
+    prompt/completion: only the completion (and the end-of-sequence token) is learned.
+    chat: rendered with the tokenizer's chat template; only assistant turns are learned when the
+    template renders each turn as a prefix of the next (``exact`` is False when the whole
+    conversation had to be learned instead).
+    """
+    exact = True
+    if record.kind == "text":
+        ids = _with_eos(tokenizer(record.fields["text"])["input_ids"], tokenizer)
+        labels = list(ids)
+    elif record.kind == "prompt":
+        prompt = tokenizer(record.fields["prompt"])["input_ids"]
+        completion = _with_eos(tokenizer(record.fields["completion"], add_special_tokens=False)["input_ids"], tokenizer)
+        ids = prompt + completion
+        labels = [IGNORE_INDEX] * len(prompt) + completion
+    else:
+        ids, labels, exact = _tokenize_chat(record, tokenizer)
+    return ids[:max_seq_length], labels[:max_seq_length], exact
+
+
+def _with_eos(ids: list[int], tokenizer) -> list[int]:
+    eos = tokenizer.eos_token_id
+    if eos is not None and (not ids or ids[-1] != eos):
+        return list(ids) + [eos]
+    return list(ids)
+
+
+def _tokenize_chat(record: Record, tokenizer) -> tuple[list[int], list[int], bool]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(record.file, record.line, "chat record, but the model's tokenizer has no chat template")
+    messages = record.fields["messages"]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as error:  # the template itself raises on conversations it does not accept
+        raise DataError(record.file, record.line, f"the chat template rejects this conversation: {error}") from None
+    spans = _assistant_spans(messages, tokenizer, text)
+    if spans is None or not getattr(tokenizer, "is_fast", False):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(ids), list(ids), False
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])
+    labels = [
+        token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+        for token, (begin, _) in zip(ids, encoding["offset_mapping"])
+    ]
+    return ids, labels, True
+
+
+def _assistant_spans(messages: list[dict], tokenizer, text: str) -> list[tuple[int, int]] | None:
+    """Character spans of the assistant turns in ``text``, or None if the template is not prefix-stable."""
+    spans = []
+    try:
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = (
+                tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
+                if index else ""
+            )
+            through = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+            if not (text.startswith(through) and through.startswith(before)):
+                return None
+            spans.append((len(before), len(through)))
+    except Exception:  # a template that cannot render a partial conversation
+        return None
+    return spans
+
+
+def tokenize_records(
+    records: list[Record], weights: list[float], entropies: list[float], tokenizer, max_seq_length: int
+) -> tuple[list[Example], int]:
+    """Examples for ``records`` (with their scores), and how many chat records were learned whole."""
+    examples, inexact = [], 0
+    for record, weight, entropy in zip(records, weights, entropies, strict=True):
+        ids, labels, exact = tokenize_record(record, tokenizer, max_seq_length)
+        inexact += not exact
+        examples.append(Example(ids, labels, weight, entropy))
+    return examples, inexact
+
+
+def collate(examples: list[Example], pad_token_id: int) -> dict:
+    """Right-padded tensors: input_ids, attention_mask, labels (IGNORE_INDEX on padding),
+    auth_weight and prov_entropy (float64)."""
+    import torch
+
+    length = max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        size = len(example.input_ids)
+        input_ids[row, :size] = torch.tensor(example.input_ids, dtype=torch.long)
+        labels[row, :size] = torch.tensor(example.labels, dtype=torch.long)
+        attention_mask[row, :size] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "auth_weight": torch.tensor([e.auth_weight for e in examples], dtype=torch.float64),
+        "prov_entropy": torch.tensor([e.prov_entropy for e in examples], dtype=torch.float64),
+    }
+
+
+@dataclass
+class DataPosition:
+    """Where the next batch starts: ``index`` into the shuffled order of ``epoch``."""
+
+    epoch: int = 0
+    index: int = 0
+
+
+def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled order of epoch ``epoch``: a permutation that depends only on (seed, epoch)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator).tolist()
+
+
+class BatchSampler:
+    """Indices of successive batches, epoch after epoch, reproducible from (seed, position).
+
+    An epoch's last batch may be smaller than ``batch_size``; the next batch starts a new epoch.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, position: DataPosition | None = None):
+        if size < 1:
+            raise ValueError("no training examples")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.position = position or DataPosition()
+        self._order_epoch, self._order = -1, []
+
+    def next(self) -> list[int]:
+        if self._order_epoch != self.position.epoch:
+            self._order, self._order_epoch = epoch_order(self.size, self.seed, self.position.epoch), self.position.epoch
+        start = self.position.index
+        indices = self._order[start : start + self.batch_size]
+        end = start + len(indices)
+        self.position = DataPosition(self.position.epoch + 1, 0) if end >= self.size else DataPosition(self.position.epoch, end)
+        return indices

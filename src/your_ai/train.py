@@ -7,10 +7,45 @@ pass -> ``LossParts``) and ``build_optimizer`` (AdamW over the trainable paramet
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+import math
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from your_ai.checkpoints import (
+    checkpoints_dir,
+    find_latest_checkpoint,
+    load_checkpoint,
+    read_trainer_state,
+    remove_stale_temporaries,
+    save_adapter,
+    save_best,
+    save_checkpoint,
+    write_json_atomically,
+)
+from your_ai.data import (
+    TRAIN_FILE,
+    VAL_FILE,
+    BatchSampler,
+    DataError,
+    DataPosition,
+    Example,
+    TrainingFiles,
+    collate,
+    read_records,
+    record_scores,
+    tokenize_records,
+    training_files,
+)
 
 from your_ai.distrust import (
     DEFAULT_ALPHA,
@@ -21,7 +56,7 @@ from your_ai.distrust import (
     distrust_objective,
     per_sample_cross_entropy,
 )
-from your_ai.hardware import training_dtype
+from your_ai.hardware import pick_device, training_dtype
 from your_ai.lora import LoraSettings, apply_lora
 from your_ai.models import (
     InvalidModelNameError,
@@ -31,7 +66,8 @@ from your_ai.models import (
     load_tokenizer,
     resolve_model,
 )
-from your_ai.presets import PRESETS
+from your_ai.memory import PeakMemory, default_budget_gb
+from your_ai.presets import PRESETS, TINY
 
 
 # ---------------------------------------------------------------------------- model
@@ -78,7 +114,9 @@ def load_for_training(
     base.config.use_cache = False
     if grad_checkpoint:
         _enable_checkpointing(base)
-    peft_model, note = apply_lora(base, lora)
+    with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model, note = apply_lora(base, lora)
     if note:
         notes.append(note)
     return TrainingModel(
@@ -130,15 +168,21 @@ class Objective:
         return cls(mode=mode, alpha=alpha, lambda_weight=lambda_weight, weighting=weighting)
 
 
-def compute_loss(model, batch: dict, objective: Objective) -> LossParts:
+def compute_loss(model, batch: dict, objective: Objective, *, fast_head: bool | str = False) -> LossParts:
     """One forward pass -> total (to differentiate), mean cross-entropy and mean distrust value.
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` (-100 where not learned),
     ``auth_weight`` and ``prov_entropy``. Labels are not passed to the model, so the
-    model computes no loss of its own.
+    model computes no loss of its own. ``fast_head``: the same per-sample cross-entropy without
+    the full logits (``your_ai.fast_step``; True or a head name: "auto", "chunked", "liger").
     """
-    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    per_sample = per_sample_cross_entropy(output.logits, batch["labels"])
+    if fast_head:
+        from your_ai.fast_step import model_per_sample_cross_entropy
+
+        per_sample = model_per_sample_cross_entropy(model, batch, head="auto" if fast_head is True else fast_head)
+    else:
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        per_sample = per_sample_cross_entropy(output.logits, batch["labels"])
     return distrust_objective(
         per_sample,
         batch["auth_weight"],
@@ -158,3 +202,556 @@ def build_optimizer(model, learning_rate: float, weight_decay: float = 0.01) -> 
     return torch.optim.AdamW(
         parameters, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay
     )
+
+
+# ---------------------------------------------------------------------------- configuration
+
+DEFAULTS: dict[str, Any] = {
+    "batch_size": 2,
+    "lora_rank": 128,
+    "lora_layers": 16,
+    "learning_rate": 5e-5,
+    "warmup_steps": 100,
+    "max_steps": 5000,
+    "grad_accum": 1,
+    "max_grad_norm": 1.0,
+    "max_seq_length": 1024,
+    "weight_decay": 0.01,
+    "distrust_mode": "weighted",
+    "alpha": DEFAULT_ALPHA,
+    "lambda_weight": 1.0,
+    "save_every": 500,
+    "keep_last": 3,
+    "memory_report_interval": 10,
+    "seed": 42,
+}
+
+# The built-in tiny model is a 4-layer demo: a short run that finishes in about a minute on a CPU.
+TINY_DEFAULTS: dict[str, Any] = {
+    "batch_size": 4,
+    "lora_rank": 16,
+    "learning_rate": 1e-3,
+    "warmup_steps": 6,
+    "max_steps": 60,
+    "max_seq_length": 256,
+    "save_every": 20,
+}
+
+# Settings that shape the run's numbers: a resumed run keeps the checkpoint's values.
+RUN_SHAPE_FIELDS = (
+    "model", "data", "batch_size", "lora_rank", "lora_alpha", "lora_layers", "learning_rate",
+    "warmup_steps", "max_steps", "grad_accum", "max_grad_norm", "max_seq_length", "weight_decay",
+    "distrust_mode", "alpha", "lambda_weight", "seed",
+)
+
+
+class TrainingArgsError(ValueError):
+    """A training setting that cannot work; the message names the flag."""
+
+
+class TrainingError(Exception):
+    """Training cannot start or go on; the message says what to do."""
+
+
+class MemoryLimitExceeded(Exception):
+    """The measured peak went above ``--max-memory``; a checkpoint was saved first."""
+
+    def __init__(self, peak_gb: float, limit_gb: float, step: int, checkpoint: Path):
+        self.peak_gb, self.limit_gb, self.step, self.checkpoint = peak_gb, limit_gb, step, checkpoint
+        super().__init__(
+            f"peak memory {peak_gb:.2f} GB went above --max-memory {limit_gb:.2f} GB at step {step}; "
+            f"saved checkpoint {checkpoint}. Lower --batch-size, --max-seq-length or --lora-rank, "
+            f"or add --grad-checkpoint, then continue with --resume"
+        )
+
+
+@dataclass
+class TrainingArgs:
+    """Everything a training run needs. ``None`` means the default (``DEFAULTS``; ``TINY_DEFAULTS``
+    first for the built-in tiny model); ``with_defaults()`` fills them in."""
+
+    model: str | None = None  # preset, hub id or directory; None: the built-in tiny model
+    data: str | None = None  # JSONL file, or directory with train.jsonl (+ val.jsonl); None: the demo corpus
+    output_dir: str | None = None  # None: models/distrust-<preset or model name>
+    batch_size: int | None = None
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # None: 2 * rank
+    lora_layers: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    max_steps: int | None = None
+    grad_accum: int | None = None
+    max_grad_norm: float | None = None
+    max_seq_length: int | None = None
+    weight_decay: float | None = None
+    distrust_mode: str | None = None
+    alpha: float | None = None
+    lambda_weight: float | None = None
+    save_every: int | None = None
+    keep_last: int | None = None
+    eval_every: int | None = None  # None: save_every
+    memory_report_interval: int | None = None
+    seed: int | None = None
+    max_memory: float | None = None  # GB; None: 80% of the device's memory
+    metrics_file: str | None = None  # None: <output_dir>/metrics.jsonl
+    save_best: bool = False
+    resume: bool = False
+    tensorboard: bool = True
+    grad_checkpoint: bool = False
+    device: str | None = None
+    trust_remote_code: bool = False
+
+    def with_defaults(self) -> "TrainingArgs":
+        model = self.model or TINY.name
+        values = asdict(self)
+        values["model"] = model
+        defaults = {**DEFAULTS, **(TINY_DEFAULTS if model in (TINY.name, TINY.hub_id) else {})}
+        for key, value in defaults.items():
+            if values[key] is None:
+                values[key] = value
+        if values["data"] is None:
+            values["data"] = str(demo_corpus_path())
+        if values["output_dir"] is None:
+            values["output_dir"] = default_output_dir(model)
+        if values["eval_every"] is None:
+            values["eval_every"] = values["save_every"]
+        return TrainingArgs(**values)
+
+    def validate(self) -> None:
+        """Raise ``TrainingArgsError`` naming the first flag with a value that cannot work."""
+        for key in ("batch_size", "lora_rank", "lora_layers", "max_steps", "grad_accum", "save_every",
+                    "keep_last", "eval_every", "memory_report_interval"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise TrainingArgsError(f"{_flag(key)} must be a whole number >= 1 (got {value!r})")
+        if self.max_seq_length is not None and (not isinstance(self.max_seq_length, int) or self.max_seq_length < 2):
+            raise TrainingArgsError(f"--max-seq-length must be a whole number >= 2 (got {self.max_seq_length!r})")
+        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+            raise TrainingArgsError(f"--warmup-steps must be a whole number >= 0 (got {self.warmup_steps!r})")
+        for key in ("learning_rate", "max_grad_norm", "lora_alpha", "max_memory"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise TrainingArgsError(f"{_flag(key)} must be a positive number (got {value!r})")
+        if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise TrainingArgsError(f"--weight-decay must be a number >= 0 (got {self.weight_decay!r})")
+        if self.distrust_mode is not None and self.distrust_mode not in MODES:
+            raise TrainingArgsError(f"--distrust-mode {self.distrust_mode!r} must be one of {', '.join(MODES)}")
+        if self.alpha is not None:
+            try:
+                check_alpha(self.alpha)
+            except ValueError as error:
+                raise TrainingArgsError(f"--alpha: {error}") from None
+        if self.lambda_weight is not None:
+            high = 1.0 if (self.distrust_mode or DEFAULTS["distrust_mode"]) == "weighted" else math.inf
+            if not (0.0 <= self.lambda_weight <= high):
+                bound = "in [0, 1] in weighted mode" if high == 1.0 else ">= 0"
+                raise TrainingArgsError(f"--lambda-weight must be {bound} (got {self.lambda_weight!r})")
+
+    def lora_settings(self) -> LoraSettings:
+        return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, layers=self.lora_layers)
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def demo_corpus_path() -> Path:
+    return Path(str(resources.files("your_ai") / "assets" / "demo_corpus.jsonl"))
+
+
+def default_output_dir(model: str) -> str:
+    """``models/distrust-<preset name, or the last part of a hub id or directory>``."""
+    name = model if model in PRESETS else Path(model.rstrip("/\\")).name
+    return str(Path("models") / f"distrust-{name}")
+
+
+def _merge_for_resume(given: TrainingArgs, saved: dict, output_dir: Path) -> TrainingArgs:
+    """The checkpoint's settings; this invocation may change only those that do not shape the numbers."""
+    values = {key: saved.get(key) for key in RUN_SHAPE_FIELDS}
+    for key in RUN_SHAPE_FIELDS:
+        value = getattr(given, key)
+        if value is None or value == values[key]:
+            continue
+        if key == "data" and Path(value).resolve() == Path(values[key]).resolve():
+            continue
+        if key == "model" and resolve_model(value).path == resolve_model(values[key]).path:
+            continue
+        raise TrainingArgsError(
+            f"{_flag(key)} {value!r} differs from the checkpoint's {values[key]!r}: a resumed run keeps its "
+            f"settings (start a new run with another --output-dir to change it)"
+        )
+    for key, value in asdict(given).items():
+        if key not in RUN_SHAPE_FIELDS:  # given here, else as the run had it (switches: as given here)
+            values[key] = value if value is not None else saved.get(key)
+    values["output_dir"] = str(output_dir)  # where the checkpoint was found
+    return TrainingArgs(**values).with_defaults()
+
+
+# ---------------------------------------------------------------------------- the loop
+
+@dataclass
+class TrainResult:
+    output_dir: Path  # the final adapter and tokenizer are here
+    steps: int
+    final_loss: float | None
+    best_val_loss: float | None
+    peak_memory_gb: float
+    elapsed_s: float
+    resumed_from: int | None  # step of the checkpoint a resumed run started from
+    stopped_early: bool  # ``stop_after`` was reached before max_steps
+    normaliser: float | None  # mean distrust value of the training set (weighted mode)
+    notes: list[str] = field(default_factory=list)
+
+
+def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) -> TrainResult:
+    """Fine-tune with LoRA under the distrust objective; returns where the adapter is.
+
+    Nothing is loaded or written until the data has been read, checked and scored.
+    ``stop_after`` ends the run (with a checkpoint) after that many steps, as an interruption
+    would, without changing the schedule; ``resume`` continues from the newest checkpoint.
+    """
+    from rich.console import Console
+
+    console = console or Console(soft_wrap=True)
+    started = time.perf_counter()
+    args, output_dir, checkpoint, saved_state = _plan(args)
+    device = pick_device(args.device)
+    notes: list[str] = []
+
+    # data: read, check, score -- before any model is loaded or anything written
+    files = training_files(args.data)
+    train_records = read_records(files.train).records
+    if not train_records:
+        raise DataError(files.train, 0, "no records")
+    val_records = read_records(files.val).records if files.val else []
+    if args.save_best and not val_records:
+        raise TrainingArgsError(
+            f"--save-best needs a validation set: pass a directory holding {TRAIN_FILE} and {VAL_FILE} as --data"
+        )
+    train_w, train_h, computed = record_scores(train_records)
+    val_w, val_h, val_computed = record_scores(val_records)
+    if computed or val_computed:
+        notes.append(
+            f"scored {computed + val_computed} record(s) without auth_weight/prov_entropy from their text and metadata"
+        )
+    digest = _data_digest(files)
+    if saved_state is not None and saved_state.get("data_sha256") != digest:
+        raise TrainingError(f"the data in {args.data} changed since checkpoint {checkpoint}; a resumed run needs the same data")
+    objective = Objective.from_dataset(args.distrust_mode, args.alpha, args.lambda_weight, train_w, train_h)
+
+    # tokenizer and examples
+    resolved = resolve_model(args.model)
+    base_model = str(resolved.path) if resolved.source == "local" else args.model
+    tokenizer = load_tokenizer(resolved, trust_remote_code=args.trust_remote_code)
+    train_examples, inexact = tokenize_records(train_records, train_w, train_h, tokenizer, args.max_seq_length)
+    val_examples, _ = tokenize_records(val_records, val_w, val_h, tokenizer, args.max_seq_length)
+    if inexact:
+        notes.append(f"{inexact} chat record(s) learned whole: the chat template does not render turn by turn")
+    empty = sum(1 for example in train_examples if example.target_tokens == 0)
+    if empty:
+        notes.append(f"{empty} training record(s) have nothing to learn within --max-seq-length {args.max_seq_length}")
+
+    # model, optimizer, schedule
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    loaded = load_for_training(
+        args.model, args.lora_settings(), device,
+        grad_checkpoint=args.grad_checkpoint, trust_remote_code=args.trust_remote_code,
+    )
+    notes.extend(loaded.notes)
+    model = loaded.model
+    model.train()
+    optimizer = build_optimizer(model, args.learning_rate, args.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+    step, position, best_val = 0, DataPosition(), None
+    tokens_seen, elapsed_before = 0, 0.0
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+        step, best_val = state["step"], state.get("best_val_loss")
+        position = DataPosition(**state["position"])
+        tokens_seen, elapsed_before = state.get("tokens_seen", 0), state.get("elapsed_s", 0.0)
+    resumed_from = step if checkpoint is not None else None
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir)
+    limit_gb = args.max_memory if args.max_memory is not None else default_budget_gb(device)
+    peak = PeakMemory(device)
+    peak.reset()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    pad_id = tokenizer.pad_token_id
+
+    _print_plan(console, args, loaded, device, files, len(train_examples), len(val_examples), objective, notes,
+                resumed_from, limit_gb, trainable)
+
+    def state_for_checkpoint() -> dict:
+        return {
+            "args": asdict(args),
+            "position": asdict(sampler.position),
+            "data_sha256": digest,
+            "best_val_loss": best_val,
+            "normaliser": objective.weighting.normaliser if objective.weighting else None,
+            "tokens_seen": tokens_seen,
+            "elapsed_s": elapsed_before + time.perf_counter() - started,
+        }
+
+    def checkpoint_now() -> Path:
+        return save_checkpoint(output_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                               trainer_state=state_for_checkpoint(), base_model=base_model, keep_last=args.keep_last)
+
+    sampler = BatchSampler(len(train_examples), args.batch_size, args.seed, position)
+    reporter = _Reporter(console, output_dir, args, start_step=step)
+    last_saved, final_loss, stopped_early = (step if checkpoint is not None else None), None, False
+    window = _Window()
+    try:
+        while step < args.max_steps:
+            learning_rate = scheduler.get_last_lr()[0]
+            optimizer.zero_grad(set_to_none=True)
+            for _ in range(args.grad_accum):
+                batch = collate([train_examples[i] for i in sampler.next()], pad_id)
+                batch = {key: value.to(device) for key, value in batch.items()}
+                parts = compute_loss(model, batch, objective)
+                (parts.total / args.grad_accum).backward()
+                tokens = int(batch["attention_mask"].sum())
+                window.add(parts, tokens, args.grad_accum)
+                tokens_seen += tokens
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm))
+            if not math.isfinite(grad_norm):  # checked before the update: the adapter stays as it was
+                raise TrainingError(
+                    f"the loss or its gradient became {grad_norm} at step {step + 1}; lower --learning-rate "
+                    f"(now {args.learning_rate:g}) or --max-grad-norm"
+                )
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            peak.sample()
+            peak_gb = peak.peak_gb()
+            if step % args.memory_report_interval == 0 or step == args.max_steps or step == 1:
+                final_loss = window.loss()
+                reporter.train(step, sampler.position.epoch, window, learning_rate, grad_norm, peak_gb,
+                               elapsed_before + time.perf_counter() - started)
+                window = _Window()
+            if val_examples and (step % args.eval_every == 0 or step == args.max_steps):
+                val = evaluate(model, val_examples, objective, args.batch_size, pad_id, device)
+                improved = best_val is None or val["val_loss"] < best_val
+                if improved:
+                    best_val = val["val_loss"]
+                reporter.eval(step, val, improved and args.save_best)
+                if improved and args.save_best:
+                    save_best(output_dir, model=model, tokenizer=loaded.tokenizer, base_model=base_model,
+                              info={"step": step, **val})
+            if peak_gb > limit_gb:
+                saved = checkpoint_now()
+                raise MemoryLimitExceeded(peak_gb, limit_gb, step, saved)
+            if step % args.save_every == 0 or step == args.max_steps:
+                checkpoint_now()
+                last_saved = step
+            if stop_after is not None and step >= stop_after and step < args.max_steps:
+                if last_saved != step:
+                    checkpoint_now()
+                stopped_early = True
+                break
+    finally:
+        reporter.close()
+
+    if final_loss is None and window.steps:
+        final_loss = window.loss()
+    if not stopped_early:
+        save_adapter(model, output_dir, base_model=base_model, tokenizer=loaded.tokenizer)
+    elapsed = time.perf_counter() - started
+    result = TrainResult(
+        output_dir=output_dir,
+        steps=step,
+        final_loss=final_loss,
+        best_val_loss=best_val,
+        peak_memory_gb=peak.peak_gb(),
+        elapsed_s=elapsed,
+        resumed_from=resumed_from,
+        stopped_early=stopped_early,
+        normaliser=objective.weighting.normaliser if objective.weighting else None,
+        notes=notes,
+    )
+    if not stopped_early:
+        write_json_atomically(output_dir / SUMMARY_FILE, {**asdict(result), "output_dir": str(output_dir),
+                                                          "args": asdict(args), "base_model": base_model})
+    return result
+
+
+SUMMARY_FILE = "training_summary.json"
+
+
+def _plan(given: TrainingArgs) -> tuple[TrainingArgs, Path, Path | None, dict | None]:
+    """Defaults, resume merge and validation: (args, output_dir, checkpoint to resume, its state)."""
+    given.validate()
+    provisional = given.with_defaults()
+    output_dir = Path(provisional.output_dir)
+    latest = find_latest_checkpoint(output_dir)
+    if not given.resume:
+        if latest is not None:
+            raise TrainingError(
+                f"{output_dir} already holds a training run ({latest.name}); continue it with --resume, "
+                f"or pass another --output-dir"
+            )
+        args = replace(provisional, data=str(Path(provisional.data).resolve()), model=_absolute_if_dir(provisional.model))
+        args.validate()
+        return args, output_dir, None, None
+    if latest is None:
+        raise TrainingError(f"--resume: no complete checkpoint in {checkpoints_dir(output_dir)}")
+    state = read_trainer_state(latest)
+    args = _merge_for_resume(given, state["args"], output_dir)
+    args.validate()
+    return args, output_dir, latest, state
+
+
+def _absolute_if_dir(model: str) -> str:
+    """A model directory as an absolute path (so a resumed run finds it from anywhere); other names as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if model not in PRESETS and path.is_dir() else model
+
+
+def _data_digest(files: TrainingFiles) -> str:
+    digest = hashlib.sha256()
+    for path in (files.train, files.val):
+        if path is not None:
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def evaluate(model, examples: list[Example], objective: Objective, batch_size: int, pad_token_id: int,
+             device: str) -> dict[str, float]:
+    """The objective over ``examples`` (in order), averaged per sample: val_loss, val_cross_entropy, val_distrust."""
+    was_training = model.training
+    model.eval()
+    totals = {"val_loss": 0.0, "val_cross_entropy": 0.0, "val_distrust": 0.0}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = {key: value.to(device) for key, value in collate(chunk, pad_token_id).items()}
+        parts = compute_loss(model, batch, objective)
+        totals["val_loss"] += float(parts.total) * len(chunk)
+        totals["val_cross_entropy"] += float(parts.cross_entropy) * len(chunk)
+        totals["val_distrust"] += float(parts.distrust) * len(chunk)
+    if was_training:
+        model.train()
+    return {key: value / len(examples) for key, value in totals.items()}
+
+
+class _Window:
+    """Loss parts and tokens since the last report."""
+
+    def __init__(self) -> None:
+        self.total = self.cross_entropy = self.distrust = 0.0
+        self.tokens, self.steps = 0, 0.0
+        self.started = time.perf_counter()
+
+    def add(self, parts: LossParts, tokens: int, grad_accum: int) -> None:
+        self.total += float(parts.total.detach()) / grad_accum
+        self.cross_entropy += float(parts.cross_entropy) / grad_accum
+        self.distrust += float(parts.distrust) / grad_accum
+        self.tokens += tokens
+        self.steps += 1.0 / grad_accum
+
+    def loss(self) -> float:
+        return self.total / max(self.steps, 1e-9)
+
+    def metrics(self) -> dict[str, float]:
+        steps = max(self.steps, 1e-9)
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        return {
+            "loss": self.total / steps,
+            "cross_entropy": self.cross_entropy / steps,
+            "distrust": self.distrust / steps,
+            "tokens_per_second": self.tokens / seconds,
+        }
+
+
+class _Reporter:
+    """Progress bar and log lines on the console, the metrics JSONL file, TensorBoard."""
+
+    def __init__(self, console, output_dir: Path, args: TrainingArgs, start_step: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = console
+        self.metrics_path = Path(args.metrics_file) if args.metrics_file else output_dir / "metrics.jsonl"
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        self.metrics = open(self.metrics_path, "a", encoding="utf-8")
+        self.writer = None
+        if args.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(output_dir / "runs"), purge_step=start_step or None)
+        self.progress = Progress(
+            TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"), console=console, transient=True,
+        )
+        self.task = self.progress.add_task("train", total=args.max_steps, completed=start_step, status="")
+        self.max_steps = args.max_steps
+        self.progress.start()
+
+    def _write(self, record: dict) -> None:
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+
+    def train(self, step, epoch, window: _Window, learning_rate, grad_norm, peak_gb, elapsed) -> None:
+        values = window.metrics()
+        record = {"kind": "train", "step": step, "epoch": epoch, **values, "learning_rate": learning_rate,
+                  "grad_norm": grad_norm, "peak_memory_gb": peak_gb, "elapsed_s": elapsed}
+        self._write(record)
+        if self.writer is not None:
+            for key in ("loss", "cross_entropy", "distrust", "learning_rate", "grad_norm", "tokens_per_second",
+                        "peak_memory_gb"):
+                self.writer.add_scalar(f"train/{key}", record[key], step)
+            self.writer.flush()
+        line = (f"step {step}/{self.max_steps} | loss {values['loss']:.4f} | ce {values['cross_entropy']:.4f} | "
+                f"distrust {values['distrust']:.2f} | lr {learning_rate:.2e} | grad norm {grad_norm:.3f} | "
+                f"{values['tokens_per_second']:.0f} tok/s | peak {peak_gb:.2f} GB")
+        self.progress.console.print(line, highlight=False)
+        self.progress.update(self.task, completed=step, status=f"loss {values['loss']:.4f}")
+
+    def eval(self, step: int, values: dict, saved_best: bool) -> None:
+        self._write({"kind": "eval", "step": step, **values})
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"val/{key[4:]}", value, step)
+            self.writer.flush()
+        best = " (best so far, saved to best/)" if saved_best else ""
+        self.progress.console.print(
+            f"step {step}: val loss {values['val_loss']:.4f} | val ce {values['val_cross_entropy']:.4f}{best}",
+            highlight=False,
+        )
+
+    def close(self) -> None:
+        self.progress.stop()
+        self.metrics.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _print_plan(console, args, loaded, device, files, n_train, n_val, objective, notes, resumed_from, limit_gb,
+                trainable) -> None:
+    parameters = sum(p.numel() for p in trainable)
+    console.print(f"Model: {args.model} ({loaded.architecture_name}, {str(loaded.dtype).replace('torch.', '')} on {device})",
+                  highlight=False)
+    console.print(f"Data: {files.train} ({n_train} records)" + (f", validation {files.val} ({n_val})" if files.val else ""),
+                  highlight=False)
+    console.print(
+        f"LoRA: rank {args.lora_rank}, alpha {args.lora_settings().effective_alpha:g}, last {args.lora_layers} layers, "
+        f"{parameters:,} trainable parameters | batch {args.batch_size} x {args.grad_accum}, seq {args.max_seq_length}, "
+        f"lr {args.learning_rate:g}, {args.max_steps} steps",
+        highlight=False,
+    )
+    if objective.weighting is not None:
+        console.print(
+            f"Objective: weighted (lambda {objective.lambda_weight:g}, alpha {objective.alpha:g}); normaliser "
+            f"d_bar = {objective.weighting.normaliser:.4f} (mean distrust value over {n_train} training records)",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"Objective: additive (CE + {objective.lambda_weight:g} * sum d): the distrust term is a constant and "
+            f"changes no gradient", highlight=False,
+        )
+    console.print(f"Memory limit: {limit_gb:.2f} GB | output: {args.output_dir}", highlight=False)
+    if resumed_from is not None:
+        console.print(f"Resuming from step {resumed_from}", highlight=False)
+    for note in notes:
+        console.print(f"Note: {note}", highlight=False)

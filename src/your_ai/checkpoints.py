@@ -1,0 +1,333 @@
+"""Checkpoints: the final adapter, intermediate checkpoints that resume exactly, keep-last, best.
+
+Layout of a training output directory::
+
+    <output_dir>/
+      adapter_config.json, adapter_model.safetensors   the final adapter (PEFT format)
+      tokenizer files                                   the tokenizer, beside the adapter
+      checkpoints/
+        step-000500/
+          adapter_config.json, adapter_model.safetensors
+          optimizer.safetensors    every optimizer tensor (AdamW moments, step counts)
+          optimizer.json           the rest of the optimizer state (param groups)
+          rng.safetensors          torch CPU / CUDA / MPS random states
+          trainer_state.json       step, data position, scheduler, python RNG, training args
+        latest                     name of the newest complete checkpoint, updated last
+      best/                        adapter with the lowest validation loss (--save-best)
+
+Every tensor is written with safetensors and everything else as JSON; nothing is pickled.
+A checkpoint is written into a hidden temporary directory, fsynced, then renamed into place,
+so a killed write leaves only a ``.tmp-*`` directory that resume ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_FILE = "latest"
+BEST_DIR = "best"
+TRAINER_STATE_FILE = "trainer_state.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+TEMP_PREFIX = ".tmp-"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or used; the message says which and why."""
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms that cannot open directories
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    for path in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        _fsync_dir(path)
+    _fsync_dir(root)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{TEMP_PREFIX}{path.name}-{os.getpid()}")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+def write_json_atomically(path: Path, value: Any) -> None:
+    write_text_atomically(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_directory_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a temporary sibling of ``target``, fsync it, and rename it to ``target``.
+
+    An existing ``target`` is replaced (moved aside first, removed after the rename).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}-", dir=target.parent))
+    try:
+        fill(staging)
+        _fsync_tree(staging)
+        old = None
+        if target.exists():
+            old = target.with_name(f"{TEMP_PREFIX}old-{target.name}-{os.getpid()}")
+            os.rename(target, old)
+        os.rename(staging, target)
+        _fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def remove_stale_temporaries(output_dir: Path) -> list[Path]:
+    """Delete ``.tmp-*`` leftovers of killed writes in ``output_dir`` and its checkpoints dir."""
+    removed = []
+    for folder in (Path(output_dir), Path(output_dir) / CHECKPOINTS_DIR):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.name.startswith(TEMP_PREFIX):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+# ---------------------------------------------------------------------------- adapter
+
+def write_adapter(model, directory: Path, *, base_model: str, tokenizer=None) -> None:
+    """PEFT adapter (config + safetensors weights) into ``directory`` (which must exist),
+    with ``base_model_name_or_path`` set to ``base_model`` and the tokenizer beside it."""
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = base_model
+    # LoRA never trains the embeddings; saying so also keeps PEFT from looking the base up online.
+    model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def save_adapter(model, output_dir: Path, *, base_model: str, tokenizer=None) -> Path:
+    """The final adapter into ``output_dir`` itself: written to a temporary directory, then each
+    file moved into place with ``os.replace`` (files from an earlier run are replaced, not mixed)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}adapter-", dir=output_dir))
+    try:
+        write_adapter(model, staging, base_model=base_model, tokenizer=tokenizer)
+        _fsync_tree(staging)
+        for path in sorted(staging.iterdir()):
+            if path.is_file():
+                os.replace(path, output_dir / path.name)
+        _fsync_dir(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def load_adapter_weights(model, directory: Path) -> None:
+    """Load an adapter's weights (safetensors) into an already LoRA-wrapped ``model``."""
+    from peft import set_peft_model_state_dict
+
+    weights = Path(directory) / ADAPTER_WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} does not exist")
+    device = next(model.parameters()).device
+    result = set_peft_model_state_dict(model, load_file(weights, device=str(device)))
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise CheckpointError(f"{weights} does not match the model's adapters (unexpected: {unexpected[:3]})")
+
+
+# ---------------------------------------------------------------------------- optimizer and RNG
+
+def optimizer_state_to_files(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (for safetensors) and the JSON-able rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for parameter_id, values in state_dict["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{parameter_id}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(parameter_id), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "state": scalars}
+
+
+def optimizer_state_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        _, parameter_id, key = name.split(".", 2)
+        state.setdefault(int(parameter_id), {})[key] = tensor
+    for parameter_id, values in meta.get("state", {}).items():
+        state.setdefault(int(parameter_id), {}).update(values)
+    groups = []
+    for group in meta["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """Every random state a training step can touch: torch CPU/CUDA/MPS (tensors), Python's (JSON)."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{index}"] = state
+    if torch.backends.mps.is_available():
+        tensors["torch_mps"] = torch.mps.get_rng_state()
+    version, internal, gauss = random.getstate()
+    return tensors, {"python": [version, list(internal), gauss]}
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[f"torch_cuda_{i}"] for i in range(torch.cuda.device_count()) if f"torch_cuda_{i}" in tensors]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    if "torch_mps" in tensors and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(tensors["torch_mps"])
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def checkpoints_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / CHECKPOINTS_DIR
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def save_checkpoint(
+    output_dir: Path,
+    step: int,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    trainer_state: dict,
+    base_model: str,
+    keep_last: int,
+) -> Path:
+    """Write ``checkpoints/step-NNNNNN`` atomically, point ``latest`` at it, drop all but the newest ``keep_last``."""
+    target = checkpoints_dir(output_dir) / step_dir_name(step)
+
+    def fill(directory: Path) -> None:
+        write_adapter(model, directory, base_model=base_model)
+        tensors, meta = optimizer_state_to_files(optimizer.state_dict())
+        save_file(tensors, directory / "optimizer.safetensors")
+        (directory / "optimizer.json").write_text(json.dumps(meta, indent=2) + "\n")
+        rng_tensors, rng_meta = rng_state()
+        save_file(rng_tensors, directory / "rng.safetensors")
+        state = dict(trainer_state, step=step, scheduler=scheduler.state_dict(), rng=rng_meta)
+        (directory / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    write_directory_atomically(target, fill)
+    write_text_atomically(checkpoints_dir(output_dir) / LATEST_FILE, target.name + "\n")
+    prune_checkpoints(output_dir, keep_last)
+    return target
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first (temporary directories of killed writes are not listed)."""
+    folder = checkpoints_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and path.is_dir() and (path / TRAINER_STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def find_latest_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names, or the newest complete one if the marker is missing or stale."""
+    folder = checkpoints_dir(output_dir)
+    marker = folder / LATEST_FILE
+    if marker.is_file():
+        named = folder / marker.read_text().strip()
+        if _STEP_DIR.match(named.name) and (named / TRAINER_STATE_FILE).is_file():
+            return named
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(output_dir: Path, keep_last: int) -> list[Path]:
+    """Remove all but the newest ``keep_last`` complete checkpoints; returns what was removed."""
+    found = list_checkpoints(output_dir)
+    removed = [path for _, path in found[:-keep_last]] if keep_last > 0 else []
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    path = Path(checkpoint) / TRAINER_STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: cannot be read ({error})") from None
+
+
+def load_checkpoint(checkpoint: Path, *, model, optimizer, scheduler) -> dict:
+    """Restore adapter weights, optimizer, scheduler and RNG from ``checkpoint``; return its trainer state."""
+    checkpoint = Path(checkpoint)
+    state = read_trainer_state(checkpoint)
+    load_adapter_weights(model, checkpoint)
+    try:
+        meta = json.loads((checkpoint / "optimizer.json").read_text())
+        tensors = load_file(checkpoint / "optimizer.safetensors")
+        optimizer.load_state_dict(optimizer_state_from_files(tensors, meta))
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(load_file(checkpoint / "rng.safetensors"), state["rng"])
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"checkpoint {checkpoint} is incomplete or damaged: {error}") from None
+    return state
+
+
+def save_best(output_dir: Path, *, model, tokenizer, base_model: str, info: dict) -> Path:
+    """Replace ``best/`` with the current adapter (and tokenizer) and ``info`` (step, validation loss)."""
+
+    def fill(directory: Path) -> None:
+        write_adapter(model, directory, base_model=base_model, tokenizer=tokenizer)
+        (directory / "best.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    return write_directory_atomically(Path(output_dir) / BEST_DIR, fill)
