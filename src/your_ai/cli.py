@@ -351,19 +351,34 @@ _POSITIVE = click.IntRange(min=1)
 @click.option("--seed", type=int, help="Seed for LoRA init and data order (default 42).")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
-def train(no_tensorboard, **options):
+@click.option("--profile", "profile_file", type=click.Path(dir_okay=False),
+              help="Apply a hardware profile saved by `your-ai optimize` (batch, rank, alpha, layers).")
+@click.option("--auto-optimize", is_flag=True, help="Apply this model's saved hardware profile; "
+              "run the quick optimize sweep first when there is none.")
+def train(no_tensorboard, profile_file, auto_optimize, **options):
     """Fine-tune a model with LoRA under the Empirical Distrust objective.
 
     With no --model and no --data it trains the built-in tiny model on the demo corpus (about a minute on a CPU).
     """
     from transformers.utils import logging as transformers_logging
 
+    from your_ai import optimize
     from your_ai import train as training
     from your_ai.checkpoints import CheckpointError
     from your_ai.data import DataError
     from your_ai.models import ModelResolutionError
 
     transformers_logging.disable_progress_bar()
+    try:
+        chosen = optimize.profile_for_training(
+            options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
+            device=options["device"], say=click.echo,
+        )
+        if chosen:
+            options, note = optimize.apply_profile(options, *chosen)
+            click.echo(note)
+    except ValueError as error:
+        _fail(str(error), code=1)
     try:
         result = training.train(training.TrainingArgs(tensorboard=not no_tensorboard, **options))
     except training.TrainingArgsError as error:

@@ -268,3 +268,44 @@ def load_profile(path: str | os.PathLike) -> dict:
         if key != "lora_alpha":
             profile[key] = int(value)
     return profile
+
+
+def apply_profile(options: dict, profile: dict, source: str) -> tuple[dict, str]:
+    """Fill ``train`` options from a hardware profile; flags the user gave explicitly win.
+
+    Returns the new options and a line saying what was applied. A profile made for another
+    model than ``options['model']`` is refused.
+    """
+    model = options.get("model")
+    if model and model != profile["model"]:
+        raise ValueError(f"{source}: profile is for model {profile['model']!r}, not {model!r}")
+    applied = dict(options)
+    applied["model"] = model or profile["model"]
+    taken = []
+    for key in PROFILE_KEYS:
+        if applied.get(key) is None:
+            applied[key] = profile[key]
+            taken.append(f"{key.replace('_', '-')} {profile[key]:g}")
+    if applied.get("max_seq_length") is None and profile.get("seq_length"):
+        applied["max_seq_length"] = int(profile["seq_length"])
+        taken.append(f"max-seq-length {applied['max_seq_length']}")
+    note = f"Applied hardware profile {source}: {', '.join(taken) or 'nothing (all set by flags)'}"
+    return applied, note
+
+
+def profile_for_training(model: str | None, *, profile: str | None, auto: bool, max_memory_gb: float | None,
+                         device: str | None, say: Callable[[str], None]) -> tuple[dict, str] | None:
+    """The profile ``train`` should apply: ``--profile FILE``, or with ``--auto-optimize`` the saved
+    profile of this model, measured now with the quick sweep when there is none. None otherwise."""
+    if profile:
+        return load_profile(profile), profile
+    if not auto:
+        return None
+    target = profile_path(model or "tiny")
+    if target.is_file():
+        return load_profile(target), str(target)
+    say(f"No hardware profile for {model or 'tiny'} yet: running the quick optimize sweep first.")
+    outcome = run_optimize(model or "tiny", quick=True, max_memory_gb=max_memory_gb, device=device, say=say)
+    if outcome["profile"] is None:
+        raise ValueError(f"--auto-optimize: no configuration of {model or 'tiny'} fits the memory budget")
+    return outcome["profile"], outcome["path"]
