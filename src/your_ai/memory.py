@@ -192,12 +192,21 @@ def estimate_training_memory(
     activation_bytes: int = 2,
     grad_checkpoint: bool = False,
     overhead_gb: float = 0.5,
+    checkpointed_layers: int | None = None,
+    logits_chunk_tokens: int | None = None,
+    fused_kernels: bool = False,
 ) -> MemoryEstimate:
     """First analytic estimate of LoRA training memory in GB.
 
     weights (at their dtype) + LoRA params with grads and AdamW state (fp32: 16 bytes each)
     + activations of the adapted layers (autograd keeps nothing below the first adapter)
     + logits in fp32 with their gradient + a fixed allowance for the runtime.
+
+    With ``grad_checkpoint``, ``checkpointed_layers`` adapted layers (None: all) keep only their
+    input and are recomputed in the backward pass. ``logits_chunk_tokens`` is the chunked
+    linear + cross-entropy head (``your_ai.fast_step``): one chunk of logits lives at a time, plus
+    the final hidden states and their gradient. ``fused_kernels``: fused RMSNorm / SwiGLU / RoPE
+    (Liger), which keep bf16 norm inputs and only the two MLP projections per layer.
     """
     layers = min(lora_layers, architecture.num_hidden_layers)
     h, i = architecture.hidden_size, architecture.intermediate_size
@@ -206,12 +215,21 @@ def estimate_training_memory(
 
     weights = architecture.parameter_count() * weight_bytes
     lora = lora_parameter_count(architecture, lora_rank, layers) * 16
-    per_token_layer = (10 * h + 4 * i + 4 * kv) * activation_bytes
-    if grad_checkpoint:
-        activations = tokens * h * activation_bytes * layers + tokens * per_token_layer
+    if fused_kernels:
+        per_token_layer = (6 * h + 2 * i + 2 * kv) * activation_bytes
     else:
-        activations = tokens * per_token_layer * layers
-    logits = tokens * architecture.vocab_size * (4 + 4 + activation_bytes)
+        per_token_layer = (10 * h + 4 * i + 4 * kv) * activation_bytes
+    recomputed = 0
+    if grad_checkpoint:
+        recomputed = layers if checkpointed_layers is None else max(0, min(checkpointed_layers, layers))
+    activations = tokens * (h * activation_bytes * recomputed + per_token_layer * (layers - recomputed))
+    if recomputed:
+        activations += tokens * per_token_layer  # the layer being recomputed
+    if logits_chunk_tokens:
+        chunk = min(logits_chunk_tokens, tokens)
+        logits = chunk * architecture.vocab_size * (4 + 2 * activation_bytes) + 2 * tokens * h * activation_bytes
+    else:
+        logits = tokens * architecture.vocab_size * (4 + 4 + activation_bytes)
     parts = {
         "weights": weights / GB,
         "lora_params_grads_optimizer": lora / GB,
@@ -225,5 +243,7 @@ def estimate_training_memory(
         assumptions={
             "batch_size": batch_size, "seq_length": seq_length, "lora_rank": lora_rank,
             "lora_layers": layers, "weight_bytes": weight_bytes, "grad_checkpoint": grad_checkpoint,
+            "checkpointed_layers": recomputed, "logits_chunk_tokens": logits_chunk_tokens,
+            "fused_kernels": fused_kernels,
         },
     )

@@ -1,0 +1,307 @@
+"""The fast LoRA step gives the plain step's numbers: per-sample cross-entropy, distrust-weighted
+loss and LoRA gradients, with recomputation and bf16 autocast; it keeps less memory; the mode
+chooser follows the budget."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from your_ai import fast_step
+from your_ai.distrust import per_sample_cross_entropy
+from your_ai.lora import LoraSettings, apply_lora
+from your_ai.models import build_random_model
+from your_ai.presets import PRESETS, TINY
+from your_ai.train import Objective, compute_loss
+
+LORA = LoraSettings(rank=8, layers=3)  # 3 of the tiny model's 4 layers: one frozen layer below
+
+
+def tiny_lora_model(dtype=torch.float32, seed=0):
+    model = build_random_model(TINY.architecture, dtype=dtype, seed=seed)
+    model.config.use_cache = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model, _ = apply_lora(model, LORA)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # LoRA B starts at zero, which would make every A gradient zero
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    peft_model.train()
+    return peft_model
+
+
+def make_batch(batch=3, seq=37, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, TINY.architecture.vocab_size, (batch, seq), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, seq - 9:] = 0  # right padding
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[0, :11] = -100  # a prompt that is not learned
+    labels[2, 1:] = -100  # a sample with no target token: its cross-entropy is 0
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "auth_weight": torch.tensor([0.05, 0.9, 0.5], dtype=torch.float64)[:batch],
+        "prov_entropy": torch.tensor([7.5, 1.0, 3.0], dtype=torch.float64)[:batch],
+    }
+
+
+def weighted_objective():
+    return Objective.from_dataset("weighted", 2.7, 1.0, [0.05, 0.9, 0.5, 0.3], [7.5, 1.0, 3.0, 5.0])
+
+
+def loss_and_lora_grads(model, batch, objective, **kwargs):
+    model.zero_grad(set_to_none=True)
+    parts = compute_loss(model, batch, objective, **kwargs)
+    parts.total.backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return parts, grads
+
+
+class SavedBytes:
+    """Bytes autograd keeps for the backward pass (distinct storages), via saved-tensor hooks."""
+
+    def __init__(self):
+        self.storages: dict[int, int] = {}
+
+    def __enter__(self):
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            self.storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())
+
+
+class LargestTensor(TorchDispatchMode):
+    """The largest tensor any operation creates while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_leaves(out):
+            if isinstance(value, torch.Tensor):
+                self.largest = max(self.largest, value.numel() * value.element_size())
+        return out
+
+
+# ---------------------------------------------------------------------------- the head
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 64, None])
+def test_chunked_head_equals_cross_entropy_of_full_logits(chunk_tokens):
+    model = tiny_lora_model()
+    batch = make_batch()
+    with torch.no_grad():
+        full = per_sample_cross_entropy(model(input_ids=batch["input_ids"],
+                                              attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        chunked = fast_step.model_per_sample_cross_entropy(model, batch, chunk_tokens=chunk_tokens)
+    assert chunked.dtype == torch.float32 and chunked.shape == (3,)
+    assert full[2] == 0 and chunked[2] == 0
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["weighted", "additive"])
+def test_distrust_step_loss_and_lora_gradients_match_the_plain_step(mode):
+    model = tiny_lora_model()
+    batch = make_batch()
+    objective = weighted_objective() if mode == "weighted" else Objective(mode="additive", lambda_weight=0.5)
+    plain, plain_grads = loss_and_lora_grads(model, batch, objective)
+    fast, fast_grads = loss_and_lora_grads(model, batch, objective, fast_head=True)
+    torch.testing.assert_close(fast.total, plain.total, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.cross_entropy, plain.cross_entropy, atol=1e-5, rtol=0)
+    assert fast_grads.keys() == plain_grads.keys() and len(plain_grads) == 4 * 2 * LORA.layers
+    for name, grad in plain_grads.items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(fast_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_weights_change_the_gradient_of_the_chunked_head():
+    """The distrust weights reach the gradients: weighting sample 0 alone is sample 0's gradient."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    weight = torch.randn(50, 16)
+    labels = torch.randint(0, 50, (2, 9))
+    per_sample = fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=4)
+    (torch.tensor([3.0, 0.0]) * per_sample).sum().backward()
+    reference = hidden.detach().clone().requires_grad_(True)
+    (3.0 * per_sample_cross_entropy(F.linear(reference, weight), labels)[0]).backward()
+    torch.testing.assert_close(hidden.grad, reference.grad, atol=1e-5, rtol=1e-5)
+    assert hidden.grad[1].abs().max() == 0
+
+
+def test_a_trainable_head_gets_its_gradient_through_recomputed_chunks():
+    torch.manual_seed(1)
+    hidden = torch.randn(2, 11, 16, requires_grad=True)
+    weight = torch.randn(40, 16, requires_grad=True)
+    labels = torch.randint(0, 40, (2, 11))
+    labels[1, :4] = -100
+    (fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=5) * torch.tensor([1.0, 2.0])).sum().backward()
+    hidden_ref = hidden.detach().clone().requires_grad_(True)
+    weight_ref = weight.detach().clone().requires_grad_(True)
+    (per_sample_cross_entropy(F.linear(hidden_ref, weight_ref), labels) * torch.tensor([1.0, 2.0])).sum().backward()
+    torch.testing.assert_close(weight.grad, weight_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden.grad, hidden_ref.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_the_chunked_head_keeps_and_creates_far_less_than_the_full_logits():
+    torch.manual_seed(2)
+    batch, seq, width, vocab = 2, 256, 64, 16384
+    weight = torch.randn(vocab, width) * 0.05
+    labels = torch.randint(0, vocab, (batch, seq))
+    grads, measured = {}, {}
+    for name in ("full", "chunked"):
+        hidden = (torch.randn(batch, seq, width, generator=torch.Generator().manual_seed(3))).requires_grad_(True)
+        with SavedBytes() as saved, LargestTensor() as largest:
+            if name == "full":
+                per_sample = per_sample_cross_entropy(F.linear(hidden, weight), labels)
+            else:
+                per_sample = fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=64)
+            per_sample.mean().backward()
+        grads[name], measured[name] = hidden.grad, (saved.total, largest.largest)
+    torch.testing.assert_close(grads["chunked"], grads["full"], atol=1e-6, rtol=1e-5)
+    logits_bytes = batch * (seq - 1) * vocab * 4
+    assert measured["full"][0] >= logits_bytes and measured["full"][1] >= logits_bytes
+    saved, largest = measured["chunked"]
+    assert saved <= 2 * batch * seq * width * 4  # the rows' gradients (and their indices), no logits
+    assert largest <= 64 * vocab * 4  # one chunk of logits at a time
+    assert saved * 50 < measured["full"][0] and largest * 7 < measured["full"][1]
+
+
+def test_head_choice():
+    assert fast_step.resolve_head("auto", "cpu") == "chunked"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        fast_step.resolve_head("liger", "cpu")
+    with pytest.raises(ValueError, match="must be one of"):
+        fast_step.resolve_head("fused", "cpu")
+    assert fast_step.default_chunk_tokens(32032) == 4096 and fast_step.default_chunk_tokens(128256) == 1024
+
+
+# ---------------------------------------------------------------------------- modes
+
+def test_prepared_step_with_recomputed_layers_matches_and_keeps_less():
+    batch, objective = make_batch(), weighted_objective()
+    reference = tiny_lora_model()
+    plain, plain_grads = loss_and_lora_grads(reference, batch, objective)
+    kept = {}
+    for count in (0, 1, 3):
+        model = tiny_lora_model()
+        mode = fast_step.mode_with(TINY.architecture, 3, 37, LORA, "cpu", count)
+        setup = fast_step.prepare_step(model, mode)
+        assert setup.autocast_dtype is None and not setup.fused_kernels
+        assert setup.checkpointed_layers == [1, 2, 3][:count]
+        assert fast_step.adapted_layer_indices(model) == [1, 2, 3]
+        with SavedBytes() as saved:
+            parts, grads = loss_and_lora_grads(model, batch, objective, fast_head=True)
+        kept[count] = saved.total
+        torch.testing.assert_close(parts.total, plain.total, atol=1e-5, rtol=0)
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=f"{count} layers: {name}")
+    assert kept[0] > kept[1] > kept[3]
+
+
+def test_bf16_model_with_fp32_adapters_trains_in_bf16_and_keeps_fp32_state():
+    batch, objective = make_batch(), weighted_objective()
+    plain_model = tiny_lora_model(torch.bfloat16)
+    plain, plain_grads = loss_and_lora_grads(plain_model, batch, objective)
+    model = tiny_lora_model(torch.bfloat16)
+    setup = fast_step.prepare_step(model, None)
+    assert setup.autocast_dtype == torch.bfloat16 and setup.checkpointed_layers == []
+    fast, grads = loss_and_lora_grads(model, batch, objective, fast_head=True)
+    assert abs(float(fast.total.detach()) - float(plain.total.detach())) < 2e-2 * float(plain.total.detach())
+    for name, grad in plain_grads.items():
+        assert grad.dtype == torch.float32 and grads[name].dtype == torch.float32, name
+        cosine = F.cosine_similarity(grads[name].flatten(), grad.flatten(), dim=0)
+        assert cosine > 0.99, (name, float(cosine))
+    # the prepared model still answers a plain forward call (under the same autocast)
+    with torch.no_grad():
+        assert model(input_ids=batch["input_ids"]).logits.dtype == torch.bfloat16
+
+
+def test_mode_chooser_follows_the_budget():
+    llama = PRESETS["llama-8b"].architecture
+    lora = LoraSettings(rank=16, layers=32)
+
+    def choose(budget):
+        return fast_step.choose_mode(llama, 8, 2048, lora, "cuda", budget, fused_kernels=True)
+
+    roomy, middle, tight, impossible = choose(200), choose(50), choose(25), choose(20)
+    assert (roomy.name, roomy.checkpointed_layers, roomy.fits) == ("fast", 0, True)
+    assert middle.name == "selective" and 0 < middle.checkpointed_layers < 32 and middle.fits
+    assert middle.estimate_gb <= 50 < fast_step.mode_with(
+        llama, 8, 2048, lora, "cuda", middle.checkpointed_layers - 1, fused_kernels=True).estimate_gb
+    assert (tight.name, tight.checkpointed_layers, tight.fits) == ("small", 32, True)
+    assert (impossible.name, impossible.fits) == ("small", False)
+    assert "lower the batch size" in impossible.reason and "selective" in middle.reason
+    assert tight.estimate_gb < middle.estimate_gb < roomy.estimate_gb
+    with pytest.raises(ValueError, match="budget_gb"):
+        choose(0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not fast_step.liger_available(),
+                    reason="Liger's fused linear cross-entropy needs a CUDA GPU and liger_kernel")
+def test_liger_head_matches_the_chunked_head_on_cuda():
+    torch.manual_seed(4)
+    hidden = torch.randn(2, 300, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(5000, 256, device="cuda", dtype=torch.bfloat16) * 0.05
+    labels = torch.randint(0, 5000, (2, 300), device="cuda")
+    labels[0, :50] = -100
+    results = {}
+    for head in ("chunked", "liger"):
+        hidden.grad = None
+        per_sample = fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, head=head)
+        (per_sample * torch.tensor([2.0, 0.5], device="cuda")).sum().backward()
+        results[head] = (per_sample.detach(), hidden.grad.float())
+    torch.testing.assert_close(results["liger"][0], results["chunked"][0], atol=2e-2, rtol=1e-2)
+    cosine = F.cosine_similarity(results["liger"][1].flatten(), results["chunked"][1].flatten(), dim=0)
+    assert cosine > 0.99
+
+
+def test_gpu_benchmark_script_runs_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
+    """``bench/gpu_lora.py --smoke``: the correctness check, a baseline and ours, table and JSON."""
+    import json
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    import gpu_lora
+
+    out = tmp_path / "bench.json"
+    code = gpu_lora.main(["--smoke", "--variants", "peft,peft-liger,ours-small,ours-auto", "--steps", "1",
+                          "--warmup", "0", "--json-out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["checks"][0]["passed"] and result["checks"][0]["heads"]["chunked"]["relative_loss_difference"] < 1e-5
+    rows = {row["variant"]: row for row in result["rows"]}
+    assert rows["peft-liger"]["status"] == "skipped"
+    assert rows["peft"]["status"] == rows["ours-small"]["status"] == rows["ours-fast"]["status"] == "ok"
+    assert rows["ours-auto"]["same_as"] == "ours-fast" and rows["ours-small"]["checkpointed_layers"] == 3
+    assert rows["ours-small"]["tokens_per_s"] > 0 and "speedup_vs_best_baseline" in rows["ours-small"]
+    # T adapts every layer: forward + backward = 4 x tokens x matmul weights (+ LoRA and attention)
+    llama, tokens = PRESETS["llama-8b"].architecture, 8 * 2048
+    matmul_weights = llama.parameter_count() - llama.vocab_size * llama.hidden_size
+    attention = 32 * 2 * 8 * 2048**2 * llama.hidden_size
+    lora = 16 * (4096 + 4096 + 4096 + 1024 + 4096 + 1024 + 4096 + 4096) * 32
+    expected = 4 * tokens * matmul_weights + 3 * attention + 6 * tokens * lora
+    assert gpu_lora.step_flops(gpu_lora.CONFIGS["T"]) == pytest.approx(expected, rel=1e-4)
+    del sys.modules["gpu_lora"]
