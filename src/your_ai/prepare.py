@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import re
 import tempfile
 import unicodedata
 from array import array
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -132,6 +134,31 @@ def _iter_all(files: Sequence[Path]) -> Iterator[Record | DataError]:
         yield from iter_records(path)
 
 
+MAX_ERRORS_KEPT = 1000
+
+
+class ErrorLog:
+    """Counts bad lines, keeps the first ``MAX_ERRORS_KEPT`` messages, passes each on."""
+
+    def __init__(self, on_error: Callable[[DataError], None] | None = None):
+        self.count = 0
+        self.messages: list[str] = []
+        self.on_error = on_error
+
+    def add(self, error: DataError) -> None:
+        self.count += 1
+        if len(self.messages) < MAX_ERRORS_KEPT:
+            self.messages.append(str(error))
+        if self.on_error is not None:
+            self.on_error(error)
+
+    def failure(self, consequence: str = "nothing written") -> PrepareError:
+        plural = "s" if self.count != 1 else ""
+        return PrepareError(
+            f"{self.count} bad line{plural}: {consequence} (fix them, or pass --skip-bad to leave them out)"
+        )
+
+
 # --------------------------------------------------------------------------- duplicates
 
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
@@ -193,14 +220,86 @@ class Deduplicator:
 CONTENT_FIELDS = {"text": ("text",), "chat": ("messages",), "prompt": ("prompt", "completion")}
 
 
-def record_scores(record: Record) -> tuple[float, float, bool]:
-    """``(auth_weight, prov_entropy, scored_here)``: carried values as they are, else scored."""
-    if record.has_scores:
-        return record.auth_weight, record.prov_entropy, False
+Scores = tuple[float, float, bool]  # (auth_weight, prov_entropy, scored_here)
+SCORE_CHUNK = 256
+
+
+def _score_texts(documents: list[tuple[str, dict]]) -> list[tuple[float, float] | str]:
+    """Score ``(text, metadata)`` pairs: ``(w, H)`` each, or the scorer's error message."""
     from your_ai.scoring import score_document
 
-    score = score_document(record.document_text(), record.metadata)
-    return round(float(score.authority_weight), 6), round(float(score.provenance_entropy), 6), True
+    results: list[tuple[float, float] | str] = []
+    for text, metadata in documents:
+        try:
+            score = score_document(text, metadata)
+        except ValueError as error:
+            results.append(str(error))
+        else:
+            results.append((round(float(score.authority_weight), 6), round(float(score.provenance_entropy), 6)))
+    return results
+
+
+def _finish(record: Record, result: tuple[float, float] | str | None) -> Scores | DataError:
+    if result is None:
+        return record.auth_weight, record.prov_entropy, False
+    if isinstance(result, str):
+        return DataError(record.file, record.line, result)
+    return result[0], result[1], True
+
+
+def default_workers() -> int:
+    """Processes that score documents by default: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def score_records(records: Iterable[Record], workers: int = 1) -> Iterator[tuple[Record, Scores | DataError]]:
+    """``(record, (auth_weight, prov_entropy, scored_here))`` per record, in input order.
+
+    Carried scores are kept as they are; other records are scored by
+    ``your_ai.scoring.score_document``, in ``workers`` processes when above 1 (in chunks of
+    ``SCORE_CHUNK`` records, with a bounded number in flight, so memory stays flat). A record
+    the scorer rejects gives a ``DataError`` naming its file and line instead of scores.
+    """
+    def chunks() -> Iterator[list[Record]]:
+        chunk: list[Record] = []
+        for record in records:
+            chunk.append(record)
+            if len(chunk) == SCORE_CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def unscored(chunk: list[Record]) -> list[tuple[str, dict]]:
+        return [(r.document_text(), r.metadata) for r in chunk if not r.has_scores]
+
+    def merge(chunk: list[Record], results: list) -> Iterator[tuple[Record, Scores | DataError]]:
+        found = iter(results)
+        for record in chunk:
+            yield record, _finish(record, None if record.has_scores else next(found))
+
+    pending = chunks()
+    head = list(itertools.islice(pending, 2))
+    if workers <= 1 or len(head) < 2:  # one process, or too little work to start a pool for
+        for chunk in itertools.chain(head, pending):
+            yield from merge(chunk, _score_texts(unscored(chunk)))
+        return
+
+    import multiprocessing
+
+    with multiprocessing.get_context().Pool(workers) as pool:
+        window: deque = deque()
+        for chunk in itertools.chain(head, pending):
+            window.append((chunk, pool.apply_async(_score_texts, (unscored(chunk),))))
+            if len(window) > 2 * workers:
+                done, result = window.popleft()
+                yield from merge(done, result.get())
+        while window:
+            done, result = window.popleft()
+            yield from merge(done, result.get())
 
 
 def output_record(record: Record, auth_weight: float, prov_entropy: float, scored: bool) -> dict[str, Any]:
@@ -213,6 +312,15 @@ def output_record(record: Record, auth_weight: float, prov_entropy: float, score
             out[key] = record.fields[key]
     out["scored"] = scored
     return out
+
+
+def _temporary_file(directory: Path, name: str):
+    """A binary temp file next to ``directory/name``, with the permissions a new file gets."""
+    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(handle.name, 0o666 & ~mask)
+    return handle
 
 
 def _json_line(value: dict) -> bytes:
@@ -416,8 +524,8 @@ class PrepareReport:
         return asdict(self)
 
 
-MAX_ERRORS_KEPT = 1000
 REPORT_NAME = "prepare_report.json"
+PROGRESS_EVERY = 10_000
 
 
 def prepare(
@@ -431,11 +539,15 @@ def prepare(
     balance: bool = True,
     skip_bad: bool = False,
     key: str | None = None,
+    workers: int = 1,
     on_error: Callable[[DataError], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> PrepareReport:
     """Score, deduplicate, balance and split raw JSONL files into ``train.jsonl``/``val.jsonl``.
 
-    Every bad line is passed to ``on_error`` as it is found. Without ``skip_bad`` a run with
+    Documents are scored in ``workers`` processes (the result does not depend on how many).
+    Every bad line is passed to ``on_error`` as it is found; ``on_progress`` gets the number
+    of lines read every ``PROGRESS_EVERY`` lines. Without ``skip_bad`` a run with
     bad lines raises ``PrepareError`` after reading everything and writes nothing.
     Outputs (``train.jsonl``, ``val.jsonl``, ``prepare_report.json``) replace existing ones
     only when the whole run succeeded.
@@ -454,45 +566,49 @@ def prepare(
     report = PrepareReport(files=[str(p) for p in files], output_dir=str(out), seed=seed)
     report.requested = {"train_size": train_size, "val_size": val_size, "val_fraction": val_fraction}
     dedupe = Deduplicator(key)
+    errors = ErrorLog(on_error)
     offsets = array("q")
     tiers = array("b")
     temporaries: list[Path] = []
 
-    def temporary(prefix: str):
-        handle = tempfile.NamedTemporaryFile("wb", dir=out, prefix=prefix, suffix=".tmp", delete=False)
+    def temporary(name: str):
+        handle = _temporary_file(out, name)
         temporaries.append(Path(handle.name))
         return handle
 
-    def bad(error: DataError) -> None:
-        report.bad += 1
-        if len(report.errors) < MAX_ERRORS_KEPT:
-            report.errors.append(str(error))
-        if on_error is not None:
-            on_error(error)
-
-    try:
-        # Pass 1: check, dedupe, score, spill.
-        with temporary(".prepare-spill-") as spill:
-            position = 0
-            for item in _iter_all(files):
-                report.read += 1
-                if isinstance(item, DataError):
-                    bad(item)
-                    continue
+    def new_records() -> Iterator[Record]:
+        """Checked, first-seen records; counts lines, bad lines and duplicates on the way."""
+        for item in _iter_all(files):
+            report.read += 1
+            if on_progress is not None and report.read % PROGRESS_EVERY == 0:
+                on_progress(report.read)
+            if isinstance(item, Record):
                 try:
                     duplicate = dedupe.check(item)
                 except DataError as error:
-                    bad(error)
+                    item = error
+            if isinstance(item, DataError):
+                errors.add(item)
+            elif errors.count and not skip_bad:
+                continue  # the run will fail: keep checking lines, skip the work
+            elif duplicate == "exact":
+                report.exact_duplicates += 1
+            elif duplicate == "near":
+                report.near_duplicates += 1
+            else:
+                yield item
+
+    try:
+        # Pass 1: check, dedupe, score, spill.
+        with temporary("prepare-spill") as spill:
+            position = 0
+            for item, scores in score_records(new_records(), workers):
+                if isinstance(scores, DataError):
+                    errors.add(scores)
                     continue
-                if report.bad and not skip_bad:
-                    continue  # the run will fail: keep checking lines, skip the work
-                if duplicate == "exact":
-                    report.exact_duplicates += 1
+                if errors.count and not skip_bad:
                     continue
-                if duplicate == "near":
-                    report.near_duplicates += 1
-                    continue
-                weight, entropy, scored = record_scores(item)
+                weight, entropy, scored = scores
                 if scored:
                     report.scored += 1
                 else:
@@ -503,12 +619,10 @@ def prepare(
                 offsets.append(position)
                 tiers.append(tier_index(weight))
                 position += len(line)
-        if report.bad and not skip_bad:
-            raise PrepareError(
-                f"{report.bad} bad line{'s' if report.bad != 1 else ''}: nothing written "
-                "(fix them, or pass --skip-bad to leave them out)"
-            )
-        if not offsets:
+        report.bad, report.errors = errors.count, errors.messages
+        if errors.count and not skip_bad:
+            raise errors.failure()
+        if not tiers:
             raise PrepareError("no records left to write")
 
         # Decide: balance and split on the compact arrays.
@@ -530,14 +644,16 @@ def prepare(
         }
 
         # Pass 2: copy the chosen records from the spill file, in a seeded random order.
-        offset_of = np.frombuffer(offsets, dtype=np.int64)
+        offsets.append(position)  # the end of the last record
+        bounds = np.frombuffer(offsets, dtype=np.int64)
         written: dict[str, Path] = {}
-        with open(spill.name, "rb") as source:
+        with open(spill.name, "rb", buffering=0) as source:
             for name, rows in order.items():
-                with temporary(f".{name}.jsonl.") as sink:
-                    for row in rows:
-                        source.seek(int(offset_of[row]))
-                        sink.write(source.readline())
+                with temporary(f"{name}.jsonl") as sink:
+                    for row in rows.tolist():
+                        start = int(bounds[row])
+                        source.seek(start)
+                        sink.write(source.read(int(bounds[row + 1]) - start))
                 written[name] = Path(sink.name)
 
         report.available = dict(zip(TIER_NAMES, counts))
@@ -554,7 +670,7 @@ def prepare(
         report.val_by_tier = dict(zip(TIER_NAMES, val_per_tier))
         report.outputs = {name: str(path) for name, path in targets.items()}
         report.outputs["report"] = str(out / REPORT_NAME)
-        with temporary(f".{REPORT_NAME}.") as sink:
+        with temporary(REPORT_NAME) as sink:
             sink.write((json.dumps(report.to_dict(), indent=2) + "\n").encode("utf-8"))
         written["report"] = Path(sink.name)
         for name, path in written.items():
@@ -642,35 +758,30 @@ def deduplicate(
     target.parent.mkdir(parents=True, exist_ok=True)
     report = DeduplicateReport(files=[str(p) for p in files], output=str(target))
     dedupe = Deduplicator(key)
-    handle = tempfile.NamedTemporaryFile("wb", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False)
+    errors = ErrorLog(on_error)
+    handle = _temporary_file(target.parent, target.name)
     try:
         with handle:
             for item in _iter_all(files):
                 report.read += 1
-                if not isinstance(item, DataError):
+                if isinstance(item, Record):
                     try:
                         duplicate = dedupe.check(item)
                     except DataError as error:
                         item = error
                 if isinstance(item, DataError):
-                    report.bad += 1
-                    if len(report.errors) < MAX_ERRORS_KEPT:
-                        report.errors.append(str(item))
-                    if on_error is not None:
-                        on_error(item)
+                    errors.add(item)
                     continue
                 if duplicate == "exact":
                     report.exact_duplicates += 1
                 elif duplicate == "near":
                     report.near_duplicates += 1
-                elif skip_bad or not report.bad:
+                elif skip_bad or not errors.count:
                     handle.write(_json_line(item.fields))
                     report.written += 1
-        if report.bad and not skip_bad:
-            raise PrepareError(
-                f"{report.bad} bad line{'s' if report.bad != 1 else ''}: nothing written "
-                "(fix them, or pass --skip-bad to leave them out)"
-            )
+        report.bad, report.errors = errors.count, errors.messages
+        if errors.count and not skip_bad:
+            raise errors.failure()
         os.replace(handle.name, target)
         return report
     finally:
@@ -692,6 +803,9 @@ def format_deduplicate_report(report: DeduplicateReport) -> str:
 
 # --------------------------------------------------------------------------- analyze
 
+# ``analyze`` warns when a tier's share is further than this outside its target band
+# (a prepared set sits on a band edge, and splitting moves shares by a record or two).
+MIX_TOLERANCE = 0.02
 WEIGHT_BINS = [round(0.1 * i, 1) for i in range(10)] + [1.0]
 
 
@@ -723,11 +837,13 @@ def analyze(
     *,
     alpha: float | None = None,
     skip_bad: bool = False,
+    workers: int = 1,
     on_error: Callable[[DataError], None] | None = None,
 ) -> dict[str, Any]:
     """Distribution report of a data set: tiers, source types, w / H / distrust statistics.
 
-    Records without scores are scored (and counted as ``scored_here``). Bad lines are
+    Records without scores are scored, in ``workers`` processes (and counted as
+    ``scored_here``). Bad lines are
     passed to ``on_error``; without ``skip_bad`` they raise ``PrepareError`` at the end.
     Keeps three floats per record in memory (for medians and histograms).
     """
@@ -738,20 +854,25 @@ def analyze(
     weights, entropies, distrusts = array("d"), array("d"), array("d")
     tier_counts = [0] * len(TIERS)
     source_types: dict[str, int] = {}
-    read = bad = scored_here = outside = 0
-    errors: list[str] = []
-    for item in _iter_all(files):
-        read += 1
-        if isinstance(item, DataError):
-            bad += 1
-            if len(errors) < MAX_ERRORS_KEPT:
-                errors.append(str(item))
-            if on_error is not None:
-                on_error(item)
+    read = scored_here = outside = 0
+    errors = ErrorLog(on_error)
+
+    def good_records() -> Iterator[Record]:
+        nonlocal read
+        for item in _iter_all(files):
+            read += 1
+            if isinstance(item, DataError):
+                errors.add(item)
+            elif skip_bad or not errors.count:
+                yield item
+
+    for item, scores in score_records(good_records(), workers):
+        if isinstance(scores, DataError):
+            errors.add(scores)
             continue
-        if bad and not skip_bad:
+        if errors.count and not skip_bad:
             continue
-        weight, entropy, scored = record_scores(item)
+        weight, entropy, scored = scores
         scored_here += scored
         weights.append(weight)
         entropies.append(entropy)
@@ -761,10 +882,8 @@ def analyze(
         source_type = item.fields.get("source_type")
         source_type = str(source_type) if source_type is not None else "unknown"
         source_types[source_type] = source_types.get(source_type, 0) + 1
-    if bad and not skip_bad:
-        raise PrepareError(
-            f"{bad} bad line{'s' if bad != 1 else ''} (fix them, or pass --skip-bad to leave them out)"
-        )
+    if errors.count and not skip_bad:
+        raise errors.failure("no report")
     records = len(weights)
     warnings = []
     tiers: dict[str, Any] = {}
@@ -776,7 +895,7 @@ def analyze(
             "share": share,
             "target": [tier.min_share, tier.max_share],
         }
-        if records and not tier.min_share <= share <= tier.max_share:
+        if records and not tier.min_share - MIX_TOLERANCE <= share <= tier.max_share + MIX_TOLERANCE:
             direction = "below" if share < tier.min_share else "above"
             warnings.append(
                 f"{tier.name} authority ({tier.low:.2f}-{tier.high:.2f}) is {100 * share:.1f}% of the records, "
@@ -788,7 +907,7 @@ def analyze(
     return {
         "files": [str(p) for p in files],
         "read": read,
-        "bad": bad,
+        "bad": errors.count,
         "records": records,
         "scored_here": scored_here,
         "outside_bands": outside,
@@ -798,7 +917,7 @@ def analyze(
         "prov_entropy": {**_summary(entropies), "histogram": _histogram(entropies, list(range(top_entropy + 1)))},
         "distrust": {**_summary(distrusts), "alpha": alpha},
         "warnings": warnings,
-        "errors": errors,
+        "errors": errors.messages,
         "_values": {"auth_weight": weights, "prov_entropy": entropies, "distrust": distrusts},
     }
 
@@ -829,7 +948,8 @@ def format_analysis(analysis: dict[str, Any]) -> str:
     records = analysis["records"]
     lines = [
         f"{records} records in {len(analysis['files'])} file{'s' if len(analysis['files']) != 1 else ''}"
-        f" ({analysis['scored_here']} scored here, {analysis['bad']} bad lines skipped)",
+        f" ({analysis['scored_here']} scored here"
+        + (f", {analysis['bad']} bad lines skipped)" if analysis["bad"] else ")"),
         "",
         f"{'Tier':<8} {'band':>11} {'count':>9} {'share':>7} {'target':>8}",
     ]
@@ -880,7 +1000,7 @@ def plot_analysis(analysis: dict[str, Any], path: str | os.PathLike) -> Path:
     figure.tight_layout()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("wb", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False)
+    handle = _temporary_file(target.parent, target.name)
     try:
         with handle:
             figure.savefig(handle, format="png", dpi=100)
