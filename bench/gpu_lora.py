@@ -524,9 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": time.perf_counter() - started,
     }
     if args.json_out:
-        from your_ai.checkpoints import write_json_atomically
+        from your_ai.files import write_json_atomic
 
-        write_json_atomically(args.json_out, result)
+        write_json_atomic(args.json_out, result)
         log(f"wrote {args.json_out}")
     failed = [check["config"] for check in checks if not check["passed"]]
     if failed:

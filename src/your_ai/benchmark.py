@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TextIO
 
 from your_ai import memory
+from your_ai.files import write_json_atomic
 from your_ai.presets import BENCHMARK_PRESETS, Preset, get_preset
 from your_ai.probe import PHASE_PREFIX, FitConfig, estimate_for, parse_result_line
 
@@ -56,16 +57,6 @@ def safety_min_available_gb() -> float:
     if value < 0:
         raise ValueError(f"{SAFETY_ENV}={raw!r} must be >= 0")
     return value
-
-
-def write_json_atomic(path: str | os.PathLike, data) -> Path:
-    """Write ``data`` as indented JSON through a temporary file and ``os.replace``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, target)
-    return target
 
 
 def now_iso() -> str:

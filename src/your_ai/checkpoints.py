@@ -34,6 +34,8 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from your_ai.files import fsync_dir, write_text_atomic
+
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 BEST_DIR = "best"
@@ -50,42 +52,14 @@ class CheckpointError(Exception):
 
 # ---------------------------------------------------------------------------- atomic writes
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms that cannot open directories
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
     for path in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
-        _fsync_dir(path)
-    _fsync_dir(root)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{TEMP_PREFIX}{path.name}-{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(path.parent)
-
-
-def write_json_atomically(path: Path, value: Any) -> None:
-    write_text_atomically(path, json.dumps(value, indent=2) + "\n")
+        fsync_dir(path)
+    fsync_dir(root)
 
 
 def write_directory_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
@@ -103,7 +77,7 @@ def write_directory_atomically(target: Path, fill: Callable[[Path], None]) -> Pa
             old = target.with_name(f"{TEMP_PREFIX}old-{target.name}-{os.getpid()}")
             os.rename(target, old)
         os.rename(staging, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -150,7 +124,7 @@ def save_adapter(model, output_dir: Path, *, base_model: str, tokenizer=None) ->
         for path in sorted(staging.iterdir()):
             if path.is_file():
                 os.replace(path, output_dir / path.name)
-        _fsync_dir(output_dir)
+        fsync_dir(output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
@@ -260,7 +234,7 @@ def save_checkpoint(
         (directory / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     write_directory_atomically(target, fill)
-    write_text_atomically(checkpoints_dir(output_dir) / LATEST_FILE, target.name + "\n")
+    write_text_atomic(checkpoints_dir(output_dir) / LATEST_FILE, target.name + "\n")
     prune_checkpoints(output_dir, keep_last)
     return target
 

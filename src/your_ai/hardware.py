@@ -134,12 +134,9 @@ def detect_hardware() -> dict:
 
 def save_hardware_profile(profile: dict, path: str | os.PathLike | None = None) -> Path:
     """Write the profile as JSON (atomically); returns the path."""
-    target = Path(path) if path else hardware_profile_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(profile, indent=2) + "\n")
-    os.replace(temporary, target)
-    return target
+    from your_ai.files import write_json_atomic
+
+    return write_json_atomic(Path(path) if path else hardware_profile_path(), profile)
 
 
 def load_hardware_profile(path: str | os.PathLike | None = None) -> dict | None:

@@ -28,8 +28,8 @@ from your_ai.benchmark import (
     resolve_device,
     result_text,
     run_probe_subprocess,
-    write_json_atomic,
 )
+from your_ai.files import write_json_atomic
 from your_ai.presets import PRESETS
 from your_ai.probe import FitConfig, estimate_for
 

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import unicodedata
 from array import array
 from collections import deque
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from your_ai.data import METADATA_FIELDS, DataError, Record, iter_records
+from your_ai.files import atomic_file, save_figure_atomic, temporary_sibling
 
 # --------------------------------------------------------------------------- tiers
 
@@ -314,15 +314,6 @@ def output_record(record: Record, auth_weight: float, prov_entropy: float, score
     return out
 
 
-def _temporary_file(directory: Path, name: str):
-    """A binary temp file next to ``directory/name``, with the permissions a new file gets."""
-    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(handle.name, 0o666 & ~mask)
-    return handle
-
-
 def _json_line(value: dict) -> bytes:
     return (json.dumps(value, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -572,7 +563,7 @@ def prepare(
     temporaries: list[Path] = []
 
     def temporary(name: str):
-        handle = _temporary_file(out, name)
+        handle = temporary_sibling(out / name)
         temporaries.append(Path(handle.name))
         return handle
 
@@ -759,34 +750,28 @@ def deduplicate(
     report = DeduplicateReport(files=[str(p) for p in files], output=str(target))
     dedupe = Deduplicator(key)
     errors = ErrorLog(on_error)
-    handle = _temporary_file(target.parent, target.name)
-    try:
-        with handle:
-            for item in _iter_all(files):
-                report.read += 1
-                if isinstance(item, Record):
-                    try:
-                        duplicate = dedupe.check(item)
-                    except DataError as error:
-                        item = error
-                if isinstance(item, DataError):
-                    errors.add(item)
-                    continue
-                if duplicate == "exact":
-                    report.exact_duplicates += 1
-                elif duplicate == "near":
-                    report.near_duplicates += 1
-                elif skip_bad or not errors.count:
-                    handle.write(_json_line(item.fields))
-                    report.written += 1
+    with atomic_file(target) as handle:
+        for item in _iter_all(files):
+            report.read += 1
+            if isinstance(item, Record):
+                try:
+                    duplicate = dedupe.check(item)
+                except DataError as error:
+                    item = error
+            if isinstance(item, DataError):
+                errors.add(item)
+                continue
+            if duplicate == "exact":
+                report.exact_duplicates += 1
+            elif duplicate == "near":
+                report.near_duplicates += 1
+            elif skip_bad or not errors.count:
+                handle.write(_json_line(item.fields))
+                report.written += 1
         report.bad, report.errors = errors.count, errors.messages
         if errors.count and not skip_bad:
-            raise errors.failure()
-        os.replace(handle.name, target)
-        return report
-    finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
+            raise errors.failure()  # inside the block: the temporary file is removed, the target kept
+    return report
 
 
 def format_deduplicate_report(report: DeduplicateReport) -> str:
@@ -998,15 +983,4 @@ def plot_analysis(analysis: dict[str, Any], path: str | os.PathLike) -> Path:
     axes[1][1].set(title="Tier shares (dashed: target band)", ylabel="% of records")
     figure.suptitle(f"{analysis['records']} records")
     figure.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = _temporary_file(target.parent, target.name)
-    try:
-        with handle:
-            figure.savefig(handle, format="png", dpi=100)
-        os.replace(handle.name, target)
-    finally:
-        plt.close(figure)
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
-    return target
+    return save_figure_atomic(figure, path)

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -778,10 +777,10 @@ def validate(
 
 def write_report(report: ValidationReport, path: str | os.PathLike) -> Path:
     """The report as indented JSON, written atomically."""
-    from your_ai.checkpoints import write_json_atomically
+    from your_ai.files import write_json_atomic
 
     target = Path(path).expanduser()
-    write_json_atomically(target, report.to_dict())
+    write_json_atomic(target, report.to_dict())
     return target
 
 
@@ -871,15 +870,6 @@ def plot_radar(report: ValidationReport, path: str | os.PathLike) -> Path:
     axes.legend(loc="upper right", bbox_to_anchor=(1.25, 1.12))
     figure.tight_layout()
 
-    target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            figure.savefig(handle, format="png", dpi=100)
-        os.replace(handle.name, target)
-    finally:
-        plt.close(figure)
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
-    return target
+    from your_ai.files import save_figure_atomic
+
+    return save_figure_atomic(figure, Path(path).expanduser())
