@@ -30,7 +30,6 @@ from your_ai.checkpoints import (
     save_adapter,
     save_best,
     save_checkpoint,
-    write_json_atomically,
 )
 from your_ai.data import (
     TRAIN_FILE,
@@ -46,6 +45,7 @@ from your_ai.data import (
     tokenize_records,
     training_files,
 )
+from your_ai.files import write_json_atomic
 
 from your_ai.distrust import (
     DEFAULT_ALPHA,
@@ -571,7 +571,7 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
         notes=notes,
     )
     if not stopped_early:
-        write_json_atomically(output_dir / SUMMARY_FILE, {**asdict(result), "output_dir": str(output_dir),
+        write_json_atomic(output_dir / SUMMARY_FILE, {**asdict(result), "output_dir": str(output_dir),
                                                           "args": asdict(args), "base_model": base_model})
     return result
 
