@@ -305,7 +305,7 @@ def _parent_result(model, preset, device, config: FitConfig, synthetic, estimate
         "config": {
             "batch_size": config.batch_size, "lora_rank": config.lora_rank, "lora_layers": config.lora_layers,
             "seq_length": config.seq_length, "steps": config.steps, "dtype": None,
-            "grad_checkpoint": config.grad_checkpoint,
+            "grad_checkpoint": config.grad_checkpoint, "step_mode": config.step_mode,
         },
         "synthetic": synthetic,
         "notes": [],
@@ -438,7 +438,7 @@ def run_benchmark(
                 continue
 
             architecture, located = _architecture_for(preset, synthetic)
-            estimate_gb = round(estimate_for(architecture, device, config).total_gb, 3)
+            estimate_gb = round(estimate_for(architecture, device, config, max_memory_gb).total_gb, 3)
             log.log("model_start", preset=preset.name, index=index, total=total, model_name=preset.hub_id,
                     estimate_gb=estimate_gb, available_gb=round(available, 3))
             progress = ProgressLine(stream, prefix)
@@ -541,7 +541,8 @@ def _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick,
         outcome = run_optimize(
             result["preset"], max_memory_gb=max_memory_gb, device=device, quick=quick,
             steps=steps or DEFAULT_STEPS, timeout_s=timeout_s, synthetic=synthetic,
-            seq_length=config.seq_length, grad_checkpoint=config.grad_checkpoint, stream=stream, say=say,
+            seq_length=config.seq_length, grad_checkpoint=config.grad_checkpoint, step_mode=config.step_mode,
+            stream=stream, say=say,
         )
         result["optimal_config"] = outcome["best"] and {**outcome["best"], "profile": outcome["path"]}
         log.log("optimize_complete", preset=result["preset"], optimal_config=result["optimal_config"],

@@ -8,6 +8,7 @@ import sys
 import click
 
 from your_ai import __version__
+from your_ai.step_modes import STEP_MODES
 
 
 
@@ -343,11 +344,17 @@ _POSITIVE = click.IntRange(min=1)
 @click.option("--eval-every", type=_POSITIVE, help="Validation every N steps (default: --save-every).")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --output-dir.")
 @click.option("--max-memory", type=float, help="Stop (after saving a checkpoint, exit code 4) when the measured "
-              "peak memory in GB goes above this (default: 80% of the device's memory).")
+              "peak memory in GB goes above this (default: 80% of the device's memory); --step-mode auto "
+              "chooses for this budget.")
 @click.option("--memory-report-interval", type=_POSITIVE, help="Log metrics every N steps (default 10).")
 @click.option("--metrics-file", type=click.Path(dir_okay=False), help="Metrics JSONL (default: <output-dir>/metrics.jsonl).")
 @click.option("--no-tensorboard", is_flag=True, help="Do not write TensorBoard events to <output-dir>/runs.")
-@click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass to save memory.")
+@click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass to save memory "
+              "(the small step mode).")
+@click.option("--step-mode", type=click.Choice(STEP_MODES),
+              help="auto: the fastest step that fits --max-memory by the estimate (default); fast: nothing "
+                   "recomputed; selective: the fewest layers recomputed that fit; small: every adapted layer "
+                   "recomputed; plain: the Hugging Face forward through the full logits.")
 @click.option("--seed", type=int, help="Seed for LoRA init and data order (default 42).")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
@@ -405,6 +412,10 @@ def _fit_options(function):
         click.option("--seq-length", type=click.IntRange(min=2), help="Tokens per sample (default 1024, or the "
                      "model's context if smaller)."),
         click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass."),
+        click.option("--step-mode", type=click.Choice(STEP_MODES),
+                     default="auto", show_default=True,
+                     help="The training step of each fit test, as `train --step-mode`: auto is the fastest that "
+                          "fits --max-memory by the estimate."),
         click.option("--device", help="cuda, mps or cpu (default: the best available)."),
         click.option("--synthetic", is_flag=True, help="Random-weight models of each preset's exact architecture: "
                      "measures the fit without downloading anything."),
@@ -434,15 +445,18 @@ def _fit_options(function):
 @click.option("--steps", type=_POSITIVE, default=5, show_default=True, help="Training steps per fit test.")
 @_fit_options
 def benchmark(max_memory, models, single_model, optimize, quick, output, log_path, force, batch_size, lora_rank,
-              lora_layers, steps, seq_length, grad_checkpoint, device, synthetic, timeout):
+              lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout):
     """Empirically test which model presets fit this machine, one subprocess per model.
 
     Exit code 0 when at least one model passed, 1 when none did.
     """
     from your_ai.probe import FitConfig
 
-    config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=steps,
-                       seq_length=seq_length, grad_checkpoint=grad_checkpoint)
+    try:
+        config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=steps,
+                           seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode)
+    except ValueError as error:  # --grad-checkpoint with --step-mode fast or selective
+        _fail(str(error))
     if single_model:
         from your_ai.probe import run_single
 
@@ -472,7 +486,8 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
 @_fit_options
-def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, device, synthetic, timeout):
+def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, step_mode, device, synthetic,
+             timeout):
     """Sweep batch size x LoRA rank x layers for the fastest config that fits; save a hardware profile.
 
     Exit code 0 when a config fits, 1 when none does or the model is not available.
@@ -483,7 +498,7 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
     try:
         outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
                                timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
-                               grad_checkpoint=grad_checkpoint, output=output)
+                               grad_checkpoint=grad_checkpoint, step_mode=step_mode, output=output)
     except ModelResolutionError as error:
         _fail(str(error), code=1)
     except ValueError as error:

@@ -19,10 +19,11 @@ Three things make a LoRA step on a large model faster or smaller than the plain
   (``apply_fused_kernels``). LoRA adapters stay in fp32 (their optimizer state too) while their
   matmuls run in the model's bf16 under ``torch.autocast``, so they keep no fp32 copies of
   their inputs.
-* **Recomputation sized to a budget** (``choose_mode``): ``fast`` recomputes nothing,
-  ``small`` recomputes every adapted layer in the backward pass, ``selective`` recomputes only
-  as many adapted layers as the memory estimate needs. Layers below the first adapter keep
-  nothing for the backward pass in every mode.
+* **Recomputation sized to a budget** (``choose_mode``, in ``your_ai.step_modes`` and
+  re-exported here): ``fast`` recomputes nothing, ``small`` recomputes every adapted layer in
+  the backward pass, ``selective`` recomputes only as many adapted layers as the memory
+  estimate needs. Layers below the first adapter keep nothing for the backward pass in every
+  mode. ``select_step_mode`` turns a ``--step-mode`` into a ``StepMode`` with its reason.
 
 ``prepare_step(model, mode)`` applies the kernels and the recomputation to a PEFT model;
 ``model_per_sample_cross_entropy(model, batch)`` is the per-sample cross-entropy the distrust
@@ -32,42 +33,34 @@ objective takes (``your_ai.train.compute_loss(..., fast_head=True)`` uses it).
 from __future__ import annotations
 
 import functools
-import importlib.util
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from your_ai.distrust import IGNORE_INDEX, per_sample_cross_entropy
-from your_ai.lora import LoraSettings
-from your_ai.memory import estimate_for_device
-from your_ai.presets import Architecture
+from your_ai.step_modes import (  # noqa: F401 -- the mode chooser, re-exported with the step it configures
+    CHUNK_FP32_BYTES,
+    LIGER_PATCHES,
+    MODE_NAMES,
+    PLAIN_HEAD_MODEL_TYPES,
+    STEP_MODES,
+    StepMode,
+    choose_mode,
+    default_chunk_tokens,
+    estimate_mode_gb,
+    fused_kernels_available,
+    liger_available,
+    mode_with,
+    plain_mode,
+    resumed_mode,
+    select_step_mode,
+)
 
 HEADS = ("auto", "chunked", "liger")
-MODE_NAMES = ("fast", "selective", "small")
-
-# Model types whose causal-LM head is a plain bias-free linear layer on the decoder's output
-# (no logit scaling or soft-capping), so the chunked head computes exactly their logits.
-PLAIN_HEAD_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-
-# Liger-Kernel's patch function for each model type it fuses here.
-LIGER_PATCHES = {
-    "llama": "apply_liger_kernel_to_llama",
-    "mistral": "apply_liger_kernel_to_mistral",
-    "qwen2": "apply_liger_kernel_to_qwen2",
-}
-
-CHUNK_FP32_BYTES = 512 * 2**20  # fp32 logits of one chunk of the chunked head
 
 
 # ---------------------------------------------------------------------------- the chunked head
-
-def default_chunk_tokens(vocab_size: int) -> int:
-    """Tokens per head chunk: the largest power of two whose fp32 logits fit ``CHUNK_FP32_BYTES``,
-    within [256, 8192] (4096 for a 32k vocabulary, 1024 for 128k)."""
-    tokens = max(1, CHUNK_FP32_BYTES // (4 * vocab_size))
-    return max(256, min(8192, 1 << (tokens.bit_length() - 1)))
-
 
 def _chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, want_grad: bool):
     """Per-token cross-entropy of one chunk and, with ``want_grad``, d loss_t / d hidden_t per row."""
@@ -127,10 +120,6 @@ def _liger_token_losses(hidden, weight, targets):
     from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
 
     return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="none")(weight, hidden, targets)
-
-
-def liger_available() -> bool:
-    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def resolve_head(head: str, device_type: str) -> str:
@@ -219,104 +208,6 @@ def model_per_sample_cross_entropy(model, batch: dict, *, head: str = "auto", ch
                       use_cache=False).last_hidden_state
     return linear_cross_entropy_per_sample(hidden, lm.get_output_embeddings().weight, batch["labels"],
                                            chunk_tokens=chunk_tokens, head=head)
-
-
-# ---------------------------------------------------------------------------- modes
-
-@dataclass(frozen=True)
-class StepMode:
-    """How much of the step is recomputed: ``checkpointed_layers`` of the adapted layers."""
-
-    name: str  # fast | selective | small
-    checkpointed_layers: int
-    adapted_layers: int
-    estimate_gb: float
-    budget_gb: float | None
-    fits: bool
-    fused_kernels: bool
-    chunk_tokens: int
-    reason: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def fused_kernels_available(device: str, model_type: str) -> bool:
-    """Liger's fused RMSNorm / SwiGLU / RoPE apply: CUDA, ``liger_kernel`` installed, a known model type."""
-    return device.startswith("cuda") and model_type in LIGER_PATCHES and liger_available()
-
-
-def estimate_mode_gb(architecture: Architecture, batch_size: int, seq_length: int, lora: LoraSettings,
-                     device: str, checkpointed_layers: int, *, fused_kernels: bool, chunk_tokens: int) -> float:
-    """The memory estimate of the fast step with ``checkpointed_layers`` adapted layers recomputed."""
-    return estimate_for_device(
-        architecture, device, batch_size=batch_size, seq_length=seq_length, lora_rank=lora.rank,
-        lora_layers=lora.layers, grad_checkpoint=checkpointed_layers > 0, checkpointed_layers=checkpointed_layers,
-        logits_chunk_tokens=chunk_tokens, fused_kernels=fused_kernels,
-    ).total_gb
-
-
-def mode_with(architecture: Architecture, batch_size: int, seq_length: int, lora: LoraSettings, device: str,
-              checkpointed_layers: int, *, budget_gb: float | None = None, fused_kernels: bool | None = None,
-              reason: str | None = None) -> StepMode:
-    """The step mode that recomputes ``checkpointed_layers`` adapted layers (clamped to [0, adapted])."""
-    adapted = min(lora.layers, architecture.num_hidden_layers)
-    count = max(0, min(checkpointed_layers, adapted))
-    if fused_kernels is None:
-        fused_kernels = fused_kernels_available(device, architecture.model_type)
-    chunk = default_chunk_tokens(architecture.vocab_size)
-    estimate = estimate_mode_gb(architecture, batch_size, seq_length, lora, device, count,
-                                fused_kernels=fused_kernels, chunk_tokens=chunk)
-    name = "fast" if count == 0 else "small" if count == adapted else "selective"
-    fits = budget_gb is None or estimate <= budget_gb
-    if reason is None:
-        reason = f"{name}: {count} of {adapted} adapted layers recomputed in the backward pass; estimated {estimate:.1f} GB"
-        if budget_gb is not None:
-            reason += f" of {budget_gb:.1f} GB"
-    return StepMode(name, count, adapted, round(estimate, 3), budget_gb, fits, fused_kernels, chunk, reason)
-
-
-def choose_mode(architecture: Architecture, batch_size: int, seq_length: int, lora: LoraSettings, device: str,
-                budget_gb: float, *, fused_kernels: bool | None = None) -> StepMode:
-    """The fastest mode whose memory estimate fits ``budget_gb``: the fewest recomputed layers.
-
-    When even ``small`` does not fit, returns ``small`` with ``fits=False`` and says so.
-    """
-    if not budget_gb > 0:
-        raise ValueError(f"budget_gb={budget_gb!r} must be a positive number of GB")
-    adapted = min(lora.layers, architecture.num_hidden_layers)
-    if fused_kernels is None:
-        fused_kernels = fused_kernels_available(device, architecture.model_type)
-
-    def estimate(count: int) -> float:
-        return mode_with(architecture, batch_size, seq_length, lora, device, count,
-                         fused_kernels=fused_kernels).estimate_gb
-
-    shape = f"batch {batch_size} x {seq_length} tokens, LoRA rank {lora.rank} on {adapted} layers"
-    fast = estimate(0)
-    if fast <= budget_gb:
-        return mode_with(architecture, batch_size, seq_length, lora, device, 0, budget_gb=budget_gb,
-                         fused_kernels=fused_kernels,
-                         reason=f"fast: nothing recomputed; {shape} is estimated at {fast:.1f} GB, "
-                                f"within the {budget_gb:.1f} GB budget")
-    for count in range(1, adapted + 1):
-        needed = estimate(count)
-        if needed <= budget_gb:
-            name = "small" if count == adapted else "selective"
-            return mode_with(
-                architecture, batch_size, seq_length, lora, device, count, budget_gb=budget_gb,
-                fused_kernels=fused_kernels,
-                reason=f"{name}: {count} of {adapted} adapted layers recomputed in the backward pass so that "
-                       f"{shape} fits the {budget_gb:.1f} GB budget (estimated {needed:.1f} GB; "
-                       f"{fast:.1f} GB without recomputation)",
-            )
-    needed = estimate(adapted)
-    return mode_with(
-        architecture, batch_size, seq_length, lora, device, adapted, budget_gb=budget_gb,
-        fused_kernels=fused_kernels,
-        reason=f"small: {shape} is estimated at {needed:.1f} GB even with every adapted layer recomputed, "
-               f"above the {budget_gb:.1f} GB budget; lower the batch size or the sequence length",
-    )
 
 
 # ---------------------------------------------------------------------------- preparing a model

@@ -47,8 +47,10 @@ def fits(peak_gb: float | None, budget_gb: float) -> bool:
 
 
 def grid_configs(architecture, device: str, *, quick: bool, steps: int, seq_length: int | None,
-                 grad_checkpoint: bool = False) -> tuple[list[tuple[FitConfig, float]], list[str]]:
-    """The grid's distinct configs for this model, lightest first, with their estimates (GB).
+                 grad_checkpoint: bool = False, step_mode: str = "auto",
+                 budget_gb: float | None = None) -> tuple[list[tuple[FitConfig, float]], list[str]]:
+    """The grid's distinct configs for this model, lightest first, with their estimates (GB): each in the
+    step mode its fit test runs within ``budget_gb`` (``probe.step_mode_for``).
 
     Layer counts above the model's depth are clamped; configs that become identical are kept once.
     """
@@ -61,12 +63,12 @@ def grid_configs(architecture, device: str, *, quick: bool, steps: int, seq_leng
         key = (batch, rank, used)
         if key not in seen:
             seen[key] = FitConfig(batch_size=batch, lora_rank=rank, lora_layers=used, steps=steps,
-                                  seq_length=seq_length, grad_checkpoint=grad_checkpoint)
+                                  seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode)
     clamped = sorted({layers for layers in grid["lora_layers"] if layers > depth})
     if clamped:
         notes.append(f"LoRA layers {', '.join(map(str, clamped))} clamped to the model's {depth} layers "
                      "(each clamped config is tested once)")
-    configs = [(config, estimate_for(architecture, device, config).total_gb) for config in seen.values()]
+    configs = [(config, estimate_for(architecture, device, config, budget_gb).total_gb) for config in seen.values()]
     configs.sort(key=lambda item: (item[1], item[0].batch_size, item[0].lora_rank, item[0].lora_layers))
     return configs, notes
 
@@ -91,6 +93,7 @@ def run_optimize(
     synthetic: bool = False,
     seq_length: int | None = None,
     grad_checkpoint: bool = False,
+    step_mode: str = "auto",
     output: str | os.PathLike | None = None,
     stream: TextIO | None = None,
     say: Callable[[str], None] | None = None,
@@ -110,7 +113,7 @@ def run_optimize(
     if max_memory_gb is None:
         max_memory_gb = memory.default_budget_gb(device)
     configs, notes = grid_configs(architecture, device, quick=quick, steps=steps, seq_length=seq_length,
-                                  grad_checkpoint=grad_checkpoint)
+                                  grad_checkpoint=grad_checkpoint, step_mode=step_mode, budget_gb=max_memory_gb)
     seq_used = memory.fit_seq_length(seq_length, architecture)
     say(f"Sweeping {len(configs)} configs of {model} ({'quick' if quick else 'full'} grid) on {device}: "
         f"budget {max_memory_gb:.2f} GB, {SAFETY_MARGIN:.0%} safety margin, {steps} steps each, sequence {seq_used}")
@@ -142,7 +145,8 @@ def run_optimize(
             result = run.result
             row.update(status=result["status"], error=result.get("error"), peak_memory_gb=result.get("peak_memory_gb"),
                        step_time_s=result.get("step_time_s"), tokens_per_s=result.get("tokens_per_s"),
-                       seq_length=result["config"].get("seq_length"), exit_code=run.exit_code, signal=run.signal)
+                       seq_length=result["config"].get("seq_length"), step_mode=result["config"].get("step_mode"),
+                       exit_code=run.exit_code, signal=run.signal)
             if row["status"] == "pass" and not fits(row["peak_memory_gb"], max_memory_gb):
                 row["status"] = "over_budget"
                 row["error"] = (f"peak {row['peak_memory_gb']:.2f} GB + {SAFETY_MARGIN:.0%} margin = "

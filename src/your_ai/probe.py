@@ -8,8 +8,11 @@ on stdout (and nothing else there). While it works it writes ``BENCHMARK_PHASE:<
 lines (resolving, loading, step k/N) to stderr, which the benchmark shows as progress.
 
 The probe loads the model as ``train`` does (``train.load_for_training``: the training dtype,
-PEFT LoRA on the last N layers, clamped to the model's depth), builds AdamW with
-``train.build_optimizer`` and runs N steps of ``train.compute_loss`` on random token ids.
+PEFT LoRA on the last N layers, clamped to the model's depth), chooses and applies the step
+mode as ``train`` does (``train.apply_step_mode``: ``--step-mode``, by default ``auto``, the
+fastest mode whose estimate fits the budget), builds AdamW with ``train.build_optimizer`` and
+runs N steps of ``train.compute_loss`` on random token ids. The result names the mode in
+``config.step_mode``, its reason in ``notes``, and ``estimate_gb`` is that mode's estimate.
 The peak is a peak: the device's high-water mark from the start of this process (model
 weights included) and the process's peak RSS, never memory read after the work.
 
@@ -31,7 +34,9 @@ import time
 from dataclasses import dataclass
 
 from your_ai import memory
+from your_ai.lora import LoraSettings
 from your_ai.presets import PRESETS, Architecture
+from your_ai.step_modes import PLAIN_HEAD_MODEL_TYPES, STEP_MODES, StepMode, select_step_mode
 
 RESULT_PREFIX = "BENCHMARK_RESULT:"
 PHASE_PREFIX = "BENCHMARK_PHASE:"
@@ -56,6 +61,7 @@ class FitConfig:
     steps: int = 5
     seq_length: int | None = None  # None: 1024, or the model's context if smaller
     grad_checkpoint: bool = False
+    step_mode: str = "auto"  # your_ai.step_modes.STEP_MODES; auto: the fastest that fits the budget
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "lora_rank", "lora_layers", "steps"):
@@ -64,6 +70,11 @@ class FitConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.seq_length is not None and self.seq_length < 2:
             raise ValueError(f"seq_length={self.seq_length!r} must be at least 2")
+        if self.step_mode not in STEP_MODES:
+            raise ValueError(f"step_mode={self.step_mode!r} must be one of {', '.join(STEP_MODES)}")
+        if self.grad_checkpoint and self.step_mode in ("fast", "selective"):
+            raise ValueError(f"--grad-checkpoint recomputes every layer; it cannot go with --step-mode "
+                             f"{self.step_mode} (use auto, small or plain)")
 
     def cli_args(self) -> list[str]:
         """The ``benchmark --single-model`` options that reproduce this config."""
@@ -75,6 +86,8 @@ class FitConfig:
             args += ["--seq-length", str(self.seq_length)]
         if self.grad_checkpoint:
             args.append("--grad-checkpoint")
+        if self.step_mode != "auto":
+            args += ["--step-mode", self.step_mode]
         return args
 
 
@@ -201,6 +214,7 @@ def run_probe(
             "batch_size": config.batch_size, "lora_rank": config.lora_rank,
             "lora_layers": config.lora_layers, "seq_length": config.seq_length,
             "steps": config.steps, "dtype": None, "grad_checkpoint": config.grad_checkpoint,
+            "step_mode": config.step_mode,
         },
         "synthetic": synthetic,
         "notes": [],
@@ -229,10 +243,10 @@ def run_probe(
             fault = injected_fault(model, config)
             if fault:
                 trigger_fault(fault)
-            _fit_test(model, device, config, synthetic, trust_remote_code, peak, result)
+            _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code, peak, result)
         except ModelNotAvailableError as error:
             result.update(status="not_available", error=str(error), download_command=error.download_command)
-            _estimate_from_preset(preset, device, config, result)
+            _estimate_from_preset(preset, device, config, max_memory_gb, result)
         except (torch.OutOfMemoryError, MemoryError) as error:
             result.update(status="oom", error=f"{type(error).__name__}: {_first_line(error)}")
         except RuntimeError as error:
@@ -255,15 +269,15 @@ def run_probe(
     return result
 
 
-def _fit_test(model, device, config, synthetic, trust_remote_code, peak, result) -> None:
+def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code, peak, result) -> None:
     import torch
 
-    from your_ai.lora import LoraSettings
     phase("loading")
     from transformers.utils import logging as transformers_logging
 
     from your_ai.train import (
         Objective,
+        apply_step_mode,
         build_optimizer,
         compute_loss,
         load_for_training,
@@ -271,9 +285,10 @@ def _fit_test(model, device, config, synthetic, trust_remote_code, peak, result)
 
     transformers_logging.disable_progress_bar()
     loaded = time.monotonic()
+    lora = LoraSettings(rank=config.lora_rank, layers=config.lora_layers)
     training = load_for_training(
-        model, LoraSettings(rank=config.lora_rank, layers=config.lora_layers), device,
-        grad_checkpoint=config.grad_checkpoint, synthetic=synthetic, trust_remote_code=trust_remote_code,
+        model, lora, device, grad_checkpoint=config.grad_checkpoint and config.step_mode == "plain",
+        synthetic=synthetic, trust_remote_code=trust_remote_code,
     )
     peak.sample()
     result["load_time_s"] = round(time.monotonic() - loaded, 3)
@@ -288,11 +303,12 @@ def _fit_test(model, device, config, synthetic, trust_remote_code, peak, result)
     result["parameter_count"] = architecture.parameter_count()
     if result["params"] is None:
         result["params"] = params_label(architecture.parameter_count())
-    result["estimate_gb"] = round(memory.estimate_training_memory(
-        architecture, batch_size=config.batch_size, seq_length=seq_length, lora_rank=config.lora_rank,
-        lora_layers=layers_used, weight_bytes=training.dtype.itemsize, activation_bytes=training.dtype.itemsize,
-        grad_checkpoint=config.grad_checkpoint,
-    ).total_gb, 3)
+    prepared = apply_step_mode(net, config.step_mode, lora, config.batch_size, seq_length, device, max_memory_gb,
+                               grad_checkpoint=config.grad_checkpoint)
+    result["config"]["step_mode"] = prepared.mode.name
+    result["estimate_gb"] = prepared.mode.estimate_gb
+    result["notes"].append(f"step mode {prepared.mode.reason}")
+    result["notes"].extend(prepared.notes)
 
     generator = torch.Generator().manual_seed(0)
     shape = (config.batch_size, seq_length)
@@ -313,7 +329,7 @@ def _fit_test(model, device, config, synthetic, trust_remote_code, peak, result)
     for step in range(1, config.steps + 1):
         phase(f"step {step}/{config.steps}")
         began = time.perf_counter()
-        loss = compute_loss(net, batch, objective).total
+        loss = compute_loss(net, batch, objective, fast_head=prepared.fast_head).total
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -354,18 +370,36 @@ def _record_peaks(peak: memory.PeakMemory, result: dict) -> None:
     result["peak_memory_gb"] = round(device_peak if device_peak is not None else host_peak, 3)
 
 
-def _estimate_from_preset(preset, device: str, config: FitConfig, result: dict) -> None:
+def _estimate_from_preset(preset, device: str, config: FitConfig, max_memory_gb: float | None, result: dict) -> None:
     if preset is None:
         return
-    result["estimate_gb"] = round(estimate_for(preset.architecture, device, config).total_gb, 3)
+    mode = step_mode_for(preset.architecture, device, config, max_memory_gb)
+    result["config"]["step_mode"] = mode.name
+    result["estimate_gb"] = mode.estimate_gb
 
 
-def estimate_for(architecture: Architecture, device: str, config: FitConfig) -> memory.MemoryEstimate:
-    """The analytic estimate for a fit test of ``config`` on ``device`` (training dtype assumed)."""
+def step_mode_for(architecture: Architecture, device: str, config: FitConfig,
+                  budget_gb: float | None = None) -> StepMode:
+    """The step mode a fit test of ``config`` runs on ``device`` within ``budget_gb`` (None: no budget),
+    as the probe chooses it (``step_modes.select_step_mode``), from the architecture alone."""
+    return select_step_mode(
+        config.step_mode, architecture, config.batch_size, memory.fit_seq_length(config.seq_length, architecture),
+        LoraSettings(rank=config.lora_rank, layers=config.lora_layers), device, budget_gb,
+        grad_checkpoint=config.grad_checkpoint, full_logits=architecture.model_type not in PLAIN_HEAD_MODEL_TYPES,
+    )
+
+
+def estimate_for(architecture: Architecture, device: str, config: FitConfig,
+                 budget_gb: float | None = None) -> memory.MemoryEstimate:
+    """The analytic estimate for a fit test of ``config`` on ``device`` (training dtype assumed), in the
+    step mode it runs within ``budget_gb`` (``step_mode_for``)."""
+    mode = step_mode_for(architecture, device, config, budget_gb)
     return memory.estimate_for_device(
         architecture, device, batch_size=config.batch_size,
         seq_length=memory.fit_seq_length(config.seq_length, architecture),
-        lora_rank=config.lora_rank, lora_layers=config.lora_layers, grad_checkpoint=config.grad_checkpoint,
+        lora_rank=config.lora_rank, lora_layers=config.lora_layers, grad_checkpoint=mode.checkpointed_layers > 0,
+        checkpointed_layers=mode.checkpointed_layers, logits_chunk_tokens=mode.chunk_tokens or None,
+        fused_kernels=mode.fused_kernels,
     )
 
 

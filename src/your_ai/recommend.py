@@ -36,7 +36,7 @@ def recommend_presets(
     budget = memory.BUDGET_FRACTION * memory_gb
     rows = []
     for preset in sorted((p for p in PRESETS.values() if p is not TINY), key=lambda p: p.architecture.parameter_count()):
-        estimate = estimate_for(preset.architecture, device, config)
+        estimate = estimate_for(preset.architecture, device, config, budget)  # in the step mode train would pick
         rows.append({
             "preset": preset.name,
             "hub_id": preset.hub_id,

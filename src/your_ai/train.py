@@ -66,7 +66,8 @@ from your_ai.models import (
     load_tokenizer,
     resolve_model,
 )
-from your_ai.memory import PeakMemory, default_budget_gb
+from your_ai.step_modes import STEP_MODES, StepMode
+from your_ai.memory import PeakMemory, architecture_from_config, default_budget_gb
 from your_ai.presets import PRESETS, TINY
 
 
@@ -127,6 +128,49 @@ def load_for_training(
         dtype=dtype,
         notes=notes,
     )
+
+
+@dataclass
+class PreparedStep:
+    """The step mode applied to a model: what ``compute_loss(..., fast_head=...)`` takes, and notes."""
+
+    mode: StepMode
+    fast_head: bool  # the chunked head (False: the full logits)
+    notes: list[str] = field(default_factory=list)
+
+
+def apply_step_mode(model, requested: str, lora: LoraSettings, batch_size: int, seq_length: int, device: str,
+                    budget_gb: float, *, grad_checkpoint: bool = False, kept: dict | None = None) -> PreparedStep:
+    """Choose the step mode for ``requested`` (``step_modes.STEP_MODES``) and a budget, and apply it.
+
+    ``model`` comes from ``load_for_training`` with ``grad_checkpoint`` only for ``plain`` (the plain
+    step uses Hugging Face gradient checkpointing; the other modes decide what is recomputed).
+    ``kept``: a ``StepMode.to_dict()`` saved with a checkpoint, reused as it was (a resumed run).
+    A model whose head is not a plain linear layer trains through the full logits (the reason says so).
+    """
+    from your_ai import fast_step
+
+    try:
+        architecture = architecture_from_config(model.config.to_dict())
+    except ValueError as error:
+        raise TrainingError(f"the step mode needs the model's shape: {error}") from None
+    full_logits = not fast_step.supports_fast_head(model)
+    shape = (architecture, batch_size, seq_length, lora, device)
+    try:
+        if kept is not None and kept.get("name") in fast_step.MODE_NAMES:
+            mode = fast_step.resumed_mode(kept, *shape, budget_gb, full_logits=full_logits)
+        else:
+            mode = fast_step.select_step_mode(requested, *shape, budget_gb, grad_checkpoint=grad_checkpoint,
+                                              full_logits=full_logits)
+    except ValueError as error:
+        raise TrainingArgsError(str(error)) from None
+    if mode.name == "plain":
+        return PreparedStep(mode, False)
+    try:
+        setup = fast_step.prepare_step(model, mode)
+    except ValueError as error:
+        raise TrainingError(f"step mode {mode.name}: {error}; --step-mode plain trains this model") from None
+    return PreparedStep(mode, not full_logits, setup.notes)
 
 
 def _enable_checkpointing(base) -> None:
@@ -224,6 +268,7 @@ DEFAULTS: dict[str, Any] = {
     "keep_last": 3,
     "memory_report_interval": 10,
     "seed": 42,
+    "step_mode": "auto",
 }
 
 # The built-in tiny model is a 4-layer demo: a short run that finishes in about a minute on a CPU.
@@ -298,6 +343,7 @@ class TrainingArgs:
     resume: bool = False
     tensorboard: bool = True
     grad_checkpoint: bool = False
+    step_mode: str | None = None  # auto | fast | selective | small | plain (your_ai.step_modes); None: auto
     device: str | None = None
     trust_remote_code: bool = False
 
@@ -334,6 +380,11 @@ class TrainingArgs:
                 raise TrainingArgsError(f"{_flag(key)} must be a positive number (got {value!r})")
         if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise TrainingArgsError(f"--weight-decay must be a number >= 0 (got {self.weight_decay!r})")
+        if self.step_mode is not None and self.step_mode not in STEP_MODES:
+            raise TrainingArgsError(f"--step-mode {self.step_mode!r} must be one of {', '.join(STEP_MODES)}")
+        if self.grad_checkpoint and self.step_mode in ("fast", "selective"):
+            raise TrainingArgsError(f"--grad-checkpoint recomputes every layer; it cannot go with --step-mode "
+                                    f"{self.step_mode} (use auto, small or plain)")
         if self.distrust_mode is not None and self.distrust_mode not in MODES:
             raise TrainingArgsError(f"--distrust-mode {self.distrust_mode!r} must be one of {', '.join(MODES)}")
         if self.alpha is not None:
@@ -383,8 +434,27 @@ def _merge_for_resume(given: TrainingArgs, saved: dict, output_dir: Path) -> Tra
     for key, value in asdict(given).items():
         if key not in RUN_SHAPE_FIELDS:  # given here, else as the run had it (switches: as given here)
             values[key] = value if value is not None else saved.get(key)
+    values["step_mode"] = _resumed_step_mode(given, saved.get("step_mode"))
     values["output_dir"] = str(output_dir)  # where the checkpoint was found
     return TrainingArgs(**values).with_defaults()
+
+
+def _resumed_step_mode(given: TrainingArgs, saved: str | None) -> str:
+    """The step mode of a resumed run. The loss path (the plain step or the fast step) stays as the
+    run started. Within the fast step, ``--step-mode`` or ``--grad-checkpoint`` given now changes
+    only what is recomputed, which changes no number; otherwise the checkpoint's mode is kept."""
+    saved = saved or "plain"  # a run saved before step modes existed took the plain step
+    wanted = given.step_mode
+    if wanted is not None and (wanted == "plain") != (saved == "plain"):
+        raise TrainingArgsError(
+            f"--step-mode {wanted!r} differs from the checkpoint's {saved!r}: a resumed run keeps its loss path "
+            f"(the plain step or the fast step); start a new run with another --output-dir to change it"
+        )
+    if wanted is not None:
+        return wanted
+    if given.grad_checkpoint and saved != "plain":
+        return "small"
+    return saved
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -401,6 +471,7 @@ class TrainResult:
     stopped_early: bool  # ``stop_after`` was reached before max_steps
     normaliser: float | None  # mean distrust value of the training set (weighted mode)
     notes: list[str] = field(default_factory=list)
+    step_mode: dict | None = None  # the StepMode the run used (your_ai.step_modes), with its reason
 
 
 def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) -> TrainResult:
@@ -414,6 +485,7 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
 
     console = console or Console(soft_wrap=True)
     started = time.perf_counter()
+    mode_given = args.step_mode is not None or args.grad_checkpoint
     args, output_dir, checkpoint, saved_state = _plan(args)
     device = pick_device(args.device)
     notes: list[str] = []
@@ -456,10 +528,18 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     torch.manual_seed(args.seed)
     loaded = load_for_training(
         args.model, args.lora_settings(), device,
-        grad_checkpoint=args.grad_checkpoint, trust_remote_code=args.trust_remote_code,
+        grad_checkpoint=args.grad_checkpoint and args.step_mode == "plain", trust_remote_code=args.trust_remote_code,
     )
     notes.extend(loaded.notes)
     model = loaded.model
+    limit_gb = args.max_memory if args.max_memory is not None else default_budget_gb(device)
+    prepared = apply_step_mode(
+        model, args.step_mode, args.lora_settings(), args.batch_size, args.max_seq_length, device, limit_gb,
+        grad_checkpoint=args.grad_checkpoint, kept=(saved_state or {}).get("step_mode") if not mode_given else None,
+    )
+    step_mode, fast_head = prepared.mode, prepared.fast_head
+    notes.extend(prepared.notes)
+    args = replace(args, step_mode=step_mode.name)  # saved with each checkpoint: a resumed run keeps its mode
     model.train()
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
@@ -474,14 +554,13 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
 
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output_dir)
-    limit_gb = args.max_memory if args.max_memory is not None else default_budget_gb(device)
     peak = PeakMemory(device)
     peak.reset()
     trainable = [p for p in model.parameters() if p.requires_grad]
     pad_id = tokenizer.pad_token_id
 
     _print_plan(console, args, loaded, device, files, len(train_examples), len(val_examples), objective, notes,
-                resumed_from, limit_gb, trainable)
+                resumed_from, limit_gb, trainable, step_mode)
 
     def state_for_checkpoint() -> dict:
         return {
@@ -492,6 +571,7 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
             "normaliser": objective.weighting.normaliser if objective.weighting else None,
             "tokens_seen": tokens_seen,
             "elapsed_s": elapsed_before + time.perf_counter() - started,
+            "step_mode": step_mode.to_dict(),
         }
 
     def checkpoint_now() -> Path:
@@ -509,7 +589,7 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
             for _ in range(args.grad_accum):
                 batch = collate([train_examples[i] for i in sampler.next()], pad_id)
                 batch = {key: value.to(device) for key, value in batch.items()}
-                parts = compute_loss(model, batch, objective)
+                parts = compute_loss(model, batch, objective, fast_head=fast_head)
                 (parts.total / args.grad_accum).backward()
                 tokens = int(batch["attention_mask"].sum())
                 window.add(parts, tokens, args.grad_accum)
@@ -531,7 +611,7 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
                                elapsed_before + time.perf_counter() - started)
                 window = _Window()
             if val_examples and (step % args.eval_every == 0 or step == args.max_steps):
-                val = evaluate(model, val_examples, objective, args.batch_size, pad_id, device)
+                val = evaluate(model, val_examples, objective, args.batch_size, pad_id, device, fast_head=fast_head)
                 improved = best_val is None or val["val_loss"] < best_val
                 if improved:
                     best_val = val["val_loss"]
@@ -569,6 +649,7 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
         stopped_early=stopped_early,
         normaliser=objective.weighting.normaliser if objective.weighting else None,
         notes=notes,
+        step_mode=step_mode.to_dict(),
     )
     if not stopped_early:
         write_json_atomic(output_dir / SUMMARY_FILE, {**asdict(result), "output_dir": str(output_dir),
@@ -618,15 +699,17 @@ def _data_digest(files: TrainingFiles) -> str:
 
 @torch.no_grad()
 def evaluate(model, examples: list[Example], objective: Objective, batch_size: int, pad_token_id: int,
-             device: str) -> dict[str, float]:
-    """The objective over ``examples`` (in order), averaged per sample: val_loss, val_cross_entropy, val_distrust."""
+             device: str, *, fast_head: bool | str = False) -> dict[str, float]:
+    """The objective over ``examples`` (in order), averaged per sample: val_loss, val_cross_entropy, val_distrust.
+
+    ``fast_head``: as in ``compute_loss`` (training passes the loss path it trains with)."""
     was_training = model.training
     model.eval()
     totals = {"val_loss": 0.0, "val_cross_entropy": 0.0, "val_distrust": 0.0}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = {key: value.to(device) for key, value in collate(chunk, pad_token_id).items()}
-        parts = compute_loss(model, batch, objective)
+        parts = compute_loss(model, batch, objective, fast_head=fast_head)
         totals["val_loss"] += float(parts.total) * len(chunk)
         totals["val_cross_entropy"] += float(parts.cross_entropy) * len(chunk)
         totals["val_distrust"] += float(parts.distrust) * len(chunk)
@@ -685,6 +768,7 @@ class _Reporter:
         )
         self.task = self.progress.add_task("train", total=args.max_steps, completed=start_step, status="")
         self.max_steps = args.max_steps
+        self.step_mode = args.step_mode
         self.progress.start()
 
     def _write(self, record: dict) -> None:
@@ -694,7 +778,7 @@ class _Reporter:
     def train(self, step, epoch, window: _Window, learning_rate, grad_norm, peak_gb, elapsed) -> None:
         values = window.metrics()
         record = {"kind": "train", "step": step, "epoch": epoch, **values, "learning_rate": learning_rate,
-                  "grad_norm": grad_norm, "peak_memory_gb": peak_gb, "elapsed_s": elapsed}
+                  "grad_norm": grad_norm, "peak_memory_gb": peak_gb, "elapsed_s": elapsed, "step_mode": self.step_mode}
         self._write(record)
         if self.writer is not None:
             for key in ("loss", "cross_entropy", "distrust", "learning_rate", "grad_norm", "tokens_per_second",
@@ -727,7 +811,7 @@ class _Reporter:
 
 
 def _print_plan(console, args, loaded, device, files, n_train, n_val, objective, notes, resumed_from, limit_gb,
-                trainable) -> None:
+                trainable, step_mode) -> None:
     parameters = sum(p.numel() for p in trainable)
     console.print(f"Model: {args.model} ({loaded.architecture_name}, {str(loaded.dtype).replace('torch.', '')} on {device})",
                   highlight=False)
@@ -751,6 +835,7 @@ def _print_plan(console, args, loaded, device, files, n_train, n_val, objective,
             f"changes no gradient", highlight=False,
         )
     console.print(f"Memory limit: {limit_gb:.2f} GB | output: {args.output_dir}", highlight=False)
+    console.print(f"Step mode: {step_mode.reason}", highlight=False)
     if resumed_from is not None:
         console.print(f"Resuming from step {resumed_from}", highlight=False)
     for note in notes:
