@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -22,6 +23,8 @@ def _fail(message: str, code: int = 2) -> None:
 def main() -> None:
     """Fine-tune open LLMs with LoRA under the Empirical Distrust objective,
     and find out empirically which models and settings fit your hardware."""
+    # Loading and saving weights would draw per-shard progress bars; the commands report their own progress.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 # ---------------------------------------------------------------------------- hardware
@@ -367,15 +370,12 @@ def train(no_tensorboard, profile_file, auto_optimize, **options):
 
     With no --model and no --data it trains the built-in tiny model on the demo corpus (about a minute on a CPU).
     """
-    from transformers.utils import logging as transformers_logging
-
     from your_ai import optimize
     from your_ai import train as training
     from your_ai.checkpoints import CheckpointError
     from your_ai.data import DataError
     from your_ai.models import ModelResolutionError
 
-    transformers_logging.disable_progress_bar()
     try:
         chosen = optimize.profile_for_training(
             options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
@@ -543,11 +543,9 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         _fail(str(error), code=1)
     from rich.console import Console
     from rich.progress import Progress
-    from transformers.utils import logging as transformers_logging
 
     from your_ai.inference import InferenceError
 
-    transformers_logging.disable_progress_bar()
     im = _load_inference_model(model, checkpoint, device, trust_remote_code)
     with Progress(console=Console(stderr=True), transient=True) as bar:
         def progress(description, total):

@@ -273,8 +273,6 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
     import torch
 
     phase("loading")
-    from transformers.utils import logging as transformers_logging
-
     from your_ai.train import (
         Objective,
         apply_step_mode,
@@ -283,7 +281,6 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
         load_for_training,
     )
 
-    transformers_logging.disable_progress_bar()
     loaded = time.monotonic()
     lora = LoraSettings(rank=config.lora_rank, layers=config.lora_layers)
     training = load_for_training(
