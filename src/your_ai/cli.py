@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import click
@@ -365,17 +366,30 @@ _POSITIVE = click.IntRange(min=1)
               help="Apply a hardware profile saved by `your-ai optimize` (batch, rank, alpha, layers).")
 @click.option("--auto-optimize", is_flag=True, help="Apply this model's saved hardware profile; "
               "run the quick optimize sweep first when there is none.")
-def train(no_tensorboard, profile_file, auto_optimize, **options):
+@click.option("--gpus", type=_POSITIVE, help="Train data-parallel on N GPUs of this machine: runs this command under "
+              "torchrun with N processes (with --device cpu: N CPU processes). --batch-size is per process.")
+@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]),
+              help="Data-parallel strategy under torchrun or --gpus: auto = ddp (the model replicated on every "
+                   "GPU); fsdp is not available yet.")
+def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     """Fine-tune a model with LoRA under the Empirical Distrust objective.
 
     With no --model and no --data it trains the built-in tiny model on the demo corpus (about a minute on a CPU).
+    Under `torchrun --nproc_per_node N -m your_ai train ...` (or with --gpus N) it trains data-parallel.
     """
-    from your_ai import optimize
+    from your_ai import distributed, optimize
     from your_ai import train as training
     from your_ai.checkpoints import CheckpointError
     from your_ai.data import DataError
     from your_ai.models import ModelResolutionError
 
+    if gpus is not None and gpus > 1:
+        try:
+            distributed.check_gpus(gpus, options["device"])
+        except distributed.DistributedError as error:
+            _fail(str(error))
+        command = distributed.launch_command(gpus, _given_arguments(click.get_current_context(), skip=("gpus",)))
+        sys.exit(subprocess.run(command).returncode)
     try:
         chosen = optimize.profile_for_training(
             options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
@@ -392,16 +406,40 @@ def train(no_tensorboard, profile_file, auto_optimize, **options):
         _fail(str(error))
     except training.MemoryLimitExceeded as error:
         _fail(str(error), code=4)
-    except (DataError, ModelResolutionError, CheckpointError, training.TrainingError) as error:
+    except (DataError, ModelResolutionError, CheckpointError, training.TrainingError,
+            distributed.DistributedError) as error:
         _fail(str(error), code=1)
     except ValueError as error:  # an unusable --device, a distrust input out of range
         _fail(str(error))
+    if result.rank != 0:  # data-parallel: rank 0 reports
+        return
     if result.stopped_early:
         click.echo(f"Stopped at step {result.steps}; continue with --resume --output-dir {result.output_dir}")
         return
     click.echo(f"Trained {result.steps} steps in {result.elapsed_s:.1f} s; peak memory {result.peak_memory_gb:.2f} GB")
     click.echo(f"Adapter saved to {result.output_dir}")
     click.echo(f"Try it: your-ai generate --checkpoint {result.output_dir} --prompt \"...\" --compare")
+
+
+def _given_arguments(context: click.Context, skip: tuple[str, ...] = ()) -> list[str]:
+    """The options given on this command line (not defaults), as arguments for the same command again."""
+    from click.core import ParameterSource
+
+    arguments: list[str] = []
+    for parameter in context.command.params:
+        name = parameter.name
+        if name in skip or not isinstance(parameter, click.Option):
+            continue
+        if context.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
+            continue
+        value = context.params[name]
+        flag = max(parameter.opts, key=len)
+        if parameter.is_flag:
+            if value:
+                arguments.append(flag)
+        elif value is not None:
+            arguments += [flag, str(value)]
+    return arguments
 
 
 # ---------------------------------------------------------------------------- benchmark

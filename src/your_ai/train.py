@@ -30,7 +30,9 @@ from your_ai.checkpoints import (
     save_adapter,
     save_best,
     save_checkpoint,
+    step_dir_name,
 )
+from your_ai import distributed
 from your_ai.data import (
     TRAIN_FILE,
     VAL_FILE,
@@ -248,6 +250,33 @@ def build_optimizer(model, learning_rate: float, weight_decay: float = 0.01) -> 
     )
 
 
+class _StepLoss(torch.nn.Module):
+    """``compute_loss`` as a module: DistributedDataParallel sees the forward pass of either loss path."""
+
+    def __init__(self, model, objective: Objective, fast_head: bool | str):
+        super().__init__()
+        self.model, self.objective, self.fast_head = model, objective, fast_head
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        parts = compute_loss(self.model, batch, self.objective, fast_head=self.fast_head)
+        return parts.total, parts.cross_entropy, parts.distrust
+
+
+def _global_parts(parts: LossParts, count: int, tokens: int, objective: Objective, world, device: str):
+    """The loss parts of the whole global batch (what one process would log for it) and its tokens,
+    from each rank's parts over its ``count`` samples."""
+    total, cross_entropy, distrust_value, samples, tokens = distributed.all_sum(
+        [float(parts.total.detach()) * count, float(parts.cross_entropy) * count, float(parts.distrust) * count,
+         count, tokens], world, device)
+    cross_entropy, mean_distrust = cross_entropy / samples, distrust_value / samples
+    if objective.mode == "weighted":
+        total = total / samples
+    else:  # mean cross-entropy + lambda * sum of the distrust values
+        total = cross_entropy + objective.lambda_weight * distrust_value
+    as_tensor = lambda value: torch.tensor(value, dtype=torch.float32)  # noqa: E731
+    return LossParts(as_tensor(total), as_tensor(cross_entropy), as_tensor(mean_distrust)), int(tokens)
+
+
 # ---------------------------------------------------------------------------- configuration
 
 DEFAULTS: dict[str, Any] = {
@@ -346,6 +375,7 @@ class TrainingArgs:
     step_mode: str | None = None  # auto | fast | selective | small | plain (your_ai.step_modes); None: auto
     device: str | None = None
     trust_remote_code: bool = False
+    strategy: str | None = None  # data-parallel strategy under torchrun: auto | ddp (fsdp: not available yet)
 
     def with_defaults(self) -> "TrainingArgs":
         model = self.model or TINY.name
@@ -385,6 +415,10 @@ class TrainingArgs:
         if self.grad_checkpoint and self.step_mode in ("fast", "selective"):
             raise TrainingArgsError(f"--grad-checkpoint recomputes every layer; it cannot go with --step-mode "
                                     f"{self.step_mode} (use auto, small or plain)")
+        try:
+            distributed.check_strategy(self.strategy)
+        except ValueError as error:
+            raise TrainingArgsError(str(error)) from None
         if self.distrust_mode is not None and self.distrust_mode not in MODES:
             raise TrainingArgsError(f"--distrust-mode {self.distrust_mode!r} must be one of {', '.join(MODES)}")
         if self.alpha is not None:
@@ -472,6 +506,8 @@ class TrainResult:
     normaliser: float | None  # mean distrust value of the training set (weighted mode)
     notes: list[str] = field(default_factory=list)
     step_mode: dict | None = None  # the StepMode the run used (your_ai.step_modes), with its reason
+    world_size: int = 1  # training processes (data-parallel under torchrun)
+    rank: int = 0  # this process's rank; only rank 0 prints and writes
 
 
 def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) -> TrainResult:
@@ -480,14 +516,30 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     Nothing is loaded or written until the data has been read, checked and scored.
     ``stop_after`` ends the run (with a checkpoint) after that many steps, as an interruption
     would, without changing the schedule; ``resume`` continues from the newest checkpoint.
+
+    Started by torchrun (``WORLD_SIZE`` > 1 in the environment), every process runs this loop
+    data-parallel (``your_ai.distributed``): each trains on its slice of global batches of
+    ``batch_size`` x world size samples, and rank 0 alone prints and writes.
     """
+    world, device = distributed.start(pick_device(args.device))
+    try:
+        return _train(args, world, device, stop_after=stop_after, console=console)
+    finally:
+        distributed.stop(world)
+
+
+def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_after: int | None,
+           console) -> TrainResult:
+    import io
+
     from rich.console import Console
 
+    if not world.main:
+        console = Console(file=io.StringIO())  # rank 0 alone reports
     console = console or Console(soft_wrap=True)
     started = time.perf_counter()
     mode_given = args.step_mode is not None or args.grad_checkpoint
     args, output_dir, checkpoint, saved_state = _plan(args)
-    device = pick_device(args.device)
     notes: list[str] = []
 
     # data: read, check, score -- before any model is loaded or anything written
@@ -510,6 +562,22 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     if saved_state is not None and saved_state.get("data_sha256") != digest:
         raise TrainingError(f"the data in {args.data} changed since checkpoint {checkpoint}; a resumed run needs the same data")
     objective = Objective.from_dataset(args.distrust_mode, args.alpha, args.lambda_weight, train_w, train_h)
+    normaliser = objective.weighting.normaliser if objective.weighting else None
+    differing = distributed.check_same({"data_sha256": digest, "normaliser": normaliser}, world)
+    if differing is not None:
+        raise TrainingError(
+            f"rank {differing['rank']} read different training data than rank {world.rank} from {args.data} "
+            f"(sha256 {differing['data_sha256'][:12]} vs {digest[:12]}); every process needs the same data"
+        )
+    if world.distributed:
+        notes.append(
+            f"data-parallel over {world.size} processes ({world.backend}, DistributedDataParallel): global batch "
+            f"{args.batch_size * world.size} = --batch-size {args.batch_size} x {world.size}"
+        )
+    saved_world = (saved_state or {}).get("world_size", 1)
+    if saved_state is not None and saved_world != world.size:
+        notes.append(f"the checkpoint was saved by {saved_world} process(es); the run goes on with {world.size} "
+                     f"from the same sample (global batch now {args.batch_size * world.size})")
 
     # tokenizer and examples
     resolved = resolve_model(args.model)
@@ -552,8 +620,9 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
         tokens_seen, elapsed_before = state.get("tokens_seen", 0), state.get("elapsed_s", 0.0)
     resumed_from = step if checkpoint is not None else None
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(output_dir)
+    if world.main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(output_dir)
     peak = PeakMemory(device)
     peak.reset()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -572,26 +641,40 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
             "tokens_seen": tokens_seen,
             "elapsed_s": elapsed_before + time.perf_counter() - started,
             "step_mode": step_mode.to_dict(),
+            "world_size": world.size,
         }
 
     def checkpoint_now() -> Path:
-        return save_checkpoint(output_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
-                               trainer_state=state_for_checkpoint(), base_model=base_model, keep_last=args.keep_last)
+        if world.main:
+            save_checkpoint(output_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                            trainer_state=state_for_checkpoint(), base_model=base_model, keep_last=args.keep_last)
+        distributed.barrier(world)
+        return checkpoints_dir(output_dir) / step_dir_name(step)
 
-    sampler = BatchSampler(len(train_examples), args.batch_size, args.seed, position)
-    reporter = _Reporter(console, output_dir, args, start_step=step)
+    # the position counts samples of the shared order: the same for every rank and any number of ranks
+    sampler = BatchSampler(len(train_examples), args.batch_size * world.size, args.seed, position)
+    step_loss = distributed.wrap(_StepLoss(model, objective, fast_head), world, device)
+    reporter = _Reporter(console, output_dir, args, start_step=step) if world.main else None
     last_saved, final_loss, stopped_early = (step if checkpoint is not None else None), None, False
     window = _Window()
     try:
         while step < args.max_steps:
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.zero_grad(set_to_none=True)
-            for _ in range(args.grad_accum):
-                batch = collate([train_examples[i] for i in sampler.next()], pad_id)
+            for micro in range(args.grad_accum):
+                shared = sampler.next()
+                mine = distributed.rank_slice(shared, world, args.batch_size)
+                # a rank left without samples (a short last batch) takes part with zero weight
+                batch = collate([train_examples[i] for i in (mine or shared[:1])], pad_id)
                 batch = {key: value.to(device) for key, value in batch.items()}
-                parts = compute_loss(model, batch, objective, fast_head=fast_head)
-                (parts.total / args.grad_accum).backward()
-                tokens = int(batch["attention_mask"].sum())
+                with distributed.no_sync(step_loss, sync=micro == args.grad_accum - 1):
+                    total, cross_entropy, distrust_value = step_loss(batch)
+                    scale = distributed.loss_scale(len(mine), len(shared), world)
+                    (total * (scale / args.grad_accum)).backward()
+                parts = LossParts(total, cross_entropy, distrust_value)
+                tokens = int(batch["attention_mask"].sum()) if mine else 0
+                if world.distributed:
+                    parts, tokens = _global_parts(parts, len(mine), tokens, objective, world, device)
                 window.add(parts, tokens, args.grad_accum)
                 tokens_seen += tokens
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm))
@@ -604,13 +687,14 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
             scheduler.step()
             step += 1
             peak.sample()
-            peak_gb = peak.peak_gb()
+            peak_gb = distributed.all_max(peak.peak_gb(), world, device)  # every rank stops at the same step
             if step % args.memory_report_interval == 0 or step == args.max_steps or step == 1:
                 final_loss = window.loss()
-                reporter.train(step, sampler.position.epoch, window, learning_rate, grad_norm, peak_gb,
-                               elapsed_before + time.perf_counter() - started)
+                if reporter is not None:
+                    reporter.train(step, sampler.position.epoch, window, learning_rate, grad_norm, peak_gb,
+                                   elapsed_before + time.perf_counter() - started)
                 window = _Window()
-            if val_examples and (step % args.eval_every == 0 or step == args.max_steps):
+            if world.main and val_examples and (step % args.eval_every == 0 or step == args.max_steps):
                 val = evaluate(model, val_examples, objective, args.batch_size, pad_id, device, fast_head=fast_head)
                 improved = best_val is None or val["val_loss"] < best_val
                 if improved:
@@ -631,12 +715,14 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
                 stopped_early = True
                 break
     finally:
-        reporter.close()
+        if reporter is not None:
+            reporter.close()
 
     if final_loss is None and window.steps:
         final_loss = window.loss()
-    if not stopped_early:
+    if not stopped_early and world.main:
         save_adapter(model, output_dir, base_model=base_model, tokenizer=loaded.tokenizer)
+    distributed.barrier(world)
     elapsed = time.perf_counter() - started
     result = TrainResult(
         output_dir=output_dir,
@@ -647,11 +733,13 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
         elapsed_s=elapsed,
         resumed_from=resumed_from,
         stopped_early=stopped_early,
-        normaliser=objective.weighting.normaliser if objective.weighting else None,
+        normaliser=normaliser,
         notes=notes,
         step_mode=step_mode.to_dict(),
+        world_size=world.size,
+        rank=world.rank,
     )
-    if not stopped_early:
+    if not stopped_early and world.main:
         write_json_atomic(output_dir / SUMMARY_FILE, {**asdict(result), "output_dir": str(output_dir),
                                                           "args": asdict(args), "base_model": base_model})
     return result

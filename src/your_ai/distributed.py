@@ -1,0 +1,228 @@
+"""Data-parallel training: the process group, each rank's share of a batch, and the launcher.
+
+A run started by ``torchrun`` (or ``accelerate launch``, which sets the same variables) has
+``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` in its environment. ``start`` then joins the process
+group (NCCL on CUDA, one GPU per process picked by ``LOCAL_RANK``; gloo on the CPU) and the
+training loop runs the same steps on every rank:
+
+* every rank draws the same global batches (``--batch-size`` x world size samples) from the same
+  seeded order and trains on its own contiguous slice of each (``rank_slice``);
+* gradients are averaged by ``DistributedDataParallel``; each rank's loss is scaled by its share
+  of the global batch (``loss_scale``), so the update equals the one-process update on the whole
+  global batch, also when an epoch's last batch does not divide evenly;
+* rank 0 alone prints, logs and writes files; decisions that stop the run use values that every
+  rank agrees on (``all_max``, ``all_sum``).
+
+``launch_command`` is what ``your-ai train --gpus N`` runs: this same command under
+``python -m torch.distributed.run --standalone --nproc_per_node N``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+class DistributedError(Exception):
+    """Data-parallel training cannot start here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DistributedError(f"environment variable {name}={raw!r} is not a whole number") from None
+    if value < 0:
+        raise DistributedError(f"environment variable {name}={raw!r} must be >= 0")
+    return value
+
+
+def world_from_env() -> World:
+    """``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` as torchrun sets them (none set: one process)."""
+    size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if size < 1 or rank >= size:
+        raise DistributedError(f"RANK={rank} does not fit WORLD_SIZE={size}")
+    return World(rank=rank, size=size, local_rank=local_rank)
+
+
+def check_strategy(strategy: str | None) -> str:
+    """The data-parallel strategy: ``auto`` and ``ddp`` replicate the model on every rank."""
+    strategy = strategy or "auto"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {strategy!r} must be one of {', '.join(STRATEGIES)}")
+    if strategy == "fsdp":
+        raise ValueError("--strategy fsdp (sharded parameters) is not available yet; --strategy ddp replicates "
+                         "the model on every GPU and trains data-parallel")
+    return "ddp"
+
+
+def start(device: str) -> tuple[World, str]:
+    """Join the process group when this process is one of several; returns (world, this rank's device).
+
+    One process: ``World()`` and ``device`` unchanged. Several: CUDA ranks use ``cuda:<LOCAL_RANK>``
+    and NCCL; CPU ranks use gloo. Apple's MPS backend cannot be used by several processes.
+    """
+    world = world_from_env()
+    if not world.distributed:
+        return world, device
+    import torch.distributed as dist
+
+    kind = device.split(":")[0]
+    if kind == "mps":
+        raise DistributedError("data-parallel training runs on CUDA GPUs or on the CPU (--device cpu), not on MPS")
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        if world.local_rank >= count:
+            raise DistributedError(f"LOCAL_RANK={world.local_rank} but PyTorch sees {count} CUDA GPU(s) here; "
+                                   f"start at most {count} processes per machine")
+        device = f"cuda:{world.local_rank}"
+        torch.cuda.set_device(world.local_rank)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
+    return World(world.rank, world.size, world.local_rank, backend), device
+
+
+def stop(world: World) -> None:
+    """Leave the process group (after the last collective)."""
+    if world.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def rank_slice(indices: list[int], world: World, batch_size: int) -> list[int]:
+    """This rank's samples of a global batch: the contiguous slice ``[rank * batch_size, (rank + 1) * batch_size)``.
+
+    A short global batch (an epoch's last) leaves later ranks fewer samples or none.
+    """
+    return indices[world.rank * batch_size : (world.rank + 1) * batch_size]
+
+
+def loss_scale(mine: int, total: int, world: World) -> float:
+    """Factor on this rank's mean loss so that the average over ranks (what DDP does to gradients)
+    is the mean loss over the whole global batch of ``total`` samples (``mine`` of them here)."""
+    return mine * world.size / total if world.distributed else 1.0
+
+
+def all_sum(values: list[float], world: World, device: str) -> list[float]:
+    """Element-wise sum over ranks (float64)."""
+    if not world.distributed:
+        return list(values)
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def all_max(value: float, world: World, device: str) -> float:
+    """The largest ``value`` over ranks: every rank takes the same decision from it."""
+    if not world.distributed:
+        return value
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def check_same(values: dict, world: World) -> dict | None:
+    """``None`` when every rank holds the same ``values``; else the first differing rank's values."""
+    if not world.distributed:
+        return None
+    import torch.distributed as dist
+
+    gathered: list = [None] * world.size
+    dist.all_gather_object(gathered, values)
+    for rank, other in enumerate(gathered):
+        if other != values:
+            return {"rank": rank, **other}
+    return None
+
+
+def wrap(module: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
+    """``module`` under ``DistributedDataParallel`` (gradients of its trainable parameters averaged
+    over ranks in the backward pass); one process: ``module`` itself."""
+    if not world.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [torch.device(device).index] if device.startswith("cuda") else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False)
+
+
+def no_sync(module: torch.nn.Module, sync: bool):
+    """Skip the gradient all-reduce of this backward pass (a micro-batch that is not the step's last)."""
+    if sync or not hasattr(module, "no_sync"):
+        return nullcontext()
+    return module.no_sync()
+
+
+# ---------------------------------------------------------------------------- the launcher
+
+def check_gpus(count: int, device: str | None) -> None:
+    """Refuse ``--gpus count`` on a machine that cannot run it; ``--device cpu`` runs CPU processes."""
+    if count < 1:
+        raise DistributedError(f"--gpus must be a whole number >= 1 (got {count})")
+    if world_from_env().distributed:
+        raise DistributedError("--gpus starts the processes itself; under torchrun or accelerate launch leave it out")
+    kind = (device or "").split(":")[0]
+    if kind == "cpu":
+        return
+    if kind == "mps":
+        raise DistributedError("--gpus needs CUDA GPUs; MPS cannot be shared by several processes")
+    if ":" in (device or ""):
+        raise DistributedError(f"--gpus {count} picks one GPU per process; pass --device cuda, not {device}")
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available < count:
+        raise DistributedError(
+            f"--gpus {count}: PyTorch sees {available} CUDA GPU(s) here; pass --gpus {available} or fewer"
+            if available else
+            f"--gpus {count}: PyTorch sees no CUDA GPU here (--device cpu runs {count} CPU processes instead)"
+        )
+
+
+def launch_command(count: int, train_arguments: list[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node count -m your_ai train ...``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(count),
+            "-m", "your_ai", "train", *train_arguments]

@@ -1,0 +1,165 @@
+"""Data-parallel training as a user runs it: torchrun and `train --gpus N --device cpu`, real processes (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_train import write_corpus
+from your_ai.distributed import DistributedError, World, check_gpus, loss_scale, rank_slice
+from your_ai.train import TrainingArgs, TrainingArgsError
+
+# 14 records, global batch 4: the 4th step's batch holds the epoch's last 2 samples, all on rank 0,
+# so rank 1 takes part in that step with nothing to learn from.
+RECORDS = 14
+RUN = ["--data", "corpus.jsonl", "--max-steps", "4", "--save-every", "2", "--warmup-steps", "1",
+       "--memory-report-interval", "1", "--lora-rank", "4", "--max-seq-length", "32", "--device", "cpu"]
+
+
+def child_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=240, env=child_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def one_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "your_ai", "train", *args], cwd)
+
+
+def torchrun(processes: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                "-m", "your_ai", "train", *args], cwd)
+
+
+def normaliser_logged(stdout: str) -> list[str]:
+    return re.findall(r"normaliser d_bar = ([0-9.]+)", stdout)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def trainer_state(out: Path, step: int) -> dict:
+    return json.loads((out / "checkpoints" / f"step-{step:06d}" / "trainer_state.json").read_text())
+
+
+def copy_checkpoint(source: Path, step: int, target: Path) -> None:
+    """``target`` as a run interrupted right after ``source``'s checkpoint of ``step``."""
+    name = f"step-{step:06d}"
+    shutil.copytree(source / "checkpoints" / name, target / "checkpoints" / name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir):
+    """One process with --batch-size 4 and two processes with --batch-size 2: the same global batches."""
+    root = tmp_path_factory.mktemp("distributed")
+    write_corpus(root / "corpus.jsonl", RECORDS)
+    one = one_process(*RUN, "--batch-size", "4", "--output-dir", "one", "--no-tensorboard", cwd=root)
+    two = torchrun(2, *RUN, "--batch-size", "2", "--output-dir", "two", cwd=root)
+    return root, one, two
+
+
+def test_two_processes_train_as_one_process_on_the_global_batch(runs):
+    from peft import PeftModel
+
+    from your_ai.models import load_model, resolve_model
+
+    root, one, two = runs
+    assert two.stdout.count("Trained 4 steps") == 1  # rank 0 alone reports
+    assert "data-parallel over 2 processes (gloo, DistributedDataParallel): global batch 4" in two.stdout
+    # the weighting's normaliser comes from the whole training set, on every rank
+    assert normaliser_logged(two.stdout) == normaliser_logged(one.stdout) and len(normaliser_logged(one.stdout)) == 1
+
+    out = root / "two"
+    model = PeftModel.from_pretrained(load_model(resolve_model("tiny")), out)
+    assert any(float(p.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    single, double = load_file(root / "one" / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert single.keys() == double.keys()
+    for key in single:
+        assert torch.allclose(single[key], double[key], rtol=1e-4, atol=1e-5), key
+    moved = max(float((double[k] - load_file(out / "checkpoints" / "step-000002" / "adapter_model.safetensors")[k])
+                      .abs().max()) for k in double)
+    assert moved > 1e-4  # steps 3 and 4 changed the adapter well beyond the tolerance
+
+    lines, reference = metrics(out), metrics(root / "one")
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]  # one metrics file, rank 0's lines only
+    for line, expected in zip(lines, reference):
+        for key in ("loss", "cross_entropy", "distrust", "grad_norm"):
+            assert line[key] == pytest.approx(expected[key], rel=1e-4), (line["step"], key)
+    assert len(list((out / "runs").glob("events.out.tfevents.*"))) == 1
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert trainer_state(out, 2)["position"] == {"epoch": 0, "index": 8} and trainer_state(out, 2)["world_size"] == 2
+
+
+def test_resume_with_one_process_continues_at_the_saved_global_sample(runs):
+    root, _, _ = runs
+    copy_checkpoint(root / "two", 2, root / "fewer")
+    result = one_process("--resume", "--output-dir", "fewer", "--no-tensorboard", cwd=root)
+    assert "Resuming from step 2" in result.stdout
+    assert "saved by 2 process(es); the run goes on with 1" in result.stdout
+    out = root / "fewer"
+    assert [line["step"] for line in metrics(out)] == [3, 4]
+    # global sample 8 (2 steps x 4), then 2 steps x 2 samples
+    assert trainer_state(out, 4)["position"] == {"epoch": 0, "index": 12}
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["resumed_from"] == 2 and summary["steps"] == 4 and summary["world_size"] == 1
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_gpus_with_device_cpu_launches_two_processes_and_resumes_a_one_process_run(runs):
+    root, _, _ = runs
+    copy_checkpoint(root / "one", 2, root / "more")
+    result = one_process("--gpus", "2", "--device", "cpu", "--resume", "--output-dir", "more", "--no-tensorboard",
+                         cwd=root)
+    assert result.stdout.count("Trained 4 steps") == 1
+    assert "saved by 1 process(es); the run goes on with 2 from the same sample (global batch now 8)" in result.stdout
+    out = root / "more"
+    # global sample 8 of 14, then global batches of 2 x 4: 6 samples end epoch 0, 8 more start epoch 1
+    assert trainer_state(out, 4)["position"] == {"epoch": 1, "index": 8}
+    assert trainer_state(out, 4)["world_size"] == 2
+    assert [line["step"] for line in metrics(out)] == [3, 4]
+    assert json.loads((out / "training_summary.json").read_text())["resumed_from"] == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA GPUs")
+def test_gpus_without_gpus_is_refused():
+    with pytest.raises(DistributedError, match=re.escape(
+            "--gpus 2: PyTorch sees no CUDA GPU here (--device cpu runs 2 CPU processes instead)")):
+        check_gpus(2, None)
+    with pytest.raises(DistributedError, match="not on MPS|MPS cannot"):
+        check_gpus(2, "mps")
+    check_gpus(2, "cpu")
+
+
+def test_fsdp_is_refused_with_a_clear_message():
+    with pytest.raises(TrainingArgsError, match="--strategy fsdp .* is not available yet"):
+        TrainingArgs(strategy="fsdp").validate()
+    TrainingArgs(strategy="ddp").validate()
+
+
+def test_rank_slices_cover_a_global_batch_and_scale_to_its_mean():
+    shared = list(range(10, 17))  # a short global batch: 7 samples for 2 ranks of 4
+    worlds = [World(rank, 2, rank) for rank in range(2)]
+    slices = [rank_slice(shared, world, 4) for world in worlds]
+    assert slices == [[10, 11, 12, 13], [14, 15, 16]]
+    # DDP averages over ranks: each rank's scaled mean loss averages to the mean over the global batch
+    losses = {index: float(index) ** 2 for index in shared}
+    averaged = sum(loss_scale(len(part), len(shared), world) * sum(losses[i] for i in part) / len(part)
+                   for part, world in zip(slices, worlds)) / 2
+    assert averaged == pytest.approx(sum(losses.values()) / len(shared))
+    assert loss_scale(0, 1, worlds[1]) == 0.0  # a rank left without samples adds nothing
+    assert loss_scale(3, 3, World()) == 1.0
