@@ -34,7 +34,8 @@ from your_ai.train import (
     train,
 )
 
-SMALL = dict(lora_rank=4, max_seq_length=48, batch_size=2, memory_report_interval=100, tensorboard=False)
+SMALL = dict(lora_rank=4, max_seq_length=48, batch_size=2, memory_report_interval=100, tensorboard=False,
+             device="cpu")  # the CPU path, also on a machine with a GPU
 
 
 def write_corpus(path: Path, count: int = 12) -> Path:

@@ -242,14 +242,39 @@ def adapted_layer_indices(model) -> list[int]:
 def apply_fused_kernels(model) -> None:
     """Liger's fused RMSNorm, SwiGLU and RoPE on ``model`` (no cross-entropy patch: the head is ours).
 
-    Liger replaces RoPE in the model type's ``transformers`` module, i.e. for every model of
-    that type in this process.
+    Liger swaps the norm and MLP modules of this model instance, but it also rebinds classes and
+    the RoPE function in the model type's ``transformers`` module, which would reach every model
+    of that type built later in the process, CPU ones included (where Triton cannot run). So the
+    module is put back as it was, except RoPE, which becomes a dispatcher: Liger's kernel for
+    CUDA tensors, the original function for any other.
     """
+    import importlib
+
     import liger_kernel.transformers as liger
 
     lm = causal_lm(model)
+    module = importlib.import_module(type(lm).__module__)
+    saved = dict(vars(module))
     patch = getattr(liger, LIGER_PATCHES[lm.config.model_type])
     patch(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=lm)
+    fused_rope = module.apply_rotary_pos_emb
+    for key, value in saved.items():
+        if vars(module).get(key) is not value:
+            setattr(module, key, value)
+    original_rope = getattr(saved["apply_rotary_pos_emb"], "original", saved["apply_rotary_pos_emb"])
+    if fused_rope is not original_rope and not hasattr(saved["apply_rotary_pos_emb"], "original"):
+        module.apply_rotary_pos_emb = _cuda_only(fused_rope, original_rope)
+
+
+def _cuda_only(fused, original):
+    """``fused`` for CUDA tensors, ``original`` otherwise (same signature)."""
+
+    @functools.wraps(original)
+    def dispatch(q, k, *args, **kwargs):
+        return (fused if q.is_cuda else original)(q, k, *args, **kwargs)
+
+    dispatch.original = original
+    return dispatch
 
 
 def _checkpoint_forward(layer) -> None:

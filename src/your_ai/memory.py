@@ -26,13 +26,43 @@ def system_memory_gb() -> tuple[float, float]:
 
 
 def device_memory_gb(device: str) -> float:
-    """Memory the training device can use: the GPU's own memory on CUDA, system memory elsewhere."""
+    """Memory the training device can use: the GPU's own memory on CUDA, system memory elsewhere.
+
+    On CUDA it asks ``nvidia-smi`` first, so that a process that only plans (the benchmark's
+    parent, ``recommend``) does not create a CUDA context and hold GPU memory while its fit
+    tests run; PyTorch is asked only where ``nvidia-smi`` is missing.
+    """
     if device.startswith("cuda"):
         import torch
 
         index = torch.device(device).index or 0
-        return torch.cuda.get_device_properties(index).total_memory / GB
+        total = _nvidia_smi_total_bytes(index)
+        if total is None:
+            total = torch.cuda.get_device_properties(index).total_memory
+        return total / GB
     return system_memory_gb()[0]
+
+
+def _nvidia_smi_total_bytes(index: int) -> int | None:
+    """Total memory of CUDA device ``index`` (as PyTorch numbers it) from nvidia-smi, or None."""
+    import os
+    import subprocess
+
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None and index >= len(visible):
+        return None
+    selector = visible[index] if visible else str(index)
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--id={selector}", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    try:
+        return int(float(out.stdout.strip().splitlines()[0])) * 1024 * 1024 if out.returncode == 0 else None
+    except (ValueError, IndexError):
+        return None
 
 
 def default_budget_gb(device: str) -> float:
