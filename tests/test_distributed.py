@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_train import write_corpus
-from your_ai.distributed import DistributedError, World, check_gpus, loss_scale, rank_slice
+from your_ai.distributed import DistributedError, World, check_gpus, check_strategy, loss_scale, rank_slice
 from your_ai.train import TrainingArgs, TrainingArgsError
 
 # 14 records, global batch 4: the 4th step's batch holds the epoch's last 2 samples, all on rank 0,
@@ -145,10 +145,65 @@ def test_gpus_without_gpus_is_refused():
     check_gpus(2, "cpu")
 
 
-def test_fsdp_is_refused_with_a_clear_message():
-    with pytest.raises(TrainingArgsError, match="--strategy fsdp .* is not available yet"):
-        TrainingArgs(strategy="fsdp").validate()
-    TrainingArgs(strategy="ddp").validate()
+@pytest.fixture(scope="module")
+def fsdp_run(runs):
+    """Two processes with sharded parameters, --batch-size 2: the same global batches as ``runs``' one process."""
+    root, _, _ = runs
+    return torchrun(2, *RUN, "--batch-size", "2", "--output-dir", "fsdp", "--strategy", "fsdp", "--no-tensorboard",
+                    cwd=root)
+
+
+def test_fsdp_trains_as_one_process_and_writes_a_full_adapter(runs, fsdp_run):
+    from peft import PeftModel
+
+    from your_ai.models import load_model, resolve_model
+
+    root, _, _ = runs
+    assert fsdp_run.stdout.count("Trained 4 steps") == 1
+    assert "data-parallel over 2 processes (gloo, FSDP, parameters sharded): global batch 4" in fsdp_run.stdout
+    out = root / "fsdp"
+    model = PeftModel.from_pretrained(load_model(resolve_model("tiny")), out)
+    assert any(float(p.abs().sum()) > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    single, sharded = load_file(root / "one" / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert single.keys() == sharded.keys()
+    for key in single:  # full tensors, not one rank's shard
+        assert single[key].shape == sharded[key].shape, key
+        assert torch.allclose(single[key], sharded[key], rtol=1e-4, atol=1e-5), key
+    # the checkpoint's optimizer state is the full one, numbered as one process numbers it
+    step2 = Path("checkpoints") / "step-000002"
+    reference, gathered = load_file(root / "one" / step2 / "optimizer.safetensors"), load_file(
+        out / step2 / "optimizer.safetensors")
+    assert reference.keys() == gathered.keys()
+    for key in reference:
+        assert torch.allclose(reference[key], gathered[key], rtol=1e-4, atol=1e-6), key
+    assert [line["step"] for line in metrics(out)] == [1, 2, 3, 4]
+    assert trainer_state(out, 2)["args"]["strategy"] == "fsdp" and trainer_state(out, 2)["world_size"] == 2
+
+
+def test_fsdp_checkpoint_resumes_with_one_process(runs, fsdp_run):
+    root, _, _ = runs
+    copy_checkpoint(root / "fsdp", 2, root / "fsdp-fewer")
+    result = one_process("--resume", "--output-dir", "fsdp-fewer", "--no-tensorboard", cwd=root)
+    assert "Resuming from step 2" in result.stdout
+    assert "saved by 2 process(es); the run goes on with 1" in result.stdout
+    out = root / "fsdp-fewer"
+    assert [line["step"] for line in metrics(out)] == [3, 4]
+    assert trainer_state(out, 4)["position"] == {"epoch": 0, "index": 12}
+    assert json.loads((out / "training_summary.json").read_text())["world_size"] == 1
+    # the same as resuming the replicated run's checkpoint: the gathered state is the whole state
+    copy_checkpoint(root / "two", 2, root / "ddp-fewer")
+    one_process("--resume", "--output-dir", "ddp-fewer", "--no-tensorboard", cwd=root)
+    a, b = load_file(out / "adapter_model.safetensors"), load_file(root / "ddp-fewer" / "adapter_model.safetensors")
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+
+
+def test_strategies():
+    assert check_strategy(None) == check_strategy("auto") == check_strategy("ddp") == "ddp"
+    assert check_strategy("fsdp") == "fsdp"
+    TrainingArgs(strategy="fsdp").validate()
+    with pytest.raises(TrainingArgsError, match="--strategy 'zero' must be one of auto, ddp, fsdp"):
+        TrainingArgs(strategy="zero").validate()
 
 
 def test_rank_slices_cover_a_global_batch_and_scale_to_its_mean():

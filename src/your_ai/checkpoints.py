@@ -101,25 +101,29 @@ def remove_stale_temporaries(output_dir: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------- adapter
 
-def write_adapter(model, directory: Path, *, base_model: str, tokenizer=None) -> None:
+def write_adapter(model, directory: Path, *, base_model: str, tokenizer=None, state_dict: dict | None = None) -> None:
     """PEFT adapter (config + safetensors weights) into ``directory`` (which must exist),
-    with ``base_model_name_or_path`` set to ``base_model`` and the tokenizer beside it."""
+    with ``base_model_name_or_path`` set to ``base_model`` and the tokenizer beside it.
+
+    ``state_dict``: the model's full (unsharded) state dict to take the adapter from, for a model
+    whose parameters are sharded over processes; ``None``: the model's own parameters."""
     for config in model.peft_config.values():
         config.base_model_name_or_path = base_model
+    extra = {} if state_dict is None else {"state_dict": state_dict}
     # LoRA never trains the embeddings; saying so also keeps PEFT from looking the base up online.
-    model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)
+    model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False, **extra)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 
 
-def save_adapter(model, output_dir: Path, *, base_model: str, tokenizer=None) -> Path:
+def save_adapter(model, output_dir: Path, *, base_model: str, tokenizer=None, state_dict: dict | None = None) -> Path:
     """The final adapter into ``output_dir`` itself: written to a temporary directory, then each
     file moved into place with ``os.replace`` (files from an earlier run are replaced, not mixed)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}adapter-", dir=output_dir))
     try:
-        write_adapter(model, staging, base_model=base_model, tokenizer=tokenizer)
+        write_adapter(model, staging, base_model=base_model, tokenizer=tokenizer, state_dict=state_dict)
         _fsync_tree(staging)
         for path in sorted(staging.iterdir()):
             if path.is_file():
@@ -219,13 +223,19 @@ def save_checkpoint(
     trainer_state: dict,
     base_model: str,
     keep_last: int,
+    model_state: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-NNNNNN`` atomically, point ``latest`` at it, drop all but the newest ``keep_last``."""
+    """Write ``checkpoints/step-NNNNNN`` atomically, point ``latest`` at it, drop all but the newest ``keep_last``.
+
+    ``model_state`` / ``optimizer_state``: full (unsharded) state dicts gathered from a model sharded
+    over processes (the optimizer's with parameter numbers, as ``optimizer.state_dict()`` has them);
+    ``None``: taken from ``model`` and ``optimizer`` themselves."""
     target = checkpoints_dir(output_dir) / step_dir_name(step)
 
     def fill(directory: Path) -> None:
-        write_adapter(model, directory, base_model=base_model)
-        tensors, meta = optimizer_state_to_files(optimizer.state_dict())
+        write_adapter(model, directory, base_model=base_model, state_dict=model_state)
+        tensors, meta = optimizer_state_to_files(optimizer.state_dict() if optimizer_state is None else optimizer_state)
         save_file(tensors, directory / "optimizer.safetensors")
         (directory / "optimizer.json").write_text(json.dumps(meta, indent=2) + "\n")
         rng_tensors, rng_meta = rng_state()
@@ -283,13 +293,22 @@ def read_trainer_state(checkpoint: Path) -> dict:
 
 def load_checkpoint(checkpoint: Path, *, model, optimizer, scheduler) -> dict:
     """Restore adapter weights, optimizer, scheduler and RNG from ``checkpoint``; return its trainer state."""
+    load_adapter_weights(model, checkpoint)
+    return load_training_state(checkpoint, optimizer=optimizer, scheduler=scheduler)
+
+
+def load_training_state(checkpoint: Path, *, optimizer, scheduler,
+                        set_optimizer_state: Callable[[dict], None] | None = None) -> dict:
+    """Restore optimizer, scheduler and RNG from ``checkpoint`` (not the adapter); return its trainer state.
+
+    ``set_optimizer_state``: applies the full optimizer state dict (parameter numbers as keys) to an
+    optimizer over sharded parameters; ``None``: ``optimizer.load_state_dict``."""
     checkpoint = Path(checkpoint)
     state = read_trainer_state(checkpoint)
-    load_adapter_weights(model, checkpoint)
     try:
         meta = json.loads((checkpoint / "optimizer.json").read_text())
         tensors = load_file(checkpoint / "optimizer.safetensors")
-        optimizer.load_state_dict(optimizer_state_from_files(tensors, meta))
+        (set_optimizer_state or optimizer.load_state_dict)(optimizer_state_from_files(tensors, meta))
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(load_file(checkpoint / "rng.safetensors"), state["rng"])
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
@@ -297,11 +316,13 @@ def load_checkpoint(checkpoint: Path, *, model, optimizer, scheduler) -> dict:
     return state
 
 
-def save_best(output_dir: Path, *, model, tokenizer, base_model: str, info: dict) -> Path:
-    """Replace ``best/`` with the current adapter (and tokenizer) and ``info`` (step, validation loss)."""
+def save_best(output_dir: Path, *, model, tokenizer, base_model: str, info: dict,
+              state_dict: dict | None = None) -> Path:
+    """Replace ``best/`` with the current adapter (and tokenizer) and ``info`` (step, validation loss);
+    ``state_dict`` as in ``write_adapter``."""
 
     def fill(directory: Path) -> None:
-        write_adapter(model, directory, base_model=base_model, tokenizer=tokenizer)
+        write_adapter(model, directory, base_model=base_model, tokenizer=tokenizer, state_dict=state_dict)
         (directory / "best.json").write_text(json.dumps(info, indent=2) + "\n")
 
     return write_directory_atomically(Path(output_dir) / BEST_DIR, fill)

@@ -370,7 +370,7 @@ _POSITIVE = click.IntRange(min=1)
               "torchrun with N processes (with --device cpu: N CPU processes). --batch-size is per process.")
 @click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]),
               help="Data-parallel strategy under torchrun or --gpus: auto = ddp (the model replicated on every "
-                   "GPU); fsdp is not available yet.")
+                   "GPU); fsdp shards the base weights and the LoRA parameters over the processes.")
 def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     """Fine-tune a model with LoRA under the Empirical Distrust objective.
 

@@ -7,9 +7,14 @@ training loop runs the same steps on every rank:
 
 * every rank draws the same global batches (``--batch-size`` x world size samples) from the same
   seeded order and trains on its own contiguous slice of each (``rank_slice``);
-* gradients are averaged by ``DistributedDataParallel``; each rank's loss is scaled by its share
-  of the global batch (``loss_scale``), so the update equals the one-process update on the whole
-  global batch, also when an epoch's last batch does not divide evenly;
+* gradients are averaged over ranks; each rank's loss is scaled by its share of the global batch
+  (``loss_scale``), so the update equals the one-process update on the whole global batch, also
+  when an epoch's last batch does not divide evenly;
+* ``--strategy ddp`` (and ``auto``) keeps a whole copy of the model on every rank under
+  ``DistributedDataParallel``; ``--strategy fsdp`` shards the frozen base weights and the LoRA
+  parameters over the ranks with PyTorch's ``fully_shard`` (each decoder layer, then the root),
+  and checkpoints hold full tensors gathered to rank 0 (``full_states``), so any strategy and any
+  number of processes resumes them;
 * rank 0 alone prints, logs and writes files; decisions that stop the run use values that every
   rank agrees on (``all_max``, ``all_sum``).
 
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -75,14 +80,12 @@ def world_from_env() -> World:
 
 
 def check_strategy(strategy: str | None) -> str:
-    """The data-parallel strategy: ``auto`` and ``ddp`` replicate the model on every rank."""
+    """The data-parallel strategy: ``auto`` and ``ddp`` replicate the model on every rank (``ddp``);
+    ``fsdp`` shards it over the ranks."""
     strategy = strategy or "auto"
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy {strategy!r} must be one of {', '.join(STRATEGIES)}")
-    if strategy == "fsdp":
-        raise ValueError("--strategy fsdp (sharded parameters) is not available yet; --strategy ddp replicates "
-                         "the model on every GPU and trains data-parallel")
-    return "ddp"
+    return "fsdp" if strategy == "fsdp" else "ddp"
 
 
 def start(device: str) -> tuple[World, str]:
@@ -191,11 +194,128 @@ def wrap(module: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False)
 
 
+def decoder_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers inside ``module``: the blocks its Hugging Face model names as not to be split."""
+    names = set()
+    for inner in module.modules():
+        names.update(getattr(inner, "_no_split_modules", None) or ())
+    return [inner for inner in module.modules() if type(inner).__name__ in names]
+
+
+def shard(module: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
+    """Shard ``module``'s parameters over the ranks (FSDP2 ``fully_shard``): each decoder layer is
+    gathered for its forward and backward passes only, the rest (embeddings, final norm, head) for
+    the forward and backward passes of ``module`` itself; gradients are reduce-scattered, averaged
+    over ranks. Call before the optimizer is built (its parameters become sharded tensors)."""
+    if not world.distributed:
+        return module
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    layers = decoder_layers(module)
+    if not layers:
+        raise DistributedError(f"--strategy fsdp: found no decoder layers to shard in {type(module).__name__}; "
+                               f"use --strategy ddp")
+    mesh = init_device_mesh(device.split(":")[0], (world.size,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+@contextmanager
+def _gradient_sync_off(module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
 def no_sync(module: torch.nn.Module, sync: bool):
-    """Skip the gradient all-reduce of this backward pass (a micro-batch that is not the step's last)."""
-    if sync or not hasattr(module, "no_sync"):
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) of this backward pass (a
+    micro-batch that is not the step's last)."""
+    if sync:
         return nullcontext()
-    return module.no_sync()
+    if hasattr(module, "set_requires_gradient_sync"):
+        return _gradient_sync_off(module)
+    if hasattr(module, "no_sync"):
+        return module.no_sync()
+    return nullcontext()
+
+
+@contextmanager
+def gathered(module: torch.nn.Module):
+    """``module``'s own sharded parameters (not its layers') gathered whole while the block runs:
+    code that uses them outside ``module``'s forward pass (an evaluation) sees full tensors."""
+    if not is_sharded(module):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
+
+
+def local_float(value) -> float:
+    """A scalar tensor as a float; a replicated sharded-tensor value (a gradient norm) as its full value."""
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return float(value)
+
+
+def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the optimizer's parameters in the order ``optimizer.state_dict()`` numbers them."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    return [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
+
+
+def full_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, world: World) -> tuple[dict, dict]:
+    """The full (unsharded) model and optimizer state dicts of a sharded ``model``, on the CPU of rank 0
+    (other ranks get empty dicts; no ``optimizer``: its dict is empty). Every rank must call it. The
+    optimizer's state is keyed by parameter number, as ``optimizer.state_dict()`` has it, so one
+    process without sharding loads it as it is."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)
+    if optimizer is None:
+        return model_state, {}
+    by_name = get_optimizer_state_dict(model, optimizer, options=options)
+    if not world.main:
+        return {}, {}
+    number = {name: index for index, name in enumerate(_parameter_names(model, optimizer))}
+    groups = [{**group, "params": [number[name] for name in group["params"]]} for group in by_name["param_groups"]]
+    state = {number[name]: values for name, values in by_name["state"].items()}
+    return model_state, {"state": state, "param_groups": groups}
+
+
+def set_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+    """Load a full optimizer state dict (keyed by parameter number, read by every rank) into the
+    optimizer of a sharded ``model``: each rank keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = _parameter_names(model, optimizer)
+    if len(names) != sum(len(group["params"]) for group in state_dict["param_groups"]):
+        raise ValueError(f"the saved optimizer state holds {sum(len(g['params']) for g in state_dict['param_groups'])} "
+                         f"parameters; this model trains {len(names)}")
+    by_name = {
+        "state": {names[number]: values for number, values in state_dict["state"].items()},
+        "param_groups": [{**group, "params": [names[number] for number in group["params"]]}
+                         for group in state_dict["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
 
 # ---------------------------------------------------------------------------- the launcher

@@ -24,7 +24,8 @@ from transformers import get_cosine_schedule_with_warmup
 from your_ai.checkpoints import (
     checkpoints_dir,
     find_latest_checkpoint,
-    load_checkpoint,
+    load_adapter_weights,
+    load_training_state,
     read_trainer_state,
     remove_stale_temporaries,
     save_adapter,
@@ -375,7 +376,7 @@ class TrainingArgs:
     step_mode: str | None = None  # auto | fast | selective | small | plain (your_ai.step_modes); None: auto
     device: str | None = None
     trust_remote_code: bool = False
-    strategy: str | None = None  # data-parallel strategy under torchrun: auto | ddp (fsdp: not available yet)
+    strategy: str | None = None  # data-parallel strategy under torchrun: auto (= ddp) | ddp | fsdp
 
     def with_defaults(self) -> "TrainingArgs":
         model = self.model or TINY.name
@@ -569,9 +570,11 @@ def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_af
             f"rank {differing['rank']} read different training data than rank {world.rank} from {args.data} "
             f"(sha256 {differing['data_sha256'][:12]} vs {digest[:12]}); every process needs the same data"
         )
+    sharded = world.distributed and distributed.check_strategy(args.strategy) == "fsdp"
     if world.distributed:
+        how = "FSDP, parameters sharded" if sharded else "DistributedDataParallel"
         notes.append(
-            f"data-parallel over {world.size} processes ({world.backend}, DistributedDataParallel): global batch "
+            f"data-parallel over {world.size} processes ({world.backend}, {how}): global batch "
             f"{args.batch_size * world.size} = --batch-size {args.batch_size} x {world.size}"
         )
     saved_world = (saved_state or {}).get("world_size", 1)
@@ -609,12 +612,20 @@ def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_af
     notes.extend(prepared.notes)
     args = replace(args, step_mode=step_mode.name)  # saved with each checkpoint: a resumed run keeps its mode
     model.train()
+    if checkpoint is not None:
+        load_adapter_weights(model, checkpoint)  # full tensors, before the parameters are sharded
+    step_loss = _StepLoss(model, objective, fast_head)
+    if sharded:
+        step_loss = distributed.shard(step_loss, world, device)
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
     step, position, best_val = 0, DataPosition(), None
     tokens_seen, elapsed_before = 0, 0.0
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+        set_optimizer_state = (lambda saved: distributed.set_full_optimizer_state(model, optimizer, saved)) \
+            if sharded else None
+        state = load_training_state(checkpoint, optimizer=optimizer, scheduler=scheduler,
+                                    set_optimizer_state=set_optimizer_state)
         step, best_val = state["step"], state.get("best_val_loss")
         position = DataPosition(**state["position"])
         tokens_seen, elapsed_before = state.get("tokens_seen", 0), state.get("elapsed_s", 0.0)
@@ -644,16 +655,23 @@ def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_af
             "world_size": world.size,
         }
 
+    def full_states() -> tuple[dict | None, dict | None]:
+        """Sharded: the full state dicts gathered to rank 0 (every rank takes part); else ``None``s."""
+        return distributed.full_states(model, optimizer, world) if sharded else (None, None)
+
     def checkpoint_now() -> Path:
+        model_state, optimizer_state = full_states()
         if world.main:
             save_checkpoint(output_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
-                            trainer_state=state_for_checkpoint(), base_model=base_model, keep_last=args.keep_last)
+                            trainer_state=state_for_checkpoint(), base_model=base_model, keep_last=args.keep_last,
+                            model_state=model_state, optimizer_state=optimizer_state)
         distributed.barrier(world)
         return checkpoints_dir(output_dir) / step_dir_name(step)
 
     # the position counts samples of the shared order: the same for every rank and any number of ranks
     sampler = BatchSampler(len(train_examples), args.batch_size * world.size, args.seed, position)
-    step_loss = distributed.wrap(_StepLoss(model, objective, fast_head), world, device)
+    if not sharded:
+        step_loss = distributed.wrap(step_loss, world, device)
     reporter = _Reporter(console, output_dir, args, start_step=step) if world.main else None
     last_saved, final_loss, stopped_early = (step if checkpoint is not None else None), None, False
     window = _Window()
@@ -677,7 +695,7 @@ def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_af
                     parts, tokens = _global_parts(parts, len(mine), tokens, objective, world, device)
                 window.add(parts, tokens, args.grad_accum)
                 tokens_seen += tokens
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm))
+            grad_norm = distributed.local_float(torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm))
             if not math.isfinite(grad_norm):  # checked before the update: the adapter stays as it was
                 raise TrainingError(
                     f"the loss or its gradient became {grad_norm} at step {step + 1}; lower --learning-rate "
@@ -694,15 +712,21 @@ def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_af
                     reporter.train(step, sampler.position.epoch, window, learning_rate, grad_norm, peak_gb,
                                    elapsed_before + time.perf_counter() - started)
                 window = _Window()
-            if world.main and val_examples and (step % args.eval_every == 0 or step == args.max_steps):
-                val = evaluate(model, val_examples, objective, args.batch_size, pad_id, device, fast_head=fast_head)
+            # sharded parameters: every rank evaluates (the layers are gathered collectively); else rank 0 alone
+            if (world.main or sharded) and val_examples and (step % args.eval_every == 0 or step == args.max_steps):
+                with distributed.gathered(step_loss):
+                    val = evaluate(model, val_examples, objective, args.batch_size, pad_id, device,
+                                   fast_head=fast_head)
                 improved = best_val is None or val["val_loss"] < best_val
                 if improved:
                     best_val = val["val_loss"]
-                reporter.eval(step, val, improved and args.save_best)
+                if reporter is not None:
+                    reporter.eval(step, val, improved and args.save_best)
                 if improved and args.save_best:
-                    save_best(output_dir, model=model, tokenizer=loaded.tokenizer, base_model=base_model,
-                              info={"step": step, **val})
+                    model_state = distributed.full_states(model, None, world)[0] if sharded else None
+                    if world.main:
+                        save_best(output_dir, model=model, tokenizer=loaded.tokenizer, base_model=base_model,
+                                  info={"step": step, **val}, state_dict=model_state)
             if peak_gb > limit_gb:
                 saved = checkpoint_now()
                 raise MemoryLimitExceeded(peak_gb, limit_gb, step, saved)
@@ -720,8 +744,10 @@ def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_af
 
     if final_loss is None and window.steps:
         final_loss = window.loss()
-    if not stopped_early and world.main:
-        save_adapter(model, output_dir, base_model=base_model, tokenizer=loaded.tokenizer)
+    if not stopped_early:
+        model_state = distributed.full_states(model, None, world)[0] if sharded else None
+        if world.main:
+            save_adapter(model, output_dir, base_model=base_model, tokenizer=loaded.tokenizer, state_dict=model_state)
     distributed.barrier(world)
     elapsed = time.perf_counter() - started
     result = TrainResult(
