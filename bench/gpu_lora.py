@@ -2,6 +2,7 @@
 
     python bench/gpu_lora.py --json-out bench/gpu_lora.json               # configs S and T
     python bench/gpu_lora.py --configs S --variants peft-liger,ours-fast
+    python bench/gpu_lora.py --variants ours-fast,ours-fast-nofuse,ours-small,ours-small-nofuse  # shared LoRA A
     python bench/gpu_lora.py --configs T --custom r1-distill-14b:2:2048:16:48
     python bench/gpu_lora.py --smoke                                      # tiny model; runs on a CPU
 
@@ -20,6 +21,10 @@ statistics reset before the build):
   ours-fast        your_ai.fast_step, nothing recomputed, the chunked PyTorch head (the default)
   ours-fast-liger  ours-fast with Liger's per-token fused linear cross-entropy as the head
   ours-small       every adapted layer recomputed in the backward pass
+  ours-fast-nofuse, ours-small-nofuse
+                   the same without the shared q/k/v LoRA A matmul (``prepare_step(...,
+                   share_lora_a=False)``: PEFT's three A matmuls); not in the default list. Each
+                   ours-X row gets ``speedup_vs_nofuse`` (its tokens/s over ours-X-nofuse's)
   ours-auto        the mode ``choose_mode`` picks for --budget-gb (80 by default); reported as the
                    same measurement when it is ours-fast or ours-small
 Ours computes the distrust-weighted objective (``train.compute_loss(..., fast_head=...)``).
@@ -96,7 +101,9 @@ SMOKE = BenchConfig("smoke", "tiny", 2, 64, 8, 3)
 
 BASELINES = ("peft", "peft-ckpt", "peft-liger", "peft-liger-ckpt")
 OURS = ("ours-fast", "ours-fast-liger", "ours-small", "ours-auto")
+UNSHARED = ("ours-fast-nofuse", "ours-small-nofuse")  # q/k/v LoRA A as PEFT's three matmuls
 VARIANTS = BASELINES + OURS
+KNOWN_VARIANTS = VARIANTS + UNSHARED
 
 OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
 
@@ -272,9 +279,10 @@ def measure(config: BenchConfig, variant: str, device: str, warmup: int, steps: 
         apply_liger_baseline(model)
     head = None
     if ours:
-        setup = fast_step.prepare_step(model, mode)
+        setup = fast_step.prepare_step(model, mode, share_lora_a=variant not in UNSHARED)
         head = "liger" if variant == "ours-fast-liger" else fast_step.resolve_head("auto", device.split(":")[0])
-        info.update(head=head, notes=setup.notes, checkpointed_layers=len(setup.checkpointed_layers))
+        info.update(head=head, notes=setup.notes, checkpointed_layers=len(setup.checkpointed_layers),
+                    shared_lora_a_layers=len(setup.shared_lora_a_layers))
     optimizer = build_optimizer(model, 1e-5)
     batch = make_batch(config, device)
     objective = objective_for(batch)
@@ -376,7 +384,7 @@ def run_config(config: BenchConfig, variants: list[str], device: str, args, log)
             row = {**measured, "variant": "ours-auto", "same_as": same_as, "mode_reason": auto.reason,
                    "budget_gb": args.budget_gb}
         else:
-            row = run_variant(config, variant, device, args, modes.get(variant))
+            row = run_variant(config, variant, device, args, modes.get(variant.removesuffix("-nofuse")))
             if variant == "ours-auto":
                 row["budget_gb"] = args.budget_gb
         rows.append(row)
@@ -386,6 +394,11 @@ def run_config(config: BenchConfig, variants: list[str], device: str, args, log)
 
 
 def add_ratios(rows: list[dict]) -> None:
+    ok = {row["variant"]: row for row in rows if row.get("status") == "ok"}
+    for name in UNSHARED:
+        shared = ok.get(name.removesuffix("-nofuse"))
+        if shared and name in ok:
+            shared["speedup_vs_nofuse"] = shared["tokens_per_s"] / ok[name]["tokens_per_s"]
     measured = [row for row in rows if row.get("status") == "ok" and row["variant"] in BASELINES]
     if not measured:
         return
@@ -415,7 +428,7 @@ def print_table(rows: list[dict], console) -> None:
 
     table = Table(title="LoRA training step: median of timed steps")
     for column in ("config", "variant", "step s", "tok/s", "alloc GB", "reserved GB", "MFU", "x best baseline",
-                   "est. GB", "mode"):
+                   "x nofuse", "est. GB", "mode"):
         table.add_column(column, justify="left" if column in ("config", "variant", "mode") else "right")
     for row in rows:
         def number(key, fmt):
@@ -435,7 +448,8 @@ def print_table(rows: list[dict], console) -> None:
             number("step_s", ".3f") if status == "ok" else status,
             number("tokens_per_s", ",.0f"), number("peak_allocated_gb", ".1f"), number("peak_reserved_gb", ".1f"),
             f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "-",
-            number("speedup_vs_best_baseline", ".2f"), number("estimate_gb", ".1f"), mode,
+            number("speedup_vs_best_baseline", ".2f"), number("speedup_vs_nofuse", ".3f"),
+            number("estimate_gb", ".1f"), mode,
         )
     console.print(table)
 
@@ -460,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="S,T", help="comma-separated names from: " + ", ".join(CONFIGS))
     parser.add_argument("--custom", action="append", type=parse_custom, default=[],
                         help="another config, PRESET:BATCH:SEQ:RANK:LAYERS (repeatable)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated from: " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated from: " + ", ".join(KNOWN_VARIANTS))
     parser.add_argument("--steps", type=int, help="timed steps (default 8; 2 with --smoke)")
     parser.add_argument("--warmup", type=int, help="warm-up steps (default 3; 1 with --smoke)")
     parser.add_argument("--budget-gb", type=float, default=80.0, help="memory budget for ours-auto (GB, 1e9 bytes)")
@@ -484,9 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     args.steps = args.steps if args.steps is not None else (2 if args.smoke else 8)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
-    unknown = [name for name in variants if name not in VARIANTS]
+    unknown = [name for name in variants if name not in KNOWN_VARIANTS]
     if unknown:
-        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(KNOWN_VARIANTS)}")
     if args.smoke:
         configs = [SMOKE, *args.custom]
     else:

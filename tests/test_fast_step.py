@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_leaves
 
 from your_ai import fast_step
 from your_ai.distrust import per_sample_cross_entropy
-from your_ai.lora import LoraSettings, apply_lora
+from your_ai.lora import LoraSettings, apply_lora, lora_config
 from your_ai.models import build_random_model
 from your_ai.presets import PRESETS, TINY
 from your_ai.train import Objective, compute_loss
@@ -22,12 +22,12 @@ from your_ai.train import Objective, compute_loss
 LORA = LoraSettings(rank=8, layers=3)  # 3 of the tiny model's 4 layers: one frozen layer below
 
 
-def tiny_lora_model(dtype=torch.float32, seed=0):
+def tiny_lora_model(dtype=torch.float32, seed=0, lora=LORA):
     model = build_random_model(TINY.architecture, dtype=dtype, seed=seed)
     model.config.use_cache = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        peft_model, _ = apply_lora(model, LORA)
+        peft_model, _ = apply_lora(model, lora)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # LoRA B starts at zero, which would make every A gradient zero
         for name, parameter in peft_model.named_parameters():
@@ -237,6 +237,141 @@ def test_bf16_model_with_fp32_adapters_trains_in_bf16_and_keeps_fp32_state():
         assert model(input_ids=batch["input_ids"]).logits.dtype == torch.bfloat16
 
 
+# ---------------------------------------------------------------------------- q/k/v LoRA A in one matmul
+
+QV_ONLY = LoraSettings(rank=8, layers=3, target_modules=("q_proj", "v_proj"))
+
+
+def lora_a_calls(model):
+    """Counts of calls of each q/k/v/o ``lora_A`` module (the shared matmul calls none of q/k/v's)."""
+    calls: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if name.endswith("lora_A.default"):
+            calls[name] = 0
+            module.register_forward_hook(lambda module, args, out, name=name: calls.__setitem__(name, calls[name] + 1))
+    return calls
+
+
+def assert_same_step(shared, separate, *, rtol=1e-5):
+    """Loss and every LoRA gradient equal within float32 rounding (relative to each tensor's scale)."""
+    (loss, grads), (ref_loss, ref_grads) = shared, separate
+    torch.testing.assert_close(loss.total, ref_loss.total, atol=0, rtol=rtol)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in ref_grads.items():
+        scale = float(grad.abs().max())
+        assert scale > 0, name
+        torch.testing.assert_close(grads[name], grad, atol=rtol * scale, rtol=rtol, msg=name)
+
+
+@pytest.mark.parametrize("recomputed", [0, 3])
+def test_shared_qkv_lora_a_gives_the_separate_matmuls_loss_and_gradients(recomputed):
+    batch, objective = make_batch(), weighted_objective()
+    mode = fast_step.mode_with(TINY.architecture, 3, 37, LORA, "cpu", recomputed)
+    separate = tiny_lora_model()
+    setup = fast_step.prepare_step(separate, mode, share_lora_a=False)
+    assert setup.shared_lora_a_layers == [] and not any("one matmul" in note for note in setup.notes)
+    reference = loss_and_lora_grads(separate, batch, objective, fast_head=True)
+    model = tiny_lora_model()
+    setup = fast_step.prepare_step(model, mode)
+    assert setup.shared_lora_a_layers == [1, 2, 3] and setup.checkpointed_layers == [1, 2, 3][:recomputed]
+    assert any("q/k/v LoRA A products as one matmul in 3 of 3" in note for note in setup.notes)
+    calls = lora_a_calls(model)
+    result = loss_and_lora_grads(model, batch, objective, fast_head=True)
+    assert_same_step(result, reference)
+    assert len(result[1]) == 4 * 2 * LORA.layers
+    assert all(count == 0 for name, count in calls.items() if "o_proj" not in name)
+    assert all(count == 1 + (recomputed > 0) for name, count in calls.items() if "o_proj" in name)
+    # PEFT's forward again after the undo, with the same numbers
+    assert fast_step.unshare_qkv_lora_a(model) == 3 and fast_step.unshare_qkv_lora_a(model) == 0
+    attention = fast_step.decoder_layers(model)[1].self_attn
+    assert not any("forward" in vars(module) for module in (attention, attention.q_proj, attention.v_proj))
+    assert_same_step(loss_and_lora_grads(model, batch, objective, fast_head=True), reference)
+    assert all(count > 0 for count in calls.values())
+
+
+def test_lora_on_q_and_v_only_keeps_peft_forwards():
+    batch, objective = make_batch(), weighted_objective()
+    separate = tiny_lora_model(lora=QV_ONLY)
+    fast_step.prepare_step(separate, None, share_lora_a=False)
+    reference = loss_and_lora_grads(separate, batch, objective, fast_head=True)
+    model = tiny_lora_model(lora=QV_ONLY)
+    setup = fast_step.prepare_step(model, fast_step.mode_with(TINY.architecture, 3, 37, QV_ONLY, "cpu", 1))
+    assert setup.shared_lora_a_layers == [] and not any("one matmul" in note for note in setup.notes)
+    calls = lora_a_calls(model)
+    assert_same_step(loss_and_lora_grads(model, batch, objective, fast_head=True), reference)
+    assert len(calls) == 2 * 3 and all(count == 1 + ("layers.1." in name) for name, count in calls.items())
+
+
+def test_shared_qkv_lora_a_falls_back_to_peft_when_it_does_not_apply():
+    model, separate = tiny_lora_model(), tiny_lora_model()
+    assert fast_step.share_qkv_lora_a(model) == [1, 2, 3] == fast_step.share_qkv_lora_a(model)  # idempotent
+    attention = fast_step.decoder_layers(model)[2].self_attn
+    reference = fast_step.decoder_layers(separate)[2].self_attn
+    x, y = torch.randn(2, 5, 256), torch.randn(2, 5, 256)
+
+    def projections(module, first, second):  # q and v read ``first``, k reads ``second``
+        return module.q_proj(first), module.k_proj(second), module.v_proj(first)
+
+    shared = attention.forward.shared
+    calls = lora_a_calls(model)
+    for first, second in ((x, x), (x, y)):
+        with torch.no_grad():
+            got = fast_step._SharedAttentionForward(shared, projections)(attention, first, second)
+            want = projections(reference, first, second)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert sum(calls.values()) == 1  # only k_proj's own lora_A, for the other input
+    assert shared.input is None and shared.pieces is None  # nothing kept after the call
+    batch = make_batch()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def logits(peft_model):
+        with torch.no_grad():
+            return peft_model(**inputs).logits
+
+    with model.disable_adapter(), separate.disable_adapter():  # disabled adapters: the base model
+        torch.testing.assert_close(logits(model), logits(separate))
+    assert sum(calls.values()) == 1
+    model.merge_adapter(), separate.merge_adapter()  # merged: the base layers carry the adapters
+    torch.testing.assert_close(logits(model), logits(separate), atol=1e-5, rtol=1e-5)
+    model.unmerge_adapter(), separate.unmerge_adapter()
+    assert sum(calls.values()) == 1
+    for peft_model in (model, separate):  # two active adapters: PEFT's loop over them
+        peft_model.add_adapter("other", lora_config(LORA, 4)[0])
+        peft_model.base_model.set_adapter(["default", "other"])
+    torch.testing.assert_close(logits(model), logits(separate), atol=1e-5, rtol=1e-5)
+    assert sum(calls.values()) == 1 + 4 * 3  # every q/k/v/o lora_A of the 3 layers, once
+    dropout = tiny_lora_model(lora=LoraSettings(rank=8, layers=3, dropout=0.1))
+    assert fast_step.share_qkv_lora_a(dropout) == []
+
+
+def test_bf16_autocast_and_the_saved_adapter_with_shared_qkv_lora_a(tmp_path):
+    from peft import PeftModel
+
+    batch, objective = make_batch(), weighted_objective()
+    separate = tiny_lora_model(torch.bfloat16)
+    fast_step.prepare_step(separate, None, share_lora_a=False)
+    _, ref_grads = loss_and_lora_grads(separate, batch, objective, fast_head=True)
+    model = tiny_lora_model(torch.bfloat16)
+    setup = fast_step.prepare_step(model, fast_step.mode_with(TINY.architecture, 3, 37, LORA, "cpu", 2))
+    assert setup.autocast_dtype == torch.bfloat16 and setup.shared_lora_a_layers == [1, 2, 3]
+    _, grads = loss_and_lora_grads(model, batch, objective, fast_head=True)
+    for name, grad in ref_grads.items():
+        assert grads[name].dtype == torch.float32
+        assert F.cosine_similarity(grads[name].flatten(), grad.flatten(), dim=0) > 0.999, name
+    # the saved adapter is PEFT's, with the same keys as an unprepared model's, and loads back
+    model.save_pretrained(tmp_path / "shared")
+    tiny_lora_model(torch.bfloat16).save_pretrained(tmp_path / "plain")
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "shared" / "adapter_model.safetensors")
+    assert saved.keys() == load_file(tmp_path / "plain" / "adapter_model.safetensors").keys()
+    loaded = PeftModel.from_pretrained(build_random_model(TINY.architecture, dtype=torch.bfloat16), tmp_path / "shared")
+    for name, parameter in loaded.named_parameters():
+        if "lora_" in name:
+            torch.testing.assert_close(parameter, dict(model.named_parameters())[name], atol=0, rtol=0)
+
+
 def test_mode_chooser_follows_the_budget():
     llama = PRESETS["llama-8b"].architecture
     lora = LoraSettings(rank=16, layers=32)
@@ -287,8 +422,8 @@ def test_gpu_benchmark_script_runs_end_to_end_on_the_tiny_model(tmp_path, monkey
     import gpu_lora
 
     out = tmp_path / "bench.json"
-    code = gpu_lora.main(["--smoke", "--variants", "peft,peft-liger,ours-small,ours-auto", "--steps", "1",
-                          "--warmup", "0", "--json-out", str(out)])
+    code = gpu_lora.main(["--smoke", "--variants", "peft,peft-liger,ours-small,ours-auto,ours-fast-nofuse",
+                          "--steps", "1", "--warmup", "0", "--json-out", str(out)])
     assert code == 0
     result = json.loads(out.read_text())
     assert result["checks"][0]["passed"] and result["checks"][0]["heads"]["chunked"]["relative_loss_difference"] < 1e-5
@@ -297,6 +432,9 @@ def test_gpu_benchmark_script_runs_end_to_end_on_the_tiny_model(tmp_path, monkey
     assert rows["peft"]["status"] == rows["ours-small"]["status"] == rows["ours-fast"]["status"] == "ok"
     assert rows["ours-auto"]["same_as"] == "ours-fast" and rows["ours-small"]["checkpointed_layers"] == 3
     assert rows["ours-small"]["tokens_per_s"] > 0 and "speedup_vs_best_baseline" in rows["ours-small"]
+    assert rows["ours-fast-nofuse"]["status"] == "ok" and rows["ours-fast-nofuse"]["shared_lora_a_layers"] == 0
+    assert rows["ours-fast"]["shared_lora_a_layers"] == 3 and rows["ours-fast"]["speedup_vs_nofuse"] > 0
+    assert "speedup_vs_nofuse" not in rows["ours-small"]  # no ours-small-nofuse measured
     # T adapts every layer: forward + backward = 4 x tokens x matmul weights (+ LoRA and attention)
     llama, tokens = PRESETS["llama-8b"].architecture, 8 * 2048
     matmul_weights = llama.parameter_count() - llama.vocab_size * llama.hidden_size

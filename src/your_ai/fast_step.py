@@ -19,6 +19,9 @@ Three things make a LoRA step on a large model faster or smaller than the plain
   (``apply_fused_kernels``). LoRA adapters stay in fp32 (their optimizer state too) while their
   matmuls run in the model's bf16 under ``torch.autocast``, so they keep no fp32 copies of
   their inputs.
+* **q/k/v LoRA A as one matmul** (``share_qkv_lora_a``): the three projections read the same
+  hidden states, so ``x @ cat(A_q, A_k, A_v).T`` replaces three thin matmuls (and six in the
+  backward pass by two); the gradients land on PEFT's own ``lora_A`` weights.
 * **Recomputation sized to a budget** (``choose_mode``, in ``your_ai.step_modes`` and
   re-exported here): ``fast`` recomputes nothing, ``small`` recomputes every adapted layer in
   the backward pass, ``selective`` recomputes only as many adapted layers as the memory
@@ -221,6 +224,7 @@ class StepSetup:
     autocast_dtype: torch.dtype | None  # LoRA matmuls run in this dtype (fp32 adapters, bf16 model)
     checkpointed_layers: list[int] = field(default_factory=list)  # decoder layer indices recomputed
     notes: list[str] = field(default_factory=list)
+    shared_lora_a_layers: list[int] = field(default_factory=list)  # q/k/v LoRA A as one matmul here
 
 
 def decoder_layers(model) -> list:
@@ -303,14 +307,166 @@ def _autocast_forward(module, device_type: str, dtype: torch.dtype) -> None:
     module.forward = autocast
 
 
-def prepare_step(model, mode: StepMode | None = None, *, fused_kernels: bool | None = None) -> StepSetup:
+# ---------------------------------------------------------------------------- q/k/v LoRA A in one matmul
+
+QKV_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+
+
+class _SharedLoraA:
+    """The LoRA A products of one attention module's q/k/v projections as one matmul.
+
+    ``q_proj``, ``k_proj`` and ``v_proj`` of a Llama-family attention module all read the same
+    ``hidden_states``, so ``x @ cat(A_q, A_k, A_v).T`` gives the three (batch, seq, r) products at
+    once; each projection then adds ``lora_B(piece) * scaling`` to its base output as PEFT's
+    ``lora.Linear.forward`` does. Gradients reach PEFT's own ``lora_A`` weights through the
+    concatenation, so the optimizer, checkpoints and saved adapters see nothing different.
+
+    The cache lives for one call of the attention module's forward (cleared in ``finally``, so a
+    checkpoint's recomputation, which re-runs that forward, starts clean): the first projection
+    called inside it computes the shared product when every condition holds (one active adapter, the
+    same in all three, plain LoRA of one rank, no dropout, not merged, not disabled); a projection
+    called with another tensor, with extra arguments, or outside an attention call runs PEFT's own
+    forward. Callables, not closures, so a deep copy of the model stays consistent.
+    """
+
+    def __init__(self, attention, projections: dict):
+        self.attention = attention
+        self.projections = projections
+        self.active = False
+        self.input = None
+        self.pieces = None
+
+    def adapter(self) -> str | None:
+        """The adapter all three projections run, when the shared product applies to them."""
+        name, rank = None, None
+        for module in self.projections.values():
+            if module.disable_adapters or module.merged or len(module.active_adapters) != 1:
+                return None
+            current = module.active_adapters[0]
+            if current not in module.lora_A or current in getattr(module, "lora_variant", {}):
+                return None
+            if getattr(module, "use_dora", {}).get(current, False):
+                return None
+            dropout = module.lora_dropout[current]
+            if not isinstance(dropout, torch.nn.Identity) and getattr(dropout, "p", 1.0) != 0:
+                return None
+            lora_a = module.lora_A[current]
+            if not isinstance(lora_a, torch.nn.Linear) or lora_a.bias is not None:
+                return None
+            if name is None:
+                name, rank, weight = current, module.r[current], lora_a.weight
+            elif (current != name or module.r[current] != rank or lora_a.weight.dtype != weight.dtype
+                  or lora_a.weight.device != weight.device or lora_a.weight.shape[1] != weight.shape[1]):
+                return None
+        return name
+
+    def shared_pieces(self, x: torch.Tensor):
+        name = self.adapter()
+        if name is None:
+            return None
+        modules = list(self.projections.values())
+        weights = [module.lora_A[name].weight for module in modules]
+        x = modules[0]._cast_input_dtype(x, weights[0].dtype)
+        product = F.linear(x, torch.cat(weights))
+        return name, dict(zip(self.projections, product.split([w.shape[0] for w in weights], dim=-1)))
+
+
+class _SharedAttentionForward:
+    """The attention module's forward with the q/k/v cache open for the duration of the call."""
+
+    def __init__(self, shared: _SharedLoraA, forward):
+        self.shared = shared
+        self.forward = forward
+
+    def __call__(self, *args, **kwargs):
+        shared = self.shared
+        shared.active, shared.input, shared.pieces = True, None, None
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            shared.active, shared.input, shared.pieces = False, None, None
+
+
+class _SharedProjectionForward:
+    """One of q/k/v's forward: its LoRA A product from the shared matmul, PEFT's forward otherwise."""
+
+    def __init__(self, shared: _SharedLoraA, key: str, forward):
+        self.shared = shared
+        self.key = key
+        self.forward = forward
+
+    def __call__(self, x, *args, **kwargs):
+        shared = self.shared
+        if not shared.active or args or kwargs:
+            return self.forward(x, *args, **kwargs)
+        if shared.input is None:  # the first projection of this attention call
+            shared.input, shared.pieces = x, shared.shared_pieces(x)
+        if shared.input is not x or shared.pieces is None:
+            return self.forward(x, *args, **kwargs)
+        name, pieces = shared.pieces
+        module = shared.projections[self.key]
+        result = module.base_layer(x)
+        result_dtype = result.dtype
+        result = result + module.lora_B[name](pieces[self.key]) * module.scaling[name]
+        return result.to(result_dtype)
+
+
+def share_qkv_lora_a(model) -> list[int]:
+    """Compute q/k/v's LoRA A products as one matmul in every decoder layer where all three carry
+    one adapter of the same rank (``_SharedLoraA``); returns those layers' indices. Idempotent;
+    ``unshare_qkv_lora_a`` puts PEFT's forwards back."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    indices = []
+    for index, layer in enumerate(decoder_layers(model)):
+        attention = getattr(layer, "self_attn", None)
+        if attention is None:
+            continue
+        if isinstance(attention.__dict__.get("forward"), _SharedAttentionForward):
+            indices.append(index)
+            continue
+        projections = {key: getattr(attention, key, None) for key in QKV_PROJECTIONS}
+        if not all(isinstance(module, LoraLinear) for module in projections.values()):
+            continue
+        shared = _SharedLoraA(attention, projections)
+        if shared.adapter() is None:
+            continue
+        attention.forward = _SharedAttentionForward(shared, attention.forward)
+        for key, module in projections.items():
+            module.forward = _SharedProjectionForward(shared, key, module.forward)
+        indices.append(index)
+    return indices
+
+
+def unshare_qkv_lora_a(model) -> int:
+    """Undo ``share_qkv_lora_a``: PEFT's own q/k/v forwards again; returns the layers restored."""
+    restored = 0
+    for layer in decoder_layers(model):
+        attention = getattr(layer, "self_attn", None)
+        wrapper = None if attention is None else attention.__dict__.get("forward")
+        if not isinstance(wrapper, _SharedAttentionForward):
+            continue
+        for module in [attention, *wrapper.shared.projections.values()]:
+            inner = module.__dict__["forward"].forward
+            if getattr(inner, "__self__", None) is module and getattr(inner, "__func__", None) is type(module).forward:
+                del module.forward  # the class's forward again
+            else:
+                module.forward = inner
+        restored += 1
+    return restored
+
+
+def prepare_step(model, mode: StepMode | None = None, *, fused_kernels: bool | None = None,
+                 share_lora_a: bool = True) -> StepSetup:
     """Apply ``mode`` to a PEFT model loaded without gradient checkpointing.
 
     * fused kernels (``mode.fused_kernels``; default: when available on the model's device);
     * fp32 LoRA adapters on a bf16/fp16 model compute in the model's dtype under autocast
       (adapter weights, gradients and optimizer state stay fp32);
     * ``mode.checkpointed_layers`` of the adapted layers (the lowest ones) are recomputed in
-      the backward pass. ``None``: the fast mode (nothing recomputed).
+      the backward pass. ``None``: the fast mode (nothing recomputed);
+    * with ``share_lora_a``, q/k/v's LoRA A products as one matmul on their shared input
+      (``share_qkv_lora_a``; ``unshare_qkv_lora_a`` undoes it), where the adapters allow it.
     """
     lm = causal_lm(model)
     if any(getattr(layer, "gradient_checkpointing", False) for layer in decoder_layers(model)):
@@ -350,5 +506,8 @@ def prepare_step(model, mode: StepMode | None = None, *, fused_kernels: bool | N
         _checkpoint_forward(layers[index])
     if chosen:
         notes.append(f"{len(chosen)} of {len(adapted)} adapted layers recomputed in the backward pass")
+    shared = share_qkv_lora_a(model) if share_lora_a else []
+    if shared:
+        notes.append(f"q/k/v LoRA A products as one matmul in {len(shared)} of {len(adapted)} adapted layers")
     return StepSetup(mode=mode, fused_kernels=fused_kernels, autocast_dtype=autocast_dtype,
-                     checkpointed_layers=chosen, notes=notes)
+                     checkpointed_layers=chosen, notes=notes, shared_lora_a_layers=shared)
