@@ -224,6 +224,25 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_mod
         train(TrainingArgs(output_dir=str(part), resume=True, lora_rank=8))
 
 
+def test_resumed_run_keeps_the_device_it_trained_on(tmp_path, tiny_model_dir, monkeypatch):
+    """On a machine whose best device is a GPU (CUDA or MPS), a run started with --device cpu and
+    resumed without --device goes on on the CPU, as the checkpoint's settings say."""
+    import your_ai.train as train_module
+
+    real_pick = train_module.pick_device
+
+    def pick_device(requested=None):
+        if requested is None:  # here the GPU would be picked, and the numbers would change
+            pytest.fail("the device was picked without the checkpoint's --device cpu")
+        return real_pick(requested)
+
+    monkeypatch.setattr(train_module, "pick_device", pick_device)
+    common = dict(SMALL, data=str(write_corpus(tmp_path / "train.jsonl", 4)), max_steps=2, save_every=1)
+    train(TrainingArgs(output_dir=str(tmp_path / "out"), **common), stop_after=1)
+    resumed = train(TrainingArgs(output_dir=str(tmp_path / "out"), resume=True, tensorboard=False))
+    assert resumed.resumed_from == 1 and resumed.steps == 2
+
+
 def test_validation_best_adapter_and_additive_mode(tmp_path, tiny_model_dir):
     folder = tmp_path / "data"
     folder.mkdir()

@@ -64,11 +64,13 @@ from your_ai.lora import LoraSettings, apply_lora
 from your_ai.models import (
     InvalidModelNameError,
     ResolvedModel,
+    build_config,
     build_random_model,
     load_model,
     load_tokenizer,
     resolve_model,
 )
+from your_ai.quantize import QuantizationError, check_bits
 from your_ai.step_modes import STEP_MODES, StepMode
 from your_ai.memory import PeakMemory, architecture_from_config, default_budget_gb
 from your_ai.presets import PRESETS, TINY
@@ -96,25 +98,45 @@ def load_for_training(
     grad_checkpoint: bool = False,
     synthetic: bool = False,
     trust_remote_code: bool = False,
+    quantize: int | None = None,
 ) -> TrainingModel:
     """Resolve and load ``model`` (or build a random-weight copy of preset ``model`` when
     ``synthetic``) in ``training_dtype(device)`` on ``device``, and wrap it with fresh LoRA adapters.
 
-    Resolution errors (``ModelNotAvailableError``, ``InvalidModelNameError``) propagate.
+    ``quantize`` 4: the decoder layers' linear weights in NF4 (QLoRA, ``your_ai.quantize``), built or
+    read one tensor at a time. Resolution errors (``ModelNotAvailableError``, ``InvalidModelNameError``)
+    propagate.
     """
+    from your_ai import quantize as nf4
+
     dtype = training_dtype(device)
     notes: list[str] = []
+    if quantize:
+        nf4.check_available()
     if synthetic:
         if model not in PRESETS:
             raise InvalidModelNameError(
                 f"synthetic models are built from presets; {model!r} is not one of: {', '.join(PRESETS)}"
             )
-        base = build_random_model(PRESETS[model].architecture, dtype=dtype, device=device)
+        architecture = PRESETS[model].architecture
+        if quantize:
+            base = nf4.build_quantized_random_model(build_config(architecture), dtype=dtype, device=device)
+        else:
+            base = build_random_model(architecture, dtype=dtype, device=device)
         tokenizer, resolved = None, None
     else:
         resolved = resolve_model(model)
-        base = load_model(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        if quantize:
+            base = nf4.load_quantized_model(resolved.path, dtype=dtype, device=device,
+                                            trust_remote_code=trust_remote_code)
+        else:
+            base = load_model(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
+    if quantize:
+        summary = nf4.quantized_summary(base)
+        notes.append(f"QLoRA: {summary['quantized_tensors']} linear weights of the decoder layers in NF4 "
+                     f"({summary['quantized_weights']:,} weights); the model's weights take "
+                     f"{summary['weight_bytes'] / 1e9:.2f} GB")
     base.config.use_cache = False
     if grad_checkpoint:
         _enable_checkpointing(base)
@@ -143,7 +165,8 @@ class PreparedStep:
 
 
 def apply_step_mode(model, requested: str, lora: LoraSettings, batch_size: int, seq_length: int, device: str,
-                    budget_gb: float, *, grad_checkpoint: bool = False, kept: dict | None = None) -> PreparedStep:
+                    budget_gb: float, *, grad_checkpoint: bool = False, kept: dict | None = None,
+                    quantize: int | None = None) -> PreparedStep:
     """Choose the step mode for ``requested`` (``step_modes.STEP_MODES``) and a budget, and apply it.
 
     ``model`` comes from ``load_for_training`` with ``grad_checkpoint`` only for ``plain`` (the plain
@@ -161,10 +184,10 @@ def apply_step_mode(model, requested: str, lora: LoraSettings, batch_size: int, 
     shape = (architecture, batch_size, seq_length, lora, device)
     try:
         if kept is not None and kept.get("name") in fast_step.MODE_NAMES:
-            mode = fast_step.resumed_mode(kept, *shape, budget_gb, full_logits=full_logits)
+            mode = fast_step.resumed_mode(kept, *shape, budget_gb, full_logits=full_logits, quantize=quantize)
         else:
             mode = fast_step.select_step_mode(requested, *shape, budget_gb, grad_checkpoint=grad_checkpoint,
-                                              full_logits=full_logits)
+                                              full_logits=full_logits, quantize=quantize)
     except ValueError as error:
         raise TrainingArgsError(str(error)) from None
     if mode.name == "plain":
@@ -316,7 +339,7 @@ TINY_DEFAULTS: dict[str, Any] = {
 RUN_SHAPE_FIELDS = (
     "model", "data", "batch_size", "lora_rank", "lora_alpha", "lora_layers", "learning_rate",
     "warmup_steps", "max_steps", "grad_accum", "max_grad_norm", "max_seq_length", "weight_decay",
-    "distrust_mode", "alpha", "lambda_weight", "seed",
+    "distrust_mode", "alpha", "lambda_weight", "seed", "quantize",
 )
 
 
@@ -377,6 +400,7 @@ class TrainingArgs:
     device: str | None = None
     trust_remote_code: bool = False
     strategy: str | None = None  # data-parallel strategy under torchrun: auto (= ddp) | ddp | fsdp
+    quantize: int | None = None  # 4: QLoRA, the base model's decoder linears in NF4 (your_ai.quantize)
 
     def with_defaults(self) -> "TrainingArgs":
         model = self.model or TINY.name
@@ -419,6 +443,10 @@ class TrainingArgs:
         try:
             distributed.check_strategy(self.strategy)
         except ValueError as error:
+            raise TrainingArgsError(str(error)) from None
+        try:
+            check_bits(self.quantize)
+        except QuantizationError as error:
             raise TrainingArgsError(str(error)) from None
         if self.distrust_mode is not None and self.distrust_mode not in MODES:
             raise TrainingArgsError(f"--distrust-mode {self.distrust_mode!r} must be one of {', '.join(MODES)}")
@@ -522,15 +550,16 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     data-parallel (``your_ai.distributed``): each trains on its slice of global batches of
     ``batch_size`` x world size samples, and rank 0 alone prints and writes.
     """
-    world, device = distributed.start(pick_device(args.device))
+    planned = _plan(args)  # first: a resumed run trains on the device its checkpoint names (--device)
+    world, device = distributed.start(pick_device(planned[0].device))
     try:
-        return _train(args, world, device, stop_after=stop_after, console=console)
+        return _train(args, planned, world, device, stop_after=stop_after, console=console)
     finally:
         distributed.stop(world)
 
 
-def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_after: int | None,
-           console) -> TrainResult:
+def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device: str, *,
+           stop_after: int | None, console) -> TrainResult:
     import io
 
     from rich.console import Console
@@ -540,7 +569,7 @@ def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_af
     console = console or Console(soft_wrap=True)
     started = time.perf_counter()
     mode_given = args.step_mode is not None or args.grad_checkpoint
-    args, output_dir, checkpoint, saved_state = _plan(args)
+    args, output_dir, checkpoint, saved_state = planned  # _plan(args), done by train()
     notes: list[str] = []
 
     # data: read, check, score -- before any model is loaded or anything written
@@ -600,6 +629,7 @@ def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_af
     loaded = load_for_training(
         args.model, args.lora_settings(), device,
         grad_checkpoint=args.grad_checkpoint and args.step_mode == "plain", trust_remote_code=args.trust_remote_code,
+        quantize=args.quantize,
     )
     notes.extend(loaded.notes)
     model = loaded.model
@@ -607,6 +637,7 @@ def _train(args: TrainingArgs, world: distributed.World, device: str, *, stop_af
     prepared = apply_step_mode(
         model, args.step_mode, args.lora_settings(), args.batch_size, args.max_seq_length, device, limit_gb,
         grad_checkpoint=args.grad_checkpoint, kept=(saved_state or {}).get("step_mode") if not mode_given else None,
+        quantize=args.quantize,
     )
     step_mode, fast_head = prepared.mode, prepared.fast_head
     notes.extend(prepared.notes)
