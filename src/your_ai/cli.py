@@ -371,6 +371,8 @@ _POSITIVE = click.IntRange(min=1)
 @click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]),
               help="Data-parallel strategy under torchrun or --gpus: auto = ddp (the model replicated on every "
                    "GPU); fsdp shards the base weights and the LoRA parameters over the processes.")
+@click.option("--quantize", type=int, help="4: QLoRA, the base model's decoder linear weights in 4-bit NF4 "
+              "(torchao) under full-precision LoRA adapters; about a quarter of the weights' memory.")
 def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     """Fine-tune a model with LoRA under the Empirical Distrust objective.
 
@@ -382,6 +384,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     from your_ai.checkpoints import CheckpointError
     from your_ai.data import DataError
     from your_ai.models import ModelResolutionError
+    from your_ai.quantize import QuantizationError
 
     if gpus is not None and gpus > 1:
         try:
@@ -407,7 +410,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     except training.MemoryLimitExceeded as error:
         _fail(str(error), code=4)
     except (DataError, ModelResolutionError, CheckpointError, training.TrainingError,
-            distributed.DistributedError) as error:
+            distributed.DistributedError, QuantizationError) as error:
         _fail(str(error), code=1)
     except ValueError as error:  # an unusable --device, a distrust input out of range
         _fail(str(error))

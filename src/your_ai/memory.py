@@ -187,9 +187,22 @@ def fit_seq_length(requested: int | None, architecture: Architecture, default: i
     return min(requested or default, architecture.max_position_embeddings)
 
 
-def weights_gb(architecture: Architecture, device: str) -> float:
-    """Memory the weights alone take in ``device``'s training dtype."""
-    return architecture.parameter_count() * training_dtype_bytes(device) / GB
+def weights_gb(architecture: Architecture, device: str, quantize: int | None = None) -> float:
+    """Memory the weights alone take in ``device``'s training dtype (decoder linears in NF4 with
+    ``quantize=4``)."""
+    return weight_bytes_total(architecture, training_dtype_bytes(device), quantize) / GB
+
+
+def weight_bytes_total(architecture: Architecture, dtype_bytes: float, quantize: int | None = None) -> float:
+    """Bytes of the model's weights: all in ``dtype_bytes``, or the decoder linears in NF4
+    (``your_ai.quantize``) and the rest in ``dtype_bytes`` when ``quantize`` is 4."""
+    from your_ai.quantize import NF4_BYTES_PER_WEIGHT
+
+    total = architecture.parameter_count()
+    if not quantize:
+        return total * dtype_bytes
+    linear = architecture.decoder_linear_parameter_count()
+    return (total - linear) * dtype_bytes + linear * NF4_BYTES_PER_WEIGHT
 
 
 def estimate_for_device(architecture: Architecture, device: str, **config) -> MemoryEstimate:
@@ -225,6 +238,7 @@ def estimate_training_memory(
     checkpointed_layers: int | None = None,
     logits_chunk_tokens: int | None = None,
     fused_kernels: bool = False,
+    quantize: int | None = None,
 ) -> MemoryEstimate:
     """First analytic estimate of LoRA training memory in GB.
 
@@ -237,13 +251,17 @@ def estimate_training_memory(
     linear + cross-entropy head (``your_ai.fast_step``): one chunk of logits lives at a time, plus
     the final hidden states and their gradient. ``fused_kernels``: fused RMSNorm / SwiGLU / RoPE
     (Liger), which keep bf16 norm inputs and only the two MLP projections per layer.
+    ``quantize`` 4: the decoder linears in NF4 (``weight_bytes`` for the rest), plus the largest
+    linear weight dequantized at a time.
     """
     layers = min(lora_layers, architecture.num_hidden_layers)
     h, i = architecture.hidden_size, architecture.intermediate_size
     kv = architecture.num_key_value_heads * architecture.head_dim
     tokens = batch_size * seq_length
 
-    weights = architecture.parameter_count() * weight_bytes
+    weights = weight_bytes_total(architecture, weight_bytes, quantize)
+    if quantize:
+        weights += max(h, kv) * max(h, i) * activation_bytes  # one weight dequantized at a time
     lora = lora_parameter_count(architecture, lora_rank, layers) * 16
     if fused_kernels:
         per_token_layer = (6 * h + 2 * i + 2 * kv) * activation_bytes
@@ -274,6 +292,6 @@ def estimate_training_memory(
             "batch_size": batch_size, "seq_length": seq_length, "lora_rank": lora_rank,
             "lora_layers": layers, "weight_bytes": weight_bytes, "grad_checkpoint": grad_checkpoint,
             "checkpointed_layers": recomputed, "logits_chunk_tokens": logits_chunk_tokens,
-            "fused_kernels": fused_kernels,
+            "fused_kernels": fused_kernels, "quantize": quantize,
         },
     )

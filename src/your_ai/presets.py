@@ -47,6 +47,12 @@ class Architecture:
         embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return embeddings + layers * per_layer + h
 
+    def decoder_linear_parameter_count(self) -> int:
+        """Weights of the decoder layers' linear projections (q/k/v/o, gate/up/down): what 4-bit
+        quantization turns into NF4."""
+        h, i, kv = self.hidden_size, self.intermediate_size, self.num_key_value_heads * self.head_dim
+        return self.num_hidden_layers * (h * h * 2 + h * kv * 2 + 3 * h * i)
+
 
 @dataclass(frozen=True)
 class Preset:

@@ -79,18 +79,19 @@ def fused_kernels_available(device: str, model_type: str) -> bool:
 
 
 def estimate_mode_gb(architecture: Architecture, batch_size: int, seq_length: int, lora: LoraSettings,
-                     device: str, checkpointed_layers: int, *, fused_kernels: bool, chunk_tokens: int) -> float:
+                     device: str, checkpointed_layers: int, *, fused_kernels: bool, chunk_tokens: int,
+                     quantize: int | None = None) -> float:
     """The memory estimate of the fast step with ``checkpointed_layers`` adapted layers recomputed."""
     return estimate_for_device(
         architecture, device, batch_size=batch_size, seq_length=seq_length, lora_rank=lora.rank,
         lora_layers=lora.layers, grad_checkpoint=checkpointed_layers > 0, checkpointed_layers=checkpointed_layers,
-        logits_chunk_tokens=chunk_tokens, fused_kernels=fused_kernels,
+        logits_chunk_tokens=chunk_tokens, fused_kernels=fused_kernels, quantize=quantize,
     ).total_gb
 
 
 def mode_with(architecture: Architecture, batch_size: int, seq_length: int, lora: LoraSettings, device: str,
               checkpointed_layers: int, *, budget_gb: float | None = None, fused_kernels: bool | None = None,
-              reason: str | None = None, full_logits: bool = False) -> StepMode:
+              reason: str | None = None, full_logits: bool = False, quantize: int | None = None) -> StepMode:
     """The step mode that recomputes ``checkpointed_layers`` adapted layers (clamped to [0, adapted]).
 
     ``full_logits``: the model's head is not a plain linear layer, so the loss goes through the
@@ -102,7 +103,7 @@ def mode_with(architecture: Architecture, batch_size: int, seq_length: int, lora
         fused_kernels = fused_kernels_available(device, architecture.model_type)
     chunk = 0 if full_logits else default_chunk_tokens(architecture.vocab_size)
     estimate = estimate_mode_gb(architecture, batch_size, seq_length, lora, device, count,
-                                fused_kernels=fused_kernels, chunk_tokens=chunk)
+                                fused_kernels=fused_kernels, chunk_tokens=chunk, quantize=quantize)
     name = "fast" if count == 0 else "small" if count == adapted else "selective"
     fits = budget_gb is None or estimate <= budget_gb
     if reason is None:
@@ -113,7 +114,8 @@ def mode_with(architecture: Architecture, batch_size: int, seq_length: int, lora
 
 
 def choose_mode(architecture: Architecture, batch_size: int, seq_length: int, lora: LoraSettings, device: str,
-                budget_gb: float, *, fused_kernels: bool | None = None, full_logits: bool = False) -> StepMode:
+                budget_gb: float, *, fused_kernels: bool | None = None, full_logits: bool = False,
+                quantize: int | None = None) -> StepMode:
     """The fastest mode whose memory estimate fits ``budget_gb``: the fewest recomputed layers.
 
     When even ``small`` does not fit, returns ``small`` with ``fits=False`` and says so.
@@ -126,13 +128,13 @@ def choose_mode(architecture: Architecture, batch_size: int, seq_length: int, lo
 
     def estimate(count: int) -> float:
         return mode_with(architecture, batch_size, seq_length, lora, device, count,
-                         fused_kernels=fused_kernels, full_logits=full_logits).estimate_gb
+                         fused_kernels=fused_kernels, full_logits=full_logits, quantize=quantize).estimate_gb
 
     shape = _shape(batch_size, seq_length, lora, adapted)
     fast = estimate(0)
     if fast <= budget_gb:
         return mode_with(architecture, batch_size, seq_length, lora, device, 0, budget_gb=budget_gb,
-                         fused_kernels=fused_kernels, full_logits=full_logits,
+                         fused_kernels=fused_kernels, full_logits=full_logits, quantize=quantize,
                          reason=f"fast: nothing recomputed; {shape} is estimated at {fast:.2f} GB, "
                                 f"within the {budget_gb:.2f} GB budget")
     for count in range(1, adapted + 1):
@@ -141,7 +143,7 @@ def choose_mode(architecture: Architecture, batch_size: int, seq_length: int, lo
             name = "small" if count == adapted else "selective"
             return mode_with(
                 architecture, batch_size, seq_length, lora, device, count, budget_gb=budget_gb,
-                fused_kernels=fused_kernels, full_logits=full_logits,
+                fused_kernels=fused_kernels, full_logits=full_logits, quantize=quantize,
                 reason=f"{name}: {count} of {adapted} adapted layers recomputed in the backward pass so that "
                        f"{shape} fits the {budget_gb:.2f} GB budget (estimated {needed:.2f} GB; "
                        f"{fast:.2f} GB without recomputation)",
@@ -149,20 +151,21 @@ def choose_mode(architecture: Architecture, batch_size: int, seq_length: int, lo
     needed = estimate(adapted)
     return mode_with(
         architecture, batch_size, seq_length, lora, device, adapted, budget_gb=budget_gb,
-        fused_kernels=fused_kernels, full_logits=full_logits,
+        fused_kernels=fused_kernels, full_logits=full_logits, quantize=quantize,
         reason=f"small: {shape} is estimated at {needed:.2f} GB even with every adapted layer recomputed, "
                f"above the {budget_gb:.2f} GB budget; lower the batch size or the sequence length",
     )
 
 
 def plain_mode(architecture: Architecture, batch_size: int, seq_length: int, lora: LoraSettings, device: str, *,
-               grad_checkpoint: bool = False, budget_gb: float | None = None, reason: str | None = None) -> StepMode:
+               grad_checkpoint: bool = False, budget_gb: float | None = None, reason: str | None = None,
+               quantize: int | None = None) -> StepMode:
     """The plain step: the Hugging Face forward through the full logits; with ``grad_checkpoint``,
     Hugging Face gradient checkpointing of every layer."""
     adapted = min(lora.layers, architecture.num_hidden_layers)
     estimate = estimate_for_device(
         architecture, device, batch_size=batch_size, seq_length=seq_length, lora_rank=lora.rank,
-        lora_layers=lora.layers, grad_checkpoint=grad_checkpoint,
+        lora_layers=lora.layers, grad_checkpoint=grad_checkpoint, quantize=quantize,
     ).total_gb
     fits = budget_gb is None or estimate <= budget_gb
     if reason is None:
@@ -186,7 +189,7 @@ def _against(estimate: float, budget_gb: float | None) -> str:
 
 def select_step_mode(requested: str, architecture: Architecture, batch_size: int, seq_length: int,
                      lora: LoraSettings, device: str, budget_gb: float | None, *, grad_checkpoint: bool = False,
-                     full_logits: bool = False) -> StepMode:
+                     full_logits: bool = False, quantize: int | None = None) -> StepMode:
     """The ``StepMode`` for ``--step-mode requested`` (one of ``STEP_MODES``) and a budget in GB.
 
     * ``auto``: ``choose_mode``, the fastest mode whose estimate fits ``budget_gb`` (no budget:
@@ -197,6 +200,7 @@ def select_step_mode(requested: str, architecture: Architecture, batch_size: int
 
     ``grad_checkpoint`` recomputes every layer, so it cannot go with ``fast`` or ``selective``.
     ``full_logits``: the model's head is not a plain linear layer (``supports_fast_head``).
+    ``quantize``: 4 for NF4 decoder linears (``your_ai.quantize``), counted in the estimate.
     The reason says which mode, why, and the estimate against the budget.
     """
     if requested not in STEP_MODES:
@@ -208,10 +212,11 @@ def select_step_mode(requested: str, architecture: Architecture, batch_size: int
         raise ValueError(f"budget_gb={budget_gb!r} must be a positive number of GB")
     if requested == "plain":
         return plain_mode(architecture, batch_size, seq_length, lora, device, grad_checkpoint=grad_checkpoint,
-                          budget_gb=budget_gb)
+                          budget_gb=budget_gb, quantize=quantize)
     adapted = min(lora.layers, architecture.num_hidden_layers)
     if requested == "auto" and not grad_checkpoint and budget_gb is not None:
-        chosen = choose_mode(architecture, batch_size, seq_length, lora, device, budget_gb, full_logits=full_logits)
+        chosen = choose_mode(architecture, batch_size, seq_length, lora, device, budget_gb, full_logits=full_logits,
+                             quantize=quantize)
     else:
         if grad_checkpoint:
             count, origin = adapted, "--grad-checkpoint"
@@ -220,32 +225,35 @@ def select_step_mode(requested: str, architecture: Architecture, batch_size: int
         elif requested == "selective":
             fewest = 1 if budget_gb is None else choose_mode(
                 architecture, batch_size, seq_length, lora, device, budget_gb, full_logits=full_logits,
+                quantize=quantize,
             ).checkpointed_layers
             count, origin = max(1, fewest), "--step-mode selective: the fewest that fit, at least one"
         else:
             count, origin = (0 if requested == "fast" else adapted), f"--step-mode {requested}"
         chosen = _explained(architecture, batch_size, seq_length, lora, device, count, budget_gb, origin,
-                            full_logits=full_logits)
+                            full_logits=full_logits, quantize=quantize)
     return _with_head(chosen, full_logits)
 
 
 def resumed_mode(saved: dict, architecture: Architecture, batch_size: int, seq_length: int, lora: LoraSettings,
-                 device: str, budget_gb: float | None, *, full_logits: bool = False) -> StepMode:
+                 device: str, budget_gb: float | None, *, full_logits: bool = False,
+                 quantize: int | None = None) -> StepMode:
     """The mode a run saved with its checkpoint (``StepMode.to_dict()`` of fast, selective or small),
     for the run resumed: the same recomputed layers, fused kernels when still available here."""
     if saved.get("name") not in MODE_NAMES:
         raise ValueError(f"saved step mode {saved.get('name')!r} is not one of {', '.join(MODE_NAMES)}")
     fused = bool(saved.get("fused_kernels")) and fused_kernels_available(device, architecture.model_type)
     mode = _explained(architecture, batch_size, seq_length, lora, device, int(saved["checkpointed_layers"]),
-                      budget_gb, "kept from the checkpoint", fused_kernels=fused, full_logits=full_logits)
+                      budget_gb, "kept from the checkpoint", fused_kernels=fused, full_logits=full_logits,
+                      quantize=quantize)
     return _with_head(mode, full_logits)
 
 
 def _explained(architecture, batch_size, seq_length, lora, device, count, budget_gb, origin, *,
-               fused_kernels=None, full_logits=False) -> StepMode:
+               fused_kernels=None, full_logits=False, quantize=None) -> StepMode:
     """``mode_with`` whose reason says what is recomputed, why (``origin``) and the estimate."""
     mode = mode_with(architecture, batch_size, seq_length, lora, device, count, budget_gb=budget_gb,
-                     fused_kernels=fused_kernels, full_logits=full_logits)
+                     fused_kernels=fused_kernels, full_logits=full_logits, quantize=quantize)
     what = "nothing recomputed" if mode.checkpointed_layers == 0 else (
         f"{mode.checkpointed_layers} of {mode.adapted_layers} adapted layers recomputed in the backward pass")
     return replace(mode, reason=f"{mode.name}: {what} ({origin}); "
