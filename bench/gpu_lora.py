@@ -281,7 +281,7 @@ def measure(config: BenchConfig, variant: str, device: str, warmup: int, steps: 
     if ours:
         setup = fast_step.prepare_step(model, mode, share_lora_a=variant not in UNSHARED)
         head = "liger" if variant == "ours-fast-liger" else fast_step.resolve_head("auto", device.split(":")[0])
-        info.update(head=head, notes=setup.notes, checkpointed_layers=len(setup.checkpointed_layers),
+        info.update(head=head, chunk_tokens=mode.chunk_tokens, notes=setup.notes, checkpointed_layers=len(setup.checkpointed_layers),
                     shared_lora_a_layers=len(setup.shared_lora_a_layers))
     optimizer = build_optimizer(model, 1e-5)
     batch = make_batch(config, device)
@@ -290,7 +290,7 @@ def measure(config: BenchConfig, variant: str, device: str, warmup: int, steps: 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
         if ours:
-            loss = compute_loss(model, batch, objective, fast_head=head).total
+            loss = compute_loss(model, batch, objective, fast_head=head, chunk_tokens=mode.chunk_tokens or None).total
         else:
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          labels=batch["labels"], use_cache=False).loss

@@ -196,6 +196,21 @@ def test_head_choice():
     assert fast_step.default_chunk_tokens(32032) == 4096 and fast_step.default_chunk_tokens(128256) == 1024
 
 
+def test_modes_that_recompute_take_smaller_head_chunks_and_the_prepared_step_carries_them():
+    from your_ai.presets import PRESETS
+    from your_ai.train import PreparedStep
+
+    llama = PRESETS["llama-8b"].architecture
+    lora = LoraSettings(rank=16, layers=32)
+    fast = fast_step.mode_with(llama, 8, 2048, lora, "cuda", 0, fused_kernels=True)
+    small = fast_step.mode_with(llama, 8, 2048, lora, "cuda", 32, fused_kernels=True)
+    assert (fast.chunk_tokens, small.chunk_tokens) == (1024, 256)
+    # the smaller chunk is what the estimate counts: 3/4 of a 1024-token chunk's logits (4 + 2 x 2 bytes each)
+    without = fast_step.estimate_mode_gb(llama, 8, 2048, lora, "cuda", 32, fused_kernels=True, chunk_tokens=1024)
+    assert without - small.estimate_gb == pytest.approx(768 * 128256 * 8 / 1e9, abs=1e-3)  # estimate_gb: 3 decimals
+    assert PreparedStep(small, True).chunk_tokens == 256 and PreparedStep(small, False).chunk_tokens is None
+
+
 # ---------------------------------------------------------------------------- modes
 
 def test_prepared_step_with_recomputed_layers_matches_and_keeps_less():

@@ -32,7 +32,14 @@ from typing import TextIO
 from your_ai import memory
 from your_ai.files import write_json_atomic
 from your_ai.presets import BENCHMARK_PRESETS, Preset, get_preset
-from your_ai.probe import PHASE_PREFIX, FitConfig, estimate_for, parse_result_line
+from your_ai.probe import (
+    PHASE_PREFIX,
+    FitConfig,
+    fit_strategy,
+    parse_result_line,
+    per_process_estimate_gb,
+    sharding_saves_gb,
+)
 
 DEFAULT_TIMEOUT_S = 1800.0
 DEFAULT_LOG = "benchmark_log.jsonl"
@@ -41,6 +48,7 @@ SAFETY_MIN_AVAILABLE_GB = 2.0
 STOPPING_STATUSES = ("oom", "over_budget")
 POLL_S = 0.1
 TAIL_LINES = 20
+TORCHRUN_GRACE_S = 45.0
 
 
 # ---------------------------------------------------------------------------- small pieces
@@ -129,6 +137,8 @@ class ProbeRun:
     stdout_lines: list[str] = field(default_factory=list)
     stderr_lines: list[str] = field(default_factory=list)
     spawn_error: str | None = None
+    processes: int = 1  # > 1: the fit test ran under torchrun on that many processes
+    strategy: str | None = None
 
     def facts(self) -> dict:
         return {
@@ -139,14 +149,20 @@ class ProbeRun:
         }
 
 
-def probe_command(model: str, max_memory_gb: float, device: str, config: FitConfig, *, synthetic: bool) -> list[str]:
-    command = [
-        sys.executable, "-m", "your_ai", "benchmark", "--single-model", model,
-        "--max-memory", repr(float(max_memory_gb)), "--device", device, *config.cli_args(),
+def probe_command(model: str, max_memory_gb: float, device: str, config: FitConfig, *, synthetic: bool,
+                  processes: int = 1, strategy: str | None = None) -> list[str]:
+    """``your-ai benchmark --single-model MODEL ...``; on several processes the same under torchrun
+    (``distributed.launch_command``) with ``--strategy``."""
+    arguments = [
+        "--single-model", model, "--max-memory", repr(float(max_memory_gb)), "--device", device, *config.cli_args(),
     ]
     if synthetic:
-        command.append("--synthetic")
-    return command
+        arguments.append("--synthetic")
+    if processes > 1:
+        from your_ai.distributed import launch_command
+
+        return launch_command(processes, [*arguments, "--strategy", strategy or "auto"], "benchmark")
+    return [sys.executable, "-m", "your_ai", "benchmark", *arguments]
 
 
 def run_probe_subprocess(
@@ -161,10 +177,14 @@ def run_probe_subprocess(
     estimate_gb: float | None = None,
     on_start: Callable[[ProbeRun], None] | None = None,
     on_tick: Callable[[str, float], None] | None = None,
+    processes: int = 1,
+    strategy: str | None = None,
 ) -> ProbeRun:
-    """Run one fit probe in its own process group and classify how it ended."""
-    command = probe_command(model, max_memory_gb, device, config, synthetic=synthetic)
-    run = ProbeRun(result={}, command=command)
+    """Run one fit probe in its own process group and classify how it ended. ``processes`` > 1: the probe
+    runs under torchrun on that many processes with ``strategy`` (ddp or fsdp)."""
+    command = probe_command(model, max_memory_gb, device, config, synthetic=synthetic, processes=processes,
+                            strategy=strategy)
+    run = ProbeRun(result={}, command=command, processes=processes, strategy=strategy)
     started = time.monotonic()
     try:
         process = subprocess.Popen(
@@ -203,16 +223,14 @@ def run_probe_subprocess(
             elapsed = time.monotonic() - started
             if elapsed >= timeout_s:
                 run.timed_out = True
-                _kill_group(process.pid)
-                _, status, usage = os.wait4(process.pid, 0)
+                status, usage = _end(process.pid, processes)
                 break
             if on_tick:
                 on_tick(run.last_phase or "starting", elapsed)
             time.sleep(POLL_S)
     finally:
         if status is None:  # interrupted (Ctrl-C reaches only our group): take the child down with us
-            _kill_group(process.pid)
-            os.wait4(process.pid, 0)
+            _end(process.pid, processes)
     process.returncode = os.waitstatus_to_exitcode(status)
     _kill_group(process.pid)  # anything the child left behind in its group
     for reader in readers:
@@ -230,6 +248,26 @@ def run_probe_subprocess(
     return run
 
 
+def _end(pid: int, processes: int) -> tuple[int, object]:
+    """Stop a probe and reap it: (wait status, rusage). torchrun starts each process in a session of its
+    own, so it gets SIGTERM first (it stops its processes, SIGKILL after 30 s) and the group SIGKILL only
+    when it is still there after ``TORCHRUN_GRACE_S``."""
+    if processes > 1:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        deadline = time.monotonic() + TORCHRUN_GRACE_S
+        while time.monotonic() < deadline:
+            reaped, status, usage = os.wait4(pid, os.WNOHANG)
+            if reaped:
+                return status, usage
+            time.sleep(POLL_S)
+    _kill_group(pid)
+    _, status, usage = os.wait4(pid, 0)
+    return status, usage
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -245,30 +283,45 @@ def _signal_name(number: int) -> str:
 
 
 def classify(run: ProbeRun, model, preset, device, config, synthetic, estimate_gb, max_memory_gb, timeout_s) -> dict:
-    """The child's own result if it printed one, else what the facts of its end say."""
+    """The child's own result if it printed one, else what the facts of its end say.
+
+    On several processes (torchrun) the results of the ranks are merged (``probe.merge_results``) and the
+    facts are those of the process torchrun names as the root cause of the failure: a rank killed by a
+    signal outweighs the lost-connection error another rank then reports."""
     reported = parse_result_line("\n".join(run.stdout_lines))
+    stderr_lines, failures = run.stderr_lines, []
+    if run.processes > 1:
+        from your_ai.distributed import launcher_report
+
+        stderr_lines, failures = launcher_report(run.stderr_lines)
+    failed = failures[0] if failures else None
+    died = run.signal or (failed and failed["signal"])
+    where = f" (process {failed['rank']} of {run.processes})" if failed else ""
     if run.timed_out:
-        where = f", last phase: {run.last_phase}" if run.last_phase else ""
+        phase = f", last phase: {run.last_phase}" if run.last_phase else ""
         result = _parent_result(model, preset, device, config, synthetic, estimate_gb, max_memory_gb, "timeout",
-                                f"no result within {timeout_s:g} s{where}; process group killed")
-    elif reported is not None:
+                                f"no result within {timeout_s:g} s{phase}; process group killed")
+    elif reported is not None and (reported["status"] != "error" or not died):
         result = reported
         if run.signal:
             result.setdefault("notes", []).append(f"the probe was killed by {run.signal} after reporting")
-    elif run.signal == "SIGKILL":
+    elif died == "SIGKILL":
         result = _parent_result(
             model, preset, device, config, synthetic, estimate_gb, max_memory_gb, "oom",
             f"killed by SIGKILL, most likely by the operating system's out-of-memory killer "
-            f"(peak resident memory {run.host_peak_gb:.2f} GB)",
+            f"(peak resident memory {run.host_peak_gb:.2f} GB){where}",
         )
-    elif run.signal:
-        last = _last_lines(run.stderr_lines, 1)
+    elif died:
+        last = _last_lines(stderr_lines, 1)
         result = _parent_result(model, preset, device, config, synthetic, estimate_gb, max_memory_gb, "crashed",
-                                f"crashed with {run.signal}" + (f": {last}" if last else ""))
+                                f"crashed with {died}{where}" + (f": {last}" if last else ""))
+    elif reported is not None:
+        result = reported
     elif run.exit_code:
-        last = _last_lines(run.stderr_lines, 3)
+        last = _last_lines(stderr_lines, 3)
+        code = failed["exit_code"] if failed and failed["exit_code"] is not None else run.exit_code
         result = _parent_result(model, preset, device, config, synthetic, estimate_gb, max_memory_gb, "error",
-                                last or f"the probe exited with code {run.exit_code} and no message")
+                                (last or f"the probe exited with code {code} and no message") + where)
     else:
         result = _parent_result(model, preset, device, config, synthetic, estimate_gb, max_memory_gb, "error",
                                 "the probe exited without a result line")
@@ -278,6 +331,10 @@ def classify(run: ProbeRun, model, preset, device, config, synthetic, estimate_g
         result["peak_host_gb"] = max(result.get("peak_host_gb") or 0.0, run.host_peak_gb)
     result["exit_code"] = run.exit_code
     result["signal"] = run.signal
+    if run.processes > 1:
+        result.update(processes=run.processes, strategy=result.get("strategy") or run.strategy)
+        if failed:
+            result["failed_process"] = failed["rank"]
     return result
 
 
@@ -308,6 +365,8 @@ def _parent_result(model, preset, device, config: FitConfig, synthetic, estimate
             "grad_checkpoint": config.grad_checkpoint, "step_mode": config.step_mode,
         },
         "synthetic": synthetic,
+        "processes": 1,
+        "strategy": None,
         "notes": [],
         "download_command": None,
     }
@@ -328,8 +387,15 @@ def result_text(result: dict) -> str:
     tags = [f"est {estimate:.1f} GB"] if estimate is not None else []
     if result.get("synthetic"):
         tags.append("synthetic")
+    processes = result.get("processes") or 1
+    if processes > 1 and result.get("strategy"):
+        tags.append(result["strategy"])
     suffix = f" [{', '.join(tags)}]" if tags else ""
     if status == "pass":
+        if processes > 1:
+            device = result.get("device")
+            return (f"✓ Pass ({result['peak_memory_gb']:.1f} GB peak per {processes_word(device)}, "
+                    f"{processes} {processes_word(device, processes)}){suffix}")
         return f"✓ Pass ({result['peak_memory_gb']:.1f} GB peak){suffix}"
     if status == "not_available":
         need = f" — would need ~{estimate:.0f} GB" if estimate is not None else ""
@@ -344,6 +410,13 @@ def result_text(result: dict) -> str:
     if status == "crashed":
         return f"✗ Crashed ({result['error']}){suffix}"
     return f"✗ Error: {result['error']}{suffix}"
+
+
+def processes_word(device: str | None, count: int = 1) -> str:
+    """What the processes of a fit test on several are: GPU(s) on CUDA, else process(es)."""
+    if (device or "").startswith("cuda"):
+        return "GPU" if count == 1 else "GPUs"
+    return "process" if count == 1 else "processes"
 
 
 def _line_prefix(index: int, total: int, preset: Preset) -> str:
@@ -382,10 +455,17 @@ def run_benchmark(
     quick: bool = False,
     optimize_steps: int | None = None,
     stream: TextIO | None = None,
+    gpus: int = 1,
+    strategy: str | None = None,
 ) -> dict:
-    """Test each preset in a subprocess, print one line per model, log every event; the report dict."""
+    """Test each preset in a subprocess, print one line per model, log every event; the report dict.
+
+    ``gpus`` > 1: each fit test runs under torchrun on that many GPUs (CPU processes with ``device``
+    "cpu"), the model replicated or sharded by ``strategy`` (``probe.fit_strategy``); the budget and the
+    peaks are per GPU."""
     stream = stream or sys.stdout
     presets = benchmark_presets(models)
+    check_processes(gpus, device)
     device = resolve_device(device)
     device_memory = memory.device_memory_gb(device)
     budget_source = "--max-memory"
@@ -397,14 +477,17 @@ def run_benchmark(
     log = EventLog(log_path, run_id)
     started = time.monotonic()
     log.log("benchmark_start", models=[p.name for p in presets], max_memory_gb=round(max_memory_gb, 3), device=device,
-            synthetic=synthetic, force=force, timeout_s=timeout_s, config=asdict(config), optimize=optimize)
+            synthetic=synthetic, force=force, timeout_s=timeout_s, config=asdict(config), optimize=optimize,
+            gpus=gpus, strategy=strategy or "auto")
 
     def say(text: str = "") -> None:
         stream.write(text + "\n")
         stream.flush()
 
-    say(f"Benchmark: {len(presets)} model(s), smallest first, on {device}; "
-        f"budget {max_memory_gb:.2f} GB ({budget_source})" + ("; synthetic random-weight models" if synthetic else ""))
+    per = f" per {processes_word(device)}" if gpus > 1 else ""
+    on = f"{device}, {gpus} {processes_word(device, gpus)} per model (strategy {strategy or 'auto'})" if gpus > 1 else device
+    say(f"Benchmark: {len(presets)} model(s), smallest first, on {on}; "
+        f"budget {max_memory_gb:.2f} GB{per} ({budget_source})" + ("; synthetic random-weight models" if synthetic else ""))
     say(f"Fit test: batch {config.batch_size}, LoRA rank {config.lora_rank} on the last {config.lora_layers} layers, "
         f"sequence {config.seq_length or 1024}, {config.steps} steps; timeout {timeout_s:g} s per model")
     if log.path:
@@ -438,18 +521,25 @@ def run_benchmark(
                 continue
 
             architecture, located = _architecture_for(preset, synthetic)
-            estimate_gb = round(estimate_for(architecture, device, config, max_memory_gb).total_gb, 3)
+            model_strategy = fit_strategy(strategy, architecture, device, config, max_memory_gb, gpus)
+            estimate_gb = round(per_process_estimate_gb(architecture, device, config, max_memory_gb, gpus,
+                                                        model_strategy), 3)
             log.log("model_start", preset=preset.name, index=index, total=total, model_name=preset.hub_id,
                     estimate_gb=estimate_gb, available_gb=round(available, 3))
             progress = ProgressLine(stream, prefix)
             progress.start()
 
             weights = memory.weights_gb(architecture, device)
+            if model_strategy == "fsdp":  # each process holds its share
+                weights -= sharding_saves_gb(architecture, device, gpus)
             if located and not force and weights > max_memory_gb:
+                share = f" per {processes_word(device)} (sharded over {gpus})" if model_strategy == "fsdp" else ""
                 result = _parent_result(
                     preset.name, preset, device, config, synthetic, estimate_gb, max_memory_gb, "over_budget",
-                    f"the weights alone need {weights:.2f} GB > {max_memory_gb:.2f} GB budget; not loaded, --force tries anyway",
+                    f"the weights alone need {weights:.2f} GB{share} > {max_memory_gb:.2f} GB budget; not loaded, "
+                    f"--force tries anyway",
                 )
+                result.update(processes=gpus, strategy=model_strategy)
                 progress.finish(result_text(result))
                 log.log("over_budget_precheck", preset=preset.name, weights_gb=round(weights, 3), max_memory_gb=max_memory_gb)
                 results.append(result)
@@ -458,7 +548,7 @@ def run_benchmark(
                     preset.name, max_memory_gb, device, config, timeout_s=timeout_s, synthetic=synthetic, preset=preset,
                     estimate_gb=estimate_gb,
                     on_start=lambda r, name=preset.name: log.log("subprocess_start", preset=name, pid=r.pid, command=r.command),
-                    on_tick=progress.update,
+                    on_tick=progress.update, processes=gpus, strategy=model_strategy,
                 )
                 result = run.result
                 result["duration_s"] = round(run.duration_s, 3)
@@ -484,7 +574,7 @@ def run_benchmark(
     recommended = passed[-1]["preset"] if passed else None
     if optimize and passed:
         _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick, optimize_steps, config, log,
-                         stream, say)
+                         stream, say, gpus, strategy)
     for result in results:
         result.setdefault("optimal_config", None)
 
@@ -495,6 +585,8 @@ def run_benchmark(
         "device": device,
         "device_memory_gb": round(device_memory, 3),
         "synthetic": synthetic,
+        "gpus": gpus,
+        "strategy": strategy or "auto",
         "config": asdict(config),
         "recommended": recommended,
         "alternatives": [r["preset"] for r in reversed(passed[:-1])],
@@ -531,7 +623,8 @@ def _architecture_for(preset: Preset, synthetic: bool):
         return preset.architecture, True
 
 
-def _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick, steps, config, log, stream, say) -> None:
+def _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick, steps, config, log, stream, say,
+                     gpus=1, strategy=None) -> None:
     from your_ai.optimize import DEFAULT_STEPS, run_optimize
 
     for result in passed:
@@ -542,11 +635,35 @@ def _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick,
             result["preset"], max_memory_gb=max_memory_gb, device=device, quick=quick,
             steps=steps or DEFAULT_STEPS, timeout_s=timeout_s, synthetic=synthetic,
             seq_length=config.seq_length, grad_checkpoint=config.grad_checkpoint, step_mode=config.step_mode,
-            stream=stream, say=say,
+            stream=stream, say=say, gpus=gpus, strategy=strategy,
         )
         result["optimal_config"] = outcome["best"] and {**outcome["best"], "profile": outcome["path"]}
         log.log("optimize_complete", preset=result["preset"], optimal_config=result["optimal_config"],
                 results=outcome["results"])
+
+
+def train_flags(result: dict) -> str:
+    """``--gpus N [--strategy fsdp] `` for a fit test that ran on several processes, else nothing."""
+    processes = result.get("processes") or 1
+    if processes <= 1:
+        return ""
+    device = " --device cpu" if not (result.get("device") or "").startswith("cuda") else ""
+    strategy = " --strategy fsdp" if result.get("strategy") == "fsdp" else ""
+    return f"--gpus {processes}{device}{strategy} "
+
+
+def check_processes(gpus: int, device: str | None) -> None:
+    """``--gpus N`` (N > 1) is refused, with ``distributed.check_gpus``' message as a ValueError, on a machine
+    that cannot run N processes (fewer CUDA GPUs, MPS); ``device`` "cpu" runs N CPU processes."""
+    if not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"--gpus {gpus!r} must be a whole number >= 1")
+    if gpus > 1:
+        from your_ai.distributed import DistributedError, check_gpus
+
+        try:
+            check_gpus(gpus, device)
+        except DistributedError as error:
+            raise ValueError(str(error)) from None
 
 
 def _print_summary(report: dict, say) -> None:
@@ -558,7 +675,7 @@ def _print_summary(report: dict, say) -> None:
         say(f"Recommended: {report['recommended']} (largest model that fits)")
         if report["alternatives"]:
             say(f"Alternatives: {', '.join(report['alternatives'])}")
-        say(f"Train it with: your-ai train --model {report['recommended']}")
+        say(f"Train it with: your-ai train {train_flags(passed[-1])}--model {report['recommended']}")
         return
     say("No models passed benchmark.")
     missing = [r for r in results if r["status"] == "not_available"]

@@ -26,6 +26,9 @@ def main() -> None:
     and find out empirically which models and settings fit your hardware."""
     # Loading and saving weights would draw per-shard progress bars; the commands report their own progress.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from your_ai.quantize import quiet_torchao_import
+
+    quiet_torchao_import()
 
 
 # ---------------------------------------------------------------------------- hardware
@@ -387,12 +390,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     from your_ai.quantize import QuantizationError
 
     if gpus is not None and gpus > 1:
-        try:
-            distributed.check_gpus(gpus, options["device"])
-        except distributed.DistributedError as error:
-            _fail(str(error))
-        command = distributed.launch_command(gpus, _given_arguments(click.get_current_context(), skip=("gpus",)))
-        sys.exit(subprocess.run(command).returncode)
+        _launch_processes(gpus, options["device"], "train")
     try:
         chosen = optimize.profile_for_training(
             options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
@@ -422,6 +420,19 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     click.echo(f"Trained {result.steps} steps in {result.elapsed_s:.1f} s; peak memory {result.peak_memory_gb:.2f} GB")
     click.echo(f"Adapter saved to {result.output_dir}")
     click.echo(f"Try it: your-ai generate --checkpoint {result.output_dir} --prompt \"...\" --compare")
+
+
+def _launch_processes(count: int, device: str | None, command: str) -> None:
+    """Run this command again under torchrun on ``count`` processes (without ``--gpus``) and exit with its code;
+    refused with check_gpus' message on a machine without ``count`` GPUs."""
+    from your_ai import distributed
+
+    try:
+        distributed.check_gpus(count, device)
+    except distributed.DistributedError as error:
+        _fail(str(error))
+    arguments = _given_arguments(click.get_current_context(), skip=("gpus",))
+    sys.exit(subprocess.run(distributed.launch_command(count, arguments, command), check=False).returncode)
 
 
 def _given_arguments(context: click.Context, skip: tuple[str, ...] = ()) -> list[str]:
@@ -462,6 +473,12 @@ def _fit_options(function):
                      "measures the fit without downloading anything."),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1800, show_default=True,
                      help="Seconds per fit test before its process group is killed."),
+        click.option("--gpus", type=_POSITIVE, default=1, show_default=True,
+                     help="Run each fit test on N GPUs of this machine through torchrun (with --device cpu: N CPU "
+                          "processes); the peak is per GPU. --batch-size is per process."),
+        click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True,
+                     help="With --gpus: ddp replicates the model on every GPU, fsdp shards it; auto: ddp when the "
+                          "model fits one GPU by the estimate, else fsdp."),
     )):
         function = option(function)
     return function
@@ -486,7 +503,7 @@ def _fit_options(function):
 @click.option("--steps", type=_POSITIVE, default=5, show_default=True, help="Training steps per fit test.")
 @_fit_options
 def benchmark(max_memory, models, single_model, optimize, quick, output, log_path, force, batch_size, lora_rank,
-              lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout):
+              lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus, strategy):
     """Empirically test which model presets fit this machine, one subprocess per model.
 
     Exit code 0 when at least one model passed, 1 when none did.
@@ -501,7 +518,9 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
     if single_model:
         from your_ai.probe import run_single
 
-        sys.exit(run_single(single_model, max_memory, device, config, synthetic=synthetic))
+        if gpus > 1:  # the same fit test on N processes, under torchrun
+            _launch_processes(gpus, device, "benchmark")
+        sys.exit(run_single(single_model, max_memory, device, config, synthetic=synthetic, strategy=strategy))
 
     if quick and not optimize:
         _fail("--quick picks the quick grid of --optimize; add --optimize")
@@ -511,7 +530,8 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
     try:
         report = run_benchmark(
             names, max_memory_gb=max_memory, device=device, config=config, timeout_s=timeout, log_path=log_path,
-            output=output, synthetic=synthetic, force=force, optimize=optimize, quick=quick,
+            output=output, synthetic=synthetic, force=force, optimize=optimize, quick=quick, gpus=gpus,
+            strategy=strategy,
         )
     except (KeyError, ValueError) as error:  # an unknown preset, an unusable --device or setting
         _fail(error.args[0] if error.args else str(error))
@@ -528,7 +548,7 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
               help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
 @_fit_options
 def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, step_mode, device, synthetic,
-             timeout):
+             timeout, gpus, strategy):
     """Sweep batch size x LoRA rank x layers for the fastest config that fits; save a hardware profile.
 
     Exit code 0 when a config fits, 1 when none does or the model is not available.
@@ -539,7 +559,8 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
     try:
         outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
                                timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
-                               grad_checkpoint=grad_checkpoint, step_mode=step_mode, output=output)
+                               grad_checkpoint=grad_checkpoint, step_mode=step_mode, output=output, gpus=gpus,
+                               strategy=strategy)
     except ModelResolutionError as error:
         _fail(str(error), code=1)
     except ValueError as error:

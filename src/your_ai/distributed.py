@@ -25,6 +25,8 @@ training loop runs the same steps on every rank:
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -185,11 +187,19 @@ def check_same(values: dict, world: World) -> dict | None:
 
 def wrap(module: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
     """``module`` under ``DistributedDataParallel`` (gradients of its trainable parameters averaged
-    over ranks in the backward pass); one process: ``module`` itself."""
+    over ranks in the backward pass); one process: ``module`` itself.
+
+    Frozen 4-bit (NF4) weights are left out of DDP's start-up broadcast, which would flatten the
+    quantized tensors: every rank builds them identically from the same weights and seed."""
     if not world.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
+    from your_ai.quantize import is_quantized
+
+    quantized = [name for name, parameter in module.named_parameters() if is_quantized(parameter)]
+    if quantized:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, quantized)
     device_ids = [torch.device(device).index] if device.startswith("cuda") else None
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False)
 
@@ -221,6 +231,94 @@ def shard(module: torch.nn.Module, world: World, device: str) -> torch.nn.Module
         fully_shard(layer, mesh=mesh)
     fully_shard(module, mesh=mesh)
     return module
+
+
+def pick_strategy(strategy: str | None, fits_one_device: bool) -> str:
+    """The fit test's strategy on several processes (``benchmark``/``optimize --gpus``): ``ddp`` or ``fsdp``
+    as asked; ``auto``: ``ddp`` when the model fits one device (each process holds it whole), else ``fsdp``."""
+    chosen = check_strategy(strategy)
+    if (strategy or "auto") == "auto" and not fits_one_device:
+        return "fsdp"
+    return chosen
+
+
+# ---------------------------------------------------------------------------- sharded loading
+#
+# A model larger than one GPU cannot be loaded whole and sharded afterwards. Instead every rank builds
+# the model with its parameters on the meta device (no memory), shards it, allocates its own shards
+# (``materialize``) and reads only those from the safetensors files (``load_hf_weights``).
+
+@contextmanager
+def parameters_on_meta():
+    """Parameters of modules built inside the block are put on the meta device (they take no memory);
+    buffers (rotary frequencies and the like) are built as usual."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, parameter):
+        register(module, name, parameter)
+        current = module._parameters.get(name)
+        if current is not None and current.device.type != "meta":
+            attributes = dict(current.__dict__)
+            attributes["requires_grad"] = current.requires_grad
+            module._parameters[name] = type(current)(current.to("meta"), **attributes)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def materialize(module: torch.nn.Module, device: str, std: float = 0.02) -> None:
+    """Allocate a sharded ``module``'s parameters (built under ``parameters_on_meta``) on ``device``, each
+    rank its own shards, with random values: normal(0, ``std``), norm weights 1, other vectors and LoRA B 0.
+    Buffers keep their values."""
+    buffers = {name: buffer.detach().clone() for name, buffer in module.named_buffers()}
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            buffer.copy_(buffers[name])
+        for name, parameter in module.named_parameters():
+            local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
+            if "lora_B" in name or (local.dim() == 1 and "norm" not in name):
+                local.zero_()
+            elif local.dim() == 1:
+                local.fill_(1.0)
+            else:
+                local.normal_(0.0, std)
+
+
+def checkpoint_name(parameter_name: str) -> str:
+    """The name a (PEFT-wrapped) parameter has in its Hugging Face checkpoint:
+    ``model.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight`` -> ``model.layers.0.self_attn.q_proj.weight``."""
+    return parameter_name.split("base_model.model.", 1)[-1].replace(".base_layer.", ".")
+
+
+def load_hf_weights(module: torch.nn.Module, directory) -> int:
+    """Read a Hugging Face safetensors checkpoint in ``directory`` into ``module``'s (sharded) parameters:
+    each rank reads only its shards (``torch.distributed.checkpoint``'s Hugging Face reader). LoRA
+    parameters are not in the checkpoint and keep their values. Returns the number of tensors read;
+    a base parameter missing from the checkpoint is an error that names it."""
+    from pathlib import Path
+
+    import torch.distributed.checkpoint as dcp
+    from safetensors import safe_open
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    stored: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            stored.update(handle.keys())
+    wanted = {}
+    for name, parameter in module.named_parameters():
+        key = checkpoint_name(name)
+        if key in stored:
+            wanted[key] = parameter
+        elif "lora_" not in name:
+            raise DistributedError(f"sharded loading: parameter {name!r} ({key!r}) is not in the safetensors files "
+                                   f"of {directory}; use --strategy ddp")
+    dcp.load(wanted, storage_reader=dcp.HuggingFaceStorageReader(str(directory)))
+    return len(wanted)
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
@@ -304,7 +402,10 @@ def full_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
 def set_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
     """Load a full optimizer state dict (keyed by parameter number, read by every rank) into the
     optimizer of a sharded ``model``: each rank keeps its shard."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
 
     names = _parameter_names(model, optimizer)
     if len(names) != sum(len(group["params"]) for group in state_dict["param_groups"]):
@@ -342,7 +443,54 @@ def check_gpus(count: int, device: str | None) -> None:
         )
 
 
-def launch_command(count: int, train_arguments: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node count -m your_ai train ...``."""
+def launch_command(count: int, arguments: list[str], command: str = "train") -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node count -m your_ai <command> ...``
+    (``train``, or ``benchmark`` for a fit test on ``count`` processes)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(count),
-            "-m", "your_ai", "train", *train_arguments]
+            "-m", "your_ai", command, *arguments]
+
+
+_LOG_LINE = re.compile(r"^[WIEF]\d{4} \d\d:\d\d:\d\d")  # torch's own log lines (torchrun's warnings)
+
+
+def launcher_report(stderr_lines: list[str]) -> tuple[list[str], list[dict]]:
+    """Split torchrun's stderr into the processes' own lines and the failures its report lists.
+
+    When a process fails, torchrun stops the others and ends with a ``ChildFailedError`` report
+    naming each failed process: ``rank``, ``exitcode`` (negative: killed by that signal) and
+    whether it is the root cause (the first failure). Returns (the processes' lines, without
+    torchrun's traceback and log lines; the failures as ``{"rank", "exit_code", "signal",
+    "root_cause"}``, the root cause first). No report: all lines and ``[]``.
+    """
+    start = len(stderr_lines)
+    for index, line in enumerate(stderr_lines):
+        if line.startswith("Traceback (most recent call last):") and any(
+                "torch/distributed/run.py" in later for later in stderr_lines[index + 1:index + 8]):
+            start = index
+    own = [line for line in stderr_lines[:start] if not _LOG_LINE.match(line)]
+    failures: list[dict] = []
+    root = False
+    for line in stderr_lines[start:]:
+        text = line.strip()
+        if text.startswith("Root Cause"):
+            root = True
+        elif text.startswith("rank") and ":" in text:
+            found = re.match(r"rank\s*:\s*(\d+)", text)
+            if found:
+                failures.append({"rank": int(found.group(1)), "exit_code": None, "signal": None, "root_cause": root})
+        elif text.startswith("exitcode") and failures:
+            found = re.match(r"exitcode\s*:\s*(-?\d+)", text)
+            if found:
+                code = int(found.group(1))
+                failures[-1]["exit_code"] = code if code >= 0 else None
+                failures[-1]["signal"] = _signal_name(-code) if code < 0 else None
+    failures.sort(key=lambda failure: not failure["root_cause"])
+    return own, failures
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+

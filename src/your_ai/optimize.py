@@ -24,14 +24,17 @@ from your_ai.benchmark import (
     DEFAULT_TIMEOUT_S,
     STOPPING_STATUSES,
     ProgressLine,
+    check_processes,
     now_iso,
+    processes_word,
     resolve_device,
     result_text,
     run_probe_subprocess,
+    train_flags,
 )
 from your_ai.files import write_json_atomic
 from your_ai.presets import PRESETS
-from your_ai.probe import FitConfig, estimate_for
+from your_ai.probe import FitConfig, fit_strategy, per_process_estimate_gb
 
 QUICK_GRID = {"batch_size": (2, 4, 8), "lora_rank": (64, 128), "lora_layers": (16, 24)}
 FULL_GRID = {"batch_size": (2, 4, 6, 8, 10, 12), "lora_rank": (32, 64, 96, 128), "lora_layers": (8, 16, 24, 32)}
@@ -48,9 +51,11 @@ def fits(peak_gb: float | None, budget_gb: float) -> bool:
 
 def grid_configs(architecture, device: str, *, quick: bool, steps: int, seq_length: int | None,
                  grad_checkpoint: bool = False, step_mode: str = "auto",
-                 budget_gb: float | None = None) -> tuple[list[tuple[FitConfig, float]], list[str]]:
+                 budget_gb: float | None = None, gpus: int = 1,
+                 strategy: str | None = None) -> tuple[list[tuple[FitConfig, float]], list[str]]:
     """The grid's distinct configs for this model, lightest first, with their estimates (GB): each in the
-    step mode its fit test runs within ``budget_gb`` (``probe.step_mode_for``).
+    step mode its fit test runs within ``budget_gb`` (``probe.step_mode_for``); on ``gpus`` > 1 per process,
+    in the strategy ``probe.fit_strategy`` picks for the config.
 
     Layer counts above the model's depth are clamped; configs that become identical are kept once.
     """
@@ -68,7 +73,9 @@ def grid_configs(architecture, device: str, *, quick: bool, steps: int, seq_leng
     if clamped:
         notes.append(f"LoRA layers {', '.join(map(str, clamped))} clamped to the model's {depth} layers "
                      "(each clamped config is tested once)")
-    configs = [(config, estimate_for(architecture, device, config, budget_gb).total_gb) for config in seen.values()]
+    configs = [(config, per_process_estimate_gb(architecture, device, config, budget_gb, gpus,
+                                                fit_strategy(strategy, architecture, device, config, budget_gb, gpus)))
+               for config in seen.values()]
     configs.sort(key=lambda item: (item[1], item[0].batch_size, item[0].lora_rank, item[0].lora_layers))
     return configs, notes
 
@@ -97,8 +104,14 @@ def run_optimize(
     output: str | os.PathLike | None = None,
     stream: TextIO | None = None,
     say: Callable[[str], None] | None = None,
+    gpus: int = 1,
+    strategy: str | None = None,
 ) -> dict:
     """Sweep the grid for ``model`` and save the best config as a hardware profile.
+
+    ``gpus`` > 1: each config runs on that many GPUs (CPU processes with ``device`` "cpu") through torchrun,
+    as ``benchmark --gpus``; the budget and peaks are per GPU, tokens/s of all of them, and the profile
+    records ``gpus`` and the best config's ``strategy``.
 
     Returns ``{"best": {...} or None, "results": [...], "profile": {...} or None, "path": str or None}``.
     Raises ``ModelNotAvailableError`` / ``InvalidModelNameError`` for a model that cannot be resolved.
@@ -108,14 +121,17 @@ def run_optimize(
         def say(text: str = "") -> None:
             stream.write(text + "\n")
             stream.flush()
+    check_processes(gpus, device)
     architecture, model_name, preset = _architecture_of(model, synthetic)
     device = resolve_device(device)
     if max_memory_gb is None:
         max_memory_gb = memory.default_budget_gb(device)
     configs, notes = grid_configs(architecture, device, quick=quick, steps=steps, seq_length=seq_length,
-                                  grad_checkpoint=grad_checkpoint, step_mode=step_mode, budget_gb=max_memory_gb)
+                                  grad_checkpoint=grad_checkpoint, step_mode=step_mode, budget_gb=max_memory_gb,
+                                  gpus=gpus, strategy=strategy)
     seq_used = memory.fit_seq_length(seq_length, architecture)
-    say(f"Sweeping {len(configs)} configs of {model} ({'quick' if quick else 'full'} grid) on {device}: "
+    on = f"{device}, {gpus} {processes_word(device, gpus)} (strategy {strategy or 'auto'})" if gpus > 1 else device
+    say(f"Sweeping {len(configs)} configs of {model} ({'quick' if quick else 'full'} grid) on {on}: "
         f"budget {max_memory_gb:.2f} GB, {SAFETY_MARGIN:.0%} safety margin, {steps} steps each, sequence {seq_used}")
     for note in notes:
         say(f"Note: {note}")
@@ -140,13 +156,17 @@ def run_optimize(
         else:
             progress = ProgressLine(stream, prefix)
             progress.start()
+            config_strategy = fit_strategy(strategy, architecture, device, config, max_memory_gb, gpus)
             run = run_probe_subprocess(model, max_memory_gb, device, config, timeout_s=timeout_s, synthetic=synthetic,
-                                       preset=preset, estimate_gb=round(estimate, 3), on_tick=progress.update)
+                                       preset=preset, estimate_gb=round(estimate, 3), on_tick=progress.update,
+                                       processes=gpus, strategy=config_strategy)
             result = run.result
             row.update(status=result["status"], error=result.get("error"), peak_memory_gb=result.get("peak_memory_gb"),
                        step_time_s=result.get("step_time_s"), tokens_per_s=result.get("tokens_per_s"),
                        seq_length=result["config"].get("seq_length"), step_mode=result["config"].get("step_mode"),
                        exit_code=run.exit_code, signal=run.signal)
+            if gpus > 1:
+                row.update(processes=gpus, strategy=result.get("strategy") or config_strategy)
             if row["status"] == "pass" and not fits(row["peak_memory_gb"], max_memory_gb):
                 row["status"] = "over_budget"
                 row["error"] = (f"peak {row['peak_memory_gb']:.2f} GB + {SAFETY_MARGIN:.0%} margin = "
@@ -176,6 +196,7 @@ def run_optimize(
             "peak_memory_gb": top["peak_memory_gb"],
             "peak_with_margin_gb": round(top["peak_memory_gb"] * (1 + SAFETY_MARGIN), 3),
             "step_time_s": top["step_time_s"], "tokens_per_s": top["tokens_per_s"],
+            "gpus": gpus, "strategy": top.get("strategy"),
         }
     say()
     say(format_table(results))
@@ -187,7 +208,8 @@ def run_optimize(
     profile = {
         "model": model, "model_name": model_name, "preset": preset.name if preset else None,
         **{key: best[key] for key in ("batch_size", "lora_rank", "lora_alpha", "lora_layers", "seq_length",
-                                      "peak_memory_gb", "peak_with_margin_gb", "step_time_s", "tokens_per_s")},
+                                      "peak_memory_gb", "peak_with_margin_gb", "step_time_s", "tokens_per_s",
+                                      "gpus", "strategy")},
         "device": device, "synthetic": synthetic, "max_memory_gb": round(max_memory_gb, 3),
         "safety_margin": SAFETY_MARGIN, "grid": "quick" if quick else "full", "steps": steps,
         "results": results, "created_at": now_iso(),
@@ -197,7 +219,8 @@ def run_optimize(
         f"{best['lora_layers']} layers: {best['tokens_per_s']:.0f} tokens/s, {best['peak_memory_gb']:.2f} GB peak "
         f"({best['peak_with_margin_gb']:.2f} GB with the margin; budget {max_memory_gb:.2f} GB)")
     say(f"Saved hardware profile to {path}")
-    say(f"Apply it with: your-ai train --model {model} --profile {path}")
+    flags = train_flags({"processes": gpus, "device": device, "strategy": best["strategy"]})
+    say(f"Apply it with: your-ai train {flags}--model {model} --profile {path}")
     outcome.update(profile=profile, path=str(path))
     return outcome
 

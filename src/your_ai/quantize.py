@@ -46,24 +46,25 @@ def check_available() -> None:
         raise QuantizationError("--quantize 4 needs torchao: pip install 'your-ai[qlora]' (or pip install torchao)")
 
 
-def _nf4_tensor_class():
+def quiet_torchao_import() -> None:
+    """Silence the warnings torchao logs when it is imported (by us, or by PEFT when installed).
+
+    NF4 is plain PyTorch: torchao's optional compiled kernels (built for other torch versions or
+    GPUs) are not needed, so "Failed to load ...so" and its registration notices are not the
+    user's concern."""
     import logging
 
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _nf4_tensor_class():
     check_available()
-    # NF4 is plain PyTorch: torchao's optional compiled kernels (built for other torch versions or
-    # GPUs) are not needed, so their import warnings are not the user's concern.
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
+    quiet_torchao_import()
     try:
-        try:
-            from torchao.quantization import NF4Tensor
-        except ImportError:  # torchao < 0.13 kept it under dtypes
-            from torchao.dtypes.nf4tensor import NF4Tensor
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+        from torchao.quantization import NF4Tensor
+    except ImportError:  # torchao < 0.13 kept it under dtypes
+        from torchao.dtypes.nf4tensor import NF4Tensor
     return NF4Tensor
 
 

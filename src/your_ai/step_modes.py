@@ -38,12 +38,16 @@ LIGER_PATCHES = {
 }
 
 CHUNK_FP32_BYTES = 512 * 2**20  # fp32 logits of one chunk of the chunked head
+# Modes that recompute layers are short of memory: their head chunks are 4x smaller (the head's
+# matmuls stay large enough to run at full speed).
+RECOMPUTE_CHUNK_FP32_BYTES = 128 * 2**20
 
 
-def default_chunk_tokens(vocab_size: int) -> int:
-    """Tokens per head chunk: the largest power of two whose fp32 logits fit ``CHUNK_FP32_BYTES``,
-    within [256, 8192] (4096 for a 32k vocabulary, 1024 for 128k)."""
-    tokens = max(1, CHUNK_FP32_BYTES // (4 * vocab_size))
+def default_chunk_tokens(vocab_size: int, fp32_bytes: int = CHUNK_FP32_BYTES) -> int:
+    """Tokens per head chunk: the largest power of two whose fp32 logits fit ``fp32_bytes``,
+    within [256, 8192] (4096 for a 32k vocabulary, 1024 for 128k; a quarter of that, at least
+    256, with ``RECOMPUTE_CHUNK_FP32_BYTES``)."""
+    tokens = max(1, fp32_bytes // (4 * vocab_size))
     return max(256, min(8192, 1 << (tokens.bit_length() - 1)))
 
 
@@ -101,7 +105,8 @@ def mode_with(architecture: Architecture, batch_size: int, seq_length: int, lora
     count = max(0, min(checkpointed_layers, adapted))
     if fused_kernels is None:
         fused_kernels = fused_kernels_available(device, architecture.model_type)
-    chunk = 0 if full_logits else default_chunk_tokens(architecture.vocab_size)
+    chunk = 0 if full_logits else default_chunk_tokens(
+        architecture.vocab_size, RECOMPUTE_CHUNK_FP32_BYTES if count else CHUNK_FP32_BYTES)
     estimate = estimate_mode_gb(architecture, batch_size, seq_length, lora, device, count,
                                 fused_kernels=fused_kernels, chunk_tokens=chunk, quantize=quantize)
     name = "fast" if count == 0 else "small" if count == adapted else "selective"

@@ -163,6 +163,11 @@ class PreparedStep:
     fast_head: bool  # the chunked head (False: the full logits)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def chunk_tokens(self) -> int | None:
+        """Tokens per chunk of the chunked head (None: the full logits)."""
+        return (self.mode.chunk_tokens or None) if self.fast_head else None
+
 
 def apply_step_mode(model, requested: str, lora: LoraSettings, batch_size: int, seq_length: int, device: str,
                     budget_gb: float, *, grad_checkpoint: bool = False, kept: dict | None = None,
@@ -238,18 +243,21 @@ class Objective:
         return cls(mode=mode, alpha=alpha, lambda_weight=lambda_weight, weighting=weighting)
 
 
-def compute_loss(model, batch: dict, objective: Objective, *, fast_head: bool | str = False) -> LossParts:
+def compute_loss(model, batch: dict, objective: Objective, *, fast_head: bool | str = False,
+                 chunk_tokens: int | None = None) -> LossParts:
     """One forward pass -> total (to differentiate), mean cross-entropy and mean distrust value.
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` (-100 where not learned),
     ``auth_weight`` and ``prov_entropy``. Labels are not passed to the model, so the
     model computes no loss of its own. ``fast_head``: the same per-sample cross-entropy without
-    the full logits (``your_ai.fast_step``; True or a head name: "auto", "chunked", "liger").
+    the full logits (``your_ai.fast_step``; True or a head name: "auto", "chunked", "liger"), in
+    chunks of ``chunk_tokens`` (None: the vocabulary's default, ``StepMode.chunk_tokens``).
     """
     if fast_head:
         from your_ai.fast_step import model_per_sample_cross_entropy
 
-        per_sample = model_per_sample_cross_entropy(model, batch, head="auto" if fast_head is True else fast_head)
+        per_sample = model_per_sample_cross_entropy(model, batch, head="auto" if fast_head is True else fast_head,
+                                                    chunk_tokens=chunk_tokens)
     else:
         output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         per_sample = per_sample_cross_entropy(output.logits, batch["labels"])
@@ -277,12 +285,13 @@ def build_optimizer(model, learning_rate: float, weight_decay: float = 0.01) -> 
 class _StepLoss(torch.nn.Module):
     """``compute_loss`` as a module: DistributedDataParallel sees the forward pass of either loss path."""
 
-    def __init__(self, model, objective: Objective, fast_head: bool | str):
+    def __init__(self, model, objective: Objective, fast_head: bool | str, chunk_tokens: int | None = None):
         super().__init__()
-        self.model, self.objective, self.fast_head = model, objective, fast_head
+        self.model, self.objective, self.fast_head, self.chunk_tokens = model, objective, fast_head, chunk_tokens
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        parts = compute_loss(self.model, batch, self.objective, fast_head=self.fast_head)
+        parts = compute_loss(self.model, batch, self.objective, fast_head=self.fast_head,
+                             chunk_tokens=self.chunk_tokens)
         return parts.total, parts.cross_entropy, parts.distrust
 
 
@@ -645,7 +654,7 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
     model.train()
     if checkpoint is not None:
         load_adapter_weights(model, checkpoint)  # full tensors, before the parameters are sharded
-    step_loss = _StepLoss(model, objective, fast_head)
+    step_loss = _StepLoss(model, objective, fast_head, prepared.chunk_tokens)
     if sharded:
         step_loss = distributed.shard(step_loss, world, device)
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay)
@@ -747,7 +756,7 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
             if (world.main or sharded) and val_examples and (step % args.eval_every == 0 or step == args.max_steps):
                 with distributed.gathered(step_loss):
                     val = evaluate(model, val_examples, objective, args.batch_size, pad_id, device,
-                                   fast_head=fast_head)
+                                   fast_head=fast_head, chunk_tokens=prepared.chunk_tokens)
                 improved = best_val is None or val["val_loss"] < best_val
                 if improved:
                     best_val = val["val_loss"]
@@ -844,17 +853,17 @@ def _data_digest(files: TrainingFiles) -> str:
 
 @torch.no_grad()
 def evaluate(model, examples: list[Example], objective: Objective, batch_size: int, pad_token_id: int,
-             device: str, *, fast_head: bool | str = False) -> dict[str, float]:
+             device: str, *, fast_head: bool | str = False, chunk_tokens: int | None = None) -> dict[str, float]:
     """The objective over ``examples`` (in order), averaged per sample: val_loss, val_cross_entropy, val_distrust.
 
-    ``fast_head``: as in ``compute_loss`` (training passes the loss path it trains with)."""
+    ``fast_head``, ``chunk_tokens``: as in ``compute_loss`` (training passes the loss path it trains with)."""
     was_training = model.training
     model.eval()
     totals = {"val_loss": 0.0, "val_cross_entropy": 0.0, "val_distrust": 0.0}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = {key: value.to(device) for key, value in collate(chunk, pad_token_id).items()}
-        parts = compute_loss(model, batch, objective, fast_head=fast_head)
+        parts = compute_loss(model, batch, objective, fast_head=fast_head, chunk_tokens=chunk_tokens)
         totals["val_loss"] += float(parts.total) * len(chunk)
         totals["val_cross_entropy"] += float(parts.cross_entropy) * len(chunk)
         totals["val_distrust"] += float(parts.distrust) * len(chunk)
