@@ -104,7 +104,7 @@ def test_json_output(run_a):
     assert passed["success"] is True and passed["error"] is None
     assert passed["model_name"] == hub_id("hermes-mistral-7b")
     assert passed["config"] == {"batch_size": 2, "lora_rank": 64, "lora_layers": 4, "seq_length": 64, "steps": 2,
-                                "dtype": "float32", "grad_checkpoint": False, "step_mode": "fast"}
+                                "dtype": "float32", "grad_checkpoint": False, "step_mode": "fast", "quantize": None}
     assert "--lora-layers 16 clamped to the model's 4 layers" in passed["notes"]
     assert 0.1 < passed["peak_memory_gb"] == passed["peak_host_gb"] < 8
     assert passed["step_time_s"] > 0 and passed["tokens_per_s"] == pytest.approx(2 * 64 / passed["step_time_s"], rel=0.01)

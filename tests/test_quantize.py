@@ -179,3 +179,49 @@ def test_quantize_other_than_4_is_refused_before_loading(tmp_path, tiny_model_di
     assert result.returncode == 2
     assert "--quantize 8: supported values are 4" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_fit_test_in_4_bits_and_the_command_to_train_it(tmp_path, tiny_model_dir):
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "your_ai", "benchmark", "--models", "tiny", "--quantize", "4", "--device", "cpu",
+         "--steps", "2", "--seq-length", "32", "--output", str(out), "--log", str(tmp_path / "log.jsonl")],
+        capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "✓ Pass" in result.stdout and "4-bit]" in result.stdout
+    assert "Train it with: your-ai train --quantize 4 --model tiny" in result.stdout
+    model = json.loads(out.read_text())["models"][0]
+    assert model["config"]["quantize"] == 4 and model["success"]
+    assert any(f"QLoRA: {DECODER_LINEARS} linear weights" in note for note in model["notes"])
+
+
+def test_benchmark_over_budget_check_counts_4_bit_weights(tmp_path):
+    """hermes-70b: 282 GB of fp32 weights on the CPU, 44 GB with NF4 decoder linears; checked before
+    anything is loaded."""
+    def over_budget_line(*extra: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "your_ai", "benchmark", "--models", "hermes-70b", "--synthetic", "--device", "cpu",
+             "--max-memory", "30", "--log", str(tmp_path / "log.jsonl"), *extra],
+            capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1, result.stdout + result.stderr
+        return next(line for line in result.stdout.splitlines() if "Over budget" in line)
+
+    architecture = PRESETS["hermes-70b"].architecture
+    full, nf4 = memory.weights_gb(architecture, "cpu"), memory.weights_gb(architecture, "cpu", quantize=4)
+    assert 280 < full and 40 < nf4 < 45
+    assert f"the weights alone need {full:.2f} GB" in over_budget_line()
+    assert f"the weights alone need {nf4:.2f} GB" in over_budget_line("--quantize", "4")
+
+
+def test_recommend_and_optimize_profiles_know_4_bit_weights():
+    from your_ai.optimize import apply_profile
+    from your_ai.recommend import recommend_presets
+
+    full = recommend_presets(memory_gb=80, device="cuda")
+    nf4 = recommend_presets(memory_gb=80, device="cuda", quantize=4)
+    assert full["largest_fit"] == "r1-distill-14b" and nf4["largest_fit"] in ("dolphin-70b", "r1-distill-70b", "hermes-70b")
+    profile = {"model": "llama-8b", "batch_size": 4, "lora_rank": 64, "lora_alpha": 128, "lora_layers": 16,
+               "quantize": 4}
+    options, note = apply_profile({"model": None, "batch_size": None, "lora_rank": None, "lora_alpha": None,
+                                   "lora_layers": None, "max_seq_length": None, "quantize": None}, profile, "p.json")
+    assert options["quantize"] == 4 and "quantize 4" in note

@@ -47,4 +47,4 @@ def test_recommend_command():
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["memory_gb"] == 40 and report["budget_gb"] == 32 and report["memory_source"] == "given"
-    assert report["config"] == {"batch_size": 2, "lora_rank": 64, "lora_layers": 16, "seq_length": 1024}
+    assert report["config"] == {"batch_size": 2, "lora_rank": 64, "lora_layers": 16, "seq_length": 1024, "quantize": None}

@@ -359,11 +359,7 @@ def _parent_result(model, preset, device, config: FitConfig, synthetic, estimate
         "estimate_gb": estimate_gb,
         "max_memory_gb": None if max_memory_gb is None else round(max_memory_gb, 3),
         "device": device,
-        "config": {
-            "batch_size": config.batch_size, "lora_rank": config.lora_rank, "lora_layers": config.lora_layers,
-            "seq_length": config.seq_length, "steps": config.steps, "dtype": None,
-            "grad_checkpoint": config.grad_checkpoint, "step_mode": config.step_mode,
-        },
+        "config": config.result_config(),
         "synthetic": synthetic,
         "processes": 1,
         "strategy": None,
@@ -387,6 +383,8 @@ def result_text(result: dict) -> str:
     tags = [f"est {estimate:.1f} GB"] if estimate is not None else []
     if result.get("synthetic"):
         tags.append("synthetic")
+    if (result.get("config") or {}).get("quantize"):
+        tags.append(f"{result['config']['quantize']}-bit")
     processes = result.get("processes") or 1
     if processes > 1 and result.get("strategy"):
         tags.append(result["strategy"])
@@ -529,9 +527,9 @@ def run_benchmark(
             progress = ProgressLine(stream, prefix)
             progress.start()
 
-            weights = memory.weights_gb(architecture, device)
+            weights = memory.weights_gb(architecture, device, config.quantize)
             if model_strategy == "fsdp":  # each process holds its share
-                weights -= sharding_saves_gb(architecture, device, gpus)
+                weights -= sharding_saves_gb(architecture, device, gpus, config.quantize)
             if located and not force and weights > max_memory_gb:
                 share = f" per {processes_word(device)} (sharded over {gpus})" if model_strategy == "fsdp" else ""
                 result = _parent_result(
@@ -635,7 +633,7 @@ def _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick,
             result["preset"], max_memory_gb=max_memory_gb, device=device, quick=quick,
             steps=steps or DEFAULT_STEPS, timeout_s=timeout_s, synthetic=synthetic,
             seq_length=config.seq_length, grad_checkpoint=config.grad_checkpoint, step_mode=config.step_mode,
-            stream=stream, say=say, gpus=gpus, strategy=strategy,
+            stream=stream, say=say, gpus=gpus, strategy=strategy, quantize=config.quantize,
         )
         result["optimal_config"] = outcome["best"] and {**outcome["best"], "profile": outcome["path"]}
         log.log("optimize_complete", preset=result["preset"], optimal_config=result["optimal_config"],
@@ -643,13 +641,16 @@ def _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick,
 
 
 def train_flags(result: dict) -> str:
-    """``--gpus N [--strategy fsdp] `` for a fit test that ran on several processes, else nothing."""
+    """The ``train`` flags that reproduce how a fit test held the model: ``--gpus N [--strategy fsdp] ``
+    when it ran on several processes, ``--quantize 4 `` when quantized; else nothing."""
+    quantize = result.get("quantize") or (result.get("config") or {}).get("quantize")
+    flags = f"--quantize {quantize} " if quantize else ""
     processes = result.get("processes") or 1
     if processes <= 1:
-        return ""
+        return flags
     device = " --device cpu" if not (result.get("device") or "").startswith("cuda") else ""
     strategy = " --strategy fsdp" if result.get("strategy") == "fsdp" else ""
-    return f"--gpus {processes}{device}{strategy} "
+    return f"--gpus {processes}{device}{strategy} {flags}"
 
 
 def check_processes(gpus: int, device: str | None) -> None:

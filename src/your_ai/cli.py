@@ -55,20 +55,25 @@ def setup(output, as_json):
 @click.option("--lora-rank", type=int, default=64, show_default=True)
 @click.option("--lora-layers", type=int, default=16, show_default=True)
 @click.option("--max-seq-length", type=int, default=1024, show_default=True)
+@click.option("--quantize", type=int, help="4: estimate QLoRA, the decoder linear weights in 4-bit NF4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, as_json):
+def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, as_json):
     """List the presets whose estimated LoRA training memory fits 80% of MEMORY."""
     from your_ai import recommend as recommend_module
 
     if memory is not None and memory <= 0:
         _fail(f"--memory={memory} must be a positive number of GB")
-    report = recommend_module.recommend_presets(
-        memory_gb=memory,
-        batch_size=batch_size,
-        lora_rank=lora_rank,
-        lora_layers=lora_layers,
-        seq_length=max_seq_length,
-    )
+    try:
+        report = recommend_module.recommend_presets(
+            memory_gb=memory,
+            batch_size=batch_size,
+            lora_rank=lora_rank,
+            lora_layers=lora_layers,
+            seq_length=max_seq_length,
+            quantize=quantize,
+        )
+    except ValueError as error:  # --quantize 8
+        _fail(str(error))
     click.echo(json.dumps(report, indent=2) if as_json else recommend_module.format_recommendation(report))
 
 
@@ -479,6 +484,8 @@ def _fit_options(function):
         click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True,
                      help="With --gpus: ddp replicates the model on every GPU, fsdp shards it; auto: ddp when the "
                           "model fits one GPU by the estimate, else fsdp."),
+        click.option("--quantize", type=int, help="4: fit tests of QLoRA, the decoder linear weights in 4-bit NF4 "
+                     "(as `train --quantize 4`)."),
     )):
         function = option(function)
     return function
@@ -503,7 +510,8 @@ def _fit_options(function):
 @click.option("--steps", type=_POSITIVE, default=5, show_default=True, help="Training steps per fit test.")
 @_fit_options
 def benchmark(max_memory, models, single_model, optimize, quick, output, log_path, force, batch_size, lora_rank,
-              lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus, strategy):
+              lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus, strategy,
+              quantize):
     """Empirically test which model presets fit this machine, one subprocess per model.
 
     Exit code 0 when at least one model passed, 1 when none did.
@@ -512,8 +520,9 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
 
     try:
         config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=steps,
-                           seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode)
-    except ValueError as error:  # --grad-checkpoint with --step-mode fast or selective
+                           seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
+                           quantize=quantize)
+    except ValueError as error:  # --grad-checkpoint with --step-mode fast or selective, --quantize 8
         _fail(str(error))
     if single_model:
         from your_ai.probe import run_single
@@ -548,7 +557,7 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
               help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
 @_fit_options
 def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, step_mode, device, synthetic,
-             timeout, gpus, strategy):
+             timeout, gpus, strategy, quantize):
     """Sweep batch size x LoRA rank x layers for the fastest config that fits; save a hardware profile.
 
     Exit code 0 when a config fits, 1 when none does or the model is not available.
@@ -560,7 +569,7 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
         outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
                                timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
                                grad_checkpoint=grad_checkpoint, step_mode=step_mode, output=output, gpus=gpus,
-                               strategy=strategy)
+                               strategy=strategy, quantize=quantize)
     except ModelResolutionError as error:
         _fail(str(error), code=1)
     except ValueError as error:

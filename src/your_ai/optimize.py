@@ -52,7 +52,7 @@ def fits(peak_gb: float | None, budget_gb: float) -> bool:
 def grid_configs(architecture, device: str, *, quick: bool, steps: int, seq_length: int | None,
                  grad_checkpoint: bool = False, step_mode: str = "auto",
                  budget_gb: float | None = None, gpus: int = 1,
-                 strategy: str | None = None) -> tuple[list[tuple[FitConfig, float]], list[str]]:
+                 strategy: str | None = None, quantize: int | None = None) -> tuple[list[tuple[FitConfig, float]], list[str]]:
     """The grid's distinct configs for this model, lightest first, with their estimates (GB): each in the
     step mode its fit test runs within ``budget_gb`` (``probe.step_mode_for``); on ``gpus`` > 1 per process,
     in the strategy ``probe.fit_strategy`` picks for the config.
@@ -68,7 +68,8 @@ def grid_configs(architecture, device: str, *, quick: bool, steps: int, seq_leng
         key = (batch, rank, used)
         if key not in seen:
             seen[key] = FitConfig(batch_size=batch, lora_rank=rank, lora_layers=used, steps=steps,
-                                  seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode)
+                                  seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
+                                  quantize=quantize)
     clamped = sorted({layers for layers in grid["lora_layers"] if layers > depth})
     if clamped:
         notes.append(f"LoRA layers {', '.join(map(str, clamped))} clamped to the model's {depth} layers "
@@ -106,6 +107,7 @@ def run_optimize(
     say: Callable[[str], None] | None = None,
     gpus: int = 1,
     strategy: str | None = None,
+    quantize: int | None = None,
 ) -> dict:
     """Sweep the grid for ``model`` and save the best config as a hardware profile.
 
@@ -128,7 +130,7 @@ def run_optimize(
         max_memory_gb = memory.default_budget_gb(device)
     configs, notes = grid_configs(architecture, device, quick=quick, steps=steps, seq_length=seq_length,
                                   grad_checkpoint=grad_checkpoint, step_mode=step_mode, budget_gb=max_memory_gb,
-                                  gpus=gpus, strategy=strategy)
+                                  gpus=gpus, strategy=strategy, quantize=quantize)
     seq_used = memory.fit_seq_length(seq_length, architecture)
     on = f"{device}, {gpus} {processes_word(device, gpus)} (strategy {strategy or 'auto'})" if gpus > 1 else device
     say(f"Sweeping {len(configs)} configs of {model} ({'quick' if quick else 'full'} grid) on {on}: "
@@ -196,7 +198,7 @@ def run_optimize(
             "peak_memory_gb": top["peak_memory_gb"],
             "peak_with_margin_gb": round(top["peak_memory_gb"] * (1 + SAFETY_MARGIN), 3),
             "step_time_s": top["step_time_s"], "tokens_per_s": top["tokens_per_s"],
-            "gpus": gpus, "strategy": top.get("strategy"),
+            "gpus": gpus, "strategy": top.get("strategy"), "quantize": quantize,
         }
     say()
     say(format_table(results))
@@ -209,7 +211,7 @@ def run_optimize(
         "model": model, "model_name": model_name, "preset": preset.name if preset else None,
         **{key: best[key] for key in ("batch_size", "lora_rank", "lora_alpha", "lora_layers", "seq_length",
                                       "peak_memory_gb", "peak_with_margin_gb", "step_time_s", "tokens_per_s",
-                                      "gpus", "strategy")},
+                                      "gpus", "strategy", "quantize")},
         "device": device, "synthetic": synthetic, "max_memory_gb": round(max_memory_gb, 3),
         "safety_margin": SAFETY_MARGIN, "grid": "quick" if quick else "full", "steps": steps,
         "results": results, "created_at": now_iso(),
@@ -219,7 +221,7 @@ def run_optimize(
         f"{best['lora_layers']} layers: {best['tokens_per_s']:.0f} tokens/s, {best['peak_memory_gb']:.2f} GB peak "
         f"({best['peak_with_margin_gb']:.2f} GB with the margin; budget {max_memory_gb:.2f} GB)")
     say(f"Saved hardware profile to {path}")
-    flags = train_flags({"processes": gpus, "device": device, "strategy": best["strategy"]})
+    flags = train_flags({"processes": gpus, "device": device, "strategy": best["strategy"], "quantize": quantize})
     say(f"Apply it with: your-ai train {flags}--model {model} --profile {path}")
     outcome.update(profile=profile, path=str(path))
     return outcome
@@ -316,6 +318,9 @@ def apply_profile(options: dict, profile: dict, source: str) -> tuple[dict, str]
     if applied.get("max_seq_length") is None and profile.get("seq_length"):
         applied["max_seq_length"] = int(profile["seq_length"])
         taken.append(f"max-seq-length {applied['max_seq_length']}")
+    if applied.get("quantize") is None and profile.get("quantize"):  # measured with 4-bit weights
+        applied["quantize"] = int(profile["quantize"])
+        taken.append(f"quantize {applied['quantize']}")
     note = f"Applied hardware profile {source}: {', '.join(taken) or 'nothing (all set by flags)'}"
     return applied, note
 

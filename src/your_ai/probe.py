@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from your_ai import memory
 from your_ai.lora import LoraSettings
 from your_ai.presets import PRESETS, Architecture
+from your_ai.quantize import check_bits
 from your_ai.step_modes import PLAIN_HEAD_MODEL_TYPES, STEP_MODES, StepMode, select_step_mode
 
 RESULT_PREFIX = "BENCHMARK_RESULT:"
@@ -62,6 +63,7 @@ class FitConfig:
     seq_length: int | None = None  # None: 1024, or the model's context if smaller
     grad_checkpoint: bool = False
     step_mode: str = "auto"  # your_ai.step_modes.STEP_MODES; auto: the fastest that fits the budget
+    quantize: int | None = None  # 4: QLoRA, NF4 decoder linears (your_ai.quantize)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "lora_rank", "lora_layers", "steps"):
@@ -75,6 +77,15 @@ class FitConfig:
         if self.grad_checkpoint and self.step_mode in ("fast", "selective"):
             raise ValueError(f"--grad-checkpoint recomputes every layer; it cannot go with --step-mode "
                              f"{self.step_mode} (use auto, small or plain)")
+        check_bits(self.quantize)
+
+    def result_config(self) -> dict:
+        """The ``config`` of a result: as asked (the probe fills in what it used: sequence, dtype, ...)."""
+        return {
+            "batch_size": self.batch_size, "lora_rank": self.lora_rank, "lora_layers": self.lora_layers,
+            "seq_length": self.seq_length, "steps": self.steps, "dtype": None,
+            "grad_checkpoint": self.grad_checkpoint, "step_mode": self.step_mode, "quantize": self.quantize,
+        }
 
     def cli_args(self) -> list[str]:
         """The ``benchmark --single-model`` options that reproduce this config."""
@@ -88,6 +99,8 @@ class FitConfig:
             args.append("--grad-checkpoint")
         if self.step_mode != "auto":
             args += ["--step-mode", self.step_mode]
+        if self.quantize:
+            args += ["--quantize", str(self.quantize)]
         return args
 
 
@@ -239,12 +252,7 @@ def run_probe(
         "estimate_gb": None,
         "max_memory_gb": None if max_memory_gb is None else round(max_memory_gb, 3),
         "device": device,
-        "config": {
-            "batch_size": config.batch_size, "lora_rank": config.lora_rank,
-            "lora_layers": config.lora_layers, "seq_length": config.seq_length,
-            "steps": config.steps, "dtype": None, "grad_checkpoint": config.grad_checkpoint,
-            "step_mode": config.step_mode,
-        },
+        "config": config.result_config(),
         "synthetic": synthetic,
         "processes": 1,
         "strategy": None,
@@ -333,7 +341,7 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
     loader = _sharded_skeleton if sharded else load_for_training
     training = loader(
         model, lora, device, grad_checkpoint=config.grad_checkpoint and config.step_mode == "plain",
-        synthetic=synthetic, trust_remote_code=trust_remote_code,
+        synthetic=synthetic, trust_remote_code=trust_remote_code, quantize=config.quantize,
     )
     net = training.model
     step_loss = _StepLoss(net, None, False)  # the objective and the head are set below
@@ -352,11 +360,11 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
     if result["params"] is None:
         result["params"] = params_label(architecture.parameter_count())
     step_budget = max_memory_gb
-    saved = sharding_saves_gb(architecture, device, world.size) if sharded else 0.0
+    saved = sharding_saves_gb(architecture, device, world.size, config.quantize) if sharded else 0.0
     if max_memory_gb is not None:  # the step mode's estimate holds the whole model: add what sharding saves
         step_budget += saved
     prepared = apply_step_mode(net, config.step_mode, lora, config.batch_size, seq_length, device, step_budget,
-                               grad_checkpoint=config.grad_checkpoint)
+                               grad_checkpoint=config.grad_checkpoint, quantize=config.quantize)
     result["config"]["step_mode"] = prepared.mode.name
     result["estimate_gb"] = prepared.mode.estimate_gb
     if sharded:  # per process
@@ -377,7 +385,8 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
         "prov_entropy": prov_entropy.to(device),
     }
     objective = Objective.from_dataset("weighted", 2.7, 1.0, auth_weight.tolist(), prov_entropy.tolist())
-    step_loss.objective, step_loss.fast_head = objective, prepared.fast_head
+    step_loss.objective, step_loss.fast_head, step_loss.chunk_tokens = objective, prepared.fast_head, \
+        prepared.chunk_tokens
     if not sharded:
         step_loss = distributed.wrap(step_loss, world, device)  # several processes: DDP; one: as it is
     optimizer = build_optimizer(net, LEARNING_RATE)
@@ -440,10 +449,10 @@ def fit_strategy(strategy: str | None, architecture: Architecture, device: str, 
     return distributed.pick_strategy(strategy, fits)
 
 
-def sharding_saves_gb(architecture: Architecture, device: str, processes: int) -> float:
+def sharding_saves_gb(architecture: Architecture, device: str, processes: int, quantize: int | None = None) -> float:
     """Memory each process saves when the weights are sharded over ``processes`` (FSDP): all but its
     1/N share of them (activations, logits and the runtime are not sharded)."""
-    return memory.weights_gb(architecture, device) * (processes - 1) / processes
+    return memory.weights_gb(architecture, device, quantize) * (processes - 1) / processes
 
 
 def per_process_estimate_gb(architecture: Architecture, device: str, config: FitConfig, budget_gb: float | None,
@@ -452,7 +461,7 @@ def per_process_estimate_gb(architecture: Architecture, device: str, config: Fit
     weights, the rest whole, in the step mode the probe picks for that share."""
     if strategy != "fsdp" or processes <= 1:
         return estimate_for(architecture, device, config, budget_gb).total_gb
-    saved = sharding_saves_gb(architecture, device, processes)
+    saved = sharding_saves_gb(architecture, device, processes, config.quantize)
     return estimate_for(architecture, device, config, None if budget_gb is None else budget_gb + saved).total_gb - saved
 
 
@@ -561,6 +570,7 @@ def step_mode_for(architecture: Architecture, device: str, config: FitConfig,
         config.step_mode, architecture, config.batch_size, memory.fit_seq_length(config.seq_length, architecture),
         LoraSettings(rank=config.lora_rank, layers=config.lora_layers), device, budget_gb,
         grad_checkpoint=config.grad_checkpoint, full_logits=architecture.model_type not in PLAIN_HEAD_MODEL_TYPES,
+        quantize=config.quantize,
     )
 
 
@@ -574,7 +584,7 @@ def estimate_for(architecture: Architecture, device: str, config: FitConfig,
         seq_length=memory.fit_seq_length(config.seq_length, architecture),
         lora_rank=config.lora_rank, lora_layers=config.lora_layers, grad_checkpoint=mode.checkpointed_layers > 0,
         checkpointed_layers=mode.checkpointed_layers, logits_chunk_tokens=mode.chunk_tokens or None,
-        fused_kernels=mode.fused_kernels,
+        fused_kernels=mode.fused_kernels, quantize=config.quantize,
     )
 
 

@@ -28,7 +28,7 @@ NF4_SCALER_BLOCK_SIZE = 256  # blocks per group of the double-quantized scales
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / NF4_BLOCK_SIZE
 
 
-class QuantizationError(Exception):
+class QuantizationError(ValueError):
     """Quantization cannot be used as asked; the message says why and what to do."""
 
 

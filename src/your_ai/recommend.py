@@ -19,8 +19,10 @@ def recommend_presets(
     lora_layers: int = 16,
     seq_length: int = 1024,
     device: str | None = None,
+    quantize: int | None = None,
 ) -> dict:
-    """Every preset (smallest first) with its estimate and whether it fits 80% of ``memory_gb``."""
+    """Every preset (smallest first) with its estimate and whether it fits 80% of ``memory_gb``;
+    ``quantize`` 4: with the decoder linears in 4-bit NF4 (QLoRA)."""
     if memory_gb is not None and not memory_gb > 0:
         raise ValueError(f"memory={memory_gb!r} must be a positive number of GB")
     if device is None:
@@ -32,7 +34,7 @@ def recommend_presets(
         memory_gb = memory.device_memory_gb(device)
         source = f"detected {'GPU' if device.startswith('cuda') else 'system'} memory"
     config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=1,
-                       seq_length=seq_length)
+                       seq_length=seq_length, quantize=quantize)
     budget = memory.BUDGET_FRACTION * memory_gb
     rows = []
     for preset in sorted((p for p in PRESETS.values() if p is not TINY), key=lambda p: p.architecture.parameter_count()):
@@ -57,7 +59,7 @@ def recommend_presets(
         "device": device,
         "weight_bytes": memory.training_dtype_bytes(device),
         "config": {"batch_size": batch_size, "lora_rank": lora_rank, "lora_layers": lora_layers,
-                   "seq_length": seq_length},
+                   "seq_length": seq_length, "quantize": quantize},
         "presets": rows,
         "fitting": fitting,
         "largest_fit": fitting[-1] if fitting else None,
@@ -68,11 +70,14 @@ def format_recommendation(report: dict) -> str:
     """The report as a table with the largest preset that fits."""
     config = report["config"]
     dtype = "bf16" if report["weight_bytes"] == 2 else "fp32"
+    weights = f"{dtype} weights"
+    if config.get("quantize"):
+        weights = f"decoder linear weights in 4-bit NF4, the rest in {dtype}"
     lines = [
         f"Memory: {report['memory_gb']:.1f} GB ({report['memory_source']}, {report['device']}); "
         f"budget {report['budget_gb']:.1f} GB ({report['budget_fraction']:.0%})",
         f"Estimated LoRA training memory: batch {config['batch_size']}, rank {config['lora_rank']} on the last "
-        f"{config['lora_layers']} layers, sequence {config['seq_length']}, {dtype} weights",
+        f"{config['lora_layers']} layers, sequence {config['seq_length']}, {weights}",
         "",
         f"  {'Preset':<20} {'Params':>6} {'Estimate':>10}  Fits",
     ]
