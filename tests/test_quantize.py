@@ -225,3 +225,31 @@ def test_recommend_and_optimize_profiles_know_4_bit_weights():
     options, note = apply_profile({"model": None, "batch_size": None, "lora_rank": None, "lora_alpha": None,
                                    "lora_layers": None, "max_seq_length": None, "quantize": None}, profile, "p.json")
     assert options["quantize"] == 4 and "quantize 4" in note
+
+
+def test_own_nf4_linear_gives_torchaos_numbers(tiny_model_dir, monkeypatch):
+    """The linear layer that dequantizes through ``_dequantize`` (compiled on CUDA, eager here)
+    computes what torchao's own NF4 linear computes, forward and backward."""
+    calls = []
+    real = quantize._dequantize
+    monkeypatch.setattr(quantize, "_dequantize", lambda weight, dtype: calls.append(1) or real(weight, dtype))
+    results = []
+    for own in (False, True):
+        model = quantize.load_quantized_model(tiny_model_dir, dtype=torch.float32, device="cpu")
+        if own:
+            assert quantize.use_compiled_dequantization(model) == DECODER_LINEARS
+        torch.manual_seed(1)
+        peft_model, _ = apply_lora(model, LoraSettings(rank=4, layers=2))
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.data.fill_(0.01)
+        ids = torch.randint(0, TINY.architecture.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}))
+    # in the patched run: forward, each of the 28 weights once; backward, the 7 weights of each of the
+    # 2 adapted layers except q/k/v of the lower one (nothing below it needs a gradient)
+    assert len(calls) == DECODER_LINEARS + 2 * 7 - 3
+    (theirs, their_grads), (ours, our_grads) = results
+    assert torch.equal(theirs, ours)
+    assert all(torch.equal(their_grads[name], our_grads[name]) for name in their_grads)

@@ -222,6 +222,72 @@ def load_quantized_model(model_dir: Path, *, dtype, device: str, trust_remote_co
     return model
 
 
+# ---------------------------------------------------------------------------- faster dequantization on CUDA
+
+_compiled_dequantize = None  # torch.compile of NF4Tensor.get_original_weight, made on first use
+_compile_failed = False
+
+
+def _dequantize(weight, dtype):
+    """``weight`` (NF4) as a dense ``dtype`` tensor: on CUDA through one compiled kernel (torchao's
+    eager dequantization takes ~6 elementwise passes, 3.5x the time of the matmul that follows it on
+    an H100), falling back to the eager path if compilation is not possible here."""
+    global _compiled_dequantize, _compile_failed
+    if weight.device.type == "cuda" and not _compile_failed:
+        import torch
+
+        try:
+            if _compiled_dequantize is None:
+                _compiled_dequantize = torch.compile(lambda nf4: nf4.get_original_weight(), dynamic=False)
+            return _compiled_dequantize(weight).to(dtype)
+        except Exception as error:  # noqa: BLE001 -- no Triton, an unsupported GPU: keep training, eagerly
+            import warnings
+
+            _compile_failed = True
+            warnings.warn(f"NF4 dequantization runs uncompiled (slower): {type(error).__name__}: {error}")
+    return weight.to(dtype)
+
+
+def _nf4_linear_function():
+    import torch
+    import torch.nn.functional as F
+
+    class NF4Linear(torch.autograd.Function):
+        """``input @ dequantize(weight).T`` keeping only the 4-bit weight for the backward pass."""
+
+        @staticmethod
+        def forward(ctx, input, weight):
+            ctx.save_for_backward(weight)
+            return F.linear(input, _dequantize(weight, input.dtype))
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (weight,) = ctx.saved_tensors
+            return grad_output @ _dequantize(weight, grad_output.dtype), None
+
+    return NF4Linear
+
+
+def use_compiled_dequantization(model) -> int:
+    """Make every NF4 linear layer of ``model`` dequantize through ``_dequantize`` (compiled on CUDA);
+    returns how many. The numbers are those of torchao's own path up to bf16 rounding (the compiled
+    kernel rounds once instead of after each step)."""
+    import torch
+
+    function = _nf4_linear_function()
+
+    def forward(module, input):
+        output = function.apply(input, module.weight)
+        return output if module.bias is None else output + module.bias
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and is_quantized(module.weight):
+            module.forward = forward.__get__(module)
+            count += 1
+    return count
+
+
 def quantized_summary(model) -> dict:
     """How many weights are NF4 and how many bytes the model's weights take."""
     count, quantized_numel, nbytes = 0, 0, 0

@@ -133,6 +133,8 @@ def load_for_training(
             base = load_model(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
     if quantize:
+        if device.startswith("cuda"):
+            nf4.use_compiled_dequantization(base)
         summary = nf4.quantized_summary(base)
         notes.append(f"QLoRA: {summary['quantized_tensors']} linear weights of the decoder layers in NF4 "
                      f"({summary['quantized_weights']:,} weights); the model's weights take "
