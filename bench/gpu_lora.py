@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
+import os
 import platform
 import statistics
 import sys
@@ -462,6 +463,7 @@ def environment(device: str) -> dict:
             return None
 
     values = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
+              "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
               **{package: version(package) for package in ("transformers", "peft", "liger-kernel")}}
     if device.startswith("cuda"):
         properties = torch.cuda.get_device_properties(0)
@@ -484,7 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="default: cuda (cpu with --smoke when no GPU is present)")
     parser.add_argument("--smoke", action="store_true", help="the tiny model, 2 x 64 tokens: checks the script")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--expandable-segments", action="store_true",
+                        help="every variant with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (what `your-ai` "
+                             "sets unless you set it yourself)")
     args = parser.parse_args(argv)
+    if args.expandable_segments:  # before the first CUDA allocation of this process
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
     from rich.console import Console
 

@@ -261,9 +261,9 @@ def estimate_training_memory(
 
     weights = weight_bytes_total(architecture, weight_bytes, quantize)
     if quantize:
-        # Dequantizing one weight at a time: its 4-bit codes unpacked to bytes, looked up and scaled
-        # (measured on a 70B model: about 4 copies of the largest weight in the activation dtype).
-        weights += 4 * h * i * activation_bytes
+        # One weight dequantized at a time (on CUDA by one compiled kernel, ``quantize._dequantize``;
+        # torchao's eager path on the CPU takes up to 4 such copies).
+        weights += h * i * activation_bytes
     lora = lora_parameter_count(architecture, lora_rank, layers) * 16
     if fused_kernels:
         per_token_layer = (6 * h + 2 * i + 2 * kv) * activation_bytes
