@@ -490,8 +490,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="every variant with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (what `your-ai` "
                              "sets unless you set it yourself)")
     args = parser.parse_args(argv)
-    if args.expandable_segments:  # before the first CUDA allocation of this process
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+    if args.expandable_segments:  # as `your-ai` does, before the first CUDA allocation
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
 
     from rich.console import Console
 
@@ -524,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[{time.perf_counter() - started:6.1f} s] {message}", highlight=False)
 
     env = environment(device)
+    env["expandable_segments"] = args.expandable_segments
     log(f"{env.get('gpu', device)} | torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
         f"liger-kernel {env['liger-kernel']}")
     checks, rows = [], []

@@ -54,18 +54,3 @@ def test_setup_readable_output_and_explicit_path(tmp_path):
     assert "Memory:" in result.stdout and "Device:" in result.stdout
     assert json.loads(target.read_text())["os"]
 
-
-def test_cli_asks_for_expandable_cuda_segments_unless_the_user_set_the_allocator(monkeypatch):
-    import os
-
-    from click.testing import CliRunner
-
-    from your_ai.cli import main
-
-    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
-        monkeypatch.delenv(name, raising=False)
-    assert CliRunner().invoke(main, ["recommend", "--memory", "16", "--json"]).exit_code == 0
-    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
-    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
-    assert CliRunner().invoke(main, ["recommend", "--memory", "16", "--json"]).exit_code == 0
-    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"

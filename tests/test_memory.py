@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from your_ai import memory
 from your_ai.lora import LoraSettings, apply_lora, trainable_parameter_count
@@ -99,3 +100,26 @@ def test_planning_on_cuda_does_not_create_a_cuda_context():
     assert total > 1
     assert not torch.cuda.is_initialized()
     assert abs(total - torch.cuda.get_device_properties(0).total_memory / memory.GB) < 0.01
+
+
+def test_expandable_segments_only_on_cuda_and_never_over_the_users_setting(monkeypatch):
+    from your_ai.memory import use_expandable_segments
+
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    assert use_expandable_segments("cpu") is False
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    assert use_expandable_segments("cuda") is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_expandable_segments_are_set_at_run_time(monkeypatch):
+    from your_ai.memory import use_expandable_segments
+
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    assert use_expandable_segments("cuda") is True
+    held = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    assert torch.cuda.memory_stats()["reserved_bytes.all.current"] >= held.numel()
+    assert any(segment.get("is_expandable") for segment in torch.cuda.memory_snapshot())

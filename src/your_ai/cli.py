@@ -26,10 +26,6 @@ def main() -> None:
     and find out empirically which models and settings fit your hardware."""
     # Loading and saving weights would draw per-shard progress bars; the commands report their own progress.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # CUDA memory in growable segments: the caching allocator then reserves about what is allocated
-    # (on an H100, 1.2 GB less reserved for the same step); a setting of the user's own is kept.
-    if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ and "PYTORCH_ALLOC_CONF" not in os.environ:
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
     from your_ai.quantize import quiet_torchao_import
 
     quiet_torchao_import()

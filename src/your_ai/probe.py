@@ -271,6 +271,7 @@ def run_probe(
         device = pick_device(device)
         result["device"] = device
         world, device = distributed.start(device)  # under torchrun: join the other processes, on this rank's GPU
+        memory.use_expandable_segments(device)
         if world.distributed:
             result.update(processes=world.size, rank=world.rank)
         if max_memory_gb is None:

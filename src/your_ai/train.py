@@ -72,7 +72,7 @@ from your_ai.models import (
 )
 from your_ai.quantize import QuantizationError, check_bits
 from your_ai.step_modes import STEP_MODES, StepMode
-from your_ai.memory import PeakMemory, architecture_from_config, default_budget_gb
+from your_ai.memory import PeakMemory, architecture_from_config, default_budget_gb, use_expandable_segments
 from your_ai.presets import PRESETS, TINY
 
 
@@ -563,6 +563,7 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     """
     planned = _plan(args)  # first: a resumed run trains on the device its checkpoint names (--device)
     world, device = distributed.start(pick_device(planned[0].device))
+    use_expandable_segments(device)
     try:
         return _train(args, planned, world, device, stop_after=stop_after, console=console)
     finally:
