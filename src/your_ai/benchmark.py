@@ -36,6 +36,7 @@ from your_ai.probe import (
     PHASE_PREFIX,
     FitConfig,
     fit_strategy,
+    new_result,
     parse_result_line,
     per_process_estimate_gb,
     sharding_saves_gb,
@@ -344,28 +345,8 @@ def _last_lines(lines: list[str], count: int) -> str:
 
 
 def _parent_result(model, preset, device, config: FitConfig, synthetic, estimate_gb, max_memory_gb, status, error) -> dict:
-    return {
-        "preset": preset.name if preset else None,
-        "model_name": preset.hub_id if preset else model,
-        "params": preset.params if preset else None,
-        "success": False,
-        "status": status,
-        "error": error,
-        "peak_memory_gb": None,
-        "peak_device_gb": None,
-        "peak_host_gb": None,
-        "step_time_s": None,
-        "tokens_per_s": None,
-        "estimate_gb": estimate_gb,
-        "max_memory_gb": None if max_memory_gb is None else round(max_memory_gb, 3),
-        "device": device,
-        "config": config.result_config(),
-        "synthetic": synthetic,
-        "processes": 1,
-        "strategy": None,
-        "notes": [],
-        "download_command": None,
-    }
+    return new_result(model, device, config, synthetic, max_memory_gb, preset=preset, status=status, error=error,
+                      estimate_gb=estimate_gb)
 
 
 def _memory_released(run: ProbeRun) -> str:

@@ -104,6 +104,36 @@ class FitConfig:
         return args
 
 
+def new_result(model: str, device: str | None, config: FitConfig, synthetic: bool, max_memory_gb: float | None, *,
+               preset=None, status: str = "error", error: str | None = None, estimate_gb: float | None = None) -> dict:
+    """A fit test's result before it is measured: what the probe fills in, and what the benchmark
+    reports for a test that gave no result of its own (timeout, crash, over budget before loading).
+    ``preset``: the model's preset (default: the preset named ``model``, if any)."""
+    preset = preset or PRESETS.get(model)
+    return {
+        "preset": preset.name if preset else None,
+        "model_name": preset.hub_id if preset else model,
+        "params": preset.params if preset else None,
+        "success": False,
+        "status": status,
+        "error": error,
+        "peak_memory_gb": None,
+        "peak_device_gb": None,
+        "peak_host_gb": None,
+        "step_time_s": None,
+        "tokens_per_s": None,
+        "estimate_gb": estimate_gb,
+        "max_memory_gb": None if max_memory_gb is None else round(max_memory_gb, 3),
+        "device": device,
+        "config": config.result_config(),
+        "synthetic": synthetic,
+        "processes": 1,
+        "strategy": None,
+        "notes": [],
+        "download_command": None,
+    }
+
+
 def phase(name: str) -> None:
     """Tell the parent what the probe is doing (one stderr line)."""
     print(f"{PHASE_PREFIX}{name}", file=sys.stderr, flush=True)
@@ -237,29 +267,7 @@ def run_probe(
     largest of all processes, and ``processes``, ``rank`` and ``strategy`` say how it ran."""
     started = time.monotonic()
     preset = PRESETS.get(model)
-    result = {
-        "preset": preset.name if preset else None,
-        "model_name": preset.hub_id if preset else model,
-        "params": preset.params if preset else None,
-        "success": False,
-        "status": "error",
-        "error": None,
-        "peak_memory_gb": None,
-        "peak_device_gb": None,
-        "peak_host_gb": None,
-        "step_time_s": None,
-        "tokens_per_s": None,
-        "estimate_gb": None,
-        "max_memory_gb": None if max_memory_gb is None else round(max_memory_gb, 3),
-        "device": device,
-        "config": config.result_config(),
-        "synthetic": synthetic,
-        "processes": 1,
-        "strategy": None,
-        "notes": [],
-        "download_command": None,
-        "duration_s": None,
-    }
+    result = {**new_result(model, device, config, synthetic, max_memory_gb), "duration_s": None}
     peak = world = None
     try:
         import torch
