@@ -172,3 +172,15 @@ def test_model_code_is_never_run_without_the_flag(tmp_path, tiny_model_dir):
     )
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert not (tmp_path / "ran").exists()
+
+
+def test_weight_files_follow_the_index_and_name_what_is_missing(tmp_path):
+    from your_ai.models import ModelResolutionError, weight_files
+
+    with pytest.raises(ModelResolutionError, match=f"{tmp_path}: no model.safetensors"):
+        weight_files(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": "b-2.safetensors", "c": "b-1.safetensors"}}')
+    assert weight_files(tmp_path) == [tmp_path / "b-1.safetensors", tmp_path / "b-2.safetensors"]
+    (tmp_path / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(ModelResolutionError, match="model.safetensors.index.json: not a safetensors index"):
+        weight_files(tmp_path)

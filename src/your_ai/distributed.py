@@ -248,25 +248,12 @@ def pick_strategy(strategy: str | None, fits_one_device: bool) -> str:
 # the model with its parameters on the meta device (no memory), shards it, allocates its own shards
 # (``materialize``) and reads only those from the safetensors files (``load_hf_weights``).
 
-@contextmanager
 def parameters_on_meta():
     """Parameters of modules built inside the block are put on the meta device (they take no memory);
-    buffers (rotary frequencies and the like) are built as usual."""
-    register = torch.nn.Module.register_parameter
+    buffers (rotary frequencies and the like) are built as usual (accelerate's ``init_empty_weights``)."""
+    from accelerate import init_empty_weights
 
-    def on_meta(module, name, parameter):
-        register(module, name, parameter)
-        current = module._parameters.get(name)
-        if current is not None and current.device.type != "meta":
-            attributes = dict(current.__dict__)
-            attributes["requires_grad"] = current.requires_grad
-            module._parameters[name] = type(current)(current.to("meta"), **attributes)
-
-    torch.nn.Module.register_parameter = on_meta
-    try:
-        yield
-    finally:
-        torch.nn.Module.register_parameter = register
+    return init_empty_weights(include_buffers=False)
 
 
 def materialize(module: torch.nn.Module, device: str, std: float = 0.02) -> None:
@@ -299,14 +286,13 @@ def load_hf_weights(module: torch.nn.Module, directory) -> int:
     each rank reads only its shards (``torch.distributed.checkpoint``'s Hugging Face reader). LoRA
     parameters are not in the checkpoint and keep their values. Returns the number of tensors read;
     a base parameter missing from the checkpoint is an error that names it."""
-    from pathlib import Path
-
     import torch.distributed.checkpoint as dcp
     from safetensors import safe_open
 
-    files = sorted(Path(directory).glob("*.safetensors"))
+    from your_ai.models import weight_files
+
     stored: set[str] = set()
-    for file in files:
+    for file in weight_files(directory):
         with safe_open(str(file), framework="pt") as handle:
             stored.update(handle.keys())
     wanted = {}

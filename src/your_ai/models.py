@@ -229,6 +229,24 @@ def load_model(resolved: ResolvedModel, *, dtype=None, device: str | None = None
     return model.to(device) if device else model
 
 
+def weight_files(model_dir) -> list[Path]:
+    """The safetensors files holding a model directory's weights (those its index names when sharded);
+    a ``ModelResolutionError`` naming the directory when there are none (pickled weights are never read)."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ModelResolutionError(f"{index}: not a safetensors index ({error})") from None
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise ModelResolutionError(f"{model_dir}: no model.safetensors or model.safetensors.index.json "
+                               "(weights are read from safetensors only)")
+
+
 def load_tokenizer(resolved: ResolvedModel, *, trust_remote_code: bool = False):
     """The model's tokenizer, with a pad token (the end-of-sequence token when it has none)."""
     from transformers import AutoTokenizer

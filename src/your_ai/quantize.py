@@ -16,7 +16,6 @@ Embeddings, norms and the output head stay in the training dtype, as in QLoRA.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -125,10 +124,11 @@ def _set_tensor(model, name: str, value, *, quantize: bool) -> bool:
 
 def _empty_model(config, dtype):
     """The model with every parameter on the meta device (buffers real, on the CPU)."""
-    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with init_empty_weights(include_buffers=False):
+    from your_ai.distributed import parameters_on_meta
+
+    with parameters_on_meta():
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
@@ -175,23 +175,6 @@ def build_quantized_random_model(config, *, dtype, device: str, seed: int = 0):
     return model
 
 
-def weight_files(model_dir: Path) -> list[Path]:
-    """The safetensors files of a model directory (from its index when sharded)."""
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise QuantizationError(f"{index}: not a safetensors index ({error})") from None
-        return [model_dir / name for name in sorted(set(weight_map.values()))]
-    single = model_dir / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise QuantizationError(f"{model_dir}: no model.safetensors or model.safetensors.index.json "
-                            "(quantized loading reads safetensors only)")
-
-
 def _checkpoint_tensors(files: list[Path], device: str) -> Iterator[tuple[str, Path, object]]:
     from safetensors import safe_open
 
@@ -209,6 +192,8 @@ def load_quantized_model(model_dir: Path, *, dtype, device: str, trust_remote_co
     model = _empty_model(config, dtype)
     quantize = quantized_weight_names(model)
     known = set(model.state_dict())
+    from your_ai.models import weight_files
+
     for name, path, tensor in _checkpoint_tensors(weight_files(model_dir), device):
         if name not in known:
             if name.endswith("rotary_emb.inv_freq"):  # older checkpoints saved this buffer
