@@ -77,6 +77,15 @@ def test_single_model_on_two_processes_prints_one_line(tmp_path):
     assert line["synthetic"] is True and line["config"]["seq_length"] == 32
 
 
+def test_sharded_fit_test_in_4_bits(tmp_path):
+    result = run_cli(["benchmark", "--single-model", "tiny", "--synthetic", "--strategy", "fsdp", "--quantize", "4",
+                      *CPU2], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = result_lines(result.stdout)
+    assert line["status"] == "pass" and line["strategy"] == "fsdp" and line["config"]["quantize"] == 4
+    assert any(note.startswith("QLoRA: ") for note in line["notes"])
+
+
 def test_single_model_out_of_memory_on_one_process_is_reported_by_that_process(tmp_path, tiny_model_dir):
     result = run_cli(["benchmark", "--single-model", "tiny", *CPU2], tmp_path, **{FAULT_ENV: "oom@process=1"})
     assert result.returncode != 0

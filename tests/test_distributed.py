@@ -218,3 +218,70 @@ def test_rank_slices_cover_a_global_batch_and_scale_to_its_mean():
     assert averaged == pytest.approx(sum(losses.values()) / len(shared))
     assert loss_scale(0, 1, worlds[1]) == 0.0  # a rank left without samples adds nothing
     assert loss_scale(3, 3, World()) == 1.0
+
+
+def test_one_process_checkpoint_resumes_sharded_on_two_processes(runs, fsdp_run):
+    """Each process builds the model on the meta device and reads only its shards of the base weights;
+    adapters resumed from a one-process checkpoint go on as under DistributedDataParallel."""
+    root, _, _ = runs
+    assert re.search(r"each process read only its shards of the \d+ base weight tensors", fsdp_run.stdout)
+    results = {}
+    for strategy in ("fsdp", "ddp"):
+        copy_checkpoint(root / "one", 2, root / f"{strategy}-more")
+        results[strategy] = torchrun(2, "--resume", "--output-dir", f"{strategy}-more", "--strategy", strategy,
+                                     "--no-tensorboard", cwd=root)
+    assert "Resuming from step 2" in results["fsdp"].stdout
+    assert "each process read only its shards" in results["fsdp"].stdout
+    out = root / "fsdp-more"
+    assert [line["step"] for line in metrics(out)] == [3, 4]
+    a, b = load_file(root / "ddp-more" / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    resumed = load_file(root / "one" / "checkpoints" / "step-000002" / "adapter_model.safetensors")
+    assert max(float((b[key] - resumed[key]).abs().max()) for key in b) > 1e-4  # steps 3 and 4 moved it
+
+
+def test_sharded_loading_keeps_a_head_tied_to_the_embeddings(tmp_path, tiny_model_dir):
+    """A model whose head shares the input embeddings (one tensor in its safetensors file) trains sharded
+    as it trains in one process: allocating the shards must not untie the head."""
+    from your_ai.models import _tiny_token_ids, build_random_model, tiny_assets_dir
+    from your_ai.presets import TINY
+
+    model = build_random_model(TINY.architecture, seed=1,
+                               extra_config={**_tiny_token_ids(tiny_assets_dir()), "tie_word_embeddings": True})
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.save_pretrained(tmp_path / "tied")
+    for item in tiny_assets_dir().iterdir():
+        shutil.copy(item, tmp_path / "tied" / item.name)
+    write_corpus(tmp_path / "corpus.jsonl", 8)
+    common = [*RUN[:2], "--max-steps", "2", "--warmup-steps", "1", "--lora-rank", "4", "--max-seq-length", "32",
+              "--device", "cpu", "--no-tensorboard", "--model", str(tmp_path / "tied")]
+    one_process(*common, "--batch-size", "4", "--output-dir", "one", cwd=tmp_path)
+    sharded = torchrun(2, *common, "--batch-size", "2", "--output-dir", "fsdp", "--strategy", "fsdp", cwd=tmp_path)
+    assert "read only its shards" in sharded.stdout
+    a, b = load_file(tmp_path / "one" / "adapter_model.safetensors"), load_file(tmp_path / "fsdp" / "adapter_model.safetensors")
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    assert metrics(tmp_path / "fsdp")[-1]["loss"] == pytest.approx(metrics(tmp_path / "one")[-1]["loss"], rel=1e-5)
+
+
+def test_strategy_auto_shards_only_a_model_too_large_for_one_device(tiny_model_dir):
+    from your_ai.memory import sharding_saves_gb
+    from your_ai.models import resolve_model
+    from your_ai.presets import TINY
+    from your_ai.train import _sharding_saves_gb
+
+    resolved, two = resolve_model("tiny"), World(rank=0, size=2, backend="gloo")
+    args = TrainingArgs(model="tiny", batch_size=2, max_seq_length=64, lora_rank=4).with_defaults()
+    notes: list[str] = []
+    assert _sharding_saves_gb(args, two, "cpu", 50.0, resolved, notes) is None and notes == []  # fits: ddp
+    assert _sharding_saves_gb(args, World(), "cpu", 0.001, resolved, notes) is None  # one process
+    saved = _sharding_saves_gb(args, two, "cpu", 0.001, resolved, notes)
+    assert saved == pytest.approx(sharding_saves_gb(TINY.architecture, "cpu", 2)) and saved > 0
+    assert len(notes) == 1 and re.match(r"--strategy auto: the whole model does not fit one device's 0\.00 GB "
+                                        r"budget \(estimated [0-9.]+ GB\), so its weights are sharded", notes[0])
+    asked = TrainingArgs(model="tiny", strategy="ddp", batch_size=2, max_seq_length=64).with_defaults()
+    assert _sharding_saves_gb(asked, two, "cpu", 0.001, resolved, []) is None  # asked for: kept
+    asked = TrainingArgs(model="tiny", strategy="fsdp", batch_size=2, max_seq_length=64).with_defaults()
+    assert _sharding_saves_gb(asked, two, "cpu", 50.0, resolved, []) == pytest.approx(saved)

@@ -173,6 +173,17 @@ def test_two_processes_train_the_quantized_model_as_one(qlora_runs):
     assert max((one[key] - two[key]).abs().max().item() for key in one) < 1e-6
 
 
+def test_two_processes_train_the_quantized_model_sharded_as_one(qlora_runs):
+    """Under --strategy fsdp each rank builds the NF4 weights whole, then keeps its shards of them."""
+    root, _, _ = qlora_runs
+    result = torchrun(2, *RUN, "--batch-size", "2", "--output-dir", "fsdp", "--strategy", "fsdp", cwd=root)
+    assert "FSDP, parameters sharded" in result.stdout and "read only its shards" not in result.stdout
+    one = load_file(root / "one" / "adapter_model.safetensors")
+    sharded = load_file(root / "fsdp" / "adapter_model.safetensors")
+    assert one.keys() == sharded.keys()
+    assert max((one[key] - sharded[key]).abs().max().item() for key in one) < 1e-6
+
+
 def test_quantize_other_than_4_is_refused_before_loading(tmp_path, tiny_model_dir):
     result = subprocess.run([sys.executable, "-m", "your_ai", "train", "--quantize", "8", "--output-dir",
                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)

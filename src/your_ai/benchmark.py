@@ -39,7 +39,6 @@ from your_ai.probe import (
     new_result,
     parse_result_line,
     per_process_estimate_gb,
-    sharding_saves_gb,
 )
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -510,7 +509,7 @@ def run_benchmark(
 
             weights = memory.weights_gb(architecture, device, config.quantize)
             if model_strategy == "fsdp":  # each process holds its share
-                weights -= sharding_saves_gb(architecture, device, gpus, config.quantize)
+                weights -= memory.sharding_saves_gb(architecture, device, gpus, config.quantize)
             if located and not force and weights > max_memory_gb:
                 share = f" per {processes_word(device)} (sharded over {gpus})" if model_strategy == "fsdp" else ""
                 result = _parent_result(

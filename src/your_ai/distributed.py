@@ -82,8 +82,9 @@ def world_from_env() -> World:
 
 
 def check_strategy(strategy: str | None) -> str:
-    """The data-parallel strategy: ``auto`` and ``ddp`` replicate the model on every rank (``ddp``);
-    ``fsdp`` shards it over the ranks."""
+    """The data-parallel strategy asked for: ``ddp`` replicates the model on every rank, ``fsdp`` shards it
+    over the ranks; ``auto`` reads as ``ddp`` here (``pick_strategy`` turns it into ``fsdp`` when the
+    model does not fit one device)."""
     strategy = strategy or "auto"
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy {strategy!r} must be one of {', '.join(STRATEGIES)}")
@@ -258,21 +259,55 @@ def parameters_on_meta():
 
 def materialize(module: torch.nn.Module, device: str, std: float = 0.02) -> None:
     """Allocate a sharded ``module``'s parameters (built under ``parameters_on_meta``) on ``device``, each
-    rank its own shards, with random values: normal(0, ``std``), norm weights 1, other vectors and LoRA B 0.
+    rank its own shards, with random values: normal(0, ``std``), norm weights 1, other vectors 0.
     Buffers keep their values."""
     buffers = {name: buffer.detach().clone() for name, buffer in module.named_buffers()}
+    ties = _tied_parameters(module)
     module.to_empty(device=device)
+    for (owner, key), (user, user_key) in ties:  # allocation made a tensor of each: tie them again
+        user._parameters[user_key] = owner._parameters[key]
     with torch.no_grad():
         for name, buffer in module.named_buffers():
             buffer.copy_(buffers[name])
         for name, parameter in module.named_parameters():
             local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
-            if "lora_B" in name or (local.dim() == 1 and "norm" not in name):
+            if local.dim() == 1 and "norm" not in name:
                 local.zero_()
             elif local.dim() == 1:
                 local.fill_(1.0)
             else:
                 local.normal_(0.0, std)
+
+
+def _tied_parameters(module: torch.nn.Module) -> list[tuple[tuple, tuple]]:
+    """((first module, name), (other module, name)) for each further place a parameter is registered
+    (tied weights: a head sharing the input embeddings)."""
+    first: dict[int, tuple] = {}
+    ties = []
+    for inner in module.modules(remove_duplicate=False):
+        for key, parameter in inner._parameters.items():
+            if parameter is None:
+                continue
+            place = first.setdefault(id(parameter), (inner, key))
+            if place != (inner, key):
+                ties.append((place, (inner, key)))
+    return ties
+
+
+def shard_and_load(module: torch.nn.Module, world: World, device: str, weights_dir=None, seed: int = 0) -> int:
+    """Shard ``module`` (holding a PEFT model) over the ranks. Built under ``parameters_on_meta``, this rank's
+    shards are then allocated and filled: the base weights read from the safetensors files in ``weights_dir``
+    (each rank reads its shards only; ``None``: random, ``materialize``), the LoRA adapters started by
+    ``lora.reset_adapters(..., seed)`` as one process starts them. Returns the number of tensors read."""
+    from your_ai.lora import reset_adapters
+
+    on_meta = any(parameter.is_meta for parameter in module.parameters())
+    shard(module, world, device)
+    if not on_meta:  # loaded whole on each rank (4-bit weights): sharding frees the other ranks' parts
+        return 0
+    materialize(module, device)
+    reset_adapters(module, seed)
+    return load_hf_weights(module, weights_dir) if weights_dir is not None else 0
 
 
 def checkpoint_name(parameter_name: str) -> str:
@@ -362,8 +397,9 @@ def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
 
 
 def full_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, world: World) -> tuple[dict, dict]:
-    """The full (unsharded) model and optimizer state dicts of a sharded ``model``, on the CPU of rank 0
-    (other ranks get empty dicts; no ``optimizer``: its dict is empty). Every rank must call it. The
+    """The full (unsharded) state dicts of a sharded ``model``'s trainable parameters (the frozen base
+    weights are never gathered) and of its optimizer, on the CPU of rank 0 (other ranks get empty dicts;
+    no ``optimizer``: its dict is empty). Every rank must call it. The
     optimizer's state is keyed by parameter number, as ``optimizer.state_dict()`` has it, so one
     process without sharding loads it as it is."""
     from torch.distributed.checkpoint.state_dict import (
@@ -372,7 +408,7 @@ def full_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
         get_optimizer_state_dict,
     )
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     model_state = get_model_state_dict(model, options=options)
     if optimizer is None:
         return model_state, {}

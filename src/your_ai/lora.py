@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -53,12 +54,49 @@ def lora_config(settings: LoraSettings, num_hidden_layers: int):
     return config, note
 
 
-def apply_lora(model, settings: LoraSettings):
-    """Wrap ``model`` with fresh LoRA adapters; returns (peft_model, clamp note or None)."""
+def apply_lora(model, settings: LoraSettings, seed: int = 0):
+    """Wrap ``model`` with fresh LoRA adapters, started by ``reset_adapters(..., seed)``;
+    returns (peft_model, clamp note or None)."""
     from peft import get_peft_model
 
     config, note = lora_config(settings, model.config.num_hidden_layers)
-    return get_peft_model(model, config), note
+    peft_model = get_peft_model(model, config)
+    reset_adapters(peft_model, seed)
+    return peft_model, note
+
+
+def reset_adapters(model, seed: int) -> int:
+    """Start every LoRA adapter in ``model`` as PEFT does by default (A kaiming-uniform with a = sqrt(5),
+    B zero), with A drawn on the CPU in fp32 from a generator seeded with ``seed``, in parameter order:
+    the same values on any device, in any dtype, and on every process. A parameter sharded over
+    processes gets this process's part of the full value; one still on the meta device is skipped
+    (it is started once allocated). Returns the number of parameters set."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_A" not in name and "lora_B" not in name:
+                continue
+            full = torch.zeros(parameter.shape)
+            if "lora_A" in name:
+                torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=generator)
+            if not parameter.is_meta:
+                set_full_value(parameter, full)
+                count += 1
+    return count
+
+
+def set_full_value(parameter, full) -> None:
+    """Copy the full value ``full`` into ``parameter``; a parameter sharded over processes (a DTensor)
+    takes its own part of it (no communication: every process holds ``full``)."""
+    if hasattr(parameter, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        full = distribute_tensor(full, parameter.device_mesh, parameter.placements, src_data_rank=None).to_local()
+        parameter = parameter.to_local()
+    parameter.copy_(full)
 
 
 def trainable_parameter_count(model) -> int:

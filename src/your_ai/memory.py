@@ -207,6 +207,12 @@ def weights_gb(architecture: Architecture, device: str, quantize: int | None = N
     return weight_bytes_total(architecture, training_dtype_bytes(device), quantize) / GB
 
 
+def sharding_saves_gb(architecture: Architecture, device: str, processes: int, quantize: int | None = None) -> float:
+    """Memory each process saves when the weights are sharded over ``processes`` (FSDP): all but its
+    1/N share of them (activations, logits and the runtime are not sharded)."""
+    return weights_gb(architecture, device, quantize) * (processes - 1) / processes
+
+
 def weight_bytes_total(architecture: Architecture, dtype_bytes: float, quantize: int | None = None) -> float:
     """Bytes of the model's weights: all in ``dtype_bytes``, or the decoder linears in NF4
     (``your_ai.quantize``) and the rest in ``dtype_bytes`` when ``quantize`` is 4."""

@@ -214,6 +214,19 @@ def build_random_model(
     return model
 
 
+def build_model_from_config(resolved: ResolvedModel, *, dtype=None, device: str | None = None,
+                            trust_remote_code: bool = False):
+    """The model of a resolved model's ``config.json``, built without reading its weights (its parameters
+    are the architecture's fresh initialisation; under ``distributed.parameters_on_meta``, nothing)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code, local_files_only=True)
+    with torch.device(device or "cpu"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32,
+                                                trust_remote_code=trust_remote_code)
+
+
 def load_model(resolved: ResolvedModel, *, dtype=None, device: str | None = None, trust_remote_code: bool = False):
     """Load a resolved model's weights (safetensors only) onto ``device``."""
     import torch

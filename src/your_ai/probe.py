@@ -347,15 +347,18 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
     loaded = time.monotonic()
     lora = LoraSettings(rank=config.lora_rank, layers=config.lora_layers)
     sharded = world.distributed and strategy == "fsdp"
-    loader = _sharded_skeleton if sharded else load_for_training
-    training = loader(
+    training = load_for_training(
         model, lora, device, grad_checkpoint=config.grad_checkpoint and config.step_mode == "plain",
         synthetic=synthetic, trust_remote_code=trust_remote_code, quantize=config.quantize,
+        on_meta=sharded and not config.quantize,  # 4-bit weights are built whole, then sharded
     )
     net = training.model
     step_loss = _StepLoss(net, None, False)  # the objective and the head are set below
     if sharded:
-        _shard_and_fill(step_loss, training, device, world, synthetic, peak)
+        if device.startswith("cuda"):  # building the skeleton passed each empty tensor through the GPU's cache
+            torch.cuda.empty_cache()
+            peak.reset()
+        distributed.shard_and_load(step_loss, world, device, None if synthetic else training.resolved.path)
     peak.sample()
     result["load_time_s"] = round(time.monotonic() - loaded, 3)
     model_config = net.config.to_dict()
@@ -369,7 +372,7 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
     if result["params"] is None:
         result["params"] = params_label(architecture.parameter_count())
     step_budget = max_memory_gb
-    saved = sharding_saves_gb(architecture, device, world.size, config.quantize) if sharded else 0.0
+    saved = memory.sharding_saves_gb(architecture, device, world.size, config.quantize) if sharded else 0.0
     if max_memory_gb is not None:  # the step mode's estimate holds the whole model: add what sharding saves
         step_budget += saved
     prepared = apply_step_mode(net, config.step_mode, lora, config.batch_size, seq_length, device, step_budget,
@@ -458,19 +461,13 @@ def fit_strategy(strategy: str | None, architecture: Architecture, device: str, 
     return distributed.pick_strategy(strategy, fits)
 
 
-def sharding_saves_gb(architecture: Architecture, device: str, processes: int, quantize: int | None = None) -> float:
-    """Memory each process saves when the weights are sharded over ``processes`` (FSDP): all but its
-    1/N share of them (activations, logits and the runtime are not sharded)."""
-    return memory.weights_gb(architecture, device, quantize) * (processes - 1) / processes
-
-
 def per_process_estimate_gb(architecture: Architecture, device: str, config: FitConfig, budget_gb: float | None,
                             processes: int = 1, strategy: str | None = None) -> float:
     """The analytic estimate for one process of a fit test (``estimate_for``): under ``fsdp`` its share of the
     weights, the rest whole, in the step mode the probe picks for that share."""
     if strategy != "fsdp" or processes <= 1:
         return estimate_for(architecture, device, config, budget_gb).total_gb
-    saved = sharding_saves_gb(architecture, device, processes, config.quantize)
+    saved = memory.sharding_saves_gb(architecture, device, processes, config.quantize)
     return estimate_for(architecture, device, config, None if budget_gb is None else budget_gb + saved).total_gb - saved
 
 
@@ -484,62 +481,6 @@ def _architecture_of(model: str, synthetic: bool) -> Architecture:
                                         f"{', '.join(PRESETS)}")
         return PRESETS[model].architecture
     return memory.read_architecture(resolve_model(model).path)
-
-
-def _sharded_skeleton(model, lora, device, *, grad_checkpoint=False, synthetic=False, trust_remote_code=False,
-                      **unsupported):
-    """``--strategy fsdp``: the model as ``train.load_for_training`` builds it, but with its parameters on the
-    meta device (nothing allocated, nothing read); ``_shard_and_fill`` shards it and fills this rank's shards."""
-    from your_ai import distributed
-    from your_ai.train import load_for_training
-
-    given = [f"--{name.replace('_', '-')}" for name, value in unsupported.items() if value]
-    if given:
-        raise ValueError(f"--strategy fsdp cannot go with {', '.join(given)} in the fit test; use --strategy ddp")
-    with distributed.parameters_on_meta():
-        if synthetic:
-            return load_for_training(model, lora, device, grad_checkpoint=grad_checkpoint, synthetic=True)
-        return _skeleton_from_config(model, lora, device, grad_checkpoint, trust_remote_code)
-
-
-def _skeleton_from_config(model, lora, device, grad_checkpoint, trust_remote_code):
-    """The model of ``model``'s config.json with fresh LoRA adapters, built without reading its weights."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from your_ai.hardware import training_dtype
-    from your_ai.lora import apply_lora
-    from your_ai.models import resolve_model
-    from your_ai.train import TrainingModel, _enable_checkpointing
-
-    resolved = resolve_model(model)
-    dtype = training_dtype(device)
-    model_config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code, local_files_only=True)
-    with torch.device(device):
-        base = AutoModelForCausalLM.from_config(model_config, dtype=dtype, trust_remote_code=trust_remote_code)
-    base.config.use_cache = False
-    if grad_checkpoint:
-        _enable_checkpointing(base)
-    peft_model, note = apply_lora(base, lora)
-    return TrainingModel(model=peft_model, tokenizer=None, resolved=resolved, architecture_name=type(base).__name__,
-                         dtype=dtype, notes=[note] if note else [])
-
-
-def _shard_and_fill(step_loss, training, device: str, world, synthetic: bool, peak: memory.PeakMemory) -> None:
-    """Shard ``step_loss``'s model over the ranks (FSDP2, ``distributed.shard``), allocate this rank's shards and
-    fill them: random for a synthetic model, read from the model's safetensors files otherwise (each rank reads
-    its shards only; the LoRA adapters start random A, zero B)."""
-    import torch
-
-    from your_ai import distributed
-
-    if device.startswith("cuda"):  # building the skeleton passed each empty tensor through the GPU's cache
-        torch.cuda.empty_cache()
-        peak.reset()
-    distributed.shard(step_loss, world, device)
-    distributed.materialize(step_loss, device)
-    if not synthetic:
-        distributed.load_hf_weights(step_loss, training.resolved.path)
 
 
 def _synchronize(device: str) -> None:

@@ -13,6 +13,7 @@ import math
 import random
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -65,14 +66,22 @@ from your_ai.models import (
     InvalidModelNameError,
     ResolvedModel,
     build_config,
+    build_model_from_config,
     build_random_model,
     load_model,
     load_tokenizer,
     resolve_model,
 )
 from your_ai.quantize import QuantizationError, check_bits
-from your_ai.step_modes import STEP_MODES, StepMode
-from your_ai.memory import PeakMemory, architecture_from_config, default_budget_gb, use_expandable_segments
+from your_ai.step_modes import STEP_MODES, StepMode, select_step_mode
+from your_ai.memory import (
+    PeakMemory,
+    architecture_from_config,
+    default_budget_gb,
+    read_architecture,
+    sharding_saves_gb,
+    use_expandable_segments,
+)
 from your_ai.presets import PRESETS, TINY
 
 
@@ -99,19 +108,27 @@ def load_for_training(
     synthetic: bool = False,
     trust_remote_code: bool = False,
     quantize: int | None = None,
+    seed: int = 0,
+    on_meta: bool = False,
 ) -> TrainingModel:
     """Resolve and load ``model`` (or build a random-weight copy of preset ``model`` when
-    ``synthetic``) in ``training_dtype(device)`` on ``device``, and wrap it with fresh LoRA adapters.
+    ``synthetic``) in ``training_dtype(device)`` on ``device``, and wrap it with fresh LoRA adapters
+    (``lora.reset_adapters`` with ``seed``).
 
     ``quantize`` 4: the decoder layers' linear weights in NF4 (QLoRA, ``your_ai.quantize``), built or
-    read one tensor at a time. Resolution errors (``ModelNotAvailableError``, ``InvalidModelNameError``)
-    propagate.
+    read one tensor at a time. ``on_meta``: the model's parameters on the meta device, nothing read
+    or allocated (``distributed.shard_and_load`` shards and fills them). Resolution errors
+    (``ModelNotAvailableError``, ``InvalidModelNameError``) propagate.
     """
+    from your_ai import distributed
     from your_ai import quantize as nf4
 
     dtype = training_dtype(device)
     notes: list[str] = []
     if quantize:
+        if on_meta:
+            raise QuantizationError("--quantize 4 builds its 4-bit weights whole on each process; it cannot start "
+                                    "from sharded weights")
         nf4.check_available()
     if synthetic:
         if model not in PRESETS:
@@ -119,19 +136,24 @@ def load_for_training(
                 f"synthetic models are built from presets; {model!r} is not one of: {', '.join(PRESETS)}"
             )
         architecture = PRESETS[model].architecture
-        if quantize:
-            base = nf4.build_quantized_random_model(build_config(architecture), dtype=dtype, device=device)
-        else:
-            base = build_random_model(architecture, dtype=dtype, device=device)
         tokenizer, resolved = None, None
     else:
         resolved = resolve_model(model)
-        if quantize:
+        tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
+    with distributed.parameters_on_meta() if on_meta else nullcontext():
+        if synthetic and quantize:
+            base = nf4.build_quantized_random_model(build_config(architecture), dtype=dtype, device=device)
+        elif synthetic:
+            base = build_random_model(architecture, dtype=dtype, device=device)
+        elif quantize:
             base = nf4.load_quantized_model(resolved.path, dtype=dtype, device=device,
                                             trust_remote_code=trust_remote_code)
+        elif on_meta:
+            base = build_model_from_config(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         else:
             base = load_model(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
+    if on_meta:  # tying inside the meta block makes a new tensor of the head: tie it to the embeddings again
+        base.tie_weights()
     if quantize:
         if device.startswith("cuda"):
             nf4.use_compiled_dequantization(base)
@@ -142,9 +164,10 @@ def load_for_training(
     base.config.use_cache = False
     if grad_checkpoint:
         _enable_checkpointing(base)
-    with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; not the user's concern
+    with distributed.parameters_on_meta() if on_meta else nullcontext(), warnings.catch_warnings():
+        # PEFT asks transformers a deprecated question; not the user's concern
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model, note = apply_lora(base, lora)
+        peft_model, note = apply_lora(base, lora, seed)
     if note:
         notes.append(note)
     return TrainingModel(
@@ -611,7 +634,10 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
             f"rank {differing['rank']} read different training data than rank {world.rank} from {args.data} "
             f"(sha256 {differing['data_sha256'][:12]} vs {digest[:12]}); every process needs the same data"
         )
-    sharded = world.distributed and distributed.check_strategy(args.strategy) == "fsdp"
+    resolved = resolve_model(args.model)
+    limit_gb = args.max_memory if args.max_memory is not None else default_budget_gb(device)
+    sharding_saves = _sharding_saves_gb(args, world, device, limit_gb, resolved, notes)
+    sharded = sharding_saves is not None
     if world.distributed:
         how = "FSDP, parameters sharded" if sharded else "DistributedDataParallel"
         notes.append(
@@ -624,7 +650,6 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
                      f"from the same sample (global batch now {args.batch_size * world.size})")
 
     # tokenizer and examples
-    resolved = resolve_model(args.model)
     base_model = str(resolved.path) if resolved.source == "local" else args.model
     tokenizer = load_tokenizer(resolved, trust_remote_code=args.trust_remote_code)
     train_examples, inexact = tokenize_records(train_records, train_w, train_h, tokenizer, args.max_seq_length)
@@ -641,25 +666,29 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
     loaded = load_for_training(
         args.model, args.lora_settings(), device,
         grad_checkpoint=args.grad_checkpoint and args.step_mode == "plain", trust_remote_code=args.trust_remote_code,
-        quantize=args.quantize,
+        quantize=args.quantize, seed=args.seed,
+        on_meta=sharded and not args.quantize,  # 4-bit weights are built whole on each rank, then sharded
     )
     notes.extend(loaded.notes)
     model = loaded.model
-    limit_gb = args.max_memory if args.max_memory is not None else default_budget_gb(device)
+    step_loss = _StepLoss(model, objective, False)  # the head is the step mode's, set below
+    if sharded:
+        read = distributed.shard_and_load(step_loss, world, device, loaded.resolved.path, args.seed)
+        if read:
+            notes.append(f"each process read only its shards of the {read} base weight tensors")
+    step_budget_gb = limit_gb + (sharding_saves or 0.0)  # the step mode's estimate holds the whole model
     prepared = apply_step_mode(
-        model, args.step_mode, args.lora_settings(), args.batch_size, args.max_seq_length, device, limit_gb,
+        model, args.step_mode, args.lora_settings(), args.batch_size, args.max_seq_length, device, step_budget_gb,
         grad_checkpoint=args.grad_checkpoint, kept=(saved_state or {}).get("step_mode") if not mode_given else None,
         quantize=args.quantize,
     )
-    step_mode, fast_head = prepared.mode, prepared.fast_head
+    step_mode = prepared.mode
+    step_loss.fast_head, step_loss.chunk_tokens = prepared.fast_head, prepared.chunk_tokens
     notes.extend(prepared.notes)
     args = replace(args, step_mode=step_mode.name)  # saved with each checkpoint: a resumed run keeps its mode
     model.train()
     if checkpoint is not None:
-        load_adapter_weights(model, checkpoint)  # full tensors, before the parameters are sharded
-    step_loss = _StepLoss(model, objective, fast_head, prepared.chunk_tokens)
-    if sharded:
-        step_loss = distributed.shard(step_loss, world, device)
+        load_adapter_weights(model, checkpoint)
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
     step, position, best_val = 0, DataPosition(), None
@@ -759,7 +788,7 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
             if (world.main or sharded) and val_examples and (step % args.eval_every == 0 or step == args.max_steps):
                 with distributed.gathered(step_loss):
                     val = evaluate(model, val_examples, objective, args.batch_size, pad_id, device,
-                                   fast_head=fast_head, chunk_tokens=prepared.chunk_tokens)
+                                   fast_head=prepared.fast_head, chunk_tokens=prepared.chunk_tokens)
                 improved = best_val is None or val["val_loss"] < best_val
                 if improved:
                     best_val = val["val_loss"]
@@ -815,6 +844,27 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
 
 
 SUMMARY_FILE = "training_summary.json"
+
+
+def _sharding_saves_gb(args: TrainingArgs, world, device: str, limit_gb: float, resolved: ResolvedModel,
+                       notes: list[str]) -> float | None:
+    """``None`` when the processes hold the whole model (one process, DDP); when they shard it (FSDP), the
+    memory each saves. Sharded: ``--strategy fsdp``, or ``auto`` when no step mode fits the whole model
+    in one device's budget (the choice is noted)."""
+    if not world.distributed:
+        return None
+    chosen = distributed.check_strategy(args.strategy)
+    if chosen != "fsdp" and (args.strategy or "auto") != "auto":
+        return None
+    architecture = read_architecture(resolved.path)
+    if (args.strategy or "auto") == "auto":
+        smallest = select_step_mode("auto", architecture, args.batch_size, args.max_seq_length,
+                                    args.lora_settings(), device, limit_gb, quantize=args.quantize)
+        if distributed.pick_strategy(args.strategy, smallest.fits) != "fsdp":
+            return None
+        notes.append(f"--strategy auto: the whole model does not fit one device's {limit_gb:.2f} GB budget "
+                     f"(estimated {smallest.estimate_gb:.2f} GB), so its weights are sharded (fsdp)")
+    return sharding_saves_gb(architecture, device, world.size, args.quantize)
 
 
 def _plan(given: TrainingArgs) -> tuple[TrainingArgs, Path, Path | None, dict | None]:
