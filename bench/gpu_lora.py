@@ -7,7 +7,8 @@
     python bench/gpu_lora.py --smoke                                      # tiny model; runs on a CPU
 
 Configs (random weights of the preset's real shape, bf16, SDPA attention, AdamW on the LoRA
-parameters, LoRA on q/k/v/o of the last N layers):
+parameters (``train.build_optimizer``: fused on CUDA, for every variant), LoRA on q/k/v/o of the
+last N layers):
   S  hermes-mistral-7b, batch 2 x 1024, rank 64, last 16 layers
   T  llama-8b (vocab 128256), batch 8 x 2048, rank 16, all 32 layers
   --custom PRESET:BATCH:SEQ:RANK:LAYERS adds one (repeatable).
@@ -25,6 +26,8 @@ statistics reset before the build):
                    the same without the shared q/k/v LoRA A matmul (``prepare_step(...,
                    share_lora_a=False)``: PEFT's three A matmuls); not in the default list. Each
                    ours-X row gets ``speedup_vs_nofuse`` (its tokens/s over ours-X-nofuse's)
+  ours-fast-compiled, ours-small-compiled
+                   trials: every decoder layer through ``torch.compile``; not in the default list
   ours-auto        the mode ``choose_mode`` picks for --budget-gb (80 by default); reported as the
                    same measurement when it is ours-fast or ours-small
 Ours computes the distrust-weighted objective (``train.compute_loss(..., fast_head=...)``).
@@ -103,8 +106,17 @@ SMOKE = BenchConfig("smoke", "tiny", 2, 64, 8, 3)
 BASELINES = ("peft", "peft-ckpt", "peft-liger", "peft-liger-ckpt")
 OURS = ("ours-fast", "ours-fast-liger", "ours-small", "ours-auto")
 UNSHARED = ("ours-fast-nofuse", "ours-small-nofuse")  # q/k/v LoRA A as PEFT's three matmuls
+TRIALS = ("ours-fast-compiled", "ours-small-compiled")
 VARIANTS = BASELINES + OURS
-KNOWN_VARIANTS = VARIANTS + UNSHARED
+KNOWN_VARIANTS = VARIANTS + UNSHARED + TRIALS
+VARIANT_SUFFIXES = ("-nofuse", "-compiled")
+
+
+def base_variant(variant: str) -> str:
+    """``ours-fast-compiled`` -> ``ours-fast``: the variant whose step mode a trial variant runs."""
+    for suffix in VARIANT_SUFFIXES:
+        variant = variant.removesuffix(suffix)
+    return variant
 
 OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
 
@@ -284,6 +296,9 @@ def measure(config: BenchConfig, variant: str, device: str, warmup: int, steps: 
         head = "liger" if variant == "ours-fast-liger" else fast_step.resolve_head("auto", device.split(":")[0])
         info.update(head=head, chunk_tokens=mode.chunk_tokens, notes=setup.notes, checkpointed_layers=len(setup.checkpointed_layers),
                     shared_lora_a_layers=len(setup.shared_lora_a_layers))
+        if variant.endswith("-compiled"):  # each decoder layer through torch.compile (Inductor)
+            for layer in fast_step.decoder_layers(model):
+                layer.compile()
     optimizer = build_optimizer(model, 1e-5)
     batch = make_batch(config, device)
     objective = objective_for(batch)
@@ -385,7 +400,7 @@ def run_config(config: BenchConfig, variants: list[str], device: str, args, log)
             row = {**measured, "variant": "ours-auto", "same_as": same_as, "mode_reason": auto.reason,
                    "budget_gb": args.budget_gb}
         else:
-            row = run_variant(config, variant, device, args, modes.get(variant.removesuffix("-nofuse")))
+            row = run_variant(config, variant, device, args, modes.get(base_variant(variant)))
             if variant == "ours-auto":
                 row["budget_gb"] = args.budget_gb
         rows.append(row)
@@ -400,6 +415,10 @@ def add_ratios(rows: list[dict]) -> None:
         shared = ok.get(name.removesuffix("-nofuse"))
         if shared and name in ok:
             shared["speedup_vs_nofuse"] = shared["tokens_per_s"] / ok[name]["tokens_per_s"]
+    for name in TRIALS:
+        base = ok.get(base_variant(name))
+        if base and name in ok:
+            ok[name]["speedup_vs_" + base["variant"]] = ok[name]["tokens_per_s"] / base["tokens_per_s"]
     measured = [row for row in rows if row.get("status") == "ok" and row["variant"] in BASELINES]
     if not measured:
         return
