@@ -1,12 +1,13 @@
 """A short `your-ai train` run of a random-weight model of a preset's real shape, on a GPU.
 
     python bench/gpu_train_smoke.py --preset hermes-mistral-7b --steps 30
+    python bench/gpu_train_smoke.py --extra "--step-mode small" --extra "--step-mode small --compile"
 
 Builds the preset's exact architecture with random weights (bf16), saves it with the tiny
 model's tokenizer (token ids < 2048 are valid in every preset's vocabulary) into a temporary
 directory, then runs the real CLI (`your-ai train --model DIR ...`) on the demo corpus and
-reports step time, tokens/s and peak memory from the run's metrics file. Prints a table
-and writes JSON (`--json-out`).
+reports step time, tokens/s and peak memory from the run's metrics file, once for each
+`--extra` set of flags (the same model directory). Prints a table and writes JSON (`--json-out`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def main() -> None:
     parser.add_argument("--seq-length", type=int, default=1024)
     parser.add_argument("--lora-rank", type=int, default=64)
     parser.add_argument("--lora-layers", type=int, default=16)
-    parser.add_argument("--extra", default="", help="extra flags for `your-ai train`, e.g. '--grad-checkpoint'")
+    parser.add_argument("--extra", action="append", help="extra flags for `your-ai train`, e.g. '--grad-checkpoint'; "
+                        "repeat it to train once per set")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--data", type=Path, help="training JSONL (default: long documents made by joining "
                         "demo-corpus texts, so that every sample fills --seq-length)")
@@ -70,15 +72,28 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
     model_dir = work / args.preset
     build_seconds = build_model_dir(args.preset, model_dir)
-    metrics = work / "metrics.jsonl"
     data = args.data or long_documents(work / "long.jsonl", count=64)
+    results = [train_once(args, model_dir, data, work, extra, build_seconds) for extra in args.extra or [""]]
+    print(f"{'preset':20} {'flags':32} {'tokens/s':>10} {'peak GB':>8} {'loss':>8} {'wall s':>7}")
+    for result in results:
+        print(f"{args.preset:20} {result['extra_flags']:32} {result['median_tokens_per_s']:>10} "
+              f"{result['peak_memory_gb']:>8} {result['final_loss']:>8.3f} {result['train_wall_seconds']:>7}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def train_once(args, model_dir: Path, data: Path, work: Path, extra: str, build_seconds: float) -> dict:
+    metrics = work / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    shutil.rmtree(work / "out", ignore_errors=True)
     command = [
         sys.executable, "-m", "your_ai", "train", "--model", str(model_dir), "--data", str(data),
         "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
         "--max-seq-length", str(args.seq_length), "--lora-rank", str(args.lora_rank),
         "--lora-layers", str(args.lora_layers), "--memory-report-interval", "5",
         "--warmup-steps", "5", "--save-every", str(10 * args.steps), "--metrics-file", str(metrics),
-        "--output-dir", str(work / "out"), "--no-tensorboard", *args.extra.split(),
+        "--output-dir", str(work / "out"), "--no-tensorboard", *extra.split(),
     ]
     started = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True)
@@ -98,7 +113,7 @@ def main() -> None:
         "lora_rank": args.lora_rank,
         "lora_layers": args.lora_layers,
         "steps": args.steps,
-        "extra_flags": args.extra,
+        "extra_flags": extra,
         "build_seconds": round(build_seconds, 1),
         "train_wall_seconds": round(wall, 1),
         "median_tokens_per_s": round(statistics.median(r["tokens_per_second"] for r in later), 1),
@@ -107,11 +122,7 @@ def main() -> None:
         "reports": steps,
     }
     result["median_step_time_s"] = round(args.batch_size * args.seq_length / result["median_tokens_per_s"], 3)
-    print(f"{'preset':20} {'tokens/s':>10} {'peak GB':>8} {'loss':>8}")
-    print(f"{args.preset:20} {result['median_tokens_per_s']:>10} {result['peak_memory_gb']:>8} {result['final_loss']:>8.3f}")
-    if args.json_out:
-        args.json_out.write_text(json.dumps(result, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
+    return result
 
 
 if __name__ == "__main__":

@@ -285,3 +285,17 @@ def test_strategy_auto_shards_only_a_model_too_large_for_one_device(tiny_model_d
     assert _sharding_saves_gb(asked, two, "cpu", 0.001, resolved, []) is None  # asked for: kept
     asked = TrainingArgs(model="tiny", strategy="fsdp", batch_size=2, max_seq_length=64).with_defaults()
     assert _sharding_saves_gb(asked, two, "cpu", 50.0, resolved, []) == pytest.approx(saved)
+
+
+def test_accelerate_launch_trains_as_torchrun_does(runs):
+    """`accelerate launch` starts the processes through torchrun's machinery and sets the same variables."""
+    root, _, _ = runs
+    result = run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "-m", "your_ai", "train", *RUN, "--batch-size", "2", "--output-dir", "accelerate",
+                  "--no-tensorboard"], root)
+    assert "data-parallel over 2 processes (gloo, DistributedDataParallel): global batch 4" in result.stdout
+    single = load_file(root / "one" / "adapter_model.safetensors")
+    launched = load_file(root / "accelerate" / "adapter_model.safetensors")
+    for key in single:
+        assert torch.allclose(single[key], launched[key], rtol=1e-4, atol=1e-5), key

@@ -377,8 +377,9 @@ _POSITIVE = click.IntRange(min=1)
 @click.option("--gpus", type=_POSITIVE, help="Train data-parallel on N GPUs of this machine: runs this command under "
               "torchrun with N processes (with --device cpu: N CPU processes). --batch-size is per process.")
 @click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]),
-              help="Data-parallel strategy under torchrun or --gpus: auto = ddp (the model replicated on every "
-                   "GPU); fsdp shards the base weights and the LoRA parameters over the processes.")
+              help="Data-parallel strategy under torchrun or --gpus: ddp replicates the model on every GPU; "
+                   "fsdp shards the base weights and the LoRA parameters over the processes; auto (default): "
+                   "ddp when the model fits one GPU by the estimate, else fsdp.")
 @click.option("--quantize", type=int, help="4: QLoRA, the base model's decoder linear weights in 4-bit NF4 "
               "(torchao) under full-precision LoRA adapters; about a quarter of the weights' memory.")
 def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):

@@ -436,7 +436,7 @@ class TrainingArgs:
     step_mode: str | None = None  # auto | fast | selective | small | plain (your_ai.step_modes); None: auto
     device: str | None = None
     trust_remote_code: bool = False
-    strategy: str | None = None  # data-parallel strategy under torchrun: auto (= ddp) | ddp | fsdp
+    strategy: str | None = None  # data-parallel strategy under torchrun: auto | ddp | fsdp
     quantize: int | None = None  # 4: QLoRA, the base model's decoder linears in NF4 (your_ai.quantize)
 
     def with_defaults(self) -> "TrainingArgs":
