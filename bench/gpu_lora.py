@@ -28,9 +28,9 @@ statistics reset before the build):
                    ours-X row gets ``speedup_vs_nofuse`` (its tokens/s over ours-X-nofuse's)
   ours-fast-compiled, ours-small-compiled
                    trials: every decoder layer through ``torch.compile``; not in the default list
-  ours-fast-torchnorm, ours-small-torchnorm
-                   trials: ``torch.nn.functional.rms_norm`` (one fused kernel on CUDA, less host time
-                   per call) instead of Liger's RMSNorm; not in the default list
+  ours-fast-ligernorm, ours-small-ligernorm
+                   trials: Liger's RMSNorm instead of PyTorch's (``fast_step.torch_rms_norm``); not in
+                   the default list; CUDA with liger_kernel only
   ours-auto        the mode ``choose_mode`` picks for --budget-gb (80 by default); reported as the
                    same measurement when it is ours-fast or ours-small
 Ours computes the distrust-weighted objective (``train.compute_loss(..., fast_head=...)``).
@@ -58,7 +58,6 @@ The script exits 1 when a check fails.
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import importlib.metadata
 import os
@@ -110,10 +109,10 @@ SMOKE = BenchConfig("smoke", "tiny", 2, 64, 8, 3)
 BASELINES = ("peft", "peft-ckpt", "peft-liger", "peft-liger-ckpt")
 OURS = ("ours-fast", "ours-fast-liger", "ours-small", "ours-auto")
 UNSHARED = ("ours-fast-nofuse", "ours-small-nofuse")  # q/k/v LoRA A as PEFT's three matmuls
-TRIALS = ("ours-fast-compiled", "ours-small-compiled", "ours-fast-torchnorm", "ours-small-torchnorm")
+TRIALS = ("ours-fast-compiled", "ours-small-compiled", "ours-fast-ligernorm", "ours-small-ligernorm")
 VARIANTS = BASELINES + OURS
 KNOWN_VARIANTS = VARIANTS + UNSHARED + TRIALS
-VARIANT_SUFFIXES = ("-nofuse", "-compiled", "-torchnorm")
+VARIANT_SUFFIXES = ("-nofuse", "-compiled", "-ligernorm")
 
 
 def base_variant(variant: str) -> str:
@@ -190,12 +189,6 @@ def apply_liger_baseline(model) -> None:
     lm = fast_step.causal_lm(model)
     patch = getattr(liger, fast_step.LIGER_PATCHES[lm.config.model_type])
     patch(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=True, model=lm)
-
-
-def torch_rms_norm(module, hidden_states: torch.Tensor) -> torch.Tensor:
-    """An RMSNorm module's forward through ``torch.nn.functional.rms_norm`` (the ``-torchnorm`` trials)."""
-    return torch.nn.functional.rms_norm(hidden_states, (hidden_states.shape[-1],), module.weight,
-                                        module.variance_epsilon)
 
 
 def make_batch(config: BenchConfig, device: str, *, padded: bool = False, seq_length: int | None = None) -> dict:
@@ -306,10 +299,13 @@ def measure(config: BenchConfig, variant: str, device: str, warmup: int, steps: 
         head = "liger" if variant == "ours-fast-liger" else fast_step.resolve_head("auto", device.split(":")[0])
         info.update(head=head, chunk_tokens=mode.chunk_tokens, notes=setup.notes, checkpointed_layers=len(setup.checkpointed_layers),
                     shared_lora_a_layers=len(setup.shared_lora_a_layers))
-        if variant.endswith("-torchnorm"):  # PyTorch's fused RMSNorm kernel instead of Liger's
+        if variant.endswith("-ligernorm"):  # Liger's RMSNorm instead of PyTorch's (fast_step.torch_rms_norm)
+            from liger_kernel.transformers.monkey_patch import _patch_rms_norm_module
+
             for module in model.modules():
                 if type(module).__name__.endswith("RMSNorm"):
-                    module.forward = functools.partial(torch_rms_norm, module)
+                    del module.forward
+                    _patch_rms_norm_module(module)
         if variant.endswith("-compiled"):  # each decoder layer through torch.compile (Inductor)
             for layer in fast_step.decoder_layers(model):
                 layer.compile()
@@ -379,7 +375,7 @@ def skip_reason(variant: str, device: str) -> str | None:
     liger = device.startswith("cuda") and fast_step.liger_available()
     if variant.startswith("peft-liger") and not liger:
         return "needs CUDA and liger_kernel"
-    if variant == "ours-fast-liger" and not liger:
+    if variant in ("ours-fast-liger", "ours-fast-ligernorm", "ours-small-ligernorm") and not liger:
         return "needs CUDA and liger_kernel"
     return None
 

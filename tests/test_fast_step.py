@@ -458,3 +458,30 @@ def test_gpu_benchmark_script_runs_end_to_end_on_the_tiny_model(tmp_path, monkey
     expected = 4 * tokens * matmul_weights + 3 * attention + 6 * tokens * lora
     assert gpu_lora.step_flops(gpu_lora.CONFIGS["T"]) == pytest.approx(expected, rel=1e-4)
     del sys.modules["gpu_lora"]
+
+
+def test_torch_rms_norm_gives_the_models_own_norm(tiny_model_dir):
+    """The fused kernels' RMSNorm (``torch.nn.functional.rms_norm`` set on each norm module) computes what
+    the model's own RMSNorm computes, forward and backward."""
+    from your_ai.models import load_model, resolve_model
+
+    model = load_model(resolve_model("tiny"), dtype=torch.float32)
+    norms = [module for module in model.modules() if type(module).__name__ == "LlamaRMSNorm"]
+    with torch.no_grad():
+        for index, norm in enumerate(norms):
+            norm.weight.copy_(torch.linspace(0.5, 1.5, norm.weight.numel()) * (1 + index / 10))
+    hidden = torch.randn(2, 5, model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 3
+    expected, gradients = [], []
+    for norm in norms:
+        x = hidden.clone().requires_grad_(True)
+        out = norm(x)
+        out.pow(2).sum().backward()
+        expected.append(out.detach())
+        gradients.append(x.grad)
+    assert fast_step.torch_rms_norm(model) == len(norms) == 2 * model.config.num_hidden_layers + 1
+    for norm, out, grad in zip(norms, expected, gradients):
+        x = hidden.clone().requires_grad_(True)
+        ours = norm(x)
+        ours.pow(2).sum().backward()
+        torch.testing.assert_close(ours, out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(x.grad, grad, atol=1e-4, rtol=1e-5)

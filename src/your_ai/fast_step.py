@@ -244,7 +244,8 @@ def adapted_layer_indices(model) -> list[int]:
 
 
 def apply_fused_kernels(model) -> None:
-    """Liger's fused RMSNorm, SwiGLU and RoPE on ``model`` (no cross-entropy patch: the head is ours).
+    """Fused SwiGLU and RoPE (Liger-Kernel) and RMSNorm (``torch_rms_norm``) on ``model`` (no
+    cross-entropy patch: the head is ours).
 
     Liger swaps the norm and MLP modules of this model instance, but it also rebinds classes and
     the RoPE function in the model type's ``transformers`` module, which would reach every model
@@ -260,7 +261,8 @@ def apply_fused_kernels(model) -> None:
     module = importlib.import_module(type(lm).__module__)
     saved = dict(vars(module))
     patch = getattr(liger, LIGER_PATCHES[lm.config.model_type])
-    patch(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=lm)
+    patch(rope=True, rms_norm=False, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=lm)
+    torch_rms_norm(lm)
     fused_rope = module.apply_rotary_pos_emb
     for key, value in saved.items():
         if vars(module).get(key) is not value:
@@ -268,6 +270,24 @@ def apply_fused_kernels(model) -> None:
     original_rope = getattr(saved["apply_rotary_pos_emb"], "original", saved["apply_rotary_pos_emb"])
     if fused_rope is not original_rope and not hasattr(saved["apply_rotary_pos_emb"], "original"):
         module.apply_rotary_pos_emb = _cuda_only(fused_rope, original_rope)
+
+
+def torch_rms_norm(model) -> int:
+    """Every RMSNorm module of ``model`` (Llama, Mistral, Qwen2) through ``torch.nn.functional.rms_norm``:
+    one fused kernel on CUDA that saves what Liger's saves (the input and the inverse RMS), for a
+    fraction of the host time per call. Short steps are bound by the host launching kernels: on an
+    H100, Liger's RMSNorm took 150-225 us of host time per call, 12-17 ms of a 90-125 ms 7B step, for
+    1 ms of GPU time. Sets the modules' own forwards (no class is patched); returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+            module.forward = functools.partial(_rms_norm_forward, module)
+            count += 1
+    return count
+
+
+def _rms_norm_forward(module, hidden_states: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(hidden_states, (hidden_states.shape[-1],), module.weight, module.variance_epsilon)
 
 
 def _cuda_only(fused, original):
@@ -483,7 +503,7 @@ def prepare_step(model, mode: StepMode | None = None, *, fused_kernels: bool | N
             raise ValueError(f"fused kernels need CUDA, liger_kernel and a model of type "
                              f"{', '.join(LIGER_PATCHES)} (got {lm.config.model_type} on {device})")
         apply_fused_kernels(model)
-        notes.append("fused RMSNorm, SwiGLU and RoPE (Liger-Kernel)")
+        notes.append("fused SwiGLU and RoPE (Liger-Kernel) and RMSNorm (PyTorch)")
 
     base_dtype = lm.get_input_embeddings().weight.dtype
     adapter_dtypes = {p.dtype for p in model.parameters() if p.requires_grad}

@@ -78,7 +78,8 @@ class StepMode:
 
 
 def fused_kernels_available(device: str, model_type: str) -> bool:
-    """Liger's fused RMSNorm / SwiGLU / RoPE apply: CUDA, ``liger_kernel`` installed, a known model type."""
+    """The fused kernels (Liger's SwiGLU and RoPE, PyTorch's RMSNorm) apply: CUDA, ``liger_kernel`` installed,
+    a known model type."""
     return device.startswith("cuda") and model_type in LIGER_PATCHES and liger_available()
 
 
