@@ -854,13 +854,11 @@ def _sharding_saves_gb(args: TrainingArgs, world, device: str, limit_gb: float, 
     """``None`` when the processes hold the whole model (one process, DDP); when they shard it (FSDP), the
     memory each saves. Sharded: ``--strategy fsdp``, or ``auto`` when no step mode fits the whole model
     in one device's budget (the choice is noted)."""
-    if not world.distributed:
-        return None
-    chosen = distributed.check_strategy(args.strategy)
-    if chosen != "fsdp" and (args.strategy or "auto") != "auto":
+    asked = args.strategy or "auto"  # checked by TrainingArgs.validate
+    if not world.distributed or asked == "ddp":
         return None
     architecture = read_architecture(resolved.path)
-    if (args.strategy or "auto") == "auto":
+    if asked == "auto":
         smallest = select_step_mode("auto", architecture, args.batch_size, args.max_seq_length,
                                     args.lora_settings(), device, limit_gb, quantize=args.quantize)
         if distributed.pick_strategy(args.strategy, smallest.fits) != "fsdp":
