@@ -31,6 +31,12 @@ statistics reset before the build):
   ours-fast-ligernorm, ours-small-ligernorm
                    trials: Liger's RMSNorm instead of PyTorch's (``fast_step.torch_rms_norm``); not in
                    the default list; CUDA with liger_kernel only
+  ours-fast-torchhead, ours-small-torchhead
+                   trials: the chunked head with PyTorch ops instead of the Triton kernel
+                   (``your_ai.head_kernel``, CUDA); not in the default list
+  ours-fast-peftadd, ours-small-peftadd
+                   trials: PEFT's ``result + lora_B(x) * scaling`` instead of the addmm epilogue
+                   (``fast_step.fuse_lora_add``); not in the default list
   ours-auto        the mode ``choose_mode`` picks for --budget-gb (80 by default); reported as the
                    same measurement when it is ours-fast or ours-small
 Ours computes the distrust-weighted objective (``train.compute_loss(..., fast_head=...)``).
@@ -109,10 +115,11 @@ SMOKE = BenchConfig("smoke", "tiny", 2, 64, 8, 3)
 BASELINES = ("peft", "peft-ckpt", "peft-liger", "peft-liger-ckpt")
 OURS = ("ours-fast", "ours-fast-liger", "ours-small", "ours-auto")
 UNSHARED = ("ours-fast-nofuse", "ours-small-nofuse")  # q/k/v LoRA A as PEFT's three matmuls
-TRIALS = ("ours-fast-compiled", "ours-small-compiled", "ours-fast-ligernorm", "ours-small-ligernorm")
+TRIALS = ("ours-fast-compiled", "ours-small-compiled", "ours-fast-ligernorm", "ours-small-ligernorm",
+          "ours-fast-torchhead", "ours-small-torchhead", "ours-fast-peftadd", "ours-small-peftadd")
 VARIANTS = BASELINES + OURS
 KNOWN_VARIANTS = VARIANTS + UNSHARED + TRIALS
-VARIANT_SUFFIXES = ("-nofuse", "-compiled", "-ligernorm")
+VARIANT_SUFFIXES = ("-nofuse", "-compiled", "-ligernorm", "-torchhead", "-peftadd")
 
 
 def base_variant(variant: str) -> str:
@@ -295,10 +302,12 @@ def measure(config: BenchConfig, variant: str, device: str, warmup: int, steps: 
         apply_liger_baseline(model)
     head = None
     if ours:
-        setup = fast_step.prepare_step(model, mode, share_lora_a=variant not in UNSHARED)
-        head = "liger" if variant == "ours-fast-liger" else fast_step.resolve_head("auto", device.split(":")[0])
+        setup = fast_step.prepare_step(model, mode, share_lora_a=variant not in UNSHARED,
+                                       fuse_add=not variant.endswith("-peftadd"))
+        head = ("liger" if variant == "ours-fast-liger" else "torch" if variant.endswith("-torchhead")
+                else fast_step.resolve_head("auto", device.split(":")[0]))
         info.update(head=head, chunk_tokens=mode.chunk_tokens, notes=setup.notes, checkpointed_layers=len(setup.checkpointed_layers),
-                    shared_lora_a_layers=len(setup.shared_lora_a_layers))
+                    shared_lora_a_layers=len(setup.shared_lora_a_layers), fused_add_layers=len(setup.fused_add_layers))
         if variant.endswith("-ligernorm"):  # Liger's RMSNorm instead of PyTorch's (fast_step.torch_rms_norm)
             from liger_kernel.transformers.monkey_patch import _patch_rms_norm_module
 

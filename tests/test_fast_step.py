@@ -267,6 +267,16 @@ def lora_a_calls(model):
     return calls
 
 
+def lora_b_calls(model):
+    """Counts of calls of each ``lora_B`` module (the addmm epilogue calls none)."""
+    calls: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if name.endswith("lora_B.default"):
+            calls[name] = 0
+            module.register_forward_hook(lambda module, args, out, name=name: calls.__setitem__(name, calls[name] + 1))
+    return calls
+
+
 def assert_same_step(shared, separate, *, rtol=1e-5):
     """Loss and every LoRA gradient equal within float32 rounding (relative to each tensor's scale)."""
     (loss, grads), (ref_loss, ref_grads) = shared, separate
@@ -283,31 +293,52 @@ def test_shared_qkv_lora_a_gives_the_separate_matmuls_loss_and_gradients(recompu
     batch, objective = make_batch(), weighted_objective()
     mode = fast_step.mode_with(TINY.architecture, 3, 37, LORA, "cpu", recomputed)
     separate = tiny_lora_model()
-    setup = fast_step.prepare_step(separate, mode, share_lora_a=False)
-    assert setup.shared_lora_a_layers == [] and not any("one matmul" in note for note in setup.notes)
+    setup = fast_step.prepare_step(separate, mode, share_lora_a=False, fuse_add=False)  # PEFT's forwards
+    assert setup.shared_lora_a_layers == [] == setup.fused_add_layers
+    assert not any("one matmul" in note or "epilogue" in note for note in setup.notes)
     reference = loss_and_lora_grads(separate, batch, objective, fast_head=True)
     model = tiny_lora_model()
     setup = fast_step.prepare_step(model, mode)
     assert setup.shared_lora_a_layers == [1, 2, 3] and setup.checkpointed_layers == [1, 2, 3][:recomputed]
+    assert setup.fused_add_layers == [1, 2, 3]
     assert any("q/k/v LoRA A products as one matmul in 3 of 3" in note for note in setup.notes)
+    assert any("LoRA B products added in the base matmuls' epilogue in 3 of 3" in note for note in setup.notes)
     calls = lora_a_calls(model)
+    products = lora_b_calls(model)
     result = loss_and_lora_grads(model, batch, objective, fast_head=True)
     assert_same_step(result, reference)
     assert len(result[1]) == 4 * 2 * LORA.layers
     assert all(count == 0 for name, count in calls.items() if "o_proj" not in name)
     assert all(count == 1 + (recomputed > 0) for name, count in calls.items() if "o_proj" in name)
+    assert sum(products.values()) == 0  # every B product went through the addmm epilogue
     # PEFT's forward again after the undo, with the same numbers
     assert fast_step.unshare_qkv_lora_a(model) == 3 and fast_step.unshare_qkv_lora_a(model) == 0
+    assert fast_step.unfuse_lora_add(model) == 3 and fast_step.unfuse_lora_add(model) == 0
     attention = fast_step.decoder_layers(model)[1].self_attn
-    assert not any("forward" in vars(module) for module in (attention, attention.q_proj, attention.v_proj))
+    assert not any("forward" in vars(module) for module in (attention, attention.q_proj, attention.o_proj))
     assert_same_step(loss_and_lora_grads(model, batch, objective, fast_head=True), reference)
-    assert all(count > 0 for count in calls.values())
+    assert all(count > 0 for count in calls.values()) and all(count > 0 for count in products.values())
+
+
+@pytest.mark.parametrize("share_lora_a", [False, True])
+def test_lora_b_in_the_matmul_epilogue_gives_peft_loss_and_gradients(share_lora_a):
+    batch, objective = make_batch(), weighted_objective()
+    mode = fast_step.mode_with(TINY.architecture, 3, 37, LORA, "cpu", 1)
+    separate = tiny_lora_model()  # LoRA B not zero, so the epilogue adds something
+    fast_step.prepare_step(separate, mode, share_lora_a=False, fuse_add=False)
+    reference = loss_and_lora_grads(separate, batch, objective, fast_head=True)
+    model = tiny_lora_model()
+    setup = fast_step.prepare_step(model, mode, share_lora_a=share_lora_a)
+    assert setup.fused_add_layers == [1, 2, 3]
+    products = lora_b_calls(model)
+    assert_same_step(loss_and_lora_grads(model, batch, objective, fast_head=True), reference)
+    assert sum(products.values()) == 0
 
 
 def test_lora_on_q_and_v_only_keeps_peft_forwards():
     batch, objective = make_batch(), weighted_objective()
     separate = tiny_lora_model(lora=QV_ONLY)
-    fast_step.prepare_step(separate, None, share_lora_a=False)
+    fast_step.prepare_step(separate, None, share_lora_a=False, fuse_add=False)
     reference = loss_and_lora_grads(separate, batch, objective, fast_head=True)
     model = tiny_lora_model(lora=QV_ONLY)
     setup = fast_step.prepare_step(model, fast_step.mode_with(TINY.architecture, 3, 37, QV_ONLY, "cpu", 1))
@@ -365,7 +396,7 @@ def test_bf16_autocast_and_the_saved_adapter_with_shared_qkv_lora_a(tmp_path):
 
     batch, objective = make_batch(), weighted_objective()
     separate = tiny_lora_model(torch.bfloat16)
-    fast_step.prepare_step(separate, None, share_lora_a=False)
+    fast_step.prepare_step(separate, None, share_lora_a=False, fuse_add=False)
     _, ref_grads = loss_and_lora_grads(separate, batch, objective, fast_head=True)
     model = tiny_lora_model(torch.bfloat16)
     setup = fast_step.prepare_step(model, fast_step.mode_with(TINY.architecture, 3, 37, LORA, "cpu", 2))

@@ -22,6 +22,13 @@ Three things make a LoRA step on a large model faster or smaller than the plain
 * **q/k/v LoRA A as one matmul** (``share_qkv_lora_a``): the three projections read the same
   hidden states, so ``x @ cat(A_q, A_k, A_v).T`` replaces three thin matmuls (and six in the
   backward pass by two); the gradients land on PEFT's own ``lora_A`` weights.
+* **LoRA B added in the matmul's epilogue** (``fuse_lora_add``): each projection's
+  ``scaling * (x A^T) B^T`` is one ``addmm_`` onto its base output, instead of a matmul, a
+  scaling pass and an addition pass over (tokens x out_features) -- and a scaling pass in the
+  backward.
+* **The head's cross-entropy as one Triton kernel** on CUDA (``your_ai.head_kernel``): each
+  chunk's loss and its gradient with respect to the logits, written over the logits, with no
+  fp32 copy of them.
 * **Recomputation sized to a budget** (``choose_mode``, in ``your_ai.step_modes`` and
   re-exported here): ``fast`` recomputes nothing, ``small`` recomputes every adapted layer in
   the backward pass, ``selective`` recomputes only as many adapted layers as the memory
@@ -41,6 +48,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from your_ai import head_kernel
 from your_ai.distrust import IGNORE_INDEX, per_sample_cross_entropy
 from your_ai.step_modes import (  # noqa: F401 -- the mode chooser, re-exported with the step it configures
     CHUNK_FP32_BYTES,
@@ -60,14 +68,22 @@ from your_ai.step_modes import (  # noqa: F401 -- the mode chooser, re-exported 
     select_step_mode,
 )
 
-HEADS = ("auto", "chunked", "liger")
+HEADS = ("auto", "chunked", "torch", "liger")
 
 
 # ---------------------------------------------------------------------------- the chunked head
 
-def _chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, want_grad: bool):
-    """Per-token cross-entropy of one chunk and, with ``want_grad``, d loss_t / d hidden_t per row."""
+def _chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, want_grad: bool,
+                  kernel: bool = True):
+    """Per-token cross-entropy of one chunk and, with ``want_grad``, d loss_t / d hidden_t per row.
+
+    With ``kernel``, where ``head_kernel.applies`` (CUDA with Triton), the loss and the gradient
+    with respect to the logits come from one Triton kernel that writes that gradient over the
+    logits; otherwise from PyTorch ops on an fp32 copy of the logits."""
     logits = F.linear(hidden, weight)
+    if kernel and head_kernel.applies(logits):
+        losses = head_kernel.cross_entropy_rows(logits, targets, want_grad)
+        return losses, (logits @ weight if want_grad else None)
     work = logits.float()  # the plain step's ``logits.float()``; the same tensor when already fp32
     del logits
     lse = torch.logsumexp(work, dim=-1)
@@ -86,12 +102,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_tokens, want_grad):
+    def forward(ctx, hidden, weight, targets, chunk_tokens, want_grad, kernel):
         losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grads = torch.empty_like(hidden) if want_grad else None
         for start in range(0, hidden.shape[0], chunk_tokens):
             stop = start + chunk_tokens
-            losses[start:stop], chunk_grad = _chunk_losses(hidden[start:stop], weight, targets[start:stop], want_grad)
+            losses[start:stop], chunk_grad = _chunk_losses(hidden[start:stop], weight, targets[start:stop], want_grad,
+                                                           kernel)
             if want_grad:
                 grads[start:stop] = chunk_grad
         if want_grad:
@@ -101,7 +118,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_losses):
         (grads,) = ctx.saved_tensors
-        return (grads * grad_losses[:, None]).to(grads.dtype), None, None, None, None
+        return (grads * grad_losses[:, None]).to(grads.dtype), None, None, None, None, None
 
 
 def _checkpointed_token_losses(hidden, weight, targets, chunk_tokens):
@@ -127,7 +144,9 @@ def _liger_token_losses(hidden, weight, targets):
 
 def resolve_head(head: str, device_type: str) -> str:
     """``auto`` is ``chunked``: on an H100 it ran config S at 17,863 tokens/s against 14,742 with
-    Liger's per-token fused linear cross-entropy, and tied on config T (bench/RESULTS.md)."""
+    Liger's per-token fused linear cross-entropy, and tied on config T (bench/RESULTS.md).
+    ``chunked`` takes each chunk's loss and gradient from ``head_kernel`` where it applies (CUDA);
+    ``torch`` is the same chunked head with PyTorch ops everywhere."""
     if head not in HEADS:
         raise ValueError(f"head {head!r} must be one of {', '.join(HEADS)}")
     if head == "auto":
@@ -170,7 +189,7 @@ def linear_cross_entropy_per_sample(
         losses = _checkpointed_token_losses(selected, weight, targets, chunk_tokens)
     else:
         want_grad = torch.is_grad_enabled() and selected.requires_grad
-        losses = _LinearCrossEntropy.apply(selected, weight, targets, chunk_tokens, want_grad)
+        losses = _LinearCrossEntropy.apply(selected, weight, targets, chunk_tokens, want_grad, head == "chunked")
     sums = torch.zeros(batch, dtype=torch.float32, device=hidden.device).index_add(
         0, torch.div(rows, seq, rounding_mode="floor"), losses.float())
     counts = (shifted != IGNORE_INDEX).sum(dim=1)
@@ -225,6 +244,7 @@ class StepSetup:
     checkpointed_layers: list[int] = field(default_factory=list)  # decoder layer indices recomputed
     notes: list[str] = field(default_factory=list)
     shared_lora_a_layers: list[int] = field(default_factory=list)  # q/k/v LoRA A as one matmul here
+    fused_add_layers: list[int] = field(default_factory=list)  # LoRA B products added in an addmm epilogue here
 
 
 def decoder_layers(model) -> list:
@@ -327,9 +347,42 @@ def _autocast_forward(module, device_type: str, dtype: torch.dtype) -> None:
     module.forward = autocast
 
 
-# ---------------------------------------------------------------------------- q/k/v LoRA A in one matmul
+# ---------------------------------------------------------------------------- LoRA projections
 
 QKV_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+
+
+def plain_lora_adapter(module) -> str | None:
+    """The adapter a PEFT ``lora.Linear`` runs when it is plain LoRA: one active adapter, not
+    disabled or merged, no variant (DoRA, ...), no dropout, bias-free A and B matmuls. ``None``
+    otherwise (PEFT's own forward then runs)."""
+    if module.disable_adapters or module.merged or len(module.active_adapters) != 1:
+        return None
+    name = module.active_adapters[0]
+    if name not in module.lora_A or name in getattr(module, "lora_variant", {}):
+        return None
+    if getattr(module, "use_dora", {}).get(name, False):
+        return None
+    dropout = module.lora_dropout[name]
+    if not isinstance(dropout, torch.nn.Identity) and getattr(dropout, "p", 1.0) != 0:
+        return None
+    if not all(isinstance(layer, torch.nn.Linear) and layer.bias is None
+               for layer in (module.lora_A[name], module.lora_B[name])):
+        return None
+    return name
+
+
+def base_plus_lora(module, name: str, x: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
+    """``module.base_layer(x) + scaling * product @ B.T`` with the LoRA B matmul adding onto the
+    base output in its epilogue (``addmm_``, in place): no separate scaling and addition passes
+    over the (tokens x out_features) output, in the forward or the backward pass. ``product`` is
+    ``x``'s LoRA A product. The same numbers as PEFT's ``result + lora_B(product) * scaling``
+    (the sum is rounded once instead of three times)."""
+    flat = module.base_layer(x.reshape(-1, x.shape[-1]))
+    weight = module.lora_B[name].weight
+    flat.addmm_(product.reshape(-1, product.shape[-1]).to(flat.dtype), weight.to(flat.dtype).t(),
+                alpha=module.scaling[name])
+    return flat.view(*x.shape[:-1], flat.shape[-1])
 
 
 class _SharedLoraA:
@@ -337,16 +390,16 @@ class _SharedLoraA:
 
     ``q_proj``, ``k_proj`` and ``v_proj`` of a Llama-family attention module all read the same
     ``hidden_states``, so ``x @ cat(A_q, A_k, A_v).T`` gives the three (batch, seq, r) products at
-    once; each projection then adds ``lora_B(piece) * scaling`` to its base output as PEFT's
-    ``lora.Linear.forward`` does. Gradients reach PEFT's own ``lora_A`` weights through the
-    concatenation, so the optimizer, checkpoints and saved adapters see nothing different.
+    once; each projection then adds its B product to its base output (``_LoraProjectionForward``).
+    Gradients reach PEFT's own ``lora_A`` weights through the concatenation, so the optimizer,
+    checkpoints and saved adapters see nothing different.
 
     The cache lives for one call of the attention module's forward (cleared in ``finally``, so a
     checkpoint's recomputation, which re-runs that forward, starts clean): the first projection
-    called inside it computes the shared product when every condition holds (one active adapter, the
-    same in all three, plain LoRA of one rank, no dropout, not merged, not disabled); a projection
-    called with another tensor, with extra arguments, or outside an attention call runs PEFT's own
-    forward. Callables, not closures, so a deep copy of the model stays consistent.
+    called inside it computes the shared product when every condition holds (plain LoRA in all
+    three, the same adapter and rank); a projection called with another tensor, with extra
+    arguments, or outside an attention call computes its own. Callables, not closures, so a deep
+    copy of the model stays consistent.
     """
 
     def __init__(self, attention, projections: dict):
@@ -358,21 +411,12 @@ class _SharedLoraA:
 
     def adapter(self) -> str | None:
         """The adapter all three projections run, when the shared product applies to them."""
-        name, rank = None, None
+        name, rank, weight = None, None, None
         for module in self.projections.values():
-            if module.disable_adapters or module.merged or len(module.active_adapters) != 1:
-                return None
-            current = module.active_adapters[0]
-            if current not in module.lora_A or current in getattr(module, "lora_variant", {}):
-                return None
-            if getattr(module, "use_dora", {}).get(current, False):
-                return None
-            dropout = module.lora_dropout[current]
-            if not isinstance(dropout, torch.nn.Identity) and getattr(dropout, "p", 1.0) != 0:
+            current = plain_lora_adapter(module)
+            if current is None:
                 return None
             lora_a = module.lora_A[current]
-            if not isinstance(lora_a, torch.nn.Linear) or lora_a.bias is not None:
-                return None
             if name is None:
                 name, rank, weight = current, module.r[current], lora_a.weight
             elif (current != name or module.r[current] != rank or lora_a.weight.dtype != weight.dtype
@@ -407,34 +451,56 @@ class _SharedAttentionForward:
             shared.active, shared.input, shared.pieces = False, None, None
 
 
-class _SharedProjectionForward:
-    """One of q/k/v's forward: its LoRA A product from the shared matmul, PEFT's forward otherwise."""
+class _LoraProjectionForward:
+    """A LoRA projection's forward: its A product from the shared q/k/v matmul when there is one
+    (``shared``), and with ``fuse_add`` its B product added in the base output's epilogue
+    (``base_plus_lora``); PEFT's forward (``forward``) whenever the adapter is not plain LoRA
+    or the call has extra arguments."""
 
-    def __init__(self, shared: _SharedLoraA, key: str, forward):
+    def __init__(self, module, forward, *, shared: _SharedLoraA | None = None, key: str | None = None,
+                 fuse_add: bool = True):
+        self.module = module
+        self.forward = forward
         self.shared = shared
         self.key = key
-        self.forward = forward
+        self.fuse_add = fuse_add
 
     def __call__(self, x, *args, **kwargs):
-        shared = self.shared
-        if not shared.active or args or kwargs:
+        if args or kwargs:
             return self.forward(x, *args, **kwargs)
-        if shared.input is None:  # the first projection of this attention call
-            shared.input, shared.pieces = x, shared.shared_pieces(x)
-        if shared.input is not x or shared.pieces is None:
-            return self.forward(x, *args, **kwargs)
-        name, pieces = shared.pieces
-        module = shared.projections[self.key]
+        module, shared, product = self.module, self.shared, None
+        if shared is not None and shared.active:
+            if shared.input is None:  # the first projection of this attention call
+                shared.input, shared.pieces = x, shared.shared_pieces(x)
+            if shared.input is x and shared.pieces is not None:
+                name, pieces = shared.pieces
+                product = pieces[self.key]
+        if product is None:
+            name = plain_lora_adapter(module) if self.fuse_add else None
+            if name is None:
+                return self.forward(x)
+            product = module.lora_A[name](module._cast_input_dtype(x, module.lora_A[name].weight.dtype))
+        if self.fuse_add:
+            return base_plus_lora(module, name, x, product)
         result = module.base_layer(x)
-        result_dtype = result.dtype
-        result = result + module.lora_B[name](pieces[self.key]) * module.scaling[name]
-        return result.to(result_dtype)
+        return (result + module.lora_B[name](product) * module.scaling[name]).to(result.dtype)
 
 
-def share_qkv_lora_a(model) -> list[int]:
+def _lora_linears(layer) -> dict:
+    from peft.tuners.lora import Linear as LoraLinear
+
+    return {name: module for name, module in layer.named_modules() if isinstance(module, LoraLinear)}
+
+
+def _wrapped(module) -> bool:
+    return isinstance(module.__dict__.get("forward"), (_LoraProjectionForward, _SharedAttentionForward))
+
+
+def share_qkv_lora_a(model, *, fuse_add: bool = True) -> list[int]:
     """Compute q/k/v's LoRA A products as one matmul in every decoder layer where all three carry
-    one adapter of the same rank (``_SharedLoraA``); returns those layers' indices. Idempotent;
-    ``unshare_qkv_lora_a`` puts PEFT's forwards back."""
+    one adapter of the same rank (``_SharedLoraA``), with ``fuse_add`` their B products added in
+    the base matmuls' epilogue; returns those layers' indices. Idempotent; ``unshare_qkv_lora_a``
+    puts PEFT's forwards back."""
     from peft.tuners.lora import Linear as LoraLinear
 
     indices = []
@@ -446,16 +512,40 @@ def share_qkv_lora_a(model) -> list[int]:
             indices.append(index)
             continue
         projections = {key: getattr(attention, key, None) for key in QKV_PROJECTIONS}
-        if not all(isinstance(module, LoraLinear) for module in projections.values()):
+        if not all(isinstance(module, LoraLinear) and not _wrapped(module) for module in projections.values()):
             continue
         shared = _SharedLoraA(attention, projections)
         if shared.adapter() is None:
             continue
         attention.forward = _SharedAttentionForward(shared, attention.forward)
         for key, module in projections.items():
-            module.forward = _SharedProjectionForward(shared, key, module.forward)
+            module.forward = _LoraProjectionForward(module, module.forward, shared=shared, key=key, fuse_add=fuse_add)
         indices.append(index)
     return indices
+
+
+def fuse_lora_add(model) -> list[int]:
+    """Every other LoRA projection of the decoder layers adds its B product in its base matmul's
+    epilogue (``base_plus_lora``); returns the layers where one does. Idempotent;
+    ``unfuse_lora_add`` puts PEFT's forwards back."""
+    indices = []
+    for index, layer in enumerate(decoder_layers(model)):
+        modules = _lora_linears(layer).values()
+        for module in modules:
+            if not _wrapped(module):
+                module.forward = _LoraProjectionForward(module, module.forward)
+        if any(isinstance(module.__dict__["forward"], _LoraProjectionForward) and module.__dict__["forward"].fuse_add
+               for module in modules):
+            indices.append(index)
+    return indices
+
+
+def _restore(module) -> None:
+    inner = module.__dict__["forward"].forward
+    if getattr(inner, "__self__", None) is module and getattr(inner, "__func__", None) is type(module).forward:
+        del module.forward  # the class's forward again
+    else:
+        module.forward = inner
 
 
 def unshare_qkv_lora_a(model) -> int:
@@ -467,17 +557,26 @@ def unshare_qkv_lora_a(model) -> int:
         if not isinstance(wrapper, _SharedAttentionForward):
             continue
         for module in [attention, *wrapper.shared.projections.values()]:
-            inner = module.__dict__["forward"].forward
-            if getattr(inner, "__self__", None) is module and getattr(inner, "__func__", None) is type(module).forward:
-                del module.forward  # the class's forward again
-            else:
-                module.forward = inner
+            _restore(module)
         restored += 1
     return restored
 
 
+def unfuse_lora_add(model) -> int:
+    """Undo ``fuse_lora_add``: PEFT's own forwards on the LoRA projections not sharing q/k/v's A
+    product; returns how many."""
+    restored = 0
+    for layer in decoder_layers(model):
+        for module in _lora_linears(layer).values():
+            wrapper = module.__dict__.get("forward")
+            if isinstance(wrapper, _LoraProjectionForward) and wrapper.shared is None:
+                _restore(module)
+                restored += 1
+    return restored
+
+
 def prepare_step(model, mode: StepMode | None = None, *, fused_kernels: bool | None = None,
-                 share_lora_a: bool = True) -> StepSetup:
+                 share_lora_a: bool = True, fuse_add: bool = True) -> StepSetup:
     """Apply ``mode`` to a PEFT model loaded without gradient checkpointing.
 
     * fused kernels (``mode.fused_kernels``; default: when available on the model's device);
@@ -486,7 +585,9 @@ def prepare_step(model, mode: StepMode | None = None, *, fused_kernels: bool | N
     * ``mode.checkpointed_layers`` of the adapted layers (the lowest ones) are recomputed in
       the backward pass. ``None``: the fast mode (nothing recomputed);
     * with ``share_lora_a``, q/k/v's LoRA A products as one matmul on their shared input
-      (``share_qkv_lora_a``; ``unshare_qkv_lora_a`` undoes it), where the adapters allow it.
+      (``share_qkv_lora_a``; ``unshare_qkv_lora_a`` undoes it), where the adapters allow it;
+    * with ``fuse_add``, each LoRA projection's B product added in the epilogue of one matmul onto
+      its base output (``base_plus_lora``; ``fuse_lora_add``), where the adapter is plain LoRA.
     """
     lm = causal_lm(model)
     if any(getattr(layer, "gradient_checkpointing", False) for layer in decoder_layers(model)):
@@ -526,8 +627,13 @@ def prepare_step(model, mode: StepMode | None = None, *, fused_kernels: bool | N
         _checkpoint_forward(layers[index])
     if chosen:
         notes.append(f"{len(chosen)} of {len(adapted)} adapted layers recomputed in the backward pass")
-    shared = share_qkv_lora_a(model) if share_lora_a else []
+    shared = share_qkv_lora_a(model, fuse_add=fuse_add) if share_lora_a else []
     if shared:
         notes.append(f"q/k/v LoRA A products as one matmul in {len(shared)} of {len(adapted)} adapted layers")
+    fused_add = fuse_lora_add(model) if fuse_add else []
+    if fused_add:
+        notes.append(f"LoRA B products added in the base matmuls' epilogue in {len(fused_add)} of {len(adapted)} "
+                     f"adapted layers")
     return StepSetup(mode=mode, fused_kernels=fused_kernels, autocast_dtype=autocast_dtype,
-                     checkpointed_layers=chosen, notes=notes, shared_lora_a_layers=shared)
+                     checkpointed_layers=chosen, notes=notes, shared_lora_a_layers=shared,
+                     fused_add_layers=fused_add)
