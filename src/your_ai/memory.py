@@ -270,7 +270,8 @@ def estimate_training_memory(
     input and are recomputed in the backward pass. ``logits_chunk_tokens`` is the chunked
     linear + cross-entropy head (``your_ai.fast_step``): one chunk of logits lives at a time, plus
     the final hidden states and their gradient. ``fused_kernels``: fused RMSNorm / SwiGLU / RoPE
-    (Liger), which keep bf16 norm inputs and only the two MLP projections per layer.
+    (Liger), which keep bf16 norm inputs and only the two MLP projections per layer, and the
+    head's Triton cross-entropy kernel, which keeps a chunk's logits and nothing more.
     ``quantize`` 4: the decoder linears in NF4 (``weight_bytes`` for the rest), plus the workspace
     of dequantizing the largest linear weight.
     """
@@ -297,7 +298,10 @@ def estimate_training_memory(
         activations += tokens * per_token_layer  # the layer being recomputed
     if logits_chunk_tokens:
         chunk = min(logits_chunk_tokens, tokens)
-        logits = chunk * architecture.vocab_size * (4 + 2 * activation_bytes) + 2 * tokens * h * activation_bytes
+        # the chunk's logits; the PyTorch ops add an fp32 copy and the gradient, the Triton kernel
+        # (``your_ai.head_kernel``, on CUDA with the fused kernels) writes the gradient over them
+        per_logit = activation_bytes if fused_kernels else 4 + 2 * activation_bytes
+        logits = chunk * architecture.vocab_size * per_logit + 2 * tokens * h * activation_bytes
     else:
         logits = tokens * architecture.vocab_size * (4 + 4 + activation_bytes)
     parts = {
