@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from your_ai import fast_step
+from your_ai import fast_step, head_kernel
 from your_ai.distrust import per_sample_cross_entropy
 from your_ai.lora import LoraSettings, apply_lora, lora_config
 from your_ai.models import build_random_model
@@ -261,21 +261,12 @@ def test_bf16_model_with_fp32_adapters_trains_in_bf16_and_keeps_fp32_state():
 QV_ONLY = LoraSettings(rank=8, layers=3, target_modules=("q_proj", "v_proj"))
 
 
-def lora_a_calls(model):
-    """Counts of calls of each q/k/v/o ``lora_A`` module (the shared matmul calls none of q/k/v's)."""
+def lora_calls(model, part: str = "lora_A"):
+    """Counts of calls of each q/k/v/o ``lora_A`` (or ``lora_B``) module: the shared matmul calls none
+    of q/k/v's A modules, the addmm epilogue none of the B modules."""
     calls: dict[str, int] = {}
     for name, module in model.named_modules():
-        if name.endswith("lora_A.default"):
-            calls[name] = 0
-            module.register_forward_hook(lambda module, args, out, name=name: calls.__setitem__(name, calls[name] + 1))
-    return calls
-
-
-def lora_b_calls(model):
-    """Counts of calls of each ``lora_B`` module (the addmm epilogue calls none)."""
-    calls: dict[str, int] = {}
-    for name, module in model.named_modules():
-        if name.endswith("lora_B.default"):
+        if name.endswith(f"{part}.default"):
             calls[name] = 0
             module.register_forward_hook(lambda module, args, out, name=name: calls.__setitem__(name, calls[name] + 1))
     return calls
@@ -307,8 +298,8 @@ def test_shared_qkv_lora_a_gives_the_separate_matmuls_loss_and_gradients(recompu
     assert setup.fused_add_layers == [1, 2, 3]
     assert any("q/k/v LoRA A products as one matmul in 3 of 3" in note for note in setup.notes)
     assert any("LoRA B products added in the base matmuls' epilogue in 3 of 3" in note for note in setup.notes)
-    calls = lora_a_calls(model)
-    products = lora_b_calls(model)
+    calls = lora_calls(model)
+    products = lora_calls(model, "lora_B")
     result = loss_and_lora_grads(model, batch, objective, fast_head=True)
     assert_same_step(result, reference)
     assert len(result[1]) == 4 * 2 * LORA.layers
@@ -334,7 +325,7 @@ def test_lora_b_in_the_matmul_epilogue_gives_peft_loss_and_gradients(share_lora_
     model = tiny_lora_model()
     setup = fast_step.prepare_step(model, mode, share_lora_a=share_lora_a)
     assert setup.fused_add_layers == [1, 2, 3]
-    products = lora_b_calls(model)
+    products = lora_calls(model, "lora_B")
     assert_same_step(loss_and_lora_grads(model, batch, objective, fast_head=True), reference)
     assert sum(products.values()) == 0
 
@@ -347,7 +338,7 @@ def test_lora_on_q_and_v_only_keeps_peft_forwards():
     model = tiny_lora_model(lora=QV_ONLY)
     setup = fast_step.prepare_step(model, fast_step.mode_with(TINY.architecture, 3, 37, QV_ONLY, "cpu", 1))
     assert setup.shared_lora_a_layers == [] and not any("one matmul" in note for note in setup.notes)
-    calls = lora_a_calls(model)
+    calls = lora_calls(model)
     assert_same_step(loss_and_lora_grads(model, batch, objective, fast_head=True), reference)
     assert len(calls) == 2 * 3 and all(count == 1 + ("layers.1." in name) for name, count in calls.items())
 
@@ -363,7 +354,7 @@ def test_shared_qkv_lora_a_falls_back_to_peft_when_it_does_not_apply():
         return module.q_proj(first), module.k_proj(second), module.v_proj(first)
 
     shared = attention.forward.shared
-    calls = lora_a_calls(model)
+    calls = lora_calls(model)
     for first, second in ((x, x), (x, y)):
         with torch.no_grad():
             got = fast_step._SharedAttentionForward(shared, projections)(attention, first, second)
@@ -443,23 +434,28 @@ def test_mode_chooser_follows_the_budget():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or not fast_step.liger_available(),
-                    reason="Liger's fused linear cross-entropy needs a CUDA GPU and liger_kernel")
-def test_liger_head_matches_the_chunked_head_on_cuda():
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA heads need a CUDA GPU")
+@pytest.mark.parametrize("head, atol, rtol, min_cosine", [
+    ("chunked", 1e-4, 1e-5, 0.9999),  # the Triton cross-entropy kernel: the same numbers
+    ("liger", 2e-2, 1e-2, 0.99),  # Liger's fused linear cross-entropy: its own bf16 rounding
+])
+def test_cuda_heads_match_the_chunked_head_with_pytorch_ops(head, atol, rtol, min_cosine):
+    if head == "liger" and not fast_step.liger_available():
+        pytest.skip("Liger's fused linear cross-entropy needs liger_kernel")
+    if head == "chunked" and head_kernel.triton is None:
+        pytest.skip("the head's cross-entropy kernel needs triton")
     torch.manual_seed(4)
-    hidden = torch.randn(2, 300, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    weight = torch.randn(5000, 256, device="cuda", dtype=torch.bfloat16) * 0.05
-    labels = torch.randint(0, 5000, (2, 300), device="cuda")
-    labels[0, :50] = -100
+    hidden = torch.randn(2, 700, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(50000, 256, device="cuda", dtype=torch.bfloat16) * 0.05
+    labels = torch.randint(0, 50000, (2, 700), device="cuda")
+    labels[0, :100] = -100
     results = {}
-    for head in ("chunked", "liger"):
-        hidden.grad = None
-        per_sample = fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, head=head)
-        (per_sample * torch.tensor([2.0, 0.5], device="cuda")).sum().backward()
-        results[head] = (per_sample.detach(), hidden.grad.float())
-    torch.testing.assert_close(results["liger"][0], results["chunked"][0], atol=2e-2, rtol=1e-2)
-    cosine = F.cosine_similarity(results["liger"][1].flatten(), results["chunked"][1].flatten(), dim=0)
-    assert cosine > 0.99
+    for name in ("torch", head):
+        per_sample = fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=256, head=name)
+        (grad,) = torch.autograd.grad((per_sample * torch.tensor([2.0, 0.5], device="cuda")).sum(), hidden)
+        results[name] = (per_sample.detach(), grad.float())
+    torch.testing.assert_close(results[head][0], results["torch"][0], atol=atol, rtol=rtol)
+    assert F.cosine_similarity(results[head][1].flatten(), results["torch"][1].flatten(), dim=0) > min_cosine
 
 
 def test_gpu_benchmark_script_runs_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The head's Triton cross-entropy kernel: Triton's interpreter runs it on CPU tensors (CI), CUDA runs it on GPUs."""
+"""The head's Triton cross-entropy kernel, run by Triton's interpreter on CPU tensors (on CUDA: tests/test_fast_step.py)."""
 
 import json
 import os
@@ -7,15 +7,14 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from your_ai import fast_step, head_kernel
+from your_ai import head_kernel
 
 needs_triton = pytest.mark.skipif(head_kernel.triton is None, reason="needs the triton package")
 
 INTERPRETED_CHECK = r"""
 import json, torch, torch.nn.functional as F
-from your_ai import fast_step, head_kernel
+from your_ai import head_kernel
 
 assert head_kernel.INTERPRETED and head_kernel.applies(torch.zeros(2, 3))
 report = {}
@@ -62,7 +61,7 @@ print(json.dumps(report))
 def test_interpreted_kernel_gives_cross_entropy_and_its_gradient():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], env=env, capture_output=True, text=True,
-                          timeout=300)
+                          check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     head = report.pop("head")
@@ -84,20 +83,3 @@ def test_cpu_tensors_take_the_pytorch_ops_and_the_kernel_refuses_them():
     assert not head_kernel.applies(logits)
     with pytest.raises(ValueError, match="CUDA device"):
         head_kernel.cross_entropy_rows(logits, torch.zeros(3, dtype=torch.long), want_grad=False)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or head_kernel.triton is None, reason="needs a CUDA GPU and triton")
-def test_kernel_on_cuda_matches_the_pytorch_ops_in_bf16():
-    torch.manual_seed(5)
-    hidden = torch.randn(2, 700, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    weight = torch.randn(50000, 256, device="cuda", dtype=torch.bfloat16) * 0.05
-    labels = torch.randint(0, 50000, (2, 700), device="cuda")
-    labels[0, :100] = -100
-    results = {}
-    for head in ("chunked", "torch"):
-        per_sample = fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=256, head=head)
-        (grad,) = torch.autograd.grad((per_sample * torch.tensor([2.0, 0.5], device="cuda")).sum(), hidden)
-        results[head] = (per_sample, grad.float())
-    torch.testing.assert_close(results["chunked"][0], results["torch"][0], atol=1e-4, rtol=1e-5)
-    assert F.cosine_similarity(results["chunked"][1].flatten(), results["torch"][1].flatten(), dim=0) > 0.9999
