@@ -14,7 +14,7 @@ needs_triton = pytest.mark.skipif(head_kernel.triton is None, reason="needs the 
 
 INTERPRETED_CHECK = r"""
 import json, torch, torch.nn.functional as F
-from your_ai import head_kernel
+from your_ai import fast_step, head_kernel
 
 assert head_kernel.INTERPRETED and head_kernel.applies(torch.zeros(2, 3))
 report = {}
@@ -24,7 +24,7 @@ for dtype in (torch.float32, torch.float16):
         logits = (torch.randn(6, vocab, generator=generator) * 3).to(dtype)
         targets = torch.randint(0, vocab, (6,), generator=generator)
         targets[0], targets[1] = 0, vocab - 1  # the first and last columns
-        reference = logits.float().requires_grad_()
+        reference = logits.float().clone().requires_grad_()  # a copy: .float() of fp32 logits is the same tensor
         F.cross_entropy(reference, targets, reduction="none").sum().backward()
         want = F.cross_entropy(logits.float(), targets, reduction="none")
         kept = logits.clone()
@@ -47,7 +47,7 @@ results = {}
 for head in ("chunked", "torch"):
     per_sample = fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=32, head=head)
     (grad,) = torch.autograd.grad((per_sample * torch.tensor([1.0, 3.0])).sum(), hidden)
-    results[head] = (per_sample, grad)
+    results[head] = (per_sample.detach(), grad)
 report["head"] = {
     "loss_error": float((results["chunked"][0] - results["torch"][0]).abs().max()),
     "grad_error": float((results["chunked"][1] - results["torch"][1]).abs().max()),
