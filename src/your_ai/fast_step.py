@@ -1,6 +1,6 @@
 """The fast LoRA training step: a chunked head, fused kernels, and recomputation sized to a budget.
 
-Three things make a LoRA step on a large model faster or smaller than the plain
+These make a LoRA step on a large model faster or smaller than the plain
 ``model(...).logits`` -> cross-entropy step, and each gives the same numbers:
 
 * **The chunked linear + cross-entropy head** (``linear_cross_entropy_per_sample``). The plain
