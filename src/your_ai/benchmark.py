@@ -511,7 +511,8 @@ def run_benchmark(
             if model_strategy == "fsdp":  # each process holds its share
                 weights -= memory.sharding_saves_gb(architecture, device, gpus, config.quantize)
             if located and not force and weights > max_memory_gb:
-                share = f" per {processes_word(device)} (sharded over {gpus})" if model_strategy == "fsdp" else ""
+                share = (f" per {processes_word(device)} (sharded over {gpus}, with the layers FSDP gathers whole)"
+                         if model_strategy == "fsdp" else "")
                 result = _parent_result(
                     preset.name, preset, device, config, synthetic, estimate_gb, max_memory_gb, "over_budget",
                     f"the weights alone need {weights:.2f} GB{share} > {max_memory_gb:.2f} GB budget; not loaded, "
