@@ -1,4 +1,5 @@
-"""The head's Triton cross-entropy kernel, run by Triton's interpreter on CPU tensors (on CUDA: tests/test_fast_step.py)."""
+"""The head's Triton cross-entropy kernel, run by Triton's interpreter on CPU tensors
+(on CUDA: tests/test_fast_step.py)."""
 
 import json
 import os

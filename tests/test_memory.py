@@ -126,16 +126,14 @@ def test_expandable_segments_are_set_at_run_time(monkeypatch):
 
 
 def test_sharding_saves_the_layers_share_less_what_fsdp_gathers_whole():
-    from your_ai.memory import FSDP_GATHERED_LAYERS, sharding_saves_gb, weights_gb, whole_weights_gb
-    from your_ai.presets import PRESETS, TINY
-
     big = PRESETS["hermes-70b"].architecture
-    whole = whole_weights_gb(big, "cuda")
+    whole = memory.whole_weights_gb(big, "cuda")
     assert whole == pytest.approx((2 * 128256 * 8192 + 8192) * 2 / 1e9)  # embeddings and head, bf16
-    layers = weights_gb(big, "cuda") - whole
-    per_gpu = {n: weights_gb(big, "cuda") - sharding_saves_gb(big, "cuda", n) for n in (2, 4, 8)}
-    assert per_gpu[2] == pytest.approx(whole + layers / 2 + FSDP_GATHERED_LAYERS * layers / 80)
+    layers = memory.weights_gb(big, "cuda") - whole
+    per_gpu = {n: memory.weights_gb(big, "cuda") - memory.sharding_saves_gb(big, "cuda", n) for n in (2, 4, 8)}
+    assert per_gpu[2] == pytest.approx(whole + layers / 2 + memory.FSDP_GATHERED_LAYERS * layers / 80)
     assert 79 < per_gpu[2] < 80 and per_gpu[2] > per_gpu[4] > per_gpu[8]  # 2 GPUs: 79.5 GB of 141.1
-    quantized = sharding_saves_gb(big, "cuda", 2, quantize=4)
-    assert quantized == pytest.approx((weights_gb(big, "cuda", 4) - whole) * (0.5 - FSDP_GATHERED_LAYERS / 80))
-    assert sharding_saves_gb(TINY.architecture, "cpu", 2) < 0  # 4 small layers: sharding costs more than it saves
+    quantized_layers = memory.weights_gb(big, "cuda", 4) - whole  # NF4; the embeddings and head stay bf16
+    assert memory.sharding_saves_gb(big, "cuda", 2, quantize=4) == pytest.approx(
+        quantized_layers * (0.5 - memory.FSDP_GATHERED_LAYERS / 80))
+    assert memory.sharding_saves_gb(TINY.architecture, "cpu", 2) < 0  # 4 small layers: sharding costs more

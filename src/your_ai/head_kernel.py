@@ -44,7 +44,8 @@ def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, want_grad: b
     of each row's loss with respect to its logits (``softmax - onehot``, in the logits' dtype)."""
     if not applies(logits):
         raise ValueError(f"the Triton cross-entropy takes 2-D {', '.join(map(str, KERNEL_DTYPES))} logits with "
-                         f"contiguous rows on a CUDA device (got {tuple(logits.shape)} {logits.dtype} on {logits.device})")
+                         f"contiguous rows on a CUDA device (got {tuple(logits.shape)} {logits.dtype} "
+                         f"on {logits.device})")
     rows, vocab = logits.shape
     if targets.shape != (rows,):
         raise ValueError(f"targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}")
