@@ -383,7 +383,7 @@ def test_shared_qkv_lora_a_falls_back_to_peft_when_it_does_not_apply():
     torch.testing.assert_close(logits(model), logits(separate), atol=1e-5, rtol=1e-5)
     assert sum(calls.values()) == 1 + 4 * 3  # every q/k/v/o lora_A of the 3 layers, once
     dropout = tiny_lora_model(lora=LoraSettings(rank=8, layers=3, dropout=0.1))
-    assert fast_step.share_qkv_lora_a(dropout) == []
+    assert fast_step.share_qkv_lora_a(dropout) == [] and fast_step.fuse_lora_add(dropout) == []  # PEFT's forwards
 
 
 def test_bf16_autocast_and_the_saved_adapter_with_shared_qkv_lora_a(tmp_path):

@@ -526,7 +526,8 @@ def share_qkv_lora_a(model, *, fuse_add: bool = True) -> list[int]:
 
 def fuse_lora_add(model) -> list[int]:
     """Every other LoRA projection of the decoder layers adds its B product in its base matmul's
-    epilogue (``base_plus_lora``); returns the layers where one does. Idempotent;
+    epilogue (``base_plus_lora``) whenever its adapter is plain LoRA; returns the layers where one's
+    adapter is plain now. Idempotent;
     ``unfuse_lora_add`` puts PEFT's forwards back."""
     indices = []
     for index, layer in enumerate(decoder_layers(model)):
@@ -535,7 +536,7 @@ def fuse_lora_add(model) -> list[int]:
             if not _wrapped(module):
                 module.forward = _LoraProjectionForward(module, module.forward)
         if any(isinstance(module.__dict__["forward"], _LoraProjectionForward) and module.__dict__["forward"].fuse_add
-               for module in modules):
+               and plain_lora_adapter(module) is not None for module in modules):
             indices.append(index)
     return indices
 
