@@ -231,9 +231,7 @@ def sharding_saves_gb(architecture: Architecture, device: str, processes: int, q
 def whole_weights_gb(architecture: Architecture, device: str) -> float:
     """The weights outside the decoder layers (embeddings, head unless tied, final norm), in
     ``device``'s training dtype: never quantized, and the unit FSDP gathers for the whole step."""
-    h = architecture.hidden_size
-    embeddings = architecture.vocab_size * h * (1 if architecture.tie_word_embeddings else 2)
-    return (embeddings + h) * training_dtype_bytes(device) / GB
+    return architecture.outside_layers_parameter_count() * training_dtype_bytes(device) / GB
 
 
 def weight_bytes_total(architecture: Architecture, dtype_bytes: float, quantize: int | None = None) -> float:

@@ -44,8 +44,13 @@ class Architecture:
         if self.model_type == "qwen2":
             attention += h + 2 * kv  # q/k/v biases
         per_layer = attention + 3 * h * i + 2 * h
-        embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return embeddings + layers * per_layer + h
+        return self.outside_layers_parameter_count() + layers * per_layer
+
+    def outside_layers_parameter_count(self) -> int:
+        """Parameters outside the decoder layers: the input embeddings, the head unless tied to them,
+        and the final norm."""
+        h = self.hidden_size
+        return self.vocab_size * h * (1 if self.tie_word_embeddings else 2) + h
 
     def decoder_linear_parameter_count(self) -> int:
         """Weights of the decoder layers' linear projections (q/k/v/o, gate/up/down): what 4-bit
