@@ -276,12 +276,14 @@ def generate(model, prompt, checkpoint, max_tokens, temperature, seed, chat, com
 def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, trust_remote_code, as_json):
     """Cross-entropy and perplexity of a model (with an optional adapter) over a JSONL data set."""
     from your_ai import inference
-    from your_ai.data import DataError, read_records
+    from your_ai.data import DataError, no_records, read_records
 
     try:
         read = read_records(data, collect_errors=True)
     except DataError as error:
         _fail(str(error), code=1)
+    if not read.records and not read.errors:
+        _fail(str(no_records(data)), code=1)
     if read.errors:
         for error in read.errors:
             click.echo(str(error), err=True)

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from your_ai.distrust import AUTHORITY_MAX, AUTHORITY_MIN, IGNORE_INDEX
 
+BOM = b"\xef\xbb\xbf"
 METADATA_FIELDS = ("year", "source", "url", "publisher", "source_type", "identifier")
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
@@ -75,30 +76,53 @@ class ReadResult:
 
 
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any] | DataError]:
-    """Yield ``(line_number, object)`` per non-blank line, or a ``DataError`` for bad JSON."""
+    """Yield ``(line_number, object)`` per non-blank line, or a ``DataError`` for a bad one.
+
+    The one reader of JSONL files: it reads bytes and decodes each line on its own, so a line
+    that is not UTF-8 (or not JSON) is reported with its own number and the lines after it are
+    still read. A UTF-8 byte order mark at the start of the file is accepted. Lines end at
+    ``\\n``, ``\\r\\n`` or a lone ``\\r``.
+    """
     path = Path(path)
     try:
-        handle = path.open("r", encoding="utf-8")
+        handle = path.open("rb")
     except FileNotFoundError:
         raise DataError(path, 0, "file does not exist") from None
+    except IsADirectoryError:
+        raise DataError(path, 0, "is a directory, not a JSONL file") from None
     with handle:
         line_number = 0
-        while True:
-            try:
-                line = handle.readline()
-            except UnicodeDecodeError as error:
-                yield DataError(path, line_number + 1, f"not UTF-8 text ({error.reason})")
-                return
-            if not line:
-                return
-            line_number += 1
-            if not line.strip():
-                continue
-            try:
-                yield line_number, json.loads(line)
-            except json.JSONDecodeError as error:
-                snippet = line.strip()[:60]
-                yield DataError(path, line_number, f"not valid JSON ({error.msg}): {snippet!r}")
+        for chunk in handle:
+            if line_number == 0 and chunk.startswith(BOM):
+                chunk = chunk[len(BOM):]
+            for raw in _split_lines(chunk):
+                line_number += 1
+                if raw.strip():
+                    yield _parse_line(raw, path, line_number)
+
+
+def _split_lines(chunk: bytes) -> list[bytes]:
+    """The lines of a chunk that ends at ``\\n`` (or at the end of the file), without their ends."""
+    if chunk.endswith(b"\n"):
+        chunk = chunk[:-2] if chunk.endswith(b"\r\n") else chunk[:-1]
+    elif chunk.endswith(b"\r"):
+        chunk = chunk[:-1]
+    return chunk.split(b"\r") if b"\r" in chunk else [chunk]
+
+
+def _parse_line(raw: bytes, path: Path, line_number: int) -> tuple[int, Any] | DataError:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return DataError(
+            path, line_number,
+            f"not UTF-8 text: byte 0x{raw[error.start]:02x} at column {error.start + 1} ({error.reason}); "
+            "save the file as UTF-8",
+        )
+    try:
+        return line_number, json.loads(line)
+    except json.JSONDecodeError as error:
+        return DataError(path, line_number, f"not valid JSON ({error.msg}): {line.strip()[:60]!r}")
 
 
 def check_record(value: Any, file: str | Path, line: int) -> Record:
@@ -190,6 +214,11 @@ def iter_records(path: str | Path) -> Iterator[Record | DataError]:
             yield error
 
 
+def no_records(path: str | Path) -> DataError:
+    """The error for a file without a single record (empty, or only blank lines)."""
+    return DataError(path, 0, "no records: the file is empty (or holds only blank lines)")
+
+
 def read_records(path: str | Path, *, collect_errors: bool = False) -> ReadResult:
     """Read a whole JSONL file. Stops at the first bad line unless ``collect_errors``."""
     result = ReadResult()
@@ -272,19 +301,58 @@ def tokenize_record(record: Record, tokenizer, max_seq_length: int) -> tuple[lis
     chat: rendered with the tokenizer's chat template; only assistant turns are learned when the
     template renders each turn as a prefix of the next (``exact`` is False when the whole
     conversation had to be learned instead).
+    A text far longer than ``max_seq_length`` tokens is tokenised only as far as the kept
+    tokens need (``_encode_prefix``), so memory stays bounded whatever the record's length.
     """
+    def encode(text: str, special: bool = True) -> list[int]:
+        return tokenizer(text, add_special_tokens=special)["input_ids"]
+
     exact = True
     if record.kind == "text":
-        ids = _with_eos(tokenizer(record.fields["text"])["input_ids"], tokenizer)
+        ids = _with_eos(_encode_prefix(encode, record.fields["text"], max_seq_length), tokenizer)
         labels = list(ids)
     elif record.kind == "prompt":
-        prompt = tokenizer(record.fields["prompt"])["input_ids"]
-        completion = _with_eos(tokenizer(record.fields["completion"], add_special_tokens=False)["input_ids"], tokenizer)
+        prompt = list(_encode_prefix(encode, record.fields["prompt"], max_seq_length))
+        room = max_seq_length - len(prompt)
+        completion = []  # nothing of it would be kept when the prompt fills max_seq_length
+        if room > 0:
+            completion = _with_eos(
+                _encode_prefix(lambda text: encode(text, special=False), record.fields["completion"], room), tokenizer
+            )
         ids = prompt + completion
         labels = [IGNORE_INDEX] * len(prompt) + completion
     else:
-        ids, labels, exact = _tokenize_chat(record, tokenizer)
+        ids, labels, exact = _tokenize_chat(record, tokenizer, max_seq_length)
     return ids[:max_seq_length], labels[:max_seq_length], exact
+
+
+# A text longer than (tokens kept) x PREFIX_CHARS_PER_TOKEN characters is tokenised by prefixes:
+# tokens of real vocabularies are far shorter than 16 characters on average.
+PREFIX_CHARS_PER_TOKEN = 16
+# Tokens a prefix must hold beyond the kept ones, so that where it was cut cannot reach them.
+PREFIX_MARGIN_TOKENS = 16
+
+
+def _encode_prefix(encode, text: str, keep: int):
+    """``encode(text)``, or ``encode`` of a prefix of ``text`` whose first ``keep`` ids are those
+    of ``encode(text)``: the prefix is doubled until it holds ``PREFIX_MARGIN_TOKENS`` more than
+    ``keep`` ids and a prefix twice as long starts with the same ``keep`` ids. ``encode`` returns
+    the ids, or a tuple whose first item is the ids."""
+    def ids(encoded):
+        return encoded[0] if isinstance(encoded, tuple) else encoded
+
+    size = max(keep, 1) * PREFIX_CHARS_PER_TOKEN
+    if len(text) <= 2 * size:
+        return encode(text)
+    shorter = encode(text[:size])
+    while 2 * size < len(text):
+        size *= 2
+        longer = encode(text[:size])
+        far_enough = len(ids(shorter)) >= keep + PREFIX_MARGIN_TOKENS
+        if far_enough and list(ids(longer)[:keep]) == list(ids(shorter)[:keep]):
+            return longer
+        shorter = longer
+    return encode(text)
 
 
 def _with_eos(ids: list[int], tokenizer) -> list[int]:
@@ -294,7 +362,7 @@ def _with_eos(ids: list[int], tokenizer) -> list[int]:
     return list(ids)
 
 
-def _tokenize_chat(record: Record, tokenizer) -> tuple[list[int], list[int], bool]:
+def _tokenize_chat(record: Record, tokenizer, max_seq_length: int) -> tuple[list[int], list[int], bool]:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(record.file, record.line, "chat record, but the model's tokenizer has no chat template")
     messages = record.fields["messages"]
@@ -304,15 +372,19 @@ def _tokenize_chat(record: Record, tokenizer) -> tuple[list[int], list[int], boo
         raise DataError(record.file, record.line, f"the chat template rejects this conversation: {error}") from None
     spans = _assistant_spans(messages, tokenizer, text)
     if spans is None or not getattr(tokenizer, "is_fast", False):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = _encode_prefix(lambda part: tokenizer(part, add_special_tokens=False)["input_ids"], text, max_seq_length)
         return list(ids), list(ids), False
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoding["input_ids"])
+
+    def encode(part: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = tokenizer(part, add_special_tokens=False, return_offsets_mapping=True)
+        return encoding["input_ids"], encoding["offset_mapping"]
+
+    ids, offsets = _encode_prefix(encode, text, max_seq_length)
     labels = [
         token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
-        for token, (begin, _) in zip(ids, encoding["offset_mapping"])
+        for token, (begin, _) in zip(ids, offsets)
     ]
-    return ids, labels, True
+    return list(ids), labels, True
 
 
 def _assistant_spans(messages: list[dict], tokenizer, text: str) -> list[tuple[int, int]] | None:

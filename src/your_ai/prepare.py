@@ -134,6 +134,14 @@ def _iter_all(files: Sequence[Path]) -> Iterator[Record | DataError]:
         yield from iter_records(path)
 
 
+def _no_records(files: Sequence[Path], lines_read: int, left_to: str) -> PrepareError:
+    """The error of a run with no good record: an empty input, or every line bad or skipped."""
+    if lines_read:
+        return PrepareError(f"no records left to {left_to}")
+    names = ", ".join(str(path) for path in files)
+    return PrepareError(f"no records in {names}: the input is empty (or holds only blank lines)")
+
+
 MAX_ERRORS_KEPT = 1000
 
 
@@ -614,7 +622,7 @@ def prepare(
         if errors.count and not skip_bad:
             raise errors.failure()
         if not tiers:
-            raise PrepareError("no records left to write")
+            raise _no_records(files, report.read, "write")
 
         # Decide: balance and split on the compact arrays.
         tier_of = np.frombuffer(tiers, dtype=np.int8)
@@ -771,6 +779,8 @@ def deduplicate(
         report.bad, report.errors = errors.count, errors.messages
         if errors.count and not skip_bad:
             raise errors.failure()  # inside the block: the temporary file is removed, the target kept
+        if not report.written:
+            raise _no_records(files, report.read, "write")
     return report
 
 
@@ -870,25 +880,25 @@ def analyze(
     if errors.count and not skip_bad:
         raise errors.failure("no report")
     records = len(weights)
+    if not records:
+        raise _no_records(files, read, "analyze")
     warnings = []
     tiers: dict[str, Any] = {}
     for tier, count in zip(TIERS, tier_counts):
-        share = count / records if records else 0.0
+        share = count / records
         tiers[tier.name] = {
             "band": [tier.low, tier.high],
             "count": count,
             "share": share,
             "target": [tier.min_share, tier.max_share],
         }
-        if records and not tier.min_share - MIX_TOLERANCE <= share <= tier.max_share + MIX_TOLERANCE:
+        if not tier.min_share - MIX_TOLERANCE <= share <= tier.max_share + MIX_TOLERANCE:
             direction = "below" if share < tier.min_share else "above"
             warnings.append(
                 f"{tier.name} authority ({tier.low:.2f}-{tier.high:.2f}) is {100 * share:.1f}% of the records, "
                 f"{direction} the target {100 * tier.min_share:.0f}-{100 * tier.max_share:.0f}%"
             )
-    if records == 0:
-        warnings.append("no records")
-    top_entropy = max(10, math.ceil(max(entropies))) if records else 10
+    top_entropy = max(10, math.ceil(max(entropies)))
     return {
         "files": [str(p) for p in files],
         "read": read,

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from your_ai.data import METADATA_FIELDS, DataError, Record, iter_records
+from your_ai.data import METADATA_FIELDS, DataError, Record, iter_records, no_records
 from your_ai.distrust import AUTHORITY_MAX, AUTHORITY_MIN, DEFAULT_ALPHA, empirical_distrust_loss
 
 # ------------------------------------------------------------------------------ era
@@ -568,7 +568,7 @@ def score_file(path: str | Path, *, alpha: float = DEFAULT_ALPHA) -> tuple[list[
     except DataError as error:  # the file itself cannot be read
         errors.append(error)
     if not scored and not errors:
-        errors.append(DataError(path, 0, "no records in the file"))
+        errors.append(no_records(path))
     return scored, errors
 
 

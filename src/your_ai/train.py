@@ -44,6 +44,7 @@ from your_ai.data import (
     Example,
     TrainingFiles,
     collate,
+    no_records,
     read_records,
     record_scores,
     tokenize_records,
@@ -614,7 +615,7 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
     files = training_files(args.data)
     train_records = read_records(files.train).records
     if not train_records:
-        raise DataError(files.train, 0, "no records")
+        raise no_records(files.train)
     val_records = read_records(files.val).records if files.val else []
     if args.save_best and not val_records:
         raise TrainingArgsError(
