@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,10 +15,10 @@ NOTEBOOK = "Lab notebook, 14 March 1956. Measurements of sample 7: 78.2 and 78.4
 PRESS = "Press release. The World Health Organization (WHO) says experts agree and studies show it works."
 
 
-def run_score(*args: str) -> subprocess.CompletedProcess:
+def run_score(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "your_ai", "score", *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -87,11 +88,28 @@ def test_file_table_labels_computed_and_carried_values(tmp_path):
         json.dumps({"text": NOTEBOOK}),
         json.dumps({"text": PRESS, "auth_weight": 0.9, "prov_entropy": 1.0}),
     ])
-    result = run_score("--file", str(path))
+    result = run_score("--file", str(path), env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
-    assert "w (computed)" in result.stdout and "w (carried)" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if line.lstrip().startswith("line"))
+    assert header.count("computed") == 3 and header.count("carried") == 3
     assert "0.9000" in result.stdout  # the carried w
     assert "Lab notebook, 14 March 1956" in result.stdout
+
+
+def test_file_table_fits_an_80_column_terminal(tmp_path):
+    long_text = "Lab notebook, 14 March 1956. " + "Measurements of sample 7 at the bench. " * 40
+    path = write_jsonl(tmp_path / "docs.jsonl", [
+        json.dumps({"text": long_text}),
+        json.dumps({"text": PRESS, "auth_weight": 0.9, "prov_entropy": 1.0, "source": "WHO " * 30}),
+    ])
+    result = run_score("--file", str(path), env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.stdout
+    rows = [line for line in lines if line.strip().startswith(("1 ", "2 "))]
+    assert len(rows) == 2  # one line per record, its text cut with an ellipsis
+    assert "Lab notebook" in rows[0] and rows[0].count("…") == 1
+    assert rows[1].split()[-3:] == ["0.9000", "1.0000", "4.58"]  # the carried values, whole
 
 
 def test_bad_lines_are_reported_with_file_and_line_and_nothing_is_printed(tmp_path):

@@ -185,7 +185,8 @@ def score(text, file_path, year, source, source_type, url, publisher, as_json):
     from your_ai import scoring
 
     metadata = {"year": year, "source": source, "source_type": source_type, "url": url, "publisher": publisher}
-    console = Console(width=None if sys.stdout.isatty() else 200)  # piped output: no wrapping of the tables
+    # The terminal's width (or $COLUMNS); piped output without $COLUMNS: 200, no wrapping of the tables.
+    console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
     if file_path is None:
         if text is None or not text.strip():
             raise click.UsageError("give the TEXT to score, or --file FILE.jsonl")

@@ -618,22 +618,25 @@ def format_document_score(score: DocumentScore):
 
 
 def format_file_scores(rows: list[ScoredRecord], path: str | Path):
-    """A rich table, one row per document: line, start of the text, w, H, distrust
-    (computed), and the carried values where the file has any."""
+    """A rich table, one line per document: line, start of the text, w, H, distrust (computed),
+    and the carried values where the file has any. The text column takes the width left over
+    and ends in an ellipsis, so the table fits the console (80 columns and up)."""
+    from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     any_carried = any(row.carried for row in rows)
-    table = Table(title=f"Scores for {path}")
-    table.add_column("line", justify="right")
-    table.add_column("text")
-    for label in ("w (computed)", "H (computed)", "distrust (computed)"):
-        table.add_column(label, justify="right")
-    if any_carried:
-        for label in ("w (carried)", "H (carried)", "distrust (carried)"):
-            table.add_column(label, justify="right")
+    table = Table(
+        title=f"Scores for {path}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)
+    )
+    table.add_column("line", justify="right", no_wrap=True)
+    table.add_column("text", min_width=8)  # the one column that gives way: its cells end in an ellipsis
+    for source in ("computed", "carried") if any_carried else ("computed",):
+        for label in ("w", "H", "distrust"):
+            table.add_column(f"{label}\n{source}", justify="right", no_wrap=True)
     for row in rows:
-        text = " ".join(row.record.document_text().split())
-        cells = [str(row.record.line), text[:50] + ("..." if len(text) > 50 else "")]
+        text = Text(" ".join(row.record.document_text()[:400].split()), no_wrap=True, overflow="ellipsis")
+        cells = [str(row.record.line), text]
         cells += [f"{row.score.authority_weight:.4f}", f"{row.score.provenance_entropy:.4f}", f"{row.score.distrust:.2f}"]
         if any_carried:
             carried = row.carried
