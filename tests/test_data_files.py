@@ -80,7 +80,7 @@ def test_deduplicate_skip_bad_writes_every_other_line(tmp_path):
 
 @pytest.mark.parametrize("command", [
     ["score", "--file"],
-    ["train", "--output-dir", "out", "--data"],
+    pytest.param(["train", "--output-dir", "out", "--data"], marks=pytest.mark.slow),
     ["evaluate", "--data"],
 ])
 def test_score_train_and_evaluate_name_the_bad_line(tmp_path, command):
@@ -111,7 +111,7 @@ def test_a_byte_order_mark_on_the_first_line_is_accepted(tmp_path):
     ["deduplicate", "--output", "dedup.jsonl"],
     ["analyze"],
     ["score", "--file"],
-    ["train", "--output-dir", "out", "--data"],
+    pytest.param(["train", "--output-dir", "out", "--data"], marks=pytest.mark.slow),
     ["evaluate", "--data"],
 ])
 def test_an_empty_file_fails_with_no_records_in_every_command(tmp_path, command):
