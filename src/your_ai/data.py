@@ -90,6 +90,8 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any] | DataError]:
         raise DataError(path, 0, "file does not exist") from None
     except IsADirectoryError:
         raise DataError(path, 0, "is a directory, not a JSONL file") from None
+    except OSError as error:
+        raise DataError(path, 0, f"cannot be read ({error.strerror or error})") from None
     with handle:
         line_number = 0
         for chunk in handle:
@@ -97,7 +99,7 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any] | DataError]:
                 chunk = chunk[len(BOM):]
             for raw in _split_lines(chunk):
                 line_number += 1
-                if raw.strip():
+                if raw and not raw.isspace():
                     yield _parse_line(raw, path, line_number)
 
 
@@ -116,13 +118,13 @@ def _parse_line(raw: bytes, path: Path, line_number: int) -> tuple[int, Any] | D
     except UnicodeDecodeError as error:
         return DataError(
             path, line_number,
-            f"not UTF-8 text: byte 0x{raw[error.start]:02x} at column {error.start + 1} ({error.reason}); "
-            "save the file as UTF-8",
+            f"not UTF-8 text: byte 0x{raw[error.start]:02x} at position {error.start + 1} of the line "
+            f"({error.reason}); save the file as UTF-8",
         )
     try:
         return line_number, json.loads(line)
     except json.JSONDecodeError as error:
-        return DataError(path, line_number, f"not valid JSON ({error.msg}): {line.strip()[:60]!r}")
+        return DataError(path, line_number, f"not valid JSON ({error.msg}): {line[:200].strip()[:60]!r}")
 
 
 def check_record(value: Any, file: str | Path, line: int) -> Record:
