@@ -124,3 +124,19 @@ def test_bad_lines_are_reported_with_file_and_line_and_nothing_is_printed(tmp_pa
     assert result.stdout == ""
     assert f"{path}:3: not valid JSON" in result.stderr
     assert f"{path}:4: source=42 is not a string" in result.stderr
+
+
+def test_file_scores_go_vertical_when_the_table_cannot_fit(tmp_path):
+    path = write_jsonl(tmp_path / "docs.jsonl", [
+        json.dumps({"text": NOTEBOOK}),
+        json.dumps({"text": PRESS, "auth_weight": 0.9, "prov_entropy": 1.0}),
+    ])
+    result = run_score("--file", str(path), env={"COLUMNS": "50"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 50, result.stdout
+    assert [line.split(":")[0] for line in lines if line.startswith("line ")] == ["line 1", "line 2"]
+    values = [line.split() for line in lines if line.startswith("  ")]
+    assert len(values) == 6 and all("…" not in "".join(value) for value in values)  # every number whole
+    assert values[3:] == [["w", values[3][1], "carried", "0.9000"], ["H", values[4][1], "carried", "1.0000"],
+                          ["distrust", values[5][1], "carried", "4.58"]]

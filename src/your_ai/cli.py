@@ -210,7 +210,7 @@ def score(text, file_path, year, source, source_type, url, publisher, as_json):
         for row in rows:
             click.echo(json.dumps(row.to_dict()))
     else:
-        console.print(scoring.format_file_scores(rows, file_path))
+        console.print(scoring.format_file_scores(rows, file_path, console.width))
 
 
 # ---------------------------------------------------------------------------- inference

@@ -617,15 +617,28 @@ def format_document_score(score: DocumentScore):
     return table
 
 
-def format_file_scores(rows: list[ScoredRecord], path: str | Path):
+def format_file_scores(rows: list[ScoredRecord], path: str | Path, width: int | None = None):
     """A rich table, one line per document: line, start of the text, w, H, distrust (computed),
     and the carried values where the file has any. The text column takes the width left over
-    and ends in an ellipsis, so the table fits the console (80 columns and up)."""
+    and ends in an ellipsis; a console of ``width`` columns too narrow for the numbers gets
+    ``_vertical_file_scores`` instead."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    any_carried = any(row.carried for row in rows)
+    if width is not None:
+        wide = Console(width=10_000)  # a measurement is capped at the console's width
+        numbers_only = _file_table(rows, path, any_carried, texts=False)
+        if Measurement.get(wide, wide.options, numbers_only).maximum > width:
+            return _vertical_file_scores(rows, path, any_carried)
+    return _file_table(rows, path, any_carried)
+
+
+def _file_table(rows: list[ScoredRecord], path: str | Path, any_carried: bool, texts: bool = True):
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    any_carried = any(row.carried for row in rows)
     table = Table(
         title=f"Scores for {path}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)
     )
@@ -635,8 +648,8 @@ def format_file_scores(rows: list[ScoredRecord], path: str | Path):
         for label in ("w", "H", "distrust"):
             table.add_column(f"{label}\n{source}", justify="right", no_wrap=True)
     for row in rows:
-        text = Text(" ".join(row.record.document_text()[:400].split()), no_wrap=True, overflow="ellipsis")
-        cells = [str(row.record.line), text]
+        text = " ".join(row.record.document_text()[:400].split()) if texts else ""
+        cells = [str(row.record.line), Text(text, no_wrap=True, overflow="ellipsis")]
         cells += [f"{row.score.authority_weight:.4f}", f"{row.score.provenance_entropy:.4f}", f"{row.score.distrust:.2f}"]
         if any_carried:
             carried = row.carried
@@ -647,6 +660,28 @@ def format_file_scores(rows: list[ScoredRecord], path: str | Path):
             )
         table.add_row(*cells)
     return table
+
+
+def _vertical_file_scores(rows: list[ScoredRecord], path: str | Path, any_carried: bool):
+    """One block per document: its line and start of text, then w, H and distrust on lines of their own."""
+    from rich.console import Group
+    from rich.text import Text
+
+    lines = [Text(f"Scores for {path}", style="italic")]
+    for row in rows:
+        text = " ".join(row.record.document_text()[:400].split())
+        lines.append(Text(f"line {row.record.line}: {text}", no_wrap=True, overflow="ellipsis"))
+        carried = row.carried
+        for label, key, value, digits in (
+            ("w", "auth_weight", row.score.authority_weight, 4),
+            ("H", "prov_entropy", row.score.provenance_entropy, 4),
+            ("distrust", "distrust", row.score.distrust, 2),
+        ):
+            line = f"  {label:<9}{value:>9.{digits}f}"
+            if any_carried:
+                line += f"   carried {carried[key]:.{digits}f}" if carried else "   carried -"
+            lines.append(Text(line, no_wrap=True, overflow="ellipsis"))
+    return Group(*lines)
 
 
 def _markers_text(markers: Mapping[str, Mapping[str, Any]]) -> str:
