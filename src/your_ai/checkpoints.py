@@ -424,14 +424,18 @@ def inspect_output_dir(output_dir: Path) -> OutputDirContents:
 
 
 def remove_run_entries(contents: OutputDirContents) -> list[str]:
-    """Delete the entries a training run wrote (``contents.run_entries``) and nothing else; returns them."""
+    """Delete the entries a training run wrote (``contents.run_entries``) and nothing else; returns
+    their names (``name/`` for a directory)."""
+    removed = []
     for name in contents.run_entries:
         path = contents.path / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
+            removed.append(f"{name}/")
         else:
             path.unlink(missing_ok=True)
-    return list(contents.run_entries)
+            removed.append(name)
+    return removed
 
 
 def read_trainer_state(checkpoint: Path) -> dict:
