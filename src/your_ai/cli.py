@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -454,7 +455,18 @@ def _launch_processes(count: int, device: str | None, command: str) -> None:
     except distributed.DistributedError as error:
         _fail(str(error))
     arguments = _given_arguments(click.get_current_context(), skip=("gpus",))
-    sys.exit(subprocess.run(distributed.launch_command(count, arguments, command), check=False).returncode)
+    process = subprocess.Popen(distributed.launch_command(count, arguments, command))
+    received = []
+
+    def pass_on(number, frame):  # a SIGTERM sent to this process alone reaches the processes it started
+        received.append(number)
+        process.send_signal(number)
+
+    # Ctrl-C reaches every process of the terminal's group: this one waits while they save a checkpoint
+    signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    signal.signal(signal.SIGTERM, pass_on)
+    code = process.wait()
+    sys.exit(128 + received[0] if received and code else code)
 
 
 def _is_default(context: click.Context, name: str) -> bool:
