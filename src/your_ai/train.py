@@ -28,7 +28,9 @@ from transformers import get_cosine_schedule_with_warmup
 
 from your_ai.checkpoints import (
     ADAPTER_WEIGHTS_FILE,
+    METRICS_FILE,
     SUMMARY_FILE,
+    TENSORBOARD_DIR,
     CheckpointError,
     OutputDirContents,
     checkpoints_dir,
@@ -1160,14 +1162,14 @@ class _Reporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.console = console
-        self.metrics_path = Path(args.metrics_file) if args.metrics_file else output_dir / "metrics.jsonl"
+        self.metrics_path = Path(args.metrics_file) if args.metrics_file else output_dir / METRICS_FILE
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self.metrics = open(self.metrics_path, "a", encoding="utf-8")
         self.writer = None
         if args.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(output_dir / "runs"), purge_step=start_step or None)
+            self.writer = SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR), purge_step=start_step or None)
         self.progress = Progress(
             TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"), console=console, transient=True,
