@@ -222,7 +222,8 @@ def test_val_fraction_with_val_size_is_refused(tmp_path):
                         (["--val-size", "2"], "--val-size sets")):
         result = run_cli("prepare", "--input", raw, "--output", tmp_path / "out", *sizes, "--val-fraction", "0.2")
         assert result.returncode == 2
-        assert result.stderr.strip() == f"Error: --val-fraction cannot go with --val-size: {says} the split; give one of them"
+        assert result.stderr.strip() == (f"Error: --val-fraction cannot go with --val-size: {says} the split; "
+                                         f"give one of them")
     assert not (tmp_path / "out").exists()
 
 def test_train_and_val_share_no_text_and_a_seed_fixes_the_outputs(tmp_path):

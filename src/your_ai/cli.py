@@ -429,8 +429,9 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     if result.rank != 0:  # data-parallel: rank 0 reports
         sys.exit(result.exit_code)
     if result.already_finished:
-        click.echo(f"{result.output_dir} already finished {result.steps} of {result.max_steps} steps; nothing to do. "
-                   f"A run keeps its --max-steps: to train more, start a new run (--overwrite, or another --output-dir)")
+        click.echo(f"{result.output_dir} already finished {result.steps} of {result.max_steps} steps; nothing to "
+                   f"do. A run keeps its --max-steps: to train more, start a new run (--overwrite, or another "
+                   f"--output-dir)")
         return
     if result.stopped_by:
         click.echo(f"Stopped by {result.stopped_by} at step {result.steps} of {result.max_steps}; checkpoint saved in "

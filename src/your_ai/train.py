@@ -1040,9 +1040,10 @@ def _check_new_run_dir(output_dir: Path, overwrite: bool) -> OutputDirContents |
     if contents.empty:
         return None
     if not contents.is_run:
+        held = _names(contents.other_entries or contents.run_entries)
         raise TrainingError(
-            f"--output-dir {output_dir} is not empty and holds no training run ({_names(contents.other_entries or contents.run_entries)}); "
-            f"pass a new or empty --output-dir" + ("" if not overwrite else " (--overwrite replaces only a training run)")
+            f"--output-dir {output_dir} is not empty and holds no training run ({held}); pass a new or empty "
+            f"--output-dir" + (" (--overwrite replaces only a training run)" if overwrite else "")
         )
     if not overwrite:
         raise TrainingError(
