@@ -179,6 +179,7 @@ def test_training_twice_into_the_default_directory_says_what_to_do(tmp_path, tin
     assert (tmp_path / "models" / "distrust-tiny" / "adapter_model.safetensors").read_bytes() == adapter
 
 
+@pytest.mark.slow
 def test_flags_that_cannot_work_are_refused_before_training(tmp_path, tiny_model_dir):
     write_corpus(tmp_path / "corpus.jsonl")
     both = run_train("--data", "corpus.jsonl", "--profile", "p.json", "--auto-optimize", cwd=tmp_path)
