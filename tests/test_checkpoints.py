@@ -12,15 +12,18 @@ from safetensors.torch import load_file, save_file
 from your_ai.checkpoints import (
     CheckpointError,
     find_latest_checkpoint,
+    find_resumable_checkpoint,
     list_checkpoints,
     load_checkpoint,
     optimizer_state_from_files,
     optimizer_state_to_files,
+    prune_checkpoints,
     remove_stale_temporaries,
     rng_state,
     save_adapter,
     save_checkpoint,
     set_rng_state,
+    verify_checkpoint,
     write_directory_atomically,
 )
 from your_ai.lora import LoraSettings
@@ -146,3 +149,48 @@ def test_final_adapter_loads_with_peft_and_names_its_base(tmp_path, lora_model):
     loaded = PeftModel.from_pretrained(load_model(resolve_model(config["base_model_name_or_path"])), tmp_path)
     weights = {n: p for n, p in loaded.named_parameters() if "lora_B" in n}
     assert weights and all(torch.all(p == 0.25) for p in weights.values())
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_never_pruned_past(tmp_path, lora_model):
+    model = lora_model.model
+    optimizer, scheduler = _stepped_optimizer(model, seed=4)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                        trainer_state={"args": {}}, base_model="tiny", keep_last=3)
+    folder = tmp_path / "checkpoints"
+    _truncate(folder / "step-000003" / "adapter_model.safetensors")
+    (folder / "step-000002" / "trainer_state.json").write_text('{"step": 2')  # cut short
+    with pytest.raises(CheckpointError, match="step-000003/adapter_model.safetensors: .*incomplete"):
+        verify_checkpoint(folder / "step-000003")
+
+    point = find_resumable_checkpoint(tmp_path)
+    assert point.checkpoint == folder / "step-000001"
+    assert [path.name for path, _ in point.damaged] == ["step-000003", "step-000002"]
+    assert any("step-000003 cannot be loaded" in note for note in point.notes)
+    assert (folder / "step-000003" / "adapter_model.safetensors").is_file()  # found, not deleted
+
+    # keep-last 2 would keep the two damaged ones and delete the only checkpoint that loads
+    assert prune_checkpoints(tmp_path, 2) == []
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [1, 2, 3]
+
+
+def test_latest_marker_never_leads_outside_the_run(tmp_path, lora_model):
+    model = lora_model.model
+    optimizer, scheduler = _stepped_optimizer(model, seed=5)
+    run, other = tmp_path / "run", tmp_path / "other"
+    save_checkpoint(run, 1, model=model, optimizer=optimizer, scheduler=scheduler, trainer_state={},
+                    base_model="tiny", keep_last=3)
+    save_checkpoint(other, 9, model=model, optimizer=optimizer, scheduler=scheduler, trainer_state={},
+                    base_model="tiny", keep_last=3)
+    marker = run / "checkpoints" / "latest"
+    for outside in ("../../other/checkpoints/step-000009", str(other / "checkpoints" / "step-000009")):
+        marker.write_text(outside + "\n")
+        assert find_latest_checkpoint(run) == run / "checkpoints" / "step-000001"
+        point = find_resumable_checkpoint(run)
+        assert point.checkpoint == run / "checkpoints" / "step-000001"
+        assert point.notes == [f"{marker} names {outside!r}, not a checkpoint of this run; ignored"]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
 from test_train import write_corpus
 
 FAST = ["--lora-rank", "4", "--max-seq-length", "32", "--batch-size", "2"]
@@ -94,3 +97,96 @@ def test_memory_limit_saves_a_checkpoint_and_exits_4(tmp_path, tiny_model_dir):
     checkpoint = tmp_path / "run" / "checkpoints" / "step-000001"
     assert (checkpoint / "adapter_model.safetensors").is_file()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 1
+
+
+def _wait_for_metrics(path: Path, lines: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 180
+    while process.poll() is None and time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= lines:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run wrote fewer than {lines} metrics lines (exit code {process.poll()})")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_gives_the_uninterrupted_adapter(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    write_corpus(tmp_path / "corpus.jsonl")
+    args = ["--data", "corpus.jsonl", "--max-steps", "40", "--save-every", "100", "--memory-report-interval", "1",
+            "--no-tensorboard", "--device", "cpu", *FAST]
+    whole = start_train(*args, "--output-dir", "whole", cwd=tmp_path)  # the same run, never interrupted
+    process = start_train(*args, "--output-dir", "run", cwd=tmp_path)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    _wait_for_metrics(metrics, 2, process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    stopped = json.loads(metrics.read_text().splitlines()[-1])["step"]  # the step in progress was finished
+    assert 2 <= stopped < 40
+    state = json.loads((tmp_path / "run" / "checkpoints" / f"step-{stopped:06d}" / "trainer_state.json").read_text())
+    assert state["step"] == stopped
+    assert f"Stopped by SIGTERM at step {stopped} of 40" in out
+    command = out.split("Continue with: ", 1)[1].splitlines()[0]
+    assert command == "your-ai train --model tiny --output-dir run --resume --device cpu --no-tensorboard"
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+    resumed = run_train(*shlex.split(command)[2:], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming from step {stopped}" in resumed.stdout
+    whole.communicate(timeout=240)
+    assert whole.returncode == 0
+    a = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "run" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_does_not_cut_the_checkpoint_short(tmp_path, tiny_model_dir):
+    from your_ai.checkpoints import find_resumable_checkpoint
+
+    write_corpus(tmp_path / "corpus.jsonl")
+    process = start_train("--data", "corpus.jsonl", "--output-dir", "run", "--max-steps", "40", "--save-every",
+                          "100", "--memory-report-interval", "1", "--no-tensorboard", *FAST, cwd=tmp_path)
+    _wait_for_metrics(tmp_path / "run" / "metrics.jsonl", 1, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "SIGINT: finishing this step, then saving a checkpoint" in err and "Aborted" not in err
+    point = find_resumable_checkpoint(tmp_path / "run")
+    assert point.checkpoint is not None and not point.damaged and not point.notes
+    assert f"Stopped by SIGINT at step {int(point.checkpoint.name[5:])} of 40" in out
+
+
+@pytest.mark.slow
+def test_training_twice_into_the_default_directory_says_what_to_do(tmp_path, tiny_model_dir):
+    write_corpus(tmp_path / "corpus.jsonl")
+    args = ["--data", "corpus.jsonl", "--max-steps", "2", "--no-tensorboard", *FAST]
+    assert run_train(*args, cwd=tmp_path).returncode == 0
+    adapter = (tmp_path / "models" / "distrust-tiny" / "adapter_model.safetensors").read_bytes()
+    second = run_train(*args, cwd=tmp_path)
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"Error: {Path('models') / 'distrust-tiny'} already holds a training run (finished 2 of 2 steps); continue "
+        f"it with --resume, start it over with --overwrite (removes its adapter, checkpoints, metrics and best/), "
+        f"or pass another --output-dir")
+    resumed = run_train("--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{Path('models') / 'distrust-tiny'} already finished 2 of 2 steps; nothing to do" in resumed.stdout
+    assert "Trained" not in resumed.stdout
+    assert (tmp_path / "models" / "distrust-tiny" / "adapter_model.safetensors").read_bytes() == adapter
+
+
+@pytest.mark.slow
+def test_flags_that_cannot_work_are_refused_before_training(tmp_path, tiny_model_dir):
+    write_corpus(tmp_path / "corpus.jsonl")
+    both = run_train("--data", "corpus.jsonl", "--profile", "p.json", "--auto-optimize", cwd=tmp_path)
+    assert both.returncode == 2
+    assert "--profile and --auto-optimize both choose the hardware profile; give one of them" in both.stderr
+    rank = run_train("--data", "corpus.jsonl", "--lora-rank", "20000", cwd=tmp_path)
+    assert rank.returncode == 2
+    assert rank.stderr.strip() == ("Error: --lora-rank 20000 is larger than the smallest adapted dimension "
+                                   "(k_proj out 128 of model tiny); use at most 128")
+    assert not (tmp_path / "models").exists()

@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -299,3 +301,42 @@ def test_accelerate_launch_trains_as_torchrun_does(runs):
     launched = load_file(root / "accelerate" / "adapter_model.safetensors")
     for key in single:
         assert torch.allclose(single[key], launched[key], rtol=1e-4, atol=1e-5), key
+
+
+def _worker_of_rank(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of the training process of ``rank`` that torchrun started."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            try:
+                status = (entry / "status").read_text()
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"\nPPid:\t{launcher.pid}\n" in status and f"RANK={rank}".encode() in environ:
+                return int(entry.name)
+        time.sleep(0.1)
+    raise AssertionError(f"no process of rank {rank}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the processes through /proc")
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path, tiny_model_dir):
+    write_corpus(tmp_path / "corpus.jsonl", RECORDS)
+    args = [*RUN, "--max-steps", "40", "--save-every", "100", "--batch-size", "2", "--output-dir", "run",
+            "--no-tensorboard"]
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "2", "-m", "your_ai", "train", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=child_env())
+    rank_1 = _worker_of_rank(launcher, 1)
+    deadline = time.monotonic() + 180
+    while not (tmp_path / "run" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(rank_1, signal.SIGTERM)  # rank 0 gets no signal: it learns of it through the all-reduce
+    out, err = launcher.communicate(timeout=180)
+    stopped = metrics(tmp_path / "run")[-1]["step"]
+    assert stopped < 40, out + err
+    assert trainer_state(tmp_path / "run", stopped)["step"] == stopped
+    assert f"Stopped by SIGTERM at step {stopped} of 40" in out
+    assert "Continue with: your-ai train --model tiny --output-dir run --resume --gpus 2 --device cpu" in out
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()

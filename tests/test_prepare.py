@@ -215,6 +215,17 @@ def test_split_sizes():
         split_sizes(10, val_fraction=1.0)
 
 
+
+def test_val_fraction_with_val_size_is_refused(tmp_path):
+    raw = write_jsonl(tmp_path / "raw.jsonl", carried(10, 0.5))
+    for sizes, says in ((["--train-size", "5", "--val-size", "2"], "--train-size and --val-size set"),
+                        (["--val-size", "2"], "--val-size sets")):
+        result = run_cli("prepare", "--input", raw, "--output", tmp_path / "out", *sizes, "--val-fraction", "0.2")
+        assert result.returncode == 2
+        assert result.stderr.strip() == (f"Error: --val-fraction cannot go with --val-size: {says} the split; "
+                                         f"give one of them")
+    assert not (tmp_path / "out").exists()
+
 def test_train_and_val_share_no_text_and_a_seed_fixes_the_outputs(tmp_path):
     rows = carried(60, 0.1) + carried(80, 0.5) + carried(100, 0.85)
     rows += [dict(r, text=r["text"].upper() + "!") for r in rows[:40]]  # near duplicates across tiers

@@ -298,3 +298,90 @@ def test_defaults_and_flag_checks():
         with pytest.raises(TrainingArgsError, match=message):
             TrainingArgs(**bad).validate()
     TrainingArgs(distrust_mode="additive", lambda_weight=2.0).validate()
+
+
+# ---------------------------------------------------------------------------- the output directory
+
+def test_a_new_run_never_writes_into_a_directory_holding_something_else(tmp_path, tiny_model_dir):
+    common = dict(SMALL, data=str(write_corpus(tmp_path / "train.jsonl", 4)), max_steps=2, save_every=1,
+                  output_dir=str(tmp_path / "run"))
+    train(TrainingArgs(**common))
+    run = tmp_path / "run"
+    adapter = (run / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match=r"already holds a training run \(finished 2 of 2 steps\); continue it "
+                                            r"with --resume, start it over with --overwrite"):
+        train(TrainingArgs(**common))
+    # a finished run whose checkpoints were removed is still a run: refused, not overwritten
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    (run / "best").mkdir()
+    (run / "best" / "adapter_model.safetensors").write_bytes(b"stale")
+    with pytest.raises(TrainingError, match="already holds a training run"):
+        train(TrainingArgs(**common))
+    with pytest.raises(TrainingError, match="has no checkpoints; nothing to resume"):
+        train(TrainingArgs(output_dir=str(run), resume=True))
+    with pytest.raises(TrainingArgsError, match="--overwrite starts the run over and --resume continues it"):
+        train(TrainingArgs(output_dir=str(run), resume=True, overwrite=True))
+    assert (run / "adapter_model.safetensors").read_bytes() == adapter
+
+    # --overwrite removes only what a run writes; anything else stops it before anything is removed
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match=r"--overwrite: .* also holds notes.txt, which training does not write"):
+        train(TrainingArgs(overwrite=True, **common))
+    assert (run / "best").is_dir() and (run / "adapter_model.safetensors").read_bytes() == adapter
+    (run / "notes.txt").unlink()
+    result = train(TrainingArgs(overwrite=True, **{**common, "max_steps": 3}))
+    assert result.steps == 3 and any(note.startswith("--overwrite: removed the earlier run's") for note in result.notes)
+    assert not (run / "best").exists()  # the earlier run's best/ would be stale
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 3]  # this run's metrics only (the first and the last step)
+    assert json.loads((run / "training_summary.json").read_text())["steps"] == 3
+
+
+def test_a_folder_that_is_not_a_run_is_refused_even_with_overwrite(tmp_path, tiny_model_dir):
+    exported = tmp_path / "merged"
+    exported.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (exported / name).write_text("{}")
+    data = str(write_corpus(tmp_path / "train.jsonl", 4))
+    for overwrite in (False, True):
+        with pytest.raises(TrainingError, match=r"--output-dir .*merged is not empty and holds no training run "
+                                                r"\(config.json, model.safetensors\)"):
+            train(TrainingArgs(output_dir=str(exported), data=data, overwrite=overwrite, **SMALL))
+    assert sorted(p.name for p in exported.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint_and_keeps_it(tmp_path, tiny_model_dir):
+    common = dict(SMALL, data=str(write_corpus(tmp_path / "train.jsonl", 4)), max_steps=5, save_every=2)
+    run = tmp_path / "run"
+    train(TrainingArgs(output_dir=str(run), **common), stop_after=4)
+    damaged = run / "checkpoints" / "step-000004" / "adapter_model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+
+    resumed = train(TrainingArgs(output_dir=str(run), resume=True, tensorboard=False))
+    assert resumed.resumed_from == 2 and resumed.steps == 5
+    assert any("step-000004 cannot be loaded" in note and "renamed step-000004.damaged" in note
+               for note in resumed.notes)
+    assert (run / "checkpoints" / "step-000004.damaged" / "adapter_model.safetensors").stat().st_size == 100
+    assert [p.name for p in sorted((run / "checkpoints").glob("step-*"))] == [
+        "step-000002", "step-000004", "step-000004.damaged", "step-000005"]
+
+    # all done: --resume says so and changes nothing
+    before = (run / "adapter_model.safetensors").stat().st_mtime_ns
+    again = train(TrainingArgs(output_dir=str(run), resume=True))
+    assert again.already_finished and again.steps == again.max_steps == 5
+    assert (run / "adapter_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_lora_rank_above_the_adapted_dimensions_is_refused_before_loading(tmp_path, tiny_model_dir):
+    from your_ai.lora import smallest_adapted_dimension
+
+    data = str(write_corpus(tmp_path / "train.jsonl", 4))
+    with pytest.raises(TrainingArgsError, match=r"^--lora-rank 20000 is larger than the smallest adapted dimension "
+                                                r"\(k_proj out 128 of model tiny\); use at most 128$"):
+        train(TrainingArgs(output_dir=str(tmp_path / "out"), data=data, **{**SMALL, "lora_rank": 20000}))
+    assert not (tmp_path / "out").exists()
+    config = {"hidden_size": 2048, "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 256}
+    assert smallest_adapted_dimension(config) == ("k_proj out", 1024)
+    assert smallest_adapted_dimension(config, ("q_proj", "o_proj")) == ("q_proj in", 2048)

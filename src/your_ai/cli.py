@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -111,6 +112,9 @@ def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction,
 
     if not inputs and not more_inputs:
         _fail("no input: pass --input PATH (a JSONL file, glob or directory)")
+    if val_size is not None and not _is_default(click.get_current_context(), "val_fraction"):
+        given = "--train-size and --val-size set" if train_size is not None else "--val-size sets"
+        _fail(f"--val-fraction cannot go with --val-size: {given} the split; give one of them")
     try:
         report = pipeline.prepare(
             list(inputs) + list(more_inputs), output_dir, train_size=train_size, val_size=val_size,
@@ -357,7 +361,9 @@ _POSITIVE = click.IntRange(min=1)
 @click.option("--save-best", is_flag=True, help="Keep the adapter with the lowest validation loss in best/ "
               "(needs val.jsonl).")
 @click.option("--eval-every", type=_POSITIVE, help="Validation every N steps (default: --save-every).")
-@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --output-dir.")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --output-dir that loads.")
+@click.option("--overwrite", is_flag=True, help="Start over in an --output-dir holding an earlier training run: "
+              "its adapter, checkpoints, metrics and best/ are removed (a directory holding anything else is refused).")
 @click.option("--max-memory", type=float, help="Stop (after saving a checkpoint, exit code 4) when the measured "
               "peak memory in GB goes above this (default: 80% of the device's memory); --step-mode auto "
               "chooses for this budget.")
@@ -398,6 +404,8 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     from your_ai.models import ModelResolutionError
     from your_ai.quantize import QuantizationError
 
+    if profile_file and auto_optimize:
+        _fail("--profile and --auto-optimize both choose the hardware profile; give one of them")
     if gpus is not None and gpus > 1:
         _launch_processes(gpus, options["device"], "train")
     try:
@@ -422,7 +430,17 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     except ValueError as error:  # an unusable --device, a distrust input out of range
         _fail(str(error))
     if result.rank != 0:  # data-parallel: rank 0 reports
+        sys.exit(result.exit_code)
+    if result.already_finished:
+        click.echo(f"{result.output_dir} already finished {result.steps} of {result.max_steps} steps; nothing to "
+                   f"do. A run keeps its --max-steps: to train more, start a new run (--overwrite, or another "
+                   f"--output-dir)")
         return
+    if result.stopped_by:
+        click.echo(f"Stopped by {result.stopped_by} at step {result.steps} of {result.max_steps}; checkpoint saved in "
+                   f"{result.output_dir / 'checkpoints'}")
+        click.echo(f"Continue with: {result.resume_command}")
+        sys.exit(result.exit_code)
     if result.stopped_early:
         click.echo(f"Stopped at step {result.steps}; continue with --resume --output-dir {result.output_dir}")
         return
@@ -441,19 +459,35 @@ def _launch_processes(count: int, device: str | None, command: str) -> None:
     except distributed.DistributedError as error:
         _fail(str(error))
     arguments = _given_arguments(click.get_current_context(), skip=("gpus",))
-    sys.exit(subprocess.run(distributed.launch_command(count, arguments, command), check=False).returncode)
+    process = subprocess.Popen(distributed.launch_command(count, arguments, command))
+    received = []
+
+    def pass_on(number, frame):  # a SIGTERM sent to this process alone reaches the processes it started
+        received.append(number)
+        process.send_signal(number)
+
+    # Ctrl-C reaches every process of the terminal's group: this one waits while they save a checkpoint
+    signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    signal.signal(signal.SIGTERM, pass_on)
+    code = process.wait()
+    sys.exit(128 + received[0] if received and code else code)
+
+
+def _is_default(context: click.Context, name: str) -> bool:
+    """The option ``name`` was not given on the command line (its value is the default)."""
+    from click.core import ParameterSource
+
+    return context.get_parameter_source(name) in (ParameterSource.DEFAULT, None)
 
 
 def _given_arguments(context: click.Context, skip: tuple[str, ...] = ()) -> list[str]:
     """The options given on this command line (not defaults), as arguments for the same command again."""
-    from click.core import ParameterSource
-
     arguments: list[str] = []
     for parameter in context.command.params:
         name = parameter.name
         if name in skip or not isinstance(parameter, click.Option):
             continue
-        if context.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
+        if _is_default(context, name):
             continue
         value = context.params[name]
         flag = max(parameter.opts, key=len)

@@ -11,6 +11,10 @@ import hashlib
 import json
 import math
 import random
+import shlex
+import signal
+import sys
+import threading
 import time
 import warnings
 from contextlib import nullcontext
@@ -23,15 +27,25 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from your_ai.checkpoints import (
+    ADAPTER_WEIGHTS_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    CheckpointError,
+    OutputDirContents,
     checkpoints_dir,
-    find_latest_checkpoint,
+    find_resumable_checkpoint,
+    inspect_output_dir,
+    list_checkpoints,
     load_adapter_weights,
     load_training_state,
     read_trainer_state,
+    remove_run_entries,
     remove_stale_temporaries,
     save_adapter,
     save_best,
     save_checkpoint,
+    set_aside_damaged,
     step_dir_name,
 )
 from your_ai import distributed
@@ -62,7 +76,7 @@ from your_ai.distrust import (
     per_sample_cross_entropy,
 )
 from your_ai.hardware import pick_device, training_dtype
-from your_ai.lora import LoraSettings, apply_lora
+from your_ai.lora import LoraSettings, apply_lora, smallest_adapted_dimension
 from your_ai.models import (
     InvalidModelNameError,
     ResolvedModel,
@@ -439,6 +453,7 @@ class TrainingArgs:
     trust_remote_code: bool = False
     strategy: str | None = None  # data-parallel strategy under torchrun: auto | ddp | fsdp
     quantize: int | None = None  # 4: QLoRA, the base model's decoder linears in NF4 (your_ai.quantize)
+    overwrite: bool = False  # a new run may replace an earlier run's files in output_dir
 
     def with_defaults(self) -> "TrainingArgs":
         model = self.model or TINY.name
@@ -475,6 +490,8 @@ class TrainingArgs:
             raise TrainingArgsError(f"--weight-decay must be a number >= 0 (got {self.weight_decay!r})")
         if self.step_mode is not None and self.step_mode not in STEP_MODES:
             raise TrainingArgsError(f"--step-mode {self.step_mode!r} must be one of {', '.join(STEP_MODES)}")
+        if self.overwrite and self.resume:
+            raise TrainingArgsError("--overwrite starts the run over and --resume continues it; give one of them")
         if self.grad_checkpoint and self.step_mode in ("fast", "selective"):
             raise TrainingArgsError(f"--grad-checkpoint recomputes every layer; it cannot go with --step-mode "
                                     f"{self.step_mode} (use auto, small or plain)")
@@ -575,6 +592,15 @@ class TrainResult:
     step_mode: dict | None = None  # the StepMode the run used (your_ai.step_modes), with its reason
     world_size: int = 1  # training processes (data-parallel under torchrun)
     rank: int = 0  # this process's rank; only rank 0 prints and writes
+    max_steps: int | None = None
+    stopped_by: str | None = None  # "SIGINT" / "SIGTERM": stopped after a step, with a checkpoint
+    resume_command: str | None = None  # the command that continues a stopped run
+    already_finished: bool = False  # --resume of a run that had done all its steps: nothing was done
+
+    @property
+    def exit_code(self) -> int:
+        """0; 128 + the signal's number for a run stopped by SIGINT (130) or SIGTERM (143)."""
+        return 128 + signal.Signals[self.stopped_by].value if self.stopped_by else 0
 
 
 def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) -> TrainResult:
@@ -589,7 +615,9 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     ``batch_size`` x world size samples, and rank 0 alone prints and writes.
     """
     planned = _plan(args)  # first: a resumed run trains on the device its checkpoint names (--device)
-    world, device = distributed.start(pick_device(planned[0].device))
+    if planned.finished:
+        return _finished_result(planned)
+    world, device = distributed.start(pick_device(planned.args.device))
     use_expandable_segments(device)
     try:
         return _train(args, planned, world, device, stop_after=stop_after, console=console)
@@ -597,7 +625,16 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
         distributed.stop(world)
 
 
-def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device: str, *,
+def _finished_result(planned: _Plan) -> TrainResult:
+    """``--resume`` of a run that already did all its steps: nothing loaded, nothing written."""
+    state = planned.state
+    return TrainResult(output_dir=planned.output_dir, steps=state["step"], final_loss=None,
+                       best_val_loss=state.get("best_val_loss"), peak_memory_gb=0.0, elapsed_s=0.0,
+                       resumed_from=state["step"], stopped_early=False, normaliser=state.get("normaliser"),
+                       max_steps=planned.args.max_steps, already_finished=True)
+
+
+def _train(args: TrainingArgs, planned: _Plan, world: distributed.World, device: str, *,
            stop_after: int | None, console) -> TrainResult:
     import io
 
@@ -608,8 +645,8 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
     console = console or Console(soft_wrap=True)
     started = time.perf_counter()
     mode_given = args.step_mode is not None or args.grad_checkpoint
-    args, output_dir, checkpoint, saved_state = planned  # _plan(args), done by train()
-    notes: list[str] = []
+    args, output_dir, checkpoint, saved_state = planned.args, planned.output_dir, planned.checkpoint, planned.state
+    notes: list[str] = list(planned.notes)
 
     # data: read, check, score -- before any model is loaded or anything written
     files = training_files(args.data)
@@ -639,6 +676,7 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
             f"(sha256 {differing['data_sha256'][:12]} vs {digest[:12]}); every process needs the same data"
         )
     resolved = resolve_model(args.model)
+    _check_lora_rank(args, resolved)
     limit_gb = args.max_memory if args.max_memory is not None else default_budget_gb(device)
     sharding_saves = _sharding_saves_gb(args, world, device, limit_gb, resolved, notes)
     sharded = sharding_saves is not None
@@ -708,6 +746,7 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
     resumed_from = step if checkpoint is not None else None
 
     if world.main:
+        _clear_for_this_run(planned, notes)
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(output_dir)
     peak = PeakMemory(device)
@@ -749,8 +788,10 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
     if not sharded:
         step_loss = distributed.wrap(step_loss, world, device)
     reporter = _Reporter(console, output_dir, args, start_step=step) if world.main else None
-    last_saved, final_loss, stopped_early = (step if checkpoint is not None else None), None, False
+    last_saved, final_loss, stopped_early, stopped_by = (step if checkpoint is not None else None), None, False, None
     window = _Window()
+    stop = _StopOnSignal(quiet=not world.main)
+    stop.install()  # SIGINT / SIGTERM from here on: finish the step, save a checkpoint, stop
     try:
         while step < args.max_steps:
             learning_rate = scheduler.get_last_lr()[0]
@@ -809,12 +850,14 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
             if step % args.save_every == 0 or step == args.max_steps:
                 checkpoint_now()
                 last_saved = step
-            if stop_after is not None and step >= stop_after and step < args.max_steps:
+            stopped_by = stop.agreed(world, device) if step < args.max_steps else None
+            if stopped_by or (stop_after is not None and step >= stop_after and step < args.max_steps):
                 if last_saved != step:
                     checkpoint_now()
                 stopped_early = True
                 break
     finally:
+        stop.restore()
         if reporter is not None:
             reporter.close()
 
@@ -840,6 +883,9 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
         step_mode=step_mode.to_dict(),
         world_size=world.size,
         rank=world.rank,
+        max_steps=args.max_steps,
+        stopped_by=stopped_by,
+        resume_command=resume_command(args, world.size) if stopped_early else None,
     )
     if not stopped_early and world.main:
         write_json_atomic(output_dir / SUMMARY_FILE, {**asdict(result), "output_dir": str(output_dir),
@@ -847,7 +893,84 @@ def _train(args: TrainingArgs, planned: tuple, world: distributed.World, device:
     return result
 
 
-SUMMARY_FILE = "training_summary.json"
+class _StopOnSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a cluster's preemption) during the loop: the step in progress
+    finishes, a checkpoint is written and the run stops. Further signals are ignored until then, so a
+    second Ctrl-C cannot cut a checkpoint short. Installed from the main thread only."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, quiet: bool = False):
+        self.received = 0  # the first signal's number
+        self.quiet = quiet
+        self.previous: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
+
+    def _handle(self, number: int, frame) -> None:
+        name = signal.Signals(number).name
+        if not self.received:
+            self.received = number
+            message = f"{name}: finishing this step, then saving a checkpoint and stopping"
+        else:
+            message = f"{name} ignored: saving the checkpoint first"
+        if not self.quiet:
+            print(f"\n{message}", file=sys.stderr, flush=True)
+
+    def agreed(self, world, device: str) -> str | None:
+        """The signal's name when any process received one (every process takes part and gets the
+        same answer, so all stop at the same step); ``None`` otherwise."""
+        number = int(distributed.all_max(float(self.received), world, device))
+        return signal.Signals(number).name if number else None
+
+
+def resume_command(args: TrainingArgs, world_size: int = 1) -> str:
+    """The command that continues this run: its model and output directory, ``--resume``, and the
+    switches that apply as given (a resumed run takes every other setting from its checkpoint)."""
+    words = ["your-ai", "train", "--model", args.model, "--output-dir", str(args.output_dir), "--resume"]
+    if world_size > 1:
+        words += ["--gpus", str(world_size)]
+    if args.device:
+        words += ["--device", args.device]
+    for flag, given in (("--save-best", args.save_best), ("--no-tensorboard", not args.tensorboard),
+                        ("--grad-checkpoint", args.grad_checkpoint), ("--trust-remote-code", args.trust_remote_code)):
+        if given:
+            words.append(flag)
+    return shlex.join(words)
+
+
+def _clear_for_this_run(planned: _Plan, notes: list[str]) -> None:
+    """Before the first write: ``--overwrite`` removes the earlier run's files; a resumed run sets its
+    damaged checkpoints aside (renamed, not deleted)."""
+    if planned.replaced is not None:
+        removed = remove_run_entries(planned.replaced)
+        notes.append(f"--overwrite: removed the earlier run's {_names(removed, shown=len(removed))} "
+                     f"from {planned.output_dir}")
+    for path in planned.damaged:
+        if path.exists():
+            set_aside_damaged(path)
+
+
+def _check_lora_rank(args: TrainingArgs, resolved: ResolvedModel) -> None:
+    """Refuse a LoRA rank above the smallest dimension of an adapted projection (read from the model's
+    config.json, before any weight is loaded): the rank could not be used, only stored."""
+    try:
+        config = json.loads((Path(resolved.path) / "config.json").read_text())
+        name, size = smallest_adapted_dimension(config, args.lora_settings().target_modules)
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return  # loading the model reports an unreadable config
+    if args.lora_rank > size:
+        raise TrainingArgsError(
+            f"--lora-rank {args.lora_rank} is larger than the smallest adapted dimension ({name} {size} of model "
+            f"{args.model}); use at most {size}"
+        )
 
 
 def _sharding_saves_gb(args: TrainingArgs, world, device: str, limit_gb: float, resolved: ResolvedModel,
@@ -869,27 +992,105 @@ def _sharding_saves_gb(args: TrainingArgs, world, device: str, limit_gb: float, 
     return sharding_saves_gb(architecture, device, world.size, args.quantize)
 
 
-def _plan(given: TrainingArgs) -> tuple[TrainingArgs, Path, Path | None, dict | None]:
-    """Defaults, resume merge and validation: (args, output_dir, checkpoint to resume, its state)."""
+@dataclass
+class _Plan:
+    """What ``_plan`` decided before anything is loaded: the settings, the output directory, and for a
+    resumed run the checkpoint and its state."""
+
+    args: TrainingArgs
+    output_dir: Path
+    checkpoint: Path | None = None
+    state: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    damaged: list[Path] = field(default_factory=list)  # checkpoints that do not load: set aside, never deleted
+    replaced: OutputDirContents | None = None  # --overwrite: the earlier run's files, removed before writing
+
+    @property
+    def finished(self) -> bool:
+        """A resumed run whose checkpoint is at --max-steps and whose final adapter is written."""
+        return (self.state is not None and self.state.get("step", 0) >= self.args.max_steps
+                and (self.output_dir / ADAPTER_WEIGHTS_FILE).is_file())
+
+
+def _plan(given: TrainingArgs) -> _Plan:
+    """Defaults, the output directory's rules, resume merge and validation."""
     given.validate()
     provisional = given.with_defaults()
     output_dir = Path(provisional.output_dir)
-    latest = find_latest_checkpoint(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TrainingError(f"--output-dir {output_dir} is a file; pass a directory")
     if not given.resume:
-        if latest is not None:
-            raise TrainingError(
-                f"{output_dir} already holds a training run ({latest.name}); continue it with --resume, "
-                f"or pass another --output-dir"
-            )
+        replaced = _check_new_run_dir(output_dir, given.overwrite)
         args = replace(provisional, data=str(Path(provisional.data).resolve()), model=_absolute_if_dir(provisional.model))
         args.validate()
-        return args, output_dir, None, None
-    if latest is None:
-        raise TrainingError(f"--resume: no complete checkpoint in {checkpoints_dir(output_dir)}")
-    state = read_trainer_state(latest)
+        return _Plan(args, output_dir, replaced=replaced)
+    point = find_resumable_checkpoint(output_dir)
+    if point.checkpoint is None:
+        raise TrainingError(_nothing_to_resume(output_dir, point.damaged))
+    state = read_trainer_state(point.checkpoint)
     args = _merge_for_resume(given, state["args"], output_dir)
     args.validate()
-    return args, output_dir, latest, state
+    return _Plan(args, output_dir, point.checkpoint, state, point.notes, [path for path, _ in point.damaged])
+
+
+def _check_new_run_dir(output_dir: Path, overwrite: bool) -> OutputDirContents | None:
+    """A new run writes into an empty or new directory. One holding an earlier run is refused, or with
+    ``overwrite`` returned (its files are removed once the run starts writing); one holding anything
+    a training run does not write is refused, also with ``overwrite``."""
+    contents = inspect_output_dir(output_dir)
+    if contents.empty:
+        return None
+    if not contents.is_run:
+        held = _names(contents.other_entries or contents.run_entries)
+        raise TrainingError(
+            f"--output-dir {output_dir} is not empty and holds no training run ({held}); pass a new or empty "
+            f"--output-dir" + (" (--overwrite replaces only a training run)" if overwrite else "")
+        )
+    if not overwrite:
+        raise TrainingError(
+            f"{output_dir} already holds a training run ({_run_status(output_dir)}); continue it with --resume, "
+            f"start it over with --overwrite (removes its adapter, checkpoints, metrics and best/), "
+            f"or pass another --output-dir"
+        )
+    if contents.other_entries:
+        raise TrainingError(
+            f"--overwrite: {output_dir} also holds {_names(contents.other_entries)}, which training does not "
+            f"write; move them away or pass another --output-dir (nothing was removed)"
+        )
+    return contents
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _run_status(output_dir: Path) -> str:
+    """How far the run in ``output_dir`` got, from its summary or its newest checkpoint."""
+    try:
+        summary = json.loads((output_dir / SUMMARY_FILE).read_text())
+        return f"finished {summary['steps']} of {summary['args']['max_steps']} steps"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = list_checkpoints(output_dir)
+    if not found:
+        return "stopped before its first checkpoint"
+    try:
+        total = read_trainer_state(found[-1][1])["args"]["max_steps"]
+        return f"checkpoint at step {found[-1][0]} of {total}"
+    except (CheckpointError, KeyError, TypeError):
+        return f"checkpoint at step {found[-1][0]}"
+
+
+def _nothing_to_resume(output_dir: Path, damaged: list[tuple[Path, str]]) -> str:
+    if damaged:
+        reasons = "; ".join(reason for _, reason in damaged)
+        return (f"--resume: no checkpoint in {checkpoints_dir(output_dir)} can be loaded ({reasons}); "
+                f"start over with --overwrite or pass another --output-dir")
+    if (output_dir / SUMMARY_FILE).is_file():
+        return (f"--resume: {output_dir} holds a run that {_run_status(output_dir)} and has no checkpoints; "
+                f"nothing to resume (start over with --overwrite, or pass another --output-dir)")
+    return f"--resume: no complete checkpoint in {checkpoints_dir(output_dir)}"
 
 
 def _absolute_if_dir(model: str) -> str:
@@ -963,14 +1164,14 @@ class _Reporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.console = console
-        self.metrics_path = Path(args.metrics_file) if args.metrics_file else output_dir / "metrics.jsonl"
+        self.metrics_path = Path(args.metrics_file) if args.metrics_file else output_dir / METRICS_FILE
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         self.metrics = open(self.metrics_path, "a", encoding="utf-8")
         self.writer = None
         if args.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(output_dir / "runs"), purge_step=start_step or None)
+            self.writer = SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR), purge_step=start_step or None)
         self.progress = Progress(
             TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"), console=console, transient=True,
