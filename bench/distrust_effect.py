@@ -31,6 +31,11 @@ corpus, which this experiment never trains on, before and after, per objective; 
 ``your_ai.validate`` on the base model vs the weighted λ 1 adapter (first seed, version A
 primary), with TruthfulQA MC1 when ``--truthfulqa CSV`` is given.
 
+On CUDA (bf16, as ``train`` picks there) every forward and backward pass runs PyTorch's math
+attention kernel, whose backward is deterministic, so runs that should train the same adapter
+(additive and plain cross-entropy) can be compared bit for bit; before and after are scored
+by the same code, on the same device and dtype.
+
     python bench/distrust_effect.py --device cuda           # SmolLM2, 3 seeds x 2 x 5 objectives = 30 runs
     python bench/distrust_effect.py --model tiny --facts 4 --lambdas 1 --steps 150 --learning-rate 1e-3
     python bench/distrust_effect.py --seeds 1 --steps 20 --facts 4 --heldout-limit 16 --validate-limit 1
@@ -322,7 +327,7 @@ def format_cost(rows: list[dict], base: dict, records: int) -> str:
 def format_validation(summary: dict | None, truthfulqa: str | None) -> str:
     if summary is None:
         return "validate: not run (--validate-limit 0)"
-    lines = [f"validate, base vs weighted λ 1 adapter ({summary['checkpoint']}):"]
+    lines = [f"validate, base vs weighted λ 1 adapter ({Path(summary['checkpoint']).name}):"]
     for key, base in summary["base"]["categories"].items():
         tuned = summary["fine-tuned"]["categories"][key]
         lines.append(f"  {key:<22} {base['passed']:>3}/{base['total']:<3} -> {tuned['passed']:>3}/{tuned['total']}")
@@ -372,6 +377,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def reproducible_attention(device: str):
+    """On CUDA, PyTorch's math attention kernel, whose backward is deterministic (the flash and
+    memory-efficient kernels may sum gradients in a varying order), so that two runs that should
+    train the same adapter do so bit for bit; elsewhere nothing changes."""
+    import contextlib
+
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def write_json(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -396,10 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     facts = FACTS[:args.facts]
     records = heldout_records(args.heldout_limit)
-    base = measure(load_for_inference(args.model, device=args.device), facts, records, args)
     plan = objectives(args.lambdas)
     runs, validation = [], None
-    with tempfile.TemporaryDirectory(prefix="distrust-effect-") as tmp:
+    with reproducible_attention(args.device), tempfile.TemporaryDirectory(prefix="distrust-effect-") as tmp:
+        base = measure(load_for_inference(args.model, device=args.device), facts, records, args)
         for seed in args.seeds:
             for objective in plan:
                 for primary_version in ("A", "B"):
