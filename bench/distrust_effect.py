@@ -175,7 +175,7 @@ def train_adapter(workdir: Path, data: Path, objective: Objective, primary_versi
 
 def run_one(workdir: Path, facts, records, objective: Objective, primary_version: str, seed: int, args,
             base: dict) -> dict:
-    from your_ai.inference import load_for_inference
+    from your_ai.inference import load_for_inference, read_adapter_config
 
     data = workdir / f"train-{primary_version}-primary.jsonl"
     if not data.exists():
@@ -183,6 +183,7 @@ def run_one(workdir: Path, facts, records, objective: Objective, primary_version
     result, train_s = train_adapter(workdir, data, objective, primary_version, seed, args)
     after = measure(load_for_inference(args.model, checkpoint=result.output_dir, device=args.device), facts,
                     records, args)
+    config = read_adapter_config(result.output_dir)
     sign = 1.0 if primary_version == "A" else -1.0
     shift = [sign * ((a - b) - (base_a - base_b))
              for (a, b), (base_a, base_b) in zip(after["log_likelihoods"], base["log_likelihoods"])]
@@ -193,6 +194,7 @@ def run_one(workdir: Path, facts, records, objective: Objective, primary_version
         "primary_version": primary_version, "seed": seed, "adapter": str(result.output_dir),
         "shift": shift, "mean_shift": statistics.fmean(shift), "learned_nats": learned,
         **after, "final_loss": result.final_loss, "normaliser": result.normaliser, "train_s": round(train_s, 2),
+        "lora": {key: config.get(key) for key in ("r", "lora_alpha", "target_modules", "layers_to_transform")},
     }
 
 
@@ -348,13 +350,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--facts", type=int, default=len(FACTS), help=f"Use the first N facts (at most {len(FACTS)}).")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="Lambdas of the weighted form.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="Training seeds (each runs every objective twice).")
-    parser.add_argument("--steps", type=int, help="Training steps per run (default 100; 150 for tiny).")
+    parser.add_argument("--steps", type=int, help="Training steps per run (default 120; 150 for tiny).")
     parser.add_argument("--repeats", type=int, default=4, help="Copies of each version of each fact in the training set.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--lora-layers", type=int, help="Layers with LoRA (default: train's).")
-    parser.add_argument("--learning-rate", type=float, help="Default 3e-4 (1e-3 for tiny).")
-    parser.add_argument("--warmup-steps", type=int, default=6)
+    parser.add_argument("--learning-rate", type=float, help="Default 5e-4 (1e-3 for tiny).")
+    parser.add_argument("--warmup-steps", type=int, help="Default 10 (6 for tiny).")
     parser.add_argument("--heldout-limit", type=int, help="Score only the first N demo-corpus records (default: all).")
     parser.add_argument("--heldout-seq-length", type=int, default=512)
     parser.add_argument("--validate-limit", type=int, help="validate's --limit (default: the whole suite; 0: skip validate).")
@@ -365,8 +367,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=Path("distrust_effect.json"), help="Where to write the JSON.")
     args = parser.parse_args(argv)
     tiny = args.model == "tiny"
-    args.steps = args.steps or (150 if tiny else 100)
-    args.learning_rate = args.learning_rate or (1e-3 if tiny else 3e-4)
+    args.steps = args.steps or (150 if tiny else 120)
+    args.learning_rate = args.learning_rate or (1e-3 if tiny else 5e-4)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (6 if tiny else 10)
     if not 1 <= args.facts <= len(FACTS):
         parser.error(f"--facts {args.facts}: choose 1 to {len(FACTS)}")
     if any(not 0 < value <= 1 for value in args.lambdas):
