@@ -326,9 +326,26 @@ def format_cost(rows: list[dict], base: dict, records: int) -> str:
     return "\n".join(lines)
 
 
+def format_goals(rows: list[dict], check: dict) -> str:
+    """Each weighted lambda against the goals: >= 80% of facts the right way, a shift at least
+    3x its seed spread, held-out perplexity up by 5% at most; additive identical to plain CE."""
+    lines = ["goals (facts right >= 80%, shift >= 3x seed spread, held-out ppl change <= +5%):"]
+    for row in (r for r in rows if r["mode"] == "weighted" and r["lambda_weight"] > 0):
+        ratio = row["shift_over_spread"]
+        verdicts = [
+            ("facts right", row["facts_right"] >= 0.8 * row["facts"], f"{row['facts_right']}/{row['facts']}"),
+            ("shift/spread", ratio is not None and ratio >= 3, "-" if ratio is None else f"{ratio:.1f}x"),
+            ("ppl", row["heldout_perplexity_change"] <= 0.05, f"{row['heldout_perplexity_change']:+.2%}"),
+        ]
+        lines.append(f"  {row['objective']:<13} " + "  ".join(
+            f"{name} {value} {'ok' if passed else 'MISSED'}" for name, passed, value in verdicts))
+    lines.append(f"  additive vs plain CE: {'identical ok' if check['identical'] else 'NOT identical MISSED'}")
+    return "\n".join(lines)
+
+
 def format_validation(summary: dict | None, truthfulqa: str | None) -> str:
     if summary is None:
-        return "validate: not run (--validate-limit 0)"
+        return "validate: not run (--validate-limit 0, or no 1 in --lambdas)"
     lines = [f"validate, base vs weighted λ 1 adapter ({Path(summary['checkpoint']).name}):"]
     for key, base in summary["base"]["categories"].items():
         tuned = summary["fine-tuned"]["categories"][key]
@@ -440,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_cost(rows, base, len(records)))
     print()
     print(format_validation(validation, getattr(args, "truthfulqa_missing", None)))
+    print()
+    print(format_goals(rows, check))
     report = {
         "experiment": "distrust_effect",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
