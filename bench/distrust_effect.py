@@ -363,12 +363,16 @@ def format_validation(summary: dict | None, truthfulqa: str | None) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="Preset, hub id or directory ('tiny': the built-in random model).")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="Preset, hub id or directory ('tiny': the built-in random model).")
     parser.add_argument("--facts", type=int, default=len(FACTS), help=f"Use the first N facts (at most {len(FACTS)}).")
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="Lambdas of the weighted form.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="Training seeds (each runs every objective twice).")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.25, 0.5, 1.0],
+                        help="Lambdas of the weighted form.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                        help="Training seeds (each runs every objective twice).")
     parser.add_argument("--steps", type=int, help="Training steps per run (default 120; 150 for tiny).")
-    parser.add_argument("--repeats", type=int, default=4, help="Copies of each version of each fact in the training set.")
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="Copies of each version of each fact in the training set.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--lora-layers", type=int, help="Layers with LoRA (default: train's).")
@@ -376,7 +380,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, help="Default 10 (6 for tiny).")
     parser.add_argument("--heldout-limit", type=int, help="Score only the first N demo-corpus records (default: all).")
     parser.add_argument("--heldout-seq-length", type=int, default=512)
-    parser.add_argument("--validate-limit", type=int, help="validate's --limit (default: the whole suite; 0: skip validate).")
+    parser.add_argument("--validate-limit", type=int,
+                        help="validate's --limit (default: the whole suite; 0: skip validate).")
     parser.add_argument("--validate-max-tokens", type=int, default=256, help="validate's --max-tokens.")
     parser.add_argument("--truthfulqa", help="TruthfulQA CSV for validate's MC1 (skipped when absent).")
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available).")
@@ -417,6 +422,29 @@ def write_json(path: Path, report: dict) -> None:
     os.replace(temporary, path)
 
 
+def run_experiment(args, facts, records, plan: list[Objective]) -> tuple[dict, list[dict], dict, dict | None]:
+    """The base model's numbers, every training run, the additive-vs-plain check and validate."""
+    from your_ai.inference import load_for_inference
+
+    runs, validation = [], None
+    with reproducible_attention(args.device), tempfile.TemporaryDirectory(prefix="distrust-effect-") as tmp:
+        base = measure(load_for_inference(args.model, device=args.device), facts, records, args)
+        for seed in args.seeds:
+            for objective in plan:
+                for primary_version in ("A", "B"):
+                    run = run_one(Path(tmp), facts, records, objective, primary_version, seed, args, base)
+                    runs.append(run)
+                    print(f"seed {seed} {objective.name:<13} primary={primary_version}: "
+                          f"shift {run['mean_shift']:+.3f} nats, held-out ppl {run['heldout_perplexity']:.3f} "
+                          f"({run['train_s']:.1f} s)", file=sys.stderr, flush=True)
+        check = additive_vs_plain(runs)
+        if args.validate_limit != 0 and 1.0 in args.lambdas:
+            checkpoint = next(r["adapter"] for r in runs
+                              if r["objective"] == "weighted 1" and r["primary_version"] == "A")
+            validation = run_validation(checkpoint, args)
+    return base, runs, check, validation
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -424,7 +452,6 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     from your_ai.hardware import pick_device
-    from your_ai.inference import load_for_inference
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -435,30 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     facts = FACTS[:args.facts]
     records = heldout_records(args.heldout_limit)
     plan = objectives(args.lambdas)
-    runs, validation = [], None
-    with reproducible_attention(args.device), tempfile.TemporaryDirectory(prefix="distrust-effect-") as tmp:
-        base = measure(load_for_inference(args.model, device=args.device), facts, records, args)
-        for seed in args.seeds:
-            for objective in plan:
-                for primary_version in ("A", "B"):
-                    run = run_one(Path(tmp), facts, records, objective, primary_version, seed, args, base)
-                    runs.append(run)
-                    print(f"seed {seed} {objective.name:<13} primary={primary_version}: shift {run['mean_shift']:+.3f} "
-                          f"nats, held-out ppl {run['heldout_perplexity']:.3f} ({run['train_s']:.1f} s)",
-                          file=sys.stderr, flush=True)
-        check = additive_vs_plain(runs)
-        if args.validate_limit != 0 and 1.0 in args.lambdas:
-            checkpoint = next(r["adapter"] for r in runs if r["objective"] == "weighted 1" and r["primary_version"] == "A")
-            validation = run_validation(checkpoint, args)
+    base, runs, check, validation = run_experiment(args, facts, records, plan)
     rows = [summarise(runs, objective, base) for objective in plan]
     base_bias = statistics.fmean(a - b for a, b in base["log_likelihoods"])
-    print(format_effect(rows, check, base_bias))
-    print()
-    print(format_cost(rows, base, len(records)))
-    print()
-    print(format_validation(validation, getattr(args, "truthfulqa_missing", None)))
-    print()
-    print(format_goals(rows, check))
+    for text in (format_effect(rows, check, base_bias), format_cost(rows, base, len(records)),
+                 format_validation(validation, getattr(args, "truthfulqa_missing", None)), format_goals(rows, check)):
+        print(text + "\n")
     report = {
         "experiment": "distrust_effect",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -472,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     write_json(args.json, report)
-    print(f"\nwrote {args.json} ({report['elapsed_s']:.0f} s)")
+    print(f"wrote {args.json} ({report['elapsed_s']:.0f} s)")
     return 0
 
 
