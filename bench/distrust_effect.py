@@ -37,7 +37,7 @@ attention kernel, whose backward is deterministic, so runs that should train the
 by the same code, on the same device and dtype.
 
     python bench/distrust_effect.py --device cuda           # SmolLM2, 3 seeds x 2 x 5 objectives = 30 runs
-    python bench/distrust_effect.py --model tiny --facts 4 --lambdas 1 --steps 150 --learning-rate 1e-3
+    python bench/distrust_effect.py --model tiny --facts 4 --lambdas 1 --seeds 1 2 --threads 1   # 12 runs, CPU
     python bench/distrust_effect.py --seeds 1 --steps 20 --facts 4 --heldout-limit 16 --validate-limit 1
 
 Prints the tables and writes every figure (settings, facts, per-run and per-fact
