@@ -495,7 +495,10 @@ def _fit_options(function):
 @main.command()
 @click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
               help="Budget in GB (default: 80% of the device's memory: GPU memory on CUDA, system memory elsewhere).")
-@click.option("--models", help="Comma-separated presets to test (default: the five benchmark presets).")
+@click.option("--models", help="Comma-separated models to test: presets, hub ids (org/name, from the local cache) "
+              "and model directories, mixed (default: the five benchmark presets).")
+@click.option("--cached", is_flag=True, help="Test every causal language model in the local Hugging Face cache "
+              "($HF_HUB_CACHE) instead of the presets.")
 @click.option("--single-model", help="Run one fit test in this process and print one BENCHMARK_RESULT line "
               "(what the benchmark runs in each subprocess).")
 @click.option("--optimize", is_flag=True, help="Sweep batch x rank x layers for each model that passes.")
@@ -510,10 +513,10 @@ def _fit_options(function):
               help="Fit-test LoRA layers (the last N, clamped to the model).")
 @click.option("--steps", type=_POSITIVE, default=5, show_default=True, help="Training steps per fit test.")
 @_fit_options
-def benchmark(max_memory, models, single_model, optimize, quick, output, log_path, force, batch_size, lora_rank,
+def benchmark(max_memory, models, cached, single_model, optimize, quick, output, log_path, force, batch_size, lora_rank,
               lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus, strategy,
               quantize):
-    """Empirically test which model presets fit this machine, one subprocess per model.
+    """Empirically test which models fit this machine, one subprocess per model.
 
     Exit code 0 when at least one model passed, 1 when none did.
     """
@@ -534,6 +537,8 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
 
     if quick and not optimize:
         _fail("--quick picks the quick grid of --optimize; add --optimize")
+    if cached and (models or synthetic):
+        _fail(f"--cached tests the models in the local cache; leave out {'--models' if models else '--synthetic'}")
     from your_ai.benchmark import run_benchmark
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
@@ -541,9 +546,9 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
         report = run_benchmark(
             names, max_memory_gb=max_memory, device=device, config=config, timeout_s=timeout, log_path=log_path,
             output=output, synthetic=synthetic, force=force, optimize=optimize, quick=quick, gpus=gpus,
-            strategy=strategy,
+            strategy=strategy, cached=cached,
         )
-    except (KeyError, ValueError) as error:  # an unknown preset, an unusable --device or setting
+    except (KeyError, ValueError) as error:  # not a model name, an unusable --device or setting
         _fail(error.args[0] if error.args else str(error))
     sys.exit(0 if report["recommended"] else 1)
 
