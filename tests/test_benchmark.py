@@ -188,7 +188,7 @@ def test_nothing_downloaded_lists_the_options_and_force_skips_the_safety_stop(hu
     assert "No models passed benchmark." in out
     assert "⚠️  1 model(s) not found locally" in out
     assert f"       hf download {hub_id('llama-8b')}" in out
-    assert "your-ai train --model /path/to/model" in out
+    assert "your-ai benchmark --models /path/to/model,ORG/NAME (or --cached)" in out
     assert "your-ai benchmark --synthetic" in out
 
 

@@ -748,7 +748,7 @@ def _print_summary(report: dict, say) -> None:
         say("  1. Download into the Hugging Face cache ($HF_HUB_CACHE, default ~/.cache/huggingface/hub):")
         for result in missing:
             say(f"       {result.get('download_command') or 'hf download ' + result['model_name']}")
-        say("  2. Use a model you already have on disk: your-ai train --model /path/to/model")
+        say("  2. Test a model you already have: your-ai benchmark --models /path/to/model,ORG/NAME (or --cached)")
         say("  3. Test the fit without downloading anything: your-ai benchmark --synthetic")
     untested = report.get("untested_cached") or []
     if untested:

@@ -56,9 +56,13 @@ def setup(output, as_json):
 @click.option("--lora-layers", type=int, default=16, show_default=True)
 @click.option("--max-seq-length", type=int, default=1024, show_default=True)
 @click.option("--quantize", type=int, help="4: estimate QLoRA, the decoder linear weights in 4-bit NF4.")
+@click.option("--model", "models", multiple=True, help="Estimate this model instead of the presets: a preset, a hub "
+              "id (from the local cache) or a model directory; repeat it or give a comma-separated list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, as_json):
-    """List the presets whose estimated LoRA training memory fits 80% of MEMORY."""
+def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, models, as_json):
+    """List the presets (or the given models) whose estimated LoRA training memory fits 80% of MEMORY.
+
+    Exit code 1 when a given model has no estimate (not available, unreadable config)."""
     from your_ai import recommend as recommend_module
 
     if memory is not None and memory <= 0:
@@ -71,10 +75,12 @@ def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quanti
             lora_layers=lora_layers,
             seq_length=max_seq_length,
             quantize=quantize,
+            models=[name.strip() for value in models for name in value.split(",") if name.strip()],
         )
-    except ValueError as error:  # --quantize 8
+    except ValueError as error:  # --quantize 8, not a model name
         _fail(str(error))
     click.echo(json.dumps(report, indent=2) if as_json else recommend_module.format_recommendation(report))
+    sys.exit(1 if any(row["error"] for row in report.get("models", [])) else 0)
 
 
 # ---------------------------------------------------------------------------- data
