@@ -17,7 +17,7 @@ import time
 import pytest
 from hub_cache import add_snapshot, fake_commit
 
-from your_ai.benchmark import SAFETY_ENV, benchmark_candidates, result_text, run_benchmark
+from your_ai.benchmark import SAFETY_ENV, benchmark_candidates, candidate, result_text, run_benchmark
 from your_ai.presets import PRESETS
 from your_ai.probe import FAULT_ENV, FitConfig
 
@@ -260,6 +260,8 @@ def test_models_are_tested_smallest_first(hub_cache, tiny_model_dir, tmp_path):
         ("tiny-chat", "4M"), ("deep-model", "291M"), ("r1-distill-32b", "32B"), ("hermes-70b", "70B"), ("absent", "?")]
     assert [c.located for c in mixed] == [True, True, False, False, False]
     assert "hf download someone/absent" in str(mixed[-1].problem)
+    by_hub_id = candidate(hub_id("llama-8b"))  # a preset's hub id, not downloaded: the preset's shape
+    assert (by_hub_id.label, by_hub_id.params, by_hub_id.located, by_hub_id.problem) == ("llama-8b", "8B", False, None)
     with pytest.raises(ValueError, match="--models nope: 'nope' is not a preset, a directory, or a hub id"):
         benchmark_candidates(["nope"])
 

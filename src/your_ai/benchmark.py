@@ -588,7 +588,8 @@ def run_benchmark(
             model_strategy = fit_strategy(strategy, architecture, device, config, max_memory_gb, gpus)
             estimate_gb = round(per_process_estimate_gb(architecture, device, config, max_memory_gb, gpus,
                                                         model_strategy), 3)
-            log.log("model_start", **model.ids(), index=index, total=total, estimate_gb=estimate_gb, available_gb=round(available, 3))
+            log.log("model_start", **model.ids(), index=index, total=total, estimate_gb=estimate_gb,
+                    available_gb=round(available, 3))
             progress = ProgressLine(stream, prefix)
             progress.start()
 
@@ -606,7 +607,8 @@ def run_benchmark(
                 result.update(processes=gpus, strategy=model_strategy)
                 model.named(result)
                 progress.finish(result_text(result))
-                log.log("over_budget_precheck", **model.ids(), weights_gb=round(weights, 3), max_memory_gb=max_memory_gb)
+                log.log("over_budget_precheck", **model.ids(), weights_gb=round(weights, 3),
+                        max_memory_gb=max_memory_gb)
                 results.append(result)
             else:
                 run = run_probe_subprocess(
@@ -688,8 +690,8 @@ def _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick,
             stream=stream, say=say, gpus=gpus, strategy=strategy, quantize=config.quantize,
         )
         result["optimal_config"] = outcome["best"] and {**outcome["best"], "profile": outcome["path"]}
-        log.log("optimize_complete", model=result["model"], preset=result["preset"], optimal_config=result["optimal_config"],
-                results=outcome["results"])
+        log.log("optimize_complete", model=result["model"], preset=result["preset"],
+                optimal_config=result["optimal_config"], results=outcome["results"])
 
 
 def train_flags(result: dict) -> str:
@@ -753,6 +755,7 @@ def _print_summary(report: dict, say) -> None:
     untested = report.get("untested_cached") or []
     if untested:
         say()
-        say(f"In your Hugging Face cache, not tested: {', '.join(untested)}; test them with: your-ai benchmark --cached")
+        say(f"In your Hugging Face cache, not tested: {', '.join(untested)}; "
+            "test them with: your-ai benchmark --cached")
     if report.get("log"):
         say(f"Details of every attempt: {report['log']}")

@@ -189,8 +189,8 @@ def model_shape(name: str, *, synthetic: bool = False, preset_when_missing: bool
     ``synthetic`` the preset's own (other names are refused), else the ``config.json`` of the model on this
     machine, read through transformers' ``AutoConfig`` (``memory.read_architecture``).
 
-    ``preset_when_missing``: a preset that is not on this machine gets its preset's architecture instead of
-    ``ModelNotAvailableError``. Raises ``ModelResolutionError`` for a model that cannot be resolved and
+    ``preset_when_missing``: a preset (or a preset's hub id) not on this machine gets the preset's
+    architecture instead of ``ModelNotAvailableError``. Raises ``ModelResolutionError`` for a model that cannot be resolved and
     ``ValueError`` (naming the file) for a config without a usable shape."""
     from your_ai.memory import read_architecture
 
@@ -202,8 +202,9 @@ def model_shape(name: str, *, synthetic: bool = False, preset_when_missing: bool
     try:
         resolved = resolve_model(name)
     except ModelNotAvailableError:
-        if preset_when_missing and name in PRESETS:
-            return ModelShape(name, PRESETS[name].architecture, PRESETS[name], None)
+        preset = PRESETS.get(name) or preset_for_hub_id(name)
+        if preset_when_missing and preset:
+            return ModelShape(name, preset.architecture, preset, None)
         raise
     return ModelShape(name, read_architecture(resolved.path), resolved.preset, resolved)
 
