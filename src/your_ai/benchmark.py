@@ -528,9 +528,9 @@ def run_benchmark(
     run_id = new_run_id()
     log = EventLog(log_path, run_id)
     started = time.monotonic()
-    log.log("benchmark_start", models=[c.name for c in candidates], max_memory_gb=round(max_memory_gb, 3), device=device,
-            synthetic=synthetic, force=force, timeout_s=timeout_s, config=asdict(config), optimize=optimize,
-            gpus=gpus, strategy=strategy or "auto")
+    log.log("benchmark_start", models=[c.name for c in candidates], max_memory_gb=round(max_memory_gb, 3),
+            device=device, synthetic=synthetic, force=force, timeout_s=timeout_s, config=asdict(config),
+            optimize=optimize, gpus=gpus, strategy=strategy or "auto")
 
     def say(text: str = "") -> None:
         stream.write(text + "\n")
@@ -614,7 +614,8 @@ def run_benchmark(
                 run = run_probe_subprocess(
                     model.name, max_memory_gb, device, config, timeout_s=timeout_s, synthetic=synthetic,
                     preset=model.preset, estimate_gb=estimate_gb,
-                    on_start=lambda r, ids=model.ids(): log.log("subprocess_start", **ids, pid=r.pid, command=r.command),
+                    on_start=lambda r, ids=model.ids(): log.log("subprocess_start", **ids, pid=r.pid,
+                                                                command=r.command),
                     on_tick=progress.update, processes=gpus, strategy=model_strategy,
                 )
                 result = model.named(run.result)

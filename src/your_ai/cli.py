@@ -519,9 +519,9 @@ def _fit_options(function):
               help="Fit-test LoRA layers (the last N, clamped to the model).")
 @click.option("--steps", type=_POSITIVE, default=5, show_default=True, help="Training steps per fit test.")
 @_fit_options
-def benchmark(max_memory, models, cached, single_model, optimize, quick, output, log_path, force, batch_size, lora_rank,
-              lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus, strategy,
-              quantize):
+def benchmark(max_memory, models, cached, single_model, optimize, quick, output, log_path, force, batch_size,
+              lora_rank, lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus,
+              strategy, quantize):
     """Empirically test which models fit this machine, one subprocess per model.
 
     Exit code 0 when at least one model passed, 1 when none did.

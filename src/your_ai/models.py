@@ -190,8 +190,8 @@ def model_shape(name: str, *, synthetic: bool = False, preset_when_missing: bool
     machine, read through transformers' ``AutoConfig`` (``memory.read_architecture``).
 
     ``preset_when_missing``: a preset (or a preset's hub id) not on this machine gets the preset's
-    architecture instead of ``ModelNotAvailableError``. Raises ``ModelResolutionError`` for a model that cannot be resolved and
-    ``ValueError`` (naming the file) for a config without a usable shape."""
+    architecture instead of ``ModelNotAvailableError``. Raises ``ModelResolutionError`` for a model that
+    cannot be resolved and ``ValueError`` (naming the file) for a config without a usable shape."""
     from your_ai.memory import read_architecture
 
     if synthetic:
