@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import time
 import pytest
 from hub_cache import add_snapshot, fake_commit
 
-from your_ai.benchmark import SAFETY_ENV, benchmark_presets, result_text, run_benchmark
+from your_ai.benchmark import SAFETY_ENV, benchmark_candidates, candidate, result_text, run_benchmark
 from your_ai.presets import PRESETS
 from your_ai.probe import FAULT_ENV, FitConfig
 
@@ -188,7 +189,7 @@ def test_nothing_downloaded_lists_the_options_and_force_skips_the_safety_stop(hu
     assert "No models passed benchmark." in out
     assert "⚠️  1 model(s) not found locally" in out
     assert f"       hf download {hub_id('llama-8b')}" in out
-    assert "your-ai train --model /path/to/model" in out
+    assert "your-ai benchmark --models /path/to/model,ORG/NAME (or --cached)" in out
     assert "your-ai benchmark --synthetic" in out
 
 
@@ -246,13 +247,76 @@ def test_timeout_kills_the_process_group(tmp_path, hub_cache, monkeypatch):
     assert failed["timed_out"] is True and failed["signal"] == "SIGKILL"
 
 
-def test_presets_are_tested_smallest_first():
-    assert [p.name for p in benchmark_presets(None)] == [
+def test_models_are_tested_smallest_first(hub_cache, tiny_model_dir, tmp_path):
+    assert [c.name for c in benchmark_candidates(None)] == [
         "hermes-mistral-7b", "dolphin-8b", "llama-8b", "r1-distill-14b", "hermes-70b"]
-    assert [p.name for p in benchmark_presets(["hermes-70b", "tiny", "r1-distill-32b"])] == [
-        "tiny", "r1-distill-32b", "hermes-70b"]
-    with pytest.raises(KeyError, match="unknown preset 'nope'"):
-        benchmark_presets(["nope"])
+    hub_cache.add("someone/tiny-chat")
+    deep = tmp_path / "deep-model"  # only a config: the order comes from it, no weights are read
+    deep.mkdir()
+    (deep / "config.json").write_text(json.dumps(
+        json.loads((tiny_model_dir / "config.json").read_text()) | {"num_hidden_layers": 400}))
+    mixed = benchmark_candidates(["hermes-70b", "someone/absent", str(deep), "r1-distill-32b", "someone/tiny-chat"])
+    assert [(c.label, c.params) for c in mixed] == [
+        ("tiny-chat", "4M"), ("deep-model", "291M"), ("r1-distill-32b", "32B"), ("hermes-70b", "70B"), ("absent", "?")]
+    assert [c.located for c in mixed] == [True, True, False, False, False]
+    assert "hf download someone/absent" in str(mixed[-1].problem)
+    by_hub_id = candidate(hub_id("llama-8b"))  # a preset's hub id, not downloaded: the preset's shape
+    assert (by_hub_id.label, by_hub_id.params, by_hub_id.located, by_hub_id.problem) == ("llama-8b", "8B", False, None)
+    with pytest.raises(ValueError, match="--models nope: 'nope' is not a preset, a directory, or a hub id"):
+        benchmark_candidates(["nope"])
+
+
+# ---------------------------------------------------------------------------- any model, the cached ones
+
+@pytest.mark.slow
+def test_hub_ids_and_directories_are_tested_like_presets(tmp_path, hub_cache, tiny_model_dir):
+    hub_cache.add("someone/tiny-chat")
+    directory = tmp_path / "my-model"
+    shutil.copytree(tiny_model_dir, directory)
+    output = tmp_path / "results.json"
+    proc = run_cli(["benchmark", *FAST, "--models", f"someone/absent,someone/tiny-chat,{directory}", "--output",
+                    str(output), "--log", str(tmp_path / "log.jsonl")])
+    out = proc.stdout
+    assert proc.returncode == 0, (out, proc.stderr)
+    assert re.search(r"^\[1/3\] tiny-chat            \(4M  \) \.\.\. ✓ Pass \(\d+\.\d GB peak\) \[est \d+\.\d GB\]$",
+                     out, re.MULTILINE), out
+    assert re.search(r"^\[2/3\] my-model             \(4M  \) \.\.\. ✓ Pass ", out, re.MULTILINE), out
+    assert "[3/3] absent               (?   ) ... ✗ Model not available; `hf download someone/absent`" in out
+    assert f"Train it with: your-ai train --model {directory}" in out
+    report = json.loads(output.read_text())
+    assert report["recommended"] == str(directory) and report["alternatives"] == ["someone/tiny-chat"]
+    rows = [(m["model"], m["preset"], m["model_name"], m["params"], m["status"]) for m in report["models"]]
+    assert rows == [("someone/tiny-chat", None, "someone/tiny-chat", "4M", "pass"),
+                    (str(directory), None, str(directory.resolve()), "4M", "pass"),
+                    ("someone/absent", None, "someone/absent", None, "not_available")]
+    assert report["models"][2]["download_command"] == "hf download someone/absent"
+
+
+@pytest.mark.slow
+def test_cached_tests_every_causal_lm_in_the_cache(tmp_path, hub_cache):
+    hub_cache.add("someone/tiny-chat")
+    for name, config in (("encoder", '{"architectures": ["BertModel"], "model_type": "bert"}'),
+                         ("broken", '{"model_type": "llama",\n "hidden_size": }')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(config)
+        hub_cache.add(f"someone/{name}", source=tmp_path / name)
+    output = tmp_path / "results.json"
+    proc = run_cli(["benchmark", "--cached", *FAST, "--output", str(output), "--log", str(tmp_path / "log.jsonl")])
+    out = proc.stdout
+    assert proc.returncode == 0, (out, proc.stderr)
+    assert f"Hugging Face cache {hub_cache.path}: 2 causal LM(s); 1 other repo(s) skipped (not causal LMs)" in out
+    assert re.search(r"^\[1/2\] tiny-chat            \(4M  \) \.\.\. ✓ Pass ", out, re.MULTILINE), out
+    assert re.search(r"^\[2/2\] broken               \(\?   \) \.\.\. ✗ Error: .*/config\.json:2: not valid JSON",
+                     out, re.MULTILINE), out
+    assert "encoder" not in out
+    report = json.loads(output.read_text())
+    assert report["cache"] == {"path": str(hub_cache.path), "models": ["someone/broken", "someone/tiny-chat"],
+                               "skipped": ["someone/encoder"]}
+    assert [m["status"] for m in report["models"]] == ["pass", "error"]
+    assert report["recommended"] == "someone/tiny-chat"
+    refused = run_cli(["benchmark", "--cached", "--models", "tiny"])
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "Error: --cached tests the models in the local cache; leave out --models")
 
 
 def test_result_text_for_synthetic_and_other_statuses():

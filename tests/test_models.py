@@ -11,8 +11,10 @@ from your_ai.models import (
     InvalidModelNameError,
     ModelNotAvailableError,
     build_random_model,
+    cached_causal_lms,
     load_model,
     load_tokenizer,
+    model_shape,
     resolve_model,
 )
 from your_ai.presets import BENCHMARK_PRESETS, PRESETS, TINY, get_preset
@@ -184,3 +186,48 @@ def test_weight_files_follow_the_index_and_name_what_is_missing(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text("{}")
     with pytest.raises(ModelResolutionError, match="model.safetensors.index.json: not a safetensors index"):
         weight_files(tmp_path)
+
+
+def config_only(tmp_path, name, config) -> "Path":
+    """A directory holding only a config.json (``config``: a dict, or the file's text)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    return folder
+
+
+def test_shape_of_any_model_without_its_weights(hub_cache, tiny_model_dir, tmp_path):
+    hub_cache.add("someone/tiny-chat")
+    by_hub_id = model_shape("someone/tiny-chat")
+    assert by_hub_id.architecture.parameter_count() == TINY.architecture.parameter_count()
+    assert (by_hub_id.label, by_hub_id.params, by_hub_id.preset) == ("tiny-chat", "4M", None)
+    assert by_hub_id.model_name == "someone/tiny-chat"
+    deeper = json.loads((tiny_model_dir / "config.json").read_text()) | {"num_hidden_layers": 400}
+    folder = config_only(tmp_path, "deep-model", deeper)  # no weights: only the config is read
+    by_directory = model_shape(str(folder))
+    assert by_directory.label == "deep-model" and by_directory.model_name == str(folder.resolve())
+    assert by_directory.architecture.num_hidden_layers == 400 and by_directory.params == "291M"
+    missing = model_shape("llama-8b", preset_when_missing=True)  # a preset not downloaded: the preset's shape
+    assert missing.architecture == PRESETS["llama-8b"].architecture and missing.resolved is None
+    assert missing.params == "8B" and missing.model_name == PRESETS["llama-8b"].hub_id
+    with pytest.raises(ModelNotAvailableError, match="hf download someone/absent"):
+        model_shape("someone/absent", preset_when_missing=True)
+    with pytest.raises(InvalidModelNameError, match="synthetic models are built from presets"):
+        model_shape("someone/tiny-chat", synthetic=True)
+    assert model_shape("llama-8b", synthetic=True).architecture == PRESETS["llama-8b"].architecture
+    with pytest.raises(ValueError, match=r"config.json: model config has no usable hidden_size"):
+        model_shape(str(config_only(tmp_path, "shapeless", {"model_type": "my-own", "num_attention_heads": 2})))
+
+
+def test_cached_causal_lms_are_found_through_scan_cache_dir(hub_cache, tmp_path):
+    hub_cache.add("someone/tiny-chat")
+    hub_cache.add("someone/encoder", source=config_only(tmp_path, "bert", {"architectures": ["BertModel"],
+                                                                          "model_type": "bert"}))
+    hub_cache.add("someone/broken", source=config_only(tmp_path, "broken", "{broken"))
+    hub_cache.add("someone/gpt", source=config_only(tmp_path, "gpt", {"model_type": "gpt2"}))  # no architectures
+    hub_cache.add("someone/unfinished", set_main=False)  # no refs/main
+    found = cached_causal_lms()
+    assert found.cache == hub_cache.path
+    assert found.hub_ids == ["someone/broken", "someone/gpt", "someone/tiny-chat"]
+    assert found.skipped == ["someone/encoder", "someone/unfinished"]
+    assert cached_causal_lms(tmp_path / "no-cache-here").hub_ids == []

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -107,3 +108,22 @@ def test_profile_path_and_bad_profiles(tmp_path):
         load_profile(path)
     with pytest.raises(ValueError, match="does not exist"):
         load_profile(tmp_path / "missing.json")
+
+
+@pytest.mark.slow
+def test_sweep_of_a_model_directory(tmp_path, tiny_model_dir):
+    directory = tmp_path / "my-model"
+    shutil.copytree(tiny_model_dir, directory)
+    output = tmp_path / "profile.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "your_ai", "optimize", "--model", str(directory), "--quick", "--steps", "2",
+         "--seq-length", "32", "--device", "cpu", "--max-memory", "8", "--output", str(output)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, FAULT_ENV: "oom@rank=128,oom@batch=4"},
+    )
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert f"Sweeping 6 configs of {directory} (quick grid)" in proc.stdout
+    profile = json.loads(output.read_text())
+    assert (profile["model"], profile["model_name"], profile["preset"]) == (str(directory), str(directory), None)
+    assert [r["status"] for r in profile["results"]] == ["pass", "oom", "oom", "skipped", "skipped", "skipped"]
+    assert (profile["batch_size"], profile["lora_rank"], profile["synthetic"]) == (2, 64, False)
+    assert f"your-ai train --model {directory} --profile {output}" in proc.stdout

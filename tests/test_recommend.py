@@ -48,3 +48,23 @@ def test_recommend_command():
     report = json.loads(proc.stdout)
     assert report["memory_gb"] == 40 and report["budget_gb"] == 32 and report["memory_source"] == "given"
     assert report["config"] == {"batch_size": 2, "lora_rank": 64, "lora_layers": 16, "seq_length": 1024, "quantize": None}
+
+
+def test_recommend_a_hub_id_gives_a_verdict_with_its_estimate(hub_cache):
+    hub_cache.add("someone/tiny-chat")
+    report = recommend_presets(memory_gb=1, device="cpu", models=["someone/tiny-chat", "llama-8b"])
+    assert "presets" not in report
+    tiny, llama = report["models"]
+    assert (tiny["label"], tiny["params"], tiny["preset"], tiny["model_name"]) == ("tiny-chat", "4M", None,
+                                                                                   "someone/tiny-chat")
+    assert 0 < tiny["estimate_gb"] < 0.8 and tiny["fits"] is True and tiny["error"] is None
+    assert llama["preset"] == "llama-8b" and llama["fits"] is False  # not downloaded: the preset's shape
+    proc = subprocess.run([sys.executable, "-m", "your_ai", "recommend", "--memory", "1", "--model",
+                           "someone/tiny-chat", "--model", "someone/absent"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 1, proc.stderr  # one model has no estimate
+    assert f"  tiny-chat (4M): fits, estimated {tiny['estimate_gb']:.1f} GB of the 0.8 GB budget" in proc.stdout
+    assert "  absent: no estimate: model someone/absent is not available locally" in proc.stdout
+    assert "`your-ai benchmark --models someone/tiny-chat,someone/absent` measures the real peak" in proc.stdout
+    with pytest.raises(ValueError, match="--model nope: 'nope' is not a preset"):
+        recommend_presets(memory_gb=1, device="cpu", models=["nope"])

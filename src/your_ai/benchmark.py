@@ -1,7 +1,9 @@
-"""The benchmark: which presets fit this machine, measured one model per subprocess.
+"""The benchmark: which models fit this machine, measured one model per subprocess.
 
-For each preset, smallest first, the benchmark starts ``your-ai benchmark --single-model
-PRESET`` in its own process group, reads its one ``BENCHMARK_RESULT:`` line
+The models are the five benchmark presets, the ones named (presets, hub ids, directories), or
+every causal LM in the local Hugging Face cache; their shapes are read from their configs without
+loading weights (``models.model_shape``). For each, smallest first, the benchmark starts
+``your-ai benchmark --single-model MODEL`` in its own process group, reads its one ``BENCHMARK_RESULT:`` line
 (``your_ai.probe``), reaps it with ``os.wait4`` (so even a killed child has a measured peak
 RSS) and classifies what the child could not report itself from facts: killed by SIGKILL
 (most likely the operating system's out-of-memory killer) -> ``oom``; killed by another
@@ -9,7 +11,7 @@ signal -> ``crashed``; no result line -> ``error`` with the child's last stderr 
 result within ``--timeout`` -> the whole process group is killed -> ``timeout``.
 
 An out-of-memory result or a peak over the budget stops the run (larger models will not
-fit either); a missing model, an error, a timeout or a crash does not. Every event is
+fit either); a missing model, an unreadable config, an error, a timeout or a crash does not. Every event is
 appended, flushed, to a JSONL log.
 """
 
@@ -31,7 +33,7 @@ from typing import TextIO
 
 from your_ai import memory
 from your_ai.files import write_json_atomic
-from your_ai.presets import BENCHMARK_PRESETS, Preset, get_preset
+from your_ai.presets import BENCHMARK_PRESETS, PRESETS, Architecture, Preset
 from your_ai.probe import (
     PHASE_PREFIX,
     FitConfig,
@@ -397,16 +399,79 @@ def processes_word(device: str | None, count: int = 1) -> str:
     return "process" if count == 1 else "processes"
 
 
-def _line_prefix(index: int, total: int, preset: Preset) -> str:
-    return f"[{index}/{total}] {preset.name:20} ({preset.params:4}) ... "
+def _line_prefix(index: int, total: int, candidate: Candidate) -> str:
+    return f"[{index}/{total}] {candidate.label:20} ({candidate.params:4}) ... "
 
 
-# ---------------------------------------------------------------------------- the run
+# ---------------------------------------------------------------------------- the models to test
 
-def benchmark_presets(names: Sequence[str] | None) -> list[Preset]:
-    """The presets to test, smallest first (to 0.1B; equal sizes keep their order): the five, or the named ones."""
-    presets = list(BENCHMARK_PRESETS) if not names else [get_preset(name) for name in names]
-    return sorted(dict.fromkeys(presets), key=lambda p: round(p.architecture.parameter_count() / 1e8))
+@dataclass(frozen=True)
+class Candidate:
+    """A model the benchmark tests: the name given, how its line shows it, and its shape when known."""
+
+    name: str  # preset name, hub id or directory, as given (what `train --model` takes)
+    label: str  # the preset's name, a hub id's name part or a directory's name
+    params: str  # 7B, 135M; "?" when the shape is unknown
+    preset: Preset | None
+    model_name: str  # the hub id, else the directory
+    architecture: Architecture | None  # what the estimate uses; None: unknown (``problem`` says why)
+    located: bool  # on this machine (or synthetic)
+    problem: Exception | None = None  # why it cannot be tested: not available, a broken config
+
+    @property
+    def size(self) -> float:
+        """The order of the run: parameters to 0.1B (a preset's own shape), unknown sizes last."""
+        architecture = self.preset.architecture if self.preset else self.architecture
+        return round(architecture.parameter_count() / 1e8) if architecture else float("inf")
+
+    def ids(self) -> dict:
+        """The fields naming this model in the log and in the skipped list."""
+        return {"model": self.name, "preset": self.preset.name if self.preset else None, "model_name": self.model_name}
+
+    def named(self, result: dict) -> dict:
+        """``result`` with this model's names and size label (which a result the parent makes lacks for a
+        model that is not a preset)."""
+        result.update(self.ids())
+        if self.params != "?":
+            result["params"] = self.params
+        return result
+
+
+def candidate(name: str, synthetic: bool = False) -> Candidate:
+    """``name`` (preset, hub id or directory) as the benchmark tests it, its shape read without loading
+    weights (``models.model_shape``; a preset that is not on this machine: the preset's shape). A model
+    that is not available or whose config has no usable shape becomes a candidate with its ``problem``;
+    a name that is none of the three raises ``ValueError``."""
+    from your_ai.models import InvalidModelNameError, ModelResolutionError, model_shape, short_label
+
+    try:
+        shape = model_shape(name, synthetic=synthetic, preset_when_missing=True)
+    except InvalidModelNameError as error:
+        raise ValueError(f"--models {name}: {error}") from None
+    except (ModelResolutionError, ValueError) as error:
+        preset = PRESETS.get(name)
+        return Candidate(name, short_label(name), preset.params if preset else "?", preset,
+                         preset.hub_id if preset else name, None, False, error)
+    return Candidate(name, shape.label, shape.params, shape.preset, shape.model_name, shape.architecture,
+                     synthetic or shape.resolved is not None)
+
+
+def benchmark_candidates(names: Sequence[str] | None, synthetic: bool = False) -> list[Candidate]:
+    """The models to test, smallest first (to 0.1B; equal sizes keep their order; unknown sizes last): the
+    five benchmark presets, or the named ones (presets, hub ids, directories)."""
+    names = names or [preset.name for preset in BENCHMARK_PRESETS]
+    return sorted((candidate(name, synthetic) for name in dict.fromkeys(names)), key=lambda c: c.size)
+
+
+def _problem_result(found: Candidate, device: str, config: FitConfig, synthetic: bool, max_memory_gb: float) -> dict:
+    """The result of a model that cannot be tested: not available (with the download command), or an error."""
+    from your_ai.models import ModelNotAvailableError
+
+    missing = isinstance(found.problem, ModelNotAvailableError)
+    result = new_result(found.name, device, config, synthetic, max_memory_gb, preset=found.preset,
+                        status="not_available" if missing else "error", error=str(found.problem))
+    result["download_command"] = found.problem.download_command if missing else None
+    return found.named(result)
 
 
 def resolve_device(device: str | None) -> str:
@@ -435,14 +500,23 @@ def run_benchmark(
     stream: TextIO | None = None,
     gpus: int = 1,
     strategy: str | None = None,
+    cached: bool = False,
 ) -> dict:
-    """Test each preset in a subprocess, print one line per model, log every event; the report dict.
+    """Test each model in a subprocess, print one line per model, log every event; the report dict.
 
+    ``models``: presets, hub ids and directories (default: the five benchmark presets); ``cached``: every
+    causal LM in the local Hugging Face cache (``models.cached_causal_lms``) instead.
     ``gpus`` > 1: each fit test runs under torchrun on that many GPUs (CPU processes with ``device``
     "cpu"), the model replicated or sharded by ``strategy`` (``probe.fit_strategy``); the budget and the
     peaks are per GPU."""
     stream = stream or sys.stdout
-    presets = benchmark_presets(models)
+    found = None
+    if cached:
+        from your_ai.models import cached_causal_lms
+
+        found = cached_causal_lms()
+        models = found.hub_ids
+    candidates = benchmark_candidates(models, synthetic) if models or not cached else []
     check_processes(gpus, device)
     device = resolve_device(device)
     device_memory = memory.device_memory_gb(device)
@@ -454,9 +528,9 @@ def run_benchmark(
     run_id = new_run_id()
     log = EventLog(log_path, run_id)
     started = time.monotonic()
-    log.log("benchmark_start", models=[p.name for p in presets], max_memory_gb=round(max_memory_gb, 3), device=device,
-            synthetic=synthetic, force=force, timeout_s=timeout_s, config=asdict(config), optimize=optimize,
-            gpus=gpus, strategy=strategy or "auto")
+    log.log("benchmark_start", models=[c.name for c in candidates], max_memory_gb=round(max_memory_gb, 3),
+            device=device, synthetic=synthetic, force=force, timeout_s=timeout_s, config=asdict(config),
+            optimize=optimize, gpus=gpus, strategy=strategy or "auto")
 
     def say(text: str = "") -> None:
         stream.write(text + "\n")
@@ -464,7 +538,12 @@ def run_benchmark(
 
     per = f" per {processes_word(device)}" if gpus > 1 else ""
     on = f"{device}, {gpus} {processes_word(device, gpus)} per model (strategy {strategy or 'auto'})" if gpus > 1 else device
-    say(f"Benchmark: {len(presets)} model(s), smallest first, on {on}; "
+    if found is not None:
+        others = f"; {len(found.skipped)} other repo(s) skipped (not causal LMs)" if found.skipped else ""
+        say(f"Hugging Face cache {found.cache}: {len(found.hub_ids)} causal LM(s){others}")
+        if not found.hub_ids:
+            say("Nothing to test: download a model with `hf download ORG/NAME`, or name models with --models")
+    say(f"Benchmark: {len(candidates)} model(s), smallest first, on {on}; "
         f"budget {max_memory_gb:.2f} GB{per} ({budget_source})" + ("; synthetic random-weight models" if synthetic else ""))
     say(f"Fit test: batch {config.batch_size}, LoRA rank {config.lora_rank} on the last {config.lora_layers} layers, "
         f"sequence {config.seq_length or 1024}, {config.steps} steps; timeout {timeout_s:g} s per model")
@@ -476,34 +555,41 @@ def run_benchmark(
     skipped: list[dict] = []
     stop_reason: str | None = None
     safety_stopped = False
-    total = len(presets)
+    total = len(candidates)
 
-    def skip(prefix: str, preset: Preset, reason: str) -> None:
+    def skip(prefix: str, model: Candidate, reason: str) -> None:
         say(f"{prefix}- Skipped ({reason})")
-        skipped.append({"preset": preset.name, "model_name": preset.hub_id, "params": preset.params, "reason": reason})
+        skipped.append({**model.ids(), "params": model.params, "reason": reason})
 
     try:
-        for index, preset in enumerate(presets, start=1):
-            prefix = _line_prefix(index, total, preset)
+        for index, model in enumerate(candidates, start=1):
+            prefix = _line_prefix(index, total, model)
             if stop_reason:
-                skip(prefix, preset, stop_reason)
+                skip(prefix, model, stop_reason)
                 continue
             available = memory.system_memory_gb()[1]
             if not force and available < safety_floor:
                 safety_stopped = True
                 stop_reason = "safety stop"
                 say(f"SAFETY STOP: only {available:.1f} GB of system memory is available (under {safety_floor:g} GB); "
-                    f"stopping before {preset.name}. Close other programs, or pass --force to go on anyway.")
-                log.log("safety_stop", preset=preset.name, available_gb=round(available, 3), min_available_gb=safety_floor)
-                skip(prefix, preset, stop_reason)
+                    f"stopping before {model.label}. Close other programs, or pass --force to go on anyway.")
+                log.log("safety_stop", **model.ids(), available_gb=round(available, 3), min_available_gb=safety_floor)
+                skip(prefix, model, stop_reason)
+                continue
+            if model.problem:
+                result = _problem_result(model, device, config, synthetic, max_memory_gb)
+                say(f"{prefix}{result_text(result)}")
+                log.log("model_unusable", **model.ids(), index=index, total=total, status=result["status"],
+                        error=result["error"])
+                results.append(result)
                 continue
 
-            architecture, located = _architecture_for(preset, synthetic)
+            architecture, located = model.architecture, model.located
             model_strategy = fit_strategy(strategy, architecture, device, config, max_memory_gb, gpus)
             estimate_gb = round(per_process_estimate_gb(architecture, device, config, max_memory_gb, gpus,
                                                         model_strategy), 3)
-            log.log("model_start", preset=preset.name, index=index, total=total, model_name=preset.hub_id,
-                    estimate_gb=estimate_gb, available_gb=round(available, 3))
+            log.log("model_start", **model.ids(), index=index, total=total, estimate_gb=estimate_gb,
+                    available_gb=round(available, 3))
             progress = ProgressLine(stream, prefix)
             progress.start()
 
@@ -514,35 +600,38 @@ def run_benchmark(
                 share = (f" per {processes_word(device)} (sharded over {gpus}, with the layers FSDP gathers whole)"
                          if model_strategy == "fsdp" else "")
                 result = _parent_result(
-                    preset.name, preset, device, config, synthetic, estimate_gb, max_memory_gb, "over_budget",
+                    model.name, model.preset, device, config, synthetic, estimate_gb, max_memory_gb, "over_budget",
                     f"the weights alone need {weights:.2f} GB{share} > {max_memory_gb:.2f} GB budget; not loaded, "
                     f"--force tries anyway",
                 )
                 result.update(processes=gpus, strategy=model_strategy)
+                model.named(result)
                 progress.finish(result_text(result))
-                log.log("over_budget_precheck", preset=preset.name, weights_gb=round(weights, 3), max_memory_gb=max_memory_gb)
+                log.log("over_budget_precheck", **model.ids(), weights_gb=round(weights, 3),
+                        max_memory_gb=max_memory_gb)
                 results.append(result)
             else:
                 run = run_probe_subprocess(
-                    preset.name, max_memory_gb, device, config, timeout_s=timeout_s, synthetic=synthetic, preset=preset,
-                    estimate_gb=estimate_gb,
-                    on_start=lambda r, name=preset.name: log.log("subprocess_start", preset=name, pid=r.pid, command=r.command),
+                    model.name, max_memory_gb, device, config, timeout_s=timeout_s, synthetic=synthetic,
+                    preset=model.preset, estimate_gb=estimate_gb,
+                    on_start=lambda r, ids=model.ids(): log.log("subprocess_start", **ids, pid=r.pid,
+                                                                command=r.command),
                     on_tick=progress.update, processes=gpus, strategy=model_strategy,
                 )
-                result = run.result
+                result = model.named(run.result)
                 result["duration_s"] = round(run.duration_s, 3)
                 progress.finish(result_text(result))
                 if run.spawn_error:
-                    log.log("subprocess_spawn_error", preset=preset.name, error=run.spawn_error, command=run.command)
+                    log.log("subprocess_spawn_error", **model.ids(), error=run.spawn_error, command=run.command)
                 else:
                     say(_memory_released(run))
                     event = "subprocess_success" if result["success"] else "subprocess_failed"
-                    log.log(event, preset=preset.name, status=result["status"], error=result.get("error"),
+                    log.log(event, **model.ids(), status=result["status"], error=result.get("error"),
                             peak_memory_gb=result.get("peak_memory_gb"), result=result, **run.facts())
                 results.append(result)
             if result["status"] in STOPPING_STATUSES:
                 stop_reason = (
-                    f"{preset.name} {'ran out of memory' if result['status'] == 'oom' else 'went over the budget'}; "
+                    f"{model.label} {'ran out of memory' if result['status'] == 'oom' else 'went over the budget'}; "
                     "larger models will not fit"
                 )
     except KeyboardInterrupt:
@@ -550,7 +639,7 @@ def run_benchmark(
         raise
 
     passed = [r for r in results if r["success"]]
-    recommended = passed[-1]["preset"] if passed else None
+    recommended = passed[-1]["model"] if passed else None
     if optimize and passed:
         _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick, optimize_steps, config, log,
                          stream, say, gpus, strategy)
@@ -568,12 +657,16 @@ def run_benchmark(
         "strategy": strategy or "auto",
         "config": asdict(config),
         "recommended": recommended,
-        "alternatives": [r["preset"] for r in reversed(passed[:-1])],
+        "alternatives": [r["model"] for r in reversed(passed[:-1])],
         "models": results,
         "skipped": skipped,
         "safety_stop": safety_stopped,
         "log": str(log.path) if log.path else None,
     }
+    if found is not None:
+        report["cache"] = {"path": str(found.cache), "models": found.hub_ids, "skipped": found.skipped}
+    elif not passed:
+        report["untested_cached"] = _untested_cached(results)
     _print_summary(report, say)
     log.log("benchmark_complete", tested=len(results), passed=len(passed), failed=len(results) - len(passed),
             skipped=len(skipped), recommended=recommended, duration_s=round(time.monotonic() - started, 3))
@@ -583,42 +676,23 @@ def run_benchmark(
     return report
 
 
-def _architecture_for(preset: Preset, synthetic: bool):
-    """The architecture to estimate with: the downloaded model's own config, else the preset's.
-
-    Returns (architecture, located) where ``located`` says the model is on this machine (or synthetic).
-    """
-    if synthetic:
-        return preset.architecture, True
-    from your_ai.models import ModelResolutionError, resolve_model
-
-    try:
-        resolved = resolve_model(preset.name)
-    except ModelResolutionError:
-        return preset.architecture, False
-    try:
-        return memory.read_architecture(resolved.path), True
-    except ValueError:
-        return preset.architecture, True
-
-
 def _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick, steps, config, log, stream, say,
                      gpus=1, strategy=None) -> None:
     from your_ai.optimize import DEFAULT_STEPS, run_optimize
 
     for result in passed:
         say()
-        say(f"Optimizing {result['preset']} ({'quick' if quick else 'full'} grid)")
-        log.log("optimize_start", preset=result["preset"])
+        say(f"Optimizing {result['model']} ({'quick' if quick else 'full'} grid)")
+        log.log("optimize_start", model=result["model"], preset=result["preset"])
         outcome = run_optimize(
-            result["preset"], max_memory_gb=max_memory_gb, device=device, quick=quick,
+            result["model"], max_memory_gb=max_memory_gb, device=device, quick=quick,
             steps=steps or DEFAULT_STEPS, timeout_s=timeout_s, synthetic=synthetic,
             seq_length=config.seq_length, grad_checkpoint=config.grad_checkpoint, step_mode=config.step_mode,
             stream=stream, say=say, gpus=gpus, strategy=strategy, quantize=config.quantize,
         )
         result["optimal_config"] = outcome["best"] and {**outcome["best"], "profile": outcome["path"]}
-        log.log("optimize_complete", preset=result["preset"], optimal_config=result["optimal_config"],
-                results=outcome["results"])
+        log.log("optimize_complete", model=result["model"], preset=result["preset"],
+                optimal_config=result["optimal_config"], results=outcome["results"])
 
 
 def train_flags(result: dict) -> str:
@@ -648,6 +722,14 @@ def check_processes(gpus: int, device: str | None) -> None:
             raise ValueError(str(error)) from None
 
 
+def _untested_cached(results: list[dict]) -> list[str]:
+    """The causal LMs in the local cache that were not among ``results`` (what ``--cached`` would test)."""
+    from your_ai.models import cached_causal_lms
+
+    tested = {r.get("model_name") for r in results}
+    return [hub_id for hub_id in cached_causal_lms().hub_ids if hub_id not in tested]
+
+
 def _print_summary(report: dict, say) -> None:
     results, skipped = report["models"], report["skipped"]
     passed = [r for r in results if r["success"]]
@@ -669,7 +751,12 @@ def _print_summary(report: dict, say) -> None:
         say("  1. Download into the Hugging Face cache ($HF_HUB_CACHE, default ~/.cache/huggingface/hub):")
         for result in missing:
             say(f"       {result.get('download_command') or 'hf download ' + result['model_name']}")
-        say("  2. Use a model you already have on disk: your-ai train --model /path/to/model")
+        say("  2. Test a model you already have: your-ai benchmark --models /path/to/model,ORG/NAME (or --cached)")
         say("  3. Test the fit without downloading anything: your-ai benchmark --synthetic")
+    untested = report.get("untested_cached") or []
+    if untested:
+        say()
+        say(f"In your Hugging Face cache, not tested: {', '.join(untested)}; "
+            "test them with: your-ai benchmark --cached")
     if report.get("log"):
         say(f"Details of every attempt: {report['log']}")

@@ -57,9 +57,13 @@ def setup(output, as_json):
 @click.option("--lora-layers", type=int, default=16, show_default=True)
 @click.option("--max-seq-length", type=int, default=1024, show_default=True)
 @click.option("--quantize", type=int, help="4: estimate QLoRA, the decoder linear weights in 4-bit NF4.")
+@click.option("--model", "models", multiple=True, help="Estimate this model instead of the presets: a preset, a hub "
+              "id (from the local cache) or a model directory; repeat it or give a comma-separated list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, as_json):
-    """List the presets whose estimated LoRA training memory fits 80% of MEMORY."""
+def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, models, as_json):
+    """List the presets (or the given models) whose estimated LoRA training memory fits 80% of MEMORY.
+
+    Exit code 1 when a given model has no estimate (not available, unreadable config)."""
     from your_ai import recommend as recommend_module
 
     if memory is not None and memory <= 0:
@@ -72,10 +76,12 @@ def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quanti
             lora_layers=lora_layers,
             seq_length=max_seq_length,
             quantize=quantize,
+            models=[name.strip() for value in models for name in value.split(",") if name.strip()],
         )
-    except ValueError as error:  # --quantize 8
+    except ValueError as error:  # --quantize 8, not a model name
         _fail(str(error))
     click.echo(json.dumps(report, indent=2) if as_json else recommend_module.format_recommendation(report))
+    sys.exit(1 if any(row["error"] for row in report.get("models", [])) else 0)
 
 
 # ---------------------------------------------------------------------------- data
@@ -532,7 +538,10 @@ def _fit_options(function):
 @main.command()
 @click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
               help="Budget in GB (default: 80% of the device's memory: GPU memory on CUDA, system memory elsewhere).")
-@click.option("--models", help="Comma-separated presets to test (default: the five benchmark presets).")
+@click.option("--models", help="Comma-separated models to test: presets, hub ids (org/name, from the local cache) "
+              "and model directories, mixed (default: the five benchmark presets).")
+@click.option("--cached", is_flag=True, help="Test every causal language model in the local Hugging Face cache "
+              "($HF_HUB_CACHE) instead of the presets.")
 @click.option("--single-model", help="Run one fit test in this process and print one BENCHMARK_RESULT line "
               "(what the benchmark runs in each subprocess).")
 @click.option("--optimize", is_flag=True, help="Sweep batch x rank x layers for each model that passes.")
@@ -547,10 +556,10 @@ def _fit_options(function):
               help="Fit-test LoRA layers (the last N, clamped to the model).")
 @click.option("--steps", type=_POSITIVE, default=5, show_default=True, help="Training steps per fit test.")
 @_fit_options
-def benchmark(max_memory, models, single_model, optimize, quick, output, log_path, force, batch_size, lora_rank,
-              lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus, strategy,
-              quantize):
-    """Empirically test which model presets fit this machine, one subprocess per model.
+def benchmark(max_memory, models, cached, single_model, optimize, quick, output, log_path, force, batch_size,
+              lora_rank, lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus,
+              strategy, quantize):
+    """Empirically test which models fit this machine, one subprocess per model.
 
     Exit code 0 when at least one model passed, 1 when none did.
     """
@@ -571,6 +580,8 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
 
     if quick and not optimize:
         _fail("--quick picks the quick grid of --optimize; add --optimize")
+    if cached and (models or synthetic):
+        _fail(f"--cached tests the models in the local cache; leave out {'--models' if models else '--synthetic'}")
     from your_ai.benchmark import run_benchmark
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
@@ -578,9 +589,9 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
         report = run_benchmark(
             names, max_memory_gb=max_memory, device=device, config=config, timeout_s=timeout, log_path=log_path,
             output=output, synthetic=synthetic, force=force, optimize=optimize, quick=quick, gpus=gpus,
-            strategy=strategy,
+            strategy=strategy, cached=cached,
         )
-    except (KeyError, ValueError) as error:  # an unknown preset, an unusable --device or setting
+    except (KeyError, ValueError) as error:  # not a model name, an unusable --device or setting
         _fail(error.args[0] if error.args else str(error))
     sys.exit(0 if report["recommended"] else 1)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from your_ai.presets import PRESETS, TINY, Architecture, Preset, preset_for_hub_id
+from your_ai.presets import PRESETS, TINY, Architecture, Preset, params_label, preset_for_hub_id
 
 TINY_SEED = 0
 MODEL_FILE_NAMES = ("config.json",)
@@ -91,8 +91,7 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> Reso
         return _resolve_hub_id(preset.hub_id, name, preset, cache_dir)
 
     path = Path(name).expanduser()
-    looks_like_path = path.is_absolute() or name.startswith((".", "~")) or path.exists()
-    if looks_like_path:
+    if looks_like_path(name):
         if not path.exists():
             raise ModelNotAvailableError(f"model path {str(path)!r} does not exist")
         if not path.is_dir():
@@ -137,6 +136,129 @@ def _resolve_hub_id(hub_id: str, name: str, preset: Preset | None, cache_dir) ->
             hub_id=hub_id,
         )
     return ResolvedModel(snapshot, name, hub_id, preset, "hub-cache")
+
+
+def looks_like_path(name: str) -> bool:
+    """A model name meant as a directory: absolute, starting with ``.`` or ``~``, or an existing path."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or Path(name).expanduser().exists()
+
+
+def short_label(name: str) -> str:
+    """A model's name for tables: the preset's name, a hub id's name part, or a directory's name."""
+    if name in PRESETS:
+        return name
+    if looks_like_path(name):
+        return Path(name).expanduser().resolve().name
+    return name.rsplit("/", 1)[-1]
+
+
+# ---------------------------------------------------------------------------- shape without weights
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A model's architecture, known without loading its weights."""
+
+    name: str  # what the user asked for: preset name, hub id or directory
+    architecture: Architecture
+    preset: Preset | None
+    resolved: ResolvedModel | None  # None: synthetic, or a preset not on this machine
+
+    @property
+    def label(self) -> str:
+        return self.preset.name if self.preset else short_label(self.name)
+
+    @property
+    def model_name(self) -> str:
+        """The hub id, else the model directory."""
+        if self.resolved:
+            return self.resolved.hub_id or str(self.resolved.path)
+        return self.preset.hub_id
+
+    @property
+    def parameter_count(self) -> int:
+        return self.architecture.parameter_count()
+
+    @property
+    def params(self) -> str:
+        """The parameter-count label: the preset's own (7B), else the count rounded (135M)."""
+        return self.preset.params if self.preset else params_label(self.parameter_count)
+
+
+def model_shape(name: str, *, synthetic: bool = False, preset_when_missing: bool = False) -> ModelShape:
+    """The architecture of ``name`` (preset, hub id or directory) without loading its weights: with
+    ``synthetic`` the preset's own (other names are refused), else the ``config.json`` of the model on this
+    machine, read through transformers' ``AutoConfig`` (``memory.read_architecture``).
+
+    ``preset_when_missing``: a preset (or a preset's hub id) not on this machine gets the preset's
+    architecture instead of ``ModelNotAvailableError``. Raises ``ModelResolutionError`` for a model that
+    cannot be resolved and ``ValueError`` (naming the file) for a config without a usable shape."""
+    from your_ai.memory import read_architecture
+
+    if synthetic:
+        if name not in PRESETS:
+            raise InvalidModelNameError(f"synthetic models are built from presets; {name!r} is not one of: "
+                                        f"{', '.join(PRESETS)}")
+        return ModelShape(name, PRESETS[name].architecture, PRESETS[name], None)
+    try:
+        resolved = resolve_model(name)
+    except ModelNotAvailableError:
+        preset = PRESETS.get(name) or preset_for_hub_id(name)
+        if preset_when_missing and preset:
+            return ModelShape(name, preset.architecture, preset, None)
+        raise
+    return ModelShape(name, read_architecture(resolved.path), resolved.preset, resolved)
+
+
+# ---------------------------------------------------------------------------- the local cache
+
+@dataclass(frozen=True)
+class CachedModels:
+    """What ``cached_causal_lms`` found in the hub cache."""
+
+    cache: Path
+    hub_ids: list[str]  # causal LMs, and models whose config cannot be read (their test says why)
+    skipped: list[str]  # model repos that are not causal LMs (or have no refs/main config.json)
+
+
+def is_causal_lm(config: dict) -> bool:
+    """A ``config.json`` of a causal language model: one of its ``architectures`` is a causal LM class
+    (``...ForCausalLM`` or one in transformers' causal-LM mapping); without ``architectures``, its
+    ``model_type`` is in that mapping."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    architectures = config.get("architectures")
+    if architectures:
+        known = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+        return any(isinstance(a, str) and (a.endswith("ForCausalLM") or a in known) for a in architectures)
+    return config.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def cached_causal_lms(cache_dir: str | os.PathLike | None = None) -> CachedModels:
+    """The model repos of the hub cache (``huggingface_hub.scan_cache_dir``) whose ``refs/main`` snapshot has
+    a causal-LM ``config.json`` (``is_causal_lm``), by hub id; a config that is not valid JSON counts as a
+    model (its fit test reports the file). The others are counted in ``skipped``."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    cache = Path(cache_dir) if cache_dir else hub_cache_dir()
+    try:
+        repos = scan_cache_dir(cache).repos
+    except CacheNotFound:
+        return CachedModels(cache, [], [])
+    found, skipped = [], []
+    for repo in sorted((r for r in repos if r.repo_type == "model"), key=lambda r: r.repo_id):
+        main = next((rev for rev in repo.revisions if "main" in rev.refs), None)
+        config = main.snapshot_path / "config.json" if main else None
+        if config is None or not config.is_file():
+            skipped.append(repo.repo_id)
+            continue
+        try:
+            values = json.loads(config.read_text())
+        except (OSError, ValueError):
+            found.append(repo.repo_id)
+            continue
+        (found if isinstance(values, dict) and is_causal_lm(values) else skipped).append(repo.repo_id)
+    return CachedModels(cache, found, skipped)
 
 
 # ---------------------------------------------------------------------------- tiny model

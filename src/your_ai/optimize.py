@@ -124,7 +124,10 @@ def run_optimize(
             stream.write(text + "\n")
             stream.flush()
     check_processes(gpus, device)
-    architecture, model_name, preset = _architecture_of(model, synthetic)
+    from your_ai.models import model_shape
+
+    shape = model_shape(model, synthetic=synthetic)
+    architecture, model_name, preset = shape.architecture, shape.model_name, shape.preset
     device = resolve_device(device)
     if max_memory_gb is None:
         max_memory_gb = memory.default_budget_gb(device)
@@ -227,20 +230,6 @@ def run_optimize(
     return outcome
 
 
-def _architecture_of(model: str, synthetic: bool):
-    """(architecture, model_name, preset) of ``model`` without loading it."""
-    from your_ai.models import InvalidModelNameError, resolve_model
-
-    if synthetic:
-        if model not in PRESETS:
-            raise InvalidModelNameError(
-                f"synthetic models are built from presets; {model!r} is not one of: {', '.join(PRESETS)}")
-        preset = PRESETS[model]
-        return preset.architecture, preset.hub_id, preset
-    resolved = resolve_model(model)
-    return memory.read_architecture(resolved.path), resolved.hub_id or str(resolved.path), resolved.preset
-
-
 def format_table(results: list[dict]) -> str:
     """The sweep's results as a fixed-width table."""
     def number(value, width, digits):
@@ -265,9 +254,11 @@ def profile_path(model: str) -> Path:
     """``<config dir>/profiles/<model>.json`` (hub ids as org--name, directories by their name)."""
     from your_ai.hardware import config_dir
 
+    from your_ai.models import looks_like_path
+
     if model in PRESETS:
         stem = model
-    elif Path(model).is_absolute() or model.startswith((".", "~")) or Path(model).exists():
+    elif looks_like_path(model):
         stem = Path(model).expanduser().resolve().name
     else:
         stem = model.replace("/", "--")

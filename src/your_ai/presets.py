@@ -152,3 +152,13 @@ def preset_for_hub_id(hub_id: str) -> Preset | None:
         if preset.hub_id == hub_id:
             return preset
     return None
+
+
+def params_label(count: int) -> str:
+    """A short parameter-count label: 4M, 7.2B, 70B."""
+    if count >= 1e9:
+        value, unit = count / 1e9, "B"
+    else:
+        value, unit = count / 1e6, "M"
+    text = f"{value:.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
+    return text + unit

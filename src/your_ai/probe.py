@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from your_ai import memory
 from your_ai.lora import LoraSettings
-from your_ai.presets import PRESETS, Architecture
+from your_ai.presets import PRESETS, Architecture, params_label
 from your_ai.quantize import check_bits
 from your_ai.step_modes import PLAIN_HEAD_MODEL_TYPES, STEP_MODES, StepMode, select_step_mode
 
@@ -111,6 +111,7 @@ def new_result(model: str, device: str | None, config: FitConfig, synthetic: boo
     ``preset``: the model's preset (default: the preset named ``model``, if any)."""
     preset = preset or PRESETS.get(model)
     return {
+        "model": model,
         "preset": preset.name if preset else None,
         "model_name": preset.hub_id if preset else model,
         "params": preset.params if preset else None,
@@ -274,7 +275,7 @@ def run_probe(
 
         from your_ai import distributed
         from your_ai.hardware import pick_device
-        from your_ai.models import ModelNotAvailableError, resolve_model
+        from your_ai.models import ModelNotAvailableError, model_shape, resolve_model
 
         device = pick_device(device)
         result["device"] = device
@@ -292,12 +293,14 @@ def run_probe(
             if not synthetic:
                 resolved = resolve_model(model)
                 result["model_name"] = resolved.hub_id or str(resolved.path)
+                if resolved.preset and not result["preset"]:  # a preset's hub id
+                    result.update(preset=resolved.preset.name, params=resolved.preset.params)
             fault = injected_fault(model, config)
             if fault:
                 trigger_fault(fault)
             if world.distributed:
-                strategy = fit_strategy(strategy, _architecture_of(model, synthetic), device, config, max_memory_gb,
-                                        world.size)
+                strategy = fit_strategy(strategy, model_shape(model, synthetic=synthetic).architecture, device,
+                                        config, max_memory_gb, world.size)
                 result["strategy"] = strategy
             _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code, peak, result,
                       world=world, strategy=strategy)
@@ -471,18 +474,6 @@ def per_process_estimate_gb(architecture: Architecture, device: str, config: Fit
     return estimate_for(architecture, device, config, None if budget_gb is None else budget_gb + saved).total_gb - saved
 
 
-def _architecture_of(model: str, synthetic: bool) -> Architecture:
-    """The shape of ``model`` without loading it: the preset's when synthetic, else its config.json's."""
-    from your_ai.models import InvalidModelNameError, resolve_model
-
-    if synthetic:
-        if model not in PRESETS:
-            raise InvalidModelNameError(f"synthetic models are built from presets; {model!r} is not one of: "
-                                        f"{', '.join(PRESETS)}")
-        return PRESETS[model].architecture
-    return memory.read_architecture(resolve_model(model).path)
-
-
 def _synchronize(device: str) -> None:
     import torch
 
@@ -536,16 +527,6 @@ def estimate_for(architecture: Architecture, device: str, config: FitConfig,
         checkpointed_layers=mode.checkpointed_layers, logits_chunk_tokens=mode.chunk_tokens or None,
         fused_kernels=mode.fused_kernels, quantize=config.quantize,
     )
-
-
-def params_label(count: int) -> str:
-    """A short parameter-count label: 4M, 7.2B, 70B."""
-    if count >= 1e9:
-        value, unit = count / 1e9, "B"
-    else:
-        value, unit = count / 1e6, "M"
-    text = f"{value:.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
-    return text + unit
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""Which presets should fit a memory budget, from the analytic estimate (no model is loaded).
+"""Which presets (or given models) should fit a memory budget, from the analytic estimate (no model
+is loaded: a given model's shape comes from its config, ``models.model_shape``).
 
 The budget is 80% of the memory given (or of the training device's memory: the GPU's own
 memory on CUDA, system memory elsewhere). Estimates assume the device's training dtype
@@ -20,9 +21,11 @@ def recommend_presets(
     seq_length: int = 1024,
     device: str | None = None,
     quantize: int | None = None,
+    models: list[str] | None = None,
 ) -> dict:
     """Every preset (smallest first) with its estimate and whether it fits 80% of ``memory_gb``;
-    ``quantize`` 4: with the decoder linears in 4-bit NF4 (QLoRA)."""
+    ``quantize`` 4: with the decoder linears in 4-bit NF4 (QLoRA). ``models``: instead of the presets, these
+    (presets, hub ids, directories), in ``report["models"]``, each with ``error`` when it has no estimate."""
     if memory_gb is not None and not memory_gb > 0:
         raise ValueError(f"memory={memory_gb!r} must be a positive number of GB")
     if device is None:
@@ -36,22 +39,7 @@ def recommend_presets(
     config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=1,
                        seq_length=seq_length, quantize=quantize)
     budget = memory.BUDGET_FRACTION * memory_gb
-    rows = []
-    for preset in sorted((p for p in PRESETS.values() if p is not TINY), key=lambda p: p.architecture.parameter_count()):
-        estimate = estimate_for(preset.architecture, device, config, budget)  # in the step mode train would pick
-        rows.append({
-            "preset": preset.name,
-            "hub_id": preset.hub_id,
-            "params": preset.params,
-            "tier": preset.tier,
-            "recommended": preset.recommended,
-            "estimate_gb": round(estimate.total_gb, 2),
-            "parts_gb": estimate.parts_gb,
-            "fits": estimate.total_gb <= budget,
-            "warnings": list(preset.warnings),
-        })
-    fitting = [row["preset"] for row in rows if row["fits"]]
-    return {
+    report = {
         "memory_gb": round(memory_gb, 2),
         "memory_source": source,
         "budget_fraction": memory.BUDGET_FRACTION,
@@ -60,14 +48,51 @@ def recommend_presets(
         "weight_bytes": memory.training_dtype_bytes(device),
         "config": {"batch_size": batch_size, "lora_rank": lora_rank, "lora_layers": lora_layers,
                    "seq_length": seq_length, "quantize": quantize},
-        "presets": rows,
-        "fitting": fitting,
-        "largest_fit": fitting[-1] if fitting else None,
     }
+    if models:
+        return {**report, "models": [_model_row(name, device, config, budget) for name in models]}
+    rows = []
+    for preset in sorted((p for p in PRESETS.values() if p is not TINY), key=lambda p: p.architecture.parameter_count()):
+        rows.append({
+            "preset": preset.name,
+            "hub_id": preset.hub_id,
+            "params": preset.params,
+            "tier": preset.tier,
+            "recommended": preset.recommended,
+            **_estimate(preset.architecture, device, config, budget),
+            "warnings": list(preset.warnings),
+        })
+    fitting = [row["preset"] for row in rows if row["fits"]]
+    return {**report, "presets": rows, "fitting": fitting, "largest_fit": fitting[-1] if fitting else None}
+
+
+def _estimate(architecture, device: str, config: FitConfig, budget: float) -> dict:
+    """A row's estimate, in the step mode train would pick, and whether it fits ``budget``."""
+    estimate = estimate_for(architecture, device, config, budget)
+    return {"estimate_gb": round(estimate.total_gb, 2), "parts_gb": estimate.parts_gb,
+            "fits": estimate.total_gb <= budget}
+
+
+def _model_row(name: str, device: str, config: FitConfig, budget: float) -> dict:
+    """The row of a given model (preset, hub id or directory), its shape read from its config (a preset not
+    on this machine: the preset's); ``error`` says why a model has no estimate (not available, bad config).
+    A name that is none of the three raises ``ValueError``."""
+    from your_ai.models import InvalidModelNameError, ModelResolutionError, model_shape, short_label
+
+    try:
+        shape = model_shape(name, preset_when_missing=True)
+    except InvalidModelNameError as error:
+        raise ValueError(f"--model {name}: {error}") from None
+    except (ModelResolutionError, ValueError) as error:
+        return {"model": name, "label": short_label(name), "preset": None, "model_name": name, "params": None,
+                "parameter_count": None, "estimate_gb": None, "parts_gb": None, "fits": None, "error": str(error)}
+    return {"model": name, "label": shape.label, "preset": shape.preset.name if shape.preset else None,
+            "model_name": shape.model_name, "params": shape.params, "parameter_count": shape.parameter_count,
+            **_estimate(shape.architecture, device, config, budget), "error": None}
 
 
 def format_recommendation(report: dict) -> str:
-    """The report as a table with the largest preset that fits."""
+    """The report as a table with the largest preset that fits; with given models, a verdict for each."""
     config = report["config"]
     dtype = "bf16" if report["weight_bytes"] == 2 else "fp32"
     weights = f"{dtype} weights"
@@ -79,8 +104,10 @@ def format_recommendation(report: dict) -> str:
         f"Estimated LoRA training memory: batch {config['batch_size']}, rank {config['lora_rank']} on the last "
         f"{config['lora_layers']} layers, sequence {config['seq_length']}, {weights}",
         "",
-        f"  {'Preset':<20} {'Params':>6} {'Estimate':>10}  Fits",
     ]
+    if "models" in report:
+        return "\n".join(lines + _model_verdicts(report))
+    lines.append(f"  {'Preset':<20} {'Params':>6} {'Estimate':>10}  Fits")
     for row in report["presets"]:
         mark = "yes" if row["fits"] else "no"
         lines.append(f"  {row['preset']:<20} {row['params']:>6} {row['estimate_gb']:>7.1f} GB  {mark}")
@@ -92,3 +119,19 @@ def format_recommendation(report: dict) -> str:
                      "or a smaller --batch-size / --max-seq-length.")
     lines.append("These are estimates; `your-ai benchmark` measures the real peak on this machine.")
     return "\n".join(lines)
+
+
+def _model_verdicts(report: dict) -> list[str]:
+    """One verdict line per given model: fits or not with its estimate, or why there is none."""
+    budget = report["budget_gb"]
+    lines = []
+    for row in report["models"]:
+        name = f"{row['label']} ({row['params']})" if row["params"] else row["label"]
+        if row["error"]:
+            lines.append(f"  {name}: no estimate: {row['error']}")
+        elif row["fits"]:
+            lines.append(f"  {name}: fits, estimated {row['estimate_gb']:.1f} GB of the {budget:.1f} GB budget")
+        else:
+            lines.append(f"  {name}: does not fit, estimated {row['estimate_gb']:.1f} GB > the {budget:.1f} GB budget")
+    names = ",".join(row["model"] for row in report["models"])
+    return [*lines, "", f"These are estimates; `your-ai benchmark --models {names}` measures the real peak."]
