@@ -2,28 +2,101 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
 import sys
+import threading
+from typing import NoReturn
 
 import click
 
 from your_ai import __version__
+from your_ai.errors import RECOGNISED, UserError, user_message
+from your_ai.files import check_writable, writing
 from your_ai.step_modes import STEP_MODES
 
+DEBUG_ENV = "YOUR_AI_DEBUG"
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with ``Error: message`` and exit code ``code`` (shown by ``_Commands``)."""
+    raise UserError(message, exit_code=code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _ErrorLines:
+    """Shows each user-caused error (``errors.user_message``) once, as one ``Error:`` line. An error in a thread
+    (a writer thread, whose error the command usually raises again) waits for the end of the process, and is
+    shown then only if the command did not show it."""
+
+    def __init__(self) -> None:
+        self.debug = False  # --debug: every error keeps its traceback
+        self._shown: list[BaseException] = []
+        self._from_threads: list[BaseException] = []
+        self._thread_hook = threading.excepthook
+
+    def install(self, debug: bool) -> None:
+        self.debug = debug
+        if threading.excepthook != self.thread_error:
+            threading.excepthook = self.thread_error
+            atexit.register(self.show_thread_errors)
+
+    def show(self, error: BaseException) -> int | None:
+        """Print ``error``'s line unless it (or an error it came from) was shown; its exit code, or None for
+        an error that is not the user's (a bug) or under --debug."""
+        shown = None if self.debug else user_message(error)
+        if shown is None:
+            return None
+        chain, link = [], error
+        while link is not None and link not in chain:
+            chain.append(link)
+            link = link.__cause__ or link.__context__
+        if not any(link is done for link in chain for done in self._shown):
+            click.echo(f"Error: {shown[0]}", err=True)
+        self._shown.extend(chain)
+        return shown[1]
+
+    def thread_error(self, args) -> None:
+        """``threading.excepthook``: a user-caused error kept for ``show_thread_errors``, anything else as usual."""
+        if self.debug or args.exc_value is None or user_message(args.exc_value) is None:
+            self._thread_hook(args)
+        else:
+            self._from_threads.append(args.exc_value)
+
+    def show_thread_errors(self) -> None:
+        """At exit (after the threads ended): the thread errors the command did not show."""
+        for error in self._from_threads:
+            self.show(error)
+
+
+_errors = _ErrorLines()
+
+
+class _Commands(click.Group):
+    """The one place where errors reach the user: a user-caused error ends the command with one ``Error:``
+    line and its exit code; any other error, and every error under --debug, shows its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RECOGNISED as error:
+            code = _errors.show(error)
+            if code is None:
+                raise
+            ctx.exit(code)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="your-ai")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar=DEBUG_ENV,
+              help=f"Show the full traceback of an error instead of its one-line message (or set {DEBUG_ENV}=1).")
+def main(debug: bool) -> None:
     """Fine-tune open LLMs with LoRA under the Empirical Distrust objective,
     and find out empirically which models and settings fit your hardware."""
+    _errors.install(debug)
+    if debug:  # processes this command starts (torchrun, fit tests) show theirs too
+        os.environ[DEBUG_ENV] = "1"
     # Loading and saving weights would draw per-shard progress bars; the commands report their own progress.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from your_ai.quantize import quiet_torchao_import
@@ -40,6 +113,8 @@ def setup(output, as_json):
     """Detect this machine's hardware and save a hardware profile."""
     from your_ai import hardware
 
+    if output:
+        check_writable(output, shown_as=f"--output {output}")
     profile = hardware.detect_hardware()
     path = hardware.save_hardware_profile(profile, output)
     if as_json:
@@ -111,13 +186,15 @@ def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction,
 
     if not inputs and not more_inputs:
         _fail("no input: pass --input PATH (a JSONL file, glob or directory)")
+    check_writable(output_dir, directory=True, shown_as=f"--output {output_dir}")
     try:
-        report = pipeline.prepare(
-            list(inputs) + list(more_inputs), output_dir, train_size=train_size, val_size=val_size,
-            val_fraction=val_fraction, seed=seed, balance=not no_balance, skip_bad=skip_bad, key=key,
-            workers=workers or pipeline.default_workers(), on_error=_report_bad_line,
-            on_progress=_show_progress if sys.stderr.isatty() else None,
-        )
+        with writing(output_dir):
+            report = pipeline.prepare(
+                list(inputs) + list(more_inputs), output_dir, train_size=train_size, val_size=val_size,
+                val_fraction=val_fraction, seed=seed, balance=not no_balance, skip_bad=skip_bad, key=key,
+                workers=workers or pipeline.default_workers(), on_error=_report_bad_line,
+                on_progress=_show_progress if sys.stderr.isatty() else None,
+            )
         if sys.stderr.isatty():
             click.echo("\r\033[K", err=True, nl=False)
     except pipeline.PrepareError as error:
@@ -135,6 +212,8 @@ def deduplicate(files, output, key, skip_bad, as_json):
     """Remove exact and near-duplicate documents from JSONL FILES."""
     from your_ai import prepare as pipeline
 
+    if output:
+        check_writable(output, shown_as=f"--output {output}")
     try:
         report = pipeline.deduplicate(files, output, key=key, skip_bad=skip_bad, on_error=_report_bad_line)
     except pipeline.PrepareError as error:
@@ -153,6 +232,8 @@ def analyze(files, plot, alpha, skip_bad, workers, as_json):
     """Report the authority / entropy / distrust distribution of JSONL FILES."""
     from your_ai import prepare as pipeline
 
+    if plot:  # before the work
+        check_writable(plot, shown_as=f"--plot {plot}")
     try:
         analysis = pipeline.analyze(files, alpha=alpha, skip_bad=skip_bad,
                                     workers=workers or pipeline.default_workers(), on_error=_report_bad_line)
@@ -219,13 +300,10 @@ _CHECKPOINT_HELP = "LoRA adapter folder (adapter_config.json + adapter_model.saf
 
 
 def _load_inference_model(model, checkpoint, device, trust_remote_code):
-    from your_ai.inference import InferenceError, load_for_inference
-    from your_ai.models import ModelResolutionError
+    from your_ai.inference import load_for_inference
 
     try:
         return load_for_inference(model, checkpoint, device, trust_remote_code)
-    except (InferenceError, ModelResolutionError) as error:
-        _fail(str(error), code=1)
     except ValueError as error:  # an unusable --device
         _fail(str(error))
 
@@ -309,13 +387,10 @@ def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, trust_
 def export(checkpoint, output, model, force, device, trust_remote_code):
     """Merge a LoRA adapter into its base model and save a standalone model (safetensors)."""
     from your_ai import inference
-    from your_ai.models import ModelResolutionError
 
     try:
         path = inference.merge_adapter(checkpoint, output, device, model=model, force=force,
                                        trust_remote_code=trust_remote_code)
-    except (inference.InferenceError, ModelResolutionError) as error:
-        _fail(str(error), code=1)
     except ValueError as error:  # an unusable --device
         _fail(str(error))
     click.echo(f"Saved the merged model to {path}")
@@ -407,8 +482,14 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
             click.echo(note)
     except ValueError as error:
         _fail(str(error), code=1)
+    args = training.TrainingArgs(tensorboard=not no_tensorboard, **options)
+    output_dir = args.with_defaults().output_dir
+    check_writable(output_dir, directory=True, shown_as=f"--output-dir {output_dir}")
+    if args.metrics_file:
+        check_writable(args.metrics_file, shown_as=f"--metrics-file {args.metrics_file}")
     try:
-        result = training.train(training.TrainingArgs(tensorboard=not no_tensorboard, **options))
+        with writing(output_dir):
+            result = training.train(args)
     except training.TrainingArgsError as error:
         _fail(str(error))
     except training.MemoryLimitExceeded as error:
@@ -534,6 +615,9 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
 
     if quick and not optimize:
         _fail("--quick picks the quick grid of --optimize; add --optimize")
+    for flag, path in (("--log", log_path), ("--output", output)):
+        if path:
+            check_writable(path, shown_as=f"{flag} {path}")
     from your_ai.benchmark import run_benchmark
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
@@ -566,6 +650,8 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
     from your_ai.models import ModelResolutionError
     from your_ai.optimize import run_optimize
 
+    if output:
+        check_writable(output, shown_as=f"--output {output}")
     try:
         outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
                                timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
@@ -608,6 +694,9 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
     from your_ai import validate as validation
 
+    for flag, path in (("--output", output), ("--chart", chart)):  # before any work
+        if path:
+            check_writable(path, shown_as=f"{flag} {path}")
     try:  # bad files fail before a model is loaded
         suite = validation.load_suite(suite_path)
         questions = validation.read_truthfulqa(truthfulqa) if truthfulqa else None
