@@ -25,6 +25,12 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise UserError(message, exit_code=code)
 
 
+def _check_output(flag: str, path: str | None, directory: bool = False) -> None:
+    """Refuse a flag's output path that cannot be written (``files.check_writable``), before any work."""
+    if path:
+        check_writable(path, directory=directory, shown_as=f"{flag} {path}")
+
+
 class _ErrorLines:
     """Shows each user-caused error (``errors.user_message``) once, as one ``Error:`` line. An error in a thread
     (a writer thread, whose error the command usually raises again) waits for the end of the process, and is
@@ -113,8 +119,7 @@ def setup(output, as_json):
     """Detect this machine's hardware and save a hardware profile."""
     from your_ai import hardware
 
-    if output:
-        check_writable(output, shown_as=f"--output {output}")
+    _check_output("--output", output)
     profile = hardware.detect_hardware()
     path = hardware.save_hardware_profile(profile, output)
     if as_json:
@@ -182,11 +187,11 @@ def _show_progress(lines_read: int) -> None:
 def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction, seed, no_balance, skip_bad, key,
             workers, as_json):
     """Score, deduplicate, balance and split raw JSONL into train/val."""
-    from your_ai import prepare as pipeline
-
     if not inputs and not more_inputs:
         _fail("no input: pass --input PATH (a JSONL file, glob or directory)")
-    check_writable(output_dir, directory=True, shown_as=f"--output {output_dir}")
+    _check_output("--output", output_dir, directory=True)
+    from your_ai import prepare as pipeline
+
     try:
         with writing(output_dir):
             report = pipeline.prepare(
@@ -210,10 +215,9 @@ def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction,
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def deduplicate(files, output, key, skip_bad, as_json):
     """Remove exact and near-duplicate documents from JSONL FILES."""
+    _check_output("--output", output)
     from your_ai import prepare as pipeline
 
-    if output:
-        check_writable(output, shown_as=f"--output {output}")
     try:
         report = pipeline.deduplicate(files, output, key=key, skip_bad=skip_bad, on_error=_report_bad_line)
     except pipeline.PrepareError as error:
@@ -230,10 +234,9 @@ def deduplicate(files, output, key, skip_bad, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def analyze(files, plot, alpha, skip_bad, workers, as_json):
     """Report the authority / entropy / distrust distribution of JSONL FILES."""
+    _check_output("--plot", plot)
     from your_ai import prepare as pipeline
 
-    if plot:  # before the work
-        check_writable(plot, shown_as=f"--plot {plot}")
     try:
         analysis = pipeline.analyze(files, alpha=alpha, skip_bad=skip_bad,
                                     workers=workers or pipeline.default_workers(), on_error=_report_bad_line)
@@ -463,6 +466,8 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     With no --model and no --data it trains the built-in tiny model on the demo corpus (about a minute on a CPU).
     Under `torchrun --nproc_per_node N -m your_ai train ...` (or with --gpus N) it trains data-parallel.
     """
+    _check_output("--output-dir", options["output_dir"], directory=True)
+    _check_output("--metrics-file", options["metrics_file"])
     from your_ai import distributed, optimize
     from your_ai import train as training
     from your_ai.checkpoints import CheckpointError
@@ -483,12 +488,8 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     except ValueError as error:
         _fail(str(error), code=1)
     args = training.TrainingArgs(tensorboard=not no_tensorboard, **options)
-    output_dir = args.with_defaults().output_dir
-    check_writable(output_dir, directory=True, shown_as=f"--output-dir {output_dir}")
-    if args.metrics_file:
-        check_writable(args.metrics_file, shown_as=f"--metrics-file {args.metrics_file}")
     try:
-        with writing(output_dir):
+        with writing(args.with_defaults().output_dir):
             result = training.train(args)
     except training.TrainingArgsError as error:
         _fail(str(error))
@@ -615,9 +616,8 @@ def benchmark(max_memory, models, single_model, optimize, quick, output, log_pat
 
     if quick and not optimize:
         _fail("--quick picks the quick grid of --optimize; add --optimize")
-    for flag, path in (("--log", log_path), ("--output", output)):
-        if path:
-            check_writable(path, shown_as=f"{flag} {path}")
+    _check_output("--log", log_path)
+    _check_output("--output", output)
     from your_ai.benchmark import run_benchmark
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
@@ -647,11 +647,10 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
 
     Exit code 0 when a config fits, 1 when none does or the model is not available.
     """
+    _check_output("--output", output)
     from your_ai.models import ModelResolutionError
     from your_ai.optimize import run_optimize
 
-    if output:
-        check_writable(output, shown_as=f"--output {output}")
     try:
         outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
                                timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
@@ -694,9 +693,8 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
     from your_ai import validate as validation
 
-    for flag, path in (("--output", output), ("--chart", chart)):  # before any work
-        if path:
-            check_writable(path, shown_as=f"{flag} {path}")
+    _check_output("--output", output)
+    _check_output("--chart", chart)
     try:  # bad files fail before a model is loaded
         suite = validation.load_suite(suite_path)
         questions = validation.read_truthfulqa(truthfulqa) if truthfulqa else None
