@@ -101,6 +101,15 @@ def test_the_fit_test_of_a_broken_model_reports_an_error_result(tiny_model_dir, 
     assert fit["status"] == "error" and f"{named}: {words}" in fit["error"]
 
 
+def test_weights_of_other_sizes_than_the_config_name_the_folder(tiny_model_dir, tmp_path):
+    from your_ai.models import ModelFileError, load_model, resolve_model
+
+    folder, _, _ = broken_model(tiny_model_dir, tmp_path, "negative hidden_size")
+    _write_config(folder, hidden_size=128)  # a valid size, but not the weights' 256
+    with pytest.raises(ModelFileError, match=f"{folder}: the weights do not have the sizes its config.json gives"):
+        load_model(resolve_model(str(folder)))
+
+
 # ---------------------------------------------------------------------------- outputs that cannot be written
 
 @pytest.fixture
