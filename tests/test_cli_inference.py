@@ -14,9 +14,9 @@ import torch
 from test_inference import make_adapter
 
 
-def run_cli(*args):
+def run_cli(*args, umask=None):
     return subprocess.run([sys.executable, "-m", "your_ai", *args], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ))
+                          timeout=300, env=dict(os.environ), umask=-1 if umask is None else umask)
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +97,13 @@ def test_evaluate_json_and_bad_lines(adapter_dir, tmp_path):
 
 def test_export_writes_a_standalone_model_with_the_adapters_logits(adapter_dir, tmp_path):
     output = tmp_path / "merged"
-    result = run_cli("export", "--checkpoint", str(adapter_dir), "--output", str(output))
+    result = run_cli("export", "--checkpoint", str(adapter_dir), "--output", str(output), umask=0o022)
     assert result.returncode == 0, result.stderr
     assert f"Saved the merged model to {output}" in result.stdout
     assert (output / "model.safetensors").is_file() and not list(output.glob("adapter_*"))
+    assert output.stat().st_mode & 0o777 == 0o755  # the user's umask, as any tool would create it
+    assert {path.name: path.stat().st_mode & 0o777 for path in output.iterdir()} == {
+        path.name: 0o644 for path in output.iterdir()}
 
     from transformers import AutoModelForCausalLM
 

@@ -182,7 +182,18 @@ def test_weight_files_follow_the_index_and_name_what_is_missing(tmp_path):
     with pytest.raises(ModelResolutionError, match=f"{tmp_path}: no model.safetensors"):
         weight_files(tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": "b-2.safetensors", "c": "b-1.safetensors"}}')
+    with pytest.raises(ModelResolutionError, match="b-1.safetensors: missing"):
+        weight_files(tmp_path)
+    import torch
+    from safetensors.torch import save_file
+
+    for name in ("a", "c"):
+        save_file({name: torch.zeros(64)}, tmp_path / ("b-2.safetensors" if name == "a" else "b-1.safetensors"))
     assert weight_files(tmp_path) == [tmp_path / "b-1.safetensors", tmp_path / "b-2.safetensors"]
+    shard = tmp_path / "b-2.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])  # a download cut short
+    with pytest.raises(ModelResolutionError, match=f"{shard}: not a complete safetensors file"):
+        weight_files(tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text("{}")
     with pytest.raises(ModelResolutionError, match="model.safetensors.index.json: not a safetensors index"):
         weight_files(tmp_path)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TextIO
 
 from your_ai import memory
-from your_ai.files import write_json_atomic
+from your_ai.files import write_json_atomic, writing
 from your_ai.presets import BENCHMARK_PRESETS, PRESETS, Architecture, Preset
 from your_ai.probe import (
     PHASE_PREFIX,
@@ -80,13 +80,14 @@ class EventLog:
         self.path = Path(path) if path else None
         self.run_id = run_id
         if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with writing(self.path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(self, event: str, **fields) -> None:
         if not self.path:
             return
         record = {"timestamp": round(time.time(), 3), "time": now_iso(), "run_id": self.run_id, "event": event, **fields}
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with writing(self.path), open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=str) + "\n")
             handle.flush()
             os.fsync(handle.fileno())

@@ -2,29 +2,108 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+from typing import NoReturn
 
 import click
 
 from your_ai import __version__
+from your_ai.errors import RECOGNISED, UserError, user_message
+from your_ai.files import check_writable, writing
 from your_ai.step_modes import STEP_MODES
 
+DEBUG_ENV = "YOUR_AI_DEBUG"
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with ``Error: message`` and exit code ``code`` (shown by ``_Commands``)."""
+    raise UserError(message, exit_code=code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _check_output(flag: str, path: str | None, directory: bool = False) -> None:
+    """Refuse a flag's output path that cannot be written (``files.check_writable``), before any work."""
+    if path:
+        check_writable(path, directory=directory, shown_as=f"{flag} {path}")
+
+
+class _ErrorLines:
+    """Shows each user-caused error (``errors.user_message``) once, as one ``Error:`` line. An error in a thread
+    (a writer thread, whose error the command usually raises again) waits for the end of the process, and is
+    shown then only if the command did not show it."""
+
+    def __init__(self) -> None:
+        self.debug = False  # --debug: every error keeps its traceback
+        self._shown: list[BaseException] = []
+        self._from_threads: list[BaseException] = []
+        self._thread_hook = threading.excepthook
+
+    def install(self, debug: bool) -> None:
+        self.debug = debug
+        if threading.excepthook != self.thread_error:
+            threading.excepthook = self.thread_error
+            atexit.register(self.show_thread_errors)
+
+    def show(self, error: BaseException) -> int | None:
+        """Print ``error``'s line unless it (or an error it came from) was shown; its exit code, or None for
+        an error that is not the user's (a bug) or under --debug."""
+        shown = None if self.debug else user_message(error)
+        if shown is None:
+            return None
+        chain, link = [], error
+        while link is not None and link not in chain:
+            chain.append(link)
+            link = link.__cause__ or link.__context__
+        if not any(link is done for link in chain for done in self._shown):
+            click.echo(f"Error: {shown[0]}", err=True)
+        self._shown.extend(chain)
+        return shown[1]
+
+    def thread_error(self, args) -> None:
+        """``threading.excepthook``: a user-caused error kept for ``show_thread_errors``, anything else as usual."""
+        if self.debug or args.exc_value is None or user_message(args.exc_value) is None:
+            self._thread_hook(args)
+        else:
+            self._from_threads.append(args.exc_value)
+
+    def show_thread_errors(self) -> None:
+        """At exit (after the threads ended): the thread errors the command did not show."""
+        for error in self._from_threads:
+            self.show(error)
+
+
+_errors = _ErrorLines()
+
+
+class _Commands(click.Group):
+    """The one place where errors reach the user: a user-caused error ends the command with one ``Error:``
+    line and its exit code; any other error, and every error under --debug, shows its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RECOGNISED as error:
+            code = _errors.show(error)
+            if code is None:
+                raise
+            ctx.exit(code)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="your-ai")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar=DEBUG_ENV,
+              help=f"Show the full traceback of an error instead of its one-line message (or set {DEBUG_ENV}=1).")
+def main(debug: bool) -> None:
     """Fine-tune open LLMs with LoRA under the Empirical Distrust objective,
     and find out empirically which models and settings fit your hardware."""
+    _errors.install(debug)
+    if debug:  # processes this command starts (torchrun, fit tests) show theirs too
+        os.environ[DEBUG_ENV] = "1"
     # Loading and saving weights would draw per-shard progress bars; the commands report their own progress.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from your_ai.quantize import quiet_torchao_import
@@ -41,6 +120,7 @@ def setup(output, as_json):
     """Detect this machine's hardware and save a hardware profile."""
     from your_ai import hardware
 
+    _check_output("--output", output)
     profile = hardware.detect_hardware()
     path = hardware.save_hardware_profile(profile, output)
     if as_json:
@@ -114,20 +194,22 @@ def _show_progress(lines_read: int) -> None:
 def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction, seed, no_balance, skip_bad, key,
             workers, as_json):
     """Score, deduplicate, balance and split raw JSONL into train/val."""
-    from your_ai import prepare as pipeline
-
     if not inputs and not more_inputs:
         _fail("no input: pass --input PATH (a JSONL file, glob or directory)")
     if val_size is not None and not _is_default(click.get_current_context(), "val_fraction"):
         given = "--train-size and --val-size set" if train_size is not None else "--val-size sets"
         _fail(f"--val-fraction cannot go with --val-size: {given} the split; give one of them")
+    _check_output("--output", output_dir, directory=True)
+    from your_ai import prepare as pipeline
+
     try:
-        report = pipeline.prepare(
-            list(inputs) + list(more_inputs), output_dir, train_size=train_size, val_size=val_size,
-            val_fraction=val_fraction, seed=seed, balance=not no_balance, skip_bad=skip_bad, key=key,
-            workers=workers or pipeline.default_workers(), on_error=_report_bad_line,
-            on_progress=_show_progress if sys.stderr.isatty() else None,
-        )
+        with writing(output_dir):
+            report = pipeline.prepare(
+                list(inputs) + list(more_inputs), output_dir, train_size=train_size, val_size=val_size,
+                val_fraction=val_fraction, seed=seed, balance=not no_balance, skip_bad=skip_bad, key=key,
+                workers=workers or pipeline.default_workers(), on_error=_report_bad_line,
+                on_progress=_show_progress if sys.stderr.isatty() else None,
+            )
         if sys.stderr.isatty():
             click.echo("\r\033[K", err=True, nl=False)
     except pipeline.PrepareError as error:
@@ -143,6 +225,7 @@ def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction,
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def deduplicate(files, output, key, skip_bad, as_json):
     """Remove exact and near-duplicate documents from JSONL FILES."""
+    _check_output("--output", output)
     from your_ai import prepare as pipeline
 
     try:
@@ -161,6 +244,7 @@ def deduplicate(files, output, key, skip_bad, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def analyze(files, plot, alpha, skip_bad, workers, as_json):
     """Report the authority / entropy / distrust distribution of JSONL FILES."""
+    _check_output("--plot", plot)
     from your_ai import prepare as pipeline
 
     try:
@@ -230,13 +314,10 @@ _CHECKPOINT_HELP = "LoRA adapter folder (adapter_config.json + adapter_model.saf
 
 
 def _load_inference_model(model, checkpoint, device, trust_remote_code):
-    from your_ai.inference import InferenceError, load_for_inference
-    from your_ai.models import ModelResolutionError
+    from your_ai.inference import load_for_inference
 
     try:
         return load_for_inference(model, checkpoint, device, trust_remote_code)
-    except (InferenceError, ModelResolutionError) as error:
-        _fail(str(error), code=1)
     except ValueError as error:  # an unusable --device
         _fail(str(error))
 
@@ -322,13 +403,10 @@ def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, trust_
 def export(checkpoint, output, model, force, device, trust_remote_code):
     """Merge a LoRA adapter into its base model and save a standalone model (safetensors)."""
     from your_ai import inference
-    from your_ai.models import ModelResolutionError
 
     try:
         path = inference.merge_adapter(checkpoint, output, device, model=model, force=force,
                                        trust_remote_code=trust_remote_code)
-    except (inference.InferenceError, ModelResolutionError) as error:
-        _fail(str(error), code=1)
     except ValueError as error:  # an unusable --device
         _fail(str(error))
     click.echo(f"Saved the merged model to {path}")
@@ -403,6 +481,8 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     With no --model and no --data it trains the built-in tiny model on the demo corpus (about a minute on a CPU).
     Under `torchrun --nproc_per_node N -m your_ai train ...` (or with --gpus N) it trains data-parallel.
     """
+    _check_output("--output-dir", options["output_dir"], directory=True)
+    _check_output("--metrics-file", options["metrics_file"])
     from your_ai import distributed, optimize
     from your_ai import train as training
     from your_ai.checkpoints import CheckpointError
@@ -424,8 +504,10 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
             click.echo(note)
     except ValueError as error:
         _fail(str(error), code=1)
+    args = training.TrainingArgs(tensorboard=not no_tensorboard, **options)
     try:
-        result = training.train(training.TrainingArgs(tensorboard=not no_tensorboard, **options))
+        with writing(args.with_defaults().output_dir):
+            result = training.train(args)
     except training.TrainingArgsError as error:
         _fail(str(error))
     except training.MemoryLimitExceeded as error:
@@ -582,6 +664,8 @@ def benchmark(max_memory, models, cached, single_model, optimize, quick, output,
         _fail("--quick picks the quick grid of --optimize; add --optimize")
     if cached and (models or synthetic):
         _fail(f"--cached tests the models in the local cache; leave out {'--models' if models else '--synthetic'}")
+    _check_output("--log", log_path)
+    _check_output("--output", output)
     from your_ai.benchmark import run_benchmark
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
@@ -611,6 +695,7 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
 
     Exit code 0 when a config fits, 1 when none does or the model is not available.
     """
+    _check_output("--output", output)
     from your_ai.models import ModelResolutionError
     from your_ai.optimize import run_optimize
 
@@ -656,6 +741,8 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
     from your_ai import validate as validation
 
+    _check_output("--output", output)
+    _check_output("--chart", chart)
     try:  # bad files fail before a model is loaded
         suite = validation.load_suite(suite_path)
         questions = validation.read_truthfulqa(truthfulqa) if truthfulqa else None

@@ -1,17 +1,22 @@
 """Writing files so that a reader never sees half of one: temporary sibling, fsync, rename.
 
 Every file your-ai writes for a user (JSON results, profiles, reports, charts, prepared data)
-goes through here, so a run that fails or is killed leaves the previous file intact.
+goes through here, so a run that fails or is killed leaves the previous file intact. An output
+that cannot be written (no space left, a read-only disk, a path under a regular file) raises
+``OutputError`` naming it; ``check_writable`` finds most of those before a command does its work.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from your_ai.errors import ENVIRONMENT_ERROR_TYPES, ENVIRONMENT_ERRORS, OutputError, environment_reason
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -28,6 +33,71 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(descriptor)
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def give_default_permissions(path: str | os.PathLike) -> None:
+    """The permissions a new file or folder gets under the user's umask, for ``path`` and, for a folder,
+    everything in it (``tempfile`` creates owner-only files and folders; so does the safetensors writer)."""
+    mask = current_umask()
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    if path.is_dir():
+        for root, folders, files in os.walk(path):
+            for name in folders:
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
+@contextmanager
+def writing(target: str | os.PathLike) -> Iterator[None]:
+    """Turn an error of the user's environment while writing ``target`` (a file, or a folder written into:
+    no space left, a read-only disk, no permission, a path under a regular file) into an ``OutputError``
+    naming ``target``. An error that names another file (an input being read) passes unchanged."""
+    try:
+        yield
+    except ENVIRONMENT_ERROR_TYPES as error:
+        reason = environment_reason(error)
+        if reason is None or not _concerns(error, target):
+            raise
+        raise OutputError(f"cannot write {target}: {reason}") from error
+
+
+def _concerns(error: BaseException, target: str | os.PathLike) -> bool:
+    """Whether an error names no file (a failed write does not) or names ``target``, a folder above it, a file
+    inside it, or one of its hidden temporary siblings (``.NAME.*``, ``temporary_sibling``, ``staging_directory``)."""
+    name = getattr(error, "filename", None)
+    if name is None:
+        return True
+    path, target = Path(os.path.abspath(name)), Path(os.path.abspath(target))
+    if path == target or path in target.parents or target in path.parents:
+        return True
+    return any(p.parent == target.parent and p.name.startswith(f".{target.name}.") for p in (path, *path.parents))
+
+
+def check_writable(path: str | os.PathLike, *, directory: bool = False, shown_as: str | None = None) -> None:
+    """Fail before any work when ``path`` (a file, or a ``directory`` to write into) cannot be written: an
+    ``OutputError`` naming it as ``shown_as`` (default: the path). A full disk shows only when writing."""
+    target = Path(path).expanduser().absolute()
+    name = shown_as or str(path)
+    if target.is_dir() and not directory:
+        raise OutputError(f"cannot write {name}: {target} is a directory; give a file path")
+    if target.exists() and not target.is_dir() and directory:
+        raise OutputError(f"cannot write {name}: {target} is a file, not a directory; choose another path")
+    folder = target if target.is_dir() else target.parent  # where the new files go
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {name}: {folder} is a file, not a directory; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(folder).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OutputError(f"cannot write {name}: {folder}: {ENVIRONMENT_ERRORS[code]}")
+
+
 def temporary_sibling(target: str | os.PathLike, mode: str = "wb") -> IO:
     """An open temporary file next to ``target`` (hidden, ``.tmp`` suffix), with the
     permissions a new file would get. The caller renames or removes it."""
@@ -37,27 +107,34 @@ def temporary_sibling(target: str | os.PathLike, mode: str = "wb") -> IO:
     handle = tempfile.NamedTemporaryFile(
         mode, dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False, encoding=encoding
     )
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(handle.name, 0o666 & ~mask)
+    give_default_permissions(handle.name)
     return handle
+
+
+def staging_directory(target: str | os.PathLike) -> Path:
+    """A new hidden folder beside ``target`` (its parents created), to fill and then rename to ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
 
 
 @contextmanager
 def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Write ``target`` through a temporary sibling that replaces it only if the block succeeds."""
+    """Write ``target`` through a temporary sibling that replaces it only if the block succeeds;
+    ``OutputError`` naming ``target`` when the environment refuses (see ``writing``)."""
     target = Path(target)
-    handle = temporary_sibling(target, mode)
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, target)
-        fsync_dir(target.parent)
-    finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
+    with writing(target):
+        handle = temporary_sibling(target, mode)
+        try:
+            with handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(handle.name, target)
+            fsync_dir(target.parent)
+        finally:
+            if os.path.exists(handle.name):
+                os.unlink(handle.name)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

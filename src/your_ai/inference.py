@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from your_ai.errors import UserError
+from your_ai.files import check_writable, give_default_permissions, staging_directory, writing
+
 DEFAULT_MODEL = "tiny"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -30,7 +33,7 @@ PICKLED_ADAPTER_WEIGHTS = "adapter_model.bin"
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 
-class InferenceError(Exception):
+class InferenceError(UserError):
     """A checkpoint, model or request that cannot be used; the message says why and what to do."""
 
 
@@ -433,8 +436,9 @@ def merge_adapter(
     model (safetensors + tokenizer) in ``output``.
 
     The model is written to a temporary folder beside ``output`` and renamed into place, so
-    a failure leaves nothing half-written. An existing non-empty ``output`` is replaced only
-    with ``force``.
+    a failure leaves nothing half-written; the folder and its files get the permissions the
+    user's umask gives. An existing non-empty ``output`` is replaced only with ``force``. An
+    ``output`` that cannot be written is refused before the model is loaded (``OutputError``).
     """
     output_path = Path(output).expanduser().resolve()
     checkpoint_path = Path(checkpoint).expanduser().resolve()
@@ -444,22 +448,24 @@ def merge_adapter(
         raise InferenceError(f"output {str(output_path)!r} overlaps the checkpoint {str(checkpoint_path)!r}")
     if output_path.is_dir() and any(output_path.iterdir()) and not force:
         raise InferenceError(f"output {str(output_path)!r} exists and is not empty; pass --force to replace it")
+    check_writable(output_path.parent, directory=True, shown_as=str(output_path))  # the model is staged there
     im = load_for_inference(model, checkpoint_path, device, trust_remote_code)
     merged = im.model.merge_and_unload()
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.", dir=output_path.parent))
-    try:
-        merged.save_pretrained(staging, safe_serialization=True)
-        im.tokenizer.save_pretrained(staging)
-        if output_path.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.old.", dir=output_path.parent))
-            os.replace(output_path, retired / "previous")
-            os.replace(staging, output_path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, output_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with writing(output_path):
+        staging = staging_directory(output_path)
+        try:
+            merged.save_pretrained(staging, safe_serialization=True)
+            im.tokenizer.save_pretrained(staging)
+            give_default_permissions(staging)
+            if output_path.exists():
+                retired = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.old.", dir=output_path.parent))
+                os.replace(output_path, retired / "previous")
+                os.replace(staging, output_path)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(staging, output_path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return output_path
 
 

@@ -12,18 +12,24 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
+from your_ai.errors import UserError
+from your_ai.files import give_default_permissions, staging_directory
 from your_ai.presets import PRESETS, TINY, Architecture, Preset, params_label, preset_for_hub_id
 
 TINY_SEED = 0
 MODEL_FILE_NAMES = ("config.json",)
+# Sizes in a model's config.json that must be positive integers.
+SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings")
 
 
-class ModelResolutionError(Exception):
+class ModelResolutionError(UserError):
     """A model name that cannot become a directory; the message says what to do."""
 
 
@@ -41,6 +47,10 @@ class ModelNotAvailableError(ModelResolutionError):
 
 class InvalidModelNameError(ModelResolutionError):
     """Neither a preset, nor an ``org/name`` hub id, nor an existing directory."""
+
+
+class ModelFileError(ModelResolutionError):
+    """A file of a model folder that cannot be used (config.json, weights, tokenizer); the message names it."""
 
 
 @dataclass(frozen=True)
@@ -278,14 +288,14 @@ def tiny_model_dir() -> Path:
     target = your_ai_cache_dir() / "models" / f"tiny-{fingerprint}"
     if (target / "model.safetensors").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    staging = staging_directory(target)
     try:
         model = build_random_model(TINY.architecture, seed=TINY_SEED, extra_config=_tiny_token_ids(assets))
         model.save_pretrained(staging, safe_serialization=True)
         for item in assets.iterdir():
             if item.is_file():
                 shutil.copy(item, staging / item.name)
+        give_default_permissions(staging)
         try:
             os.rename(staging, target)
         except OSError:  # another process won the race: keep its copy
@@ -336,59 +346,139 @@ def build_random_model(
     return model
 
 
+def load_config(model_dir, *, trust_remote_code: bool = False):
+    """The transformers config of a model folder; a ``ModelFileError`` naming its ``config.json`` when that is
+    not valid JSON, not a config transformers knows, or gives a size that is not a positive integer."""
+    from transformers import AutoConfig
+
+    path = Path(model_dir) / "config.json"
+    advice = "restore the file (e.g. download the model again)"
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{path}: not valid JSON ({error}); {advice}") from error
+    if not isinstance(values, dict):
+        raise ModelFileError(f"{path}: expected a JSON object; {advice}")
+    bad = [f"{name}={value!r}" for name in SIZE_FIELDS if (value := values.get(name)) is not None
+           and (isinstance(value, bool) or not isinstance(value, int) or value <= 0)]
+    if bad:
+        raise ModelFileError(f"{path}: {', '.join(bad)} must be a positive integer; {advice}")
+    with _refused_file(f"{path}: {{reason}}; {advice}"):  # an unknown model_type, a value the config refuses
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
+
+
+@contextmanager
+def _refused_file(message: str) -> Iterator[None]:
+    """Turn transformers refusing a model file into a ``ModelFileError``: ``message`` with its ``{reason}``.
+    Refusals are ValueError, KeyError, huggingface_hub's strict config checks, and OSErrors of transformers'
+    own, which have no errno (those of the operating system keep theirs and pass)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # huggingface_hub before strict dataclasses
+        StrictDataclassError = ValueError  # noqa: N806
+    try:
+        yield
+    except (ValueError, KeyError, OSError, StrictDataclassError) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise
+        raise ModelFileError(message.replace("{reason}", _first_sentence(error))) from error
+
+
+def _first_sentence(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split(". ")[0].rstrip(" .:")
+
+
 def build_model_from_config(resolved: ResolvedModel, *, dtype=None, device: str | None = None,
                             trust_remote_code: bool = False):
     """The model of a resolved model's ``config.json``, built without reading its weights (its parameters
     are the architecture's fresh initialisation; under ``distributed.parameters_on_meta``, nothing)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code, local_files_only=True)
+    config = load_config(resolved.path, trust_remote_code=trust_remote_code)
     with torch.device(device or "cpu"):
         return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32,
                                                 trust_remote_code=trust_remote_code)
 
 
 def load_model(resolved: ResolvedModel, *, dtype=None, device: str | None = None, trust_remote_code: bool = False):
-    """Load a resolved model's weights (safetensors only) onto ``device``."""
+    """Load a resolved model's weights (safetensors only) onto ``device``; a ``ModelFileError`` naming the
+    file when its config or weights cannot be used."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        resolved.path,
-        dtype=dtype or torch.float32,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        local_files_only=True,
-    )
+    config = load_config(resolved.path, trust_remote_code=trust_remote_code)
+    weight_files(resolved.path)  # every file complete, before transformers reads them
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.path,
+            config=config,
+            dtype=dtype or torch.float32,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            local_files_only=True,
+        )
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        raise ModelFileError(f"{resolved.path}: the weights do not have the sizes its config.json gives (see the "
+                             "report above); restore config.json or download the model again") from error
     return model.to(device) if device else model
 
 
 def weight_files(model_dir) -> list[Path]:
-    """The safetensors files holding a model directory's weights (those its index names when sharded);
-    a ``ModelResolutionError`` naming the directory when there are none (pickled weights are never read)."""
+    """The safetensors files holding a model directory's weights (those its index names when sharded), each
+    checked to be a complete safetensors file; a ``ModelFileError`` naming the file or directory otherwise
+    (pickled weights are never read)."""
     model_dir = Path(model_dir)
     index = model_dir / "model.safetensors.index.json"
+    single = model_dir / "model.safetensors"
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ModelResolutionError(f"{index}: not a safetensors index ({error})") from None
-        return [model_dir / name for name in sorted(set(weight_map.values()))]
-    single = model_dir / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise ModelResolutionError(f"{model_dir}: no model.safetensors or model.safetensors.index.json "
-                               "(weights are read from safetensors only)")
+            files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ModelFileError(f"{index}: not a safetensors index ({error}); download the model again") from error
+    elif single.is_file():
+        files = [single]
+    elif pickled := sorted(model_dir.glob("pytorch_model*.bin")):
+        raise ModelFileError(f"{model_dir}: the weights are only in {pickled[0].name} (a pickle, which your-ai "
+                             "never loads); convert them to model.safetensors, e.g. with the safetensors "
+                             "library, on a machine where you trust the file")
+    else:
+        raise ModelFileError(f"{model_dir}: no model.safetensors or model.safetensors.index.json "
+                             "(weights are read from safetensors only)")
+    for file in files:
+        _check_safetensors(file)
+    return files
+
+
+def _check_safetensors(file: Path) -> None:
+    """A ``ModelFileError`` naming ``file`` when it is missing or not a complete safetensors file (reads its header)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not file.is_file():
+        raise ModelFileError(f"{file}: missing (named in model.safetensors.index.json); download the model again")
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except SafetensorError as error:
+        raise ModelFileError(f"{file}: not a complete safetensors file ({error}); download it again") from error
 
 
 def load_tokenizer(resolved: ResolvedModel, *, trust_remote_code: bool = False):
-    """The model's tokenizer, with a pad token (the end-of-sequence token when it has none)."""
+    """The model's tokenizer, with a pad token (the end-of-sequence token when it has none); a
+    ``ModelFileError`` naming the folder when its tokenizer files (or config.json) cannot be used."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolved.path, trust_remote_code=trust_remote_code, local_files_only=True
-    )
+    if (resolved.path / "config.json").is_file():  # the tokenizer reads it too: a broken one is named as such
+        load_config(resolved.path, trust_remote_code=trust_remote_code)
+    with _refused_file(f"{resolved.path}: its tokenizer cannot be loaded ({{reason}}); restore tokenizer.json and "
+                      "tokenizer_config.json (e.g. download the model again)"):
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolved.path, trust_remote_code=trust_remote_code, local_files_only=True
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

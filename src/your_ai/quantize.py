@@ -186,14 +186,12 @@ def _checkpoint_tensors(files: list[Path], device: str) -> Iterator[tuple[str, P
 
 def load_quantized_model(model_dir: Path, *, dtype, device: str, trust_remote_code: bool = False):
     """The model in ``model_dir`` with NF4 decoder linears, read one tensor at a time to ``device``."""
-    from transformers import AutoConfig
+    from your_ai.models import load_config, weight_files
 
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
+    config = load_config(model_dir, trust_remote_code=trust_remote_code)
     model = _empty_model(config, dtype)
     quantize = quantized_weight_names(model)
     known = set(model.state_dict())
-    from your_ai.models import weight_files
-
     for name, path, tensor in _checkpoint_tensors(weight_files(model_dir), device):
         if name not in known:
             if name.endswith("rotary_emb.inv_freq"):  # older checkpoints saved this buffer
