@@ -24,12 +24,14 @@ from your_ai.benchmark import (
     DEFAULT_TIMEOUT_S,
     STOPPING_STATUSES,
     ProgressLine,
+    Stopped,
     check_processes,
     now_iso,
     processes_word,
     resolve_device,
     result_text,
     run_probe_subprocess,
+    stop_on_signals,
     train_flags,
 )
 from your_ai.files import write_json_atomic
@@ -90,6 +92,7 @@ def _describe(config: FitConfig) -> str:
     return f"batch {config.batch_size}, rank {config.lora_rank}, layers {config.lora_layers}"
 
 
+@stop_on_signals()
 def run_optimize(
     model: str,
     *,
@@ -159,9 +162,14 @@ def run_optimize(
             progress = ProgressLine(stream, prefix)
             progress.start()
             config_strategy = fit_strategy(strategy, architecture, device, config, max_memory_gb, gpus)
-            run = run_probe_subprocess(model, max_memory_gb, device, config, timeout_s=timeout_s, synthetic=synthetic,
-                                       preset=preset, estimate_gb=round(estimate, 3), on_tick=progress.update,
-                                       processes=gpus, strategy=config_strategy)
+            try:
+                run = run_probe_subprocess(model, max_memory_gb, device, config, timeout_s=timeout_s,
+                                           synthetic=synthetic, preset=preset, estimate_gb=round(estimate, 3),
+                                           on_tick=progress.update, processes=gpus, strategy=config_strategy)
+            except Stopped as stop:  # SIGINT or SIGTERM: the fit test was killed; no profile is saved
+                stop.model, stop.detail = model, _describe(config)
+                progress.finish(f"✗ Stopped by {stop.signal_name}")
+                raise
             result = run.result
             row.update(status=result["status"], error=result.get("error"), peak_memory_gb=result.get("peak_memory_gb"),
                        step_time_s=result.get("step_time_s"), tokens_per_s=result.get("tokens_per_s"),

@@ -30,6 +30,7 @@ import os
 import signal
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -46,6 +47,10 @@ PHASE_PREFIX = "BENCHMARK_PHASE:"
 # crashes, kills, out-of-memory errors and hangs can be tested without a machine that fails.
 FAULT_ENV = "YOUR_AI_PROBE_FAULT"
 FAULT_KINDS = ("segfault", "sigkill", "oom", "error", "exit", "sleep")
+
+# Set by the benchmark to its own pid in each fit test's environment: the fit test ends when that process is gone.
+PARENT_ENV = "YOUR_AI_PROBE_PARENT"
+PARENT_POLL_S = 0.2
 
 STATUSES = ("pass", "oom", "over_budget", "not_available", "error", "timeout", "crashed")
 
@@ -246,6 +251,77 @@ def trigger_fault(fault: str) -> None:
         os._exit(int(argument))
     elif kind == "sleep":
         time.sleep(float(argument))
+
+
+# ---------------------------------------------------------------------------- the parent's lifeline
+
+def watch_parent(environ=os.environ) -> None:
+    """End this fit test when the benchmark that started it (pid in ``YOUR_AI_PROBE_PARENT``) is gone, however it
+    ended, SIGKILL included: kill the fit test's process groups (this process's, and torchrun's above it).
+
+    On Linux the benchmark's direct child also asks the kernel for SIGKILL when its parent dies
+    (``PR_SET_PDEATHSIG``, then checks the parent is still the one expected, as it may have died before); a
+    watchdog thread polling the parent every ``PARENT_POLL_S`` covers macOS and the processes under torchrun.
+    Without the variable (a fit test run by hand) nothing is watched."""
+    raw = environ.get(PARENT_ENV, "")
+    if not raw.isdigit():
+        return
+    import psutil
+
+    parent_pid = int(raw)
+    if os.getppid() == parent_pid:
+        _die_with_parent(parent_pid)
+    try:
+        parent = psutil.Process(parent_pid)
+        chain = [psutil.Process(), *psutil.Process().parents()]
+        top = next(process for process in chain if process.ppid() == parent_pid)  # this one, or torchrun
+        groups = {os.getpgid(top.pid), os.getpgrp()} - {os.getpgid(parent_pid)}  # never the benchmark's own
+    except (psutil.Error, StopIteration, OSError):  # the benchmark is gone already
+        _end_fit_test(set())
+    if _gone(parent):
+        _end_fit_test(groups)
+    threading.Thread(target=_watch, args=(parent, groups), daemon=True, name="parent-watchdog").start()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL from the kernel when the parent dies; if it died already, die now."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _gone(process) -> bool:
+    import psutil
+
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _watch(parent, groups: set[int]) -> None:
+    while not _gone(parent):
+        time.sleep(PARENT_POLL_S)
+    _end_fit_test(groups)
+
+
+def _end_fit_test(groups: set[int]) -> None:
+    """Kill the fit test's process groups, this process last."""
+    own = os.getpgrp()
+    for group in sorted(groups, key=lambda g: g == own):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------- the probe
@@ -563,6 +639,7 @@ def run_single(model: str, max_memory_gb: float | None, device: str | None, conf
     """``benchmark --single-model``: run the probe, print its one result line; exit code 0 on a pass.
 
     Under torchrun rank 0 prints the result of all processes; another process prints only its own failure."""
+    watch_parent()
     result = run_probe(model, max_memory_gb, device, config, synthetic=synthetic, trust_remote_code=trust_remote_code,
                        strategy=strategy)
     if result.get("rank", 0) == 0 or result["status"] not in ("pass", "over_budget"):  # rank 0, or its own failure
