@@ -492,15 +492,32 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
         peak.sample()
         if not torch.isfinite(loss.detach()).item():
             result["notes"].append(f"loss was not finite at step {step}")
-    timed = times[1:] if len(times) > 1 else times  # the first step includes one-off warm-up
-    step_time = statistics.median(timed)
+    step_time, spread = step_time_summary(timed_steps(times))
     result.update(
         status="pass",
         step_time_s=round(step_time, 4),
+        step_time_iqr_s=spread and [round(bound, 4) for bound in spread],
         tokens_per_s=round(config.batch_size * world.size * seq_length / step_time, 1),  # all processes
         step_times_s=[round(t, 4) for t in times],
     )
     phase("done")
+
+
+MIN_STEPS_FOR_SPREAD = 3
+
+
+def timed_steps(times: list[float]) -> list[float]:
+    """The steps that count for speed: all but the first, which includes one-off warm-up (unless it is alone)."""
+    return times[1:] if len(times) > 1 else times
+
+
+def step_time_summary(times: list[float]) -> tuple[float, tuple[float, float] | None]:
+    """The median of timed steps' seconds and their interquartile range (first, third quartile); the range
+    is None with fewer than ``MIN_STEPS_FOR_SPREAD`` steps, too few to say how much they vary."""
+    if len(times) < MIN_STEPS_FOR_SPREAD:
+        return statistics.median(times), None
+    first, _, third = statistics.quantiles(times, n=4, method="inclusive")
+    return statistics.median(times), (first, third)
 
 
 def _across_processes(world, device: str, result: dict) -> None:

@@ -3,6 +3,10 @@
 The budget is 80% of the memory given (or of the training device's memory: the GPU's own
 memory on CUDA, system memory elsewhere). Estimates assume the device's training dtype
 (bf16 on CUDA, fp32 elsewhere). ``your-ai benchmark`` measures what really fits.
+
+When nothing fits, the advice says what would: 4-bit weights (``--quantize 4``) when a preset
+fits that way, a smaller batch or sequence only when the weights themselves fit, else the
+built-in ``tiny`` model.
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ def recommend_presets(
             "warnings": list(preset.warnings),
         })
     fitting = [row["preset"] for row in rows if row["fits"]]
+    quantized = None
+    if quantize is None:  # what 4-bit weights would fit, for the advice
+        report = recommend_presets(memory_gb, batch_size, lora_rank, lora_layers, seq_length, device, quantize=4)
+        largest = next((row for row in reversed(report["presets"]) if row["fits"]), None)
+        quantized = {"quantize": 4, "fitting": report["fitting"], "largest_fit": largest and largest["preset"],
+                     "estimate_gb": largest and largest["estimate_gb"]}
     return {
         "memory_gb": round(memory_gb, 2),
         "memory_source": source,
@@ -63,6 +73,7 @@ def recommend_presets(
         "presets": rows,
         "fitting": fitting,
         "largest_fit": fitting[-1] if fitting else None,
+        "quantized": quantized,
     }
 
 
@@ -88,7 +99,38 @@ def format_recommendation(report: dict) -> str:
     if report["largest_fit"]:
         lines.append(f"Largest that fits: {report['largest_fit']}")
     else:
-        lines.append(f"No preset fits {report['budget_gb']:.1f} GB. Try the built-in 'tiny' model for a demo, "
-                     "or a smaller --batch-size / --max-seq-length.")
+        lines.append(f"No preset fits {report['budget_gb']:.1f} GB.")
+    lines.extend(_advice(report))
     lines.append("These are estimates; `your-ai benchmark` measures the real peak on this machine.")
     return "\n".join(lines)
+
+
+def _advice(report: dict) -> list[str]:
+    """What would fit: a larger preset with 4-bit weights; when nothing fits, a smaller batch or sequence only
+    if the smallest preset's weights fit the budget, else the built-in tiny model."""
+    rows, budget, quantized = report["presets"], report["budget_gb"], report.get("quantized")
+    names = [row["preset"] for row in rows]
+    lines = []
+    helps = quantized and quantized["largest_fit"] and (
+        not report["largest_fit"] or names.index(quantized["largest_fit"]) > names.index(report["largest_fit"]))
+    if helps:
+        what = "a larger preset fits: " if report["largest_fit"] else ""
+        lines.append(f"With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) {what}"
+                     f"{quantized['largest_fit']}{'' if what else ' fits'} (estimated {quantized['estimate_gb']:.1f} GB). Check with "
+                     f"`your-ai recommend --quantize 4`; train with `your-ai train --quantize 4 --model "
+                     f"{quantized['largest_fit']}`.")
+    if report["largest_fit"] or not rows:
+        return lines
+    smallest = rows[0]
+    weights = smallest["parts_gb"]["weights"]
+    if weights <= budget:
+        lines.append(f"The weights of {smallest['preset']} take {weights:.1f} GB of the budget: a smaller "
+                     "--batch-size / --max-seq-length may make it fit.")
+    else:
+        in_bits = " in 4 bits" if report["config"].get("quantize") else ""
+        lines.append(f"The weights alone of the smallest preset, {smallest['preset']}, need {weights:.1f} GB{in_bits}: "
+                     "a smaller batch or sequence cannot make it fit.")
+        if not helps:
+            lines.append("Try the built-in 'tiny' model for a demo (`your-ai train --model tiny`), or a machine "
+                         "with more memory.")
+    return lines
