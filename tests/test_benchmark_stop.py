@@ -71,7 +71,6 @@ def assert_gone(pids):
     assert not left, f"still running after {GONE_WITHIN_S} s: {left}"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_to_benchmark_kills_the_fit_test_and_is_logged(tmp_path, signum, code):
     log = tmp_path / "log.jsonl"
@@ -89,7 +88,6 @@ def test_a_signal_to_benchmark_kills_the_fit_test_and_is_logged(tmp_path, signum
     assert (stop["signal"], stop["preset"], stop["pid"], stop["tested"]) == (name, "tiny", child, 0)
 
 
-@pytest.mark.slow
 def test_sigkill_of_benchmark_still_ends_the_fit_test(tmp_path):
     log = tmp_path / "log.jsonl"
     proc = start(["benchmark", *FIT, "--log", str(log)], tmp_path)
@@ -100,7 +98,6 @@ def test_sigkill_of_benchmark_still_ends_the_fit_test(tmp_path):
     assert "benchmark_interrupted" not in [e["event"] for e in events(log)]  # nothing could be written
 
 
-@pytest.mark.slow
 def test_sigterm_to_optimize_kills_the_fit_test(tmp_path):
     output = tmp_path / "profile.json"
     proc = start(["optimize", "--model", "tiny", "--synthetic", "--quick", "--device", "cpu", "--seq-length", "32",
@@ -116,21 +113,37 @@ def test_sigterm_to_optimize_kills_the_fit_test(tmp_path):
     assert "✗ Stopped by SIGTERM" in out and not output.exists()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
-def test_every_process_of_a_fit_test_on_two_processes_goes(tmp_path, signum):
-    log = tmp_path / "log.jsonl"
-    proc = start(["benchmark", *FIT, "--gpus", "2", "--log", str(log)], tmp_path)
+def on_two_processes(log, proc):
+    """The pids of a fit test on two processes: torchrun and the two processes under it, once they run."""
     launcher = started_child(log, proc)
 
     def workers():
         found = psutil.Process(launcher).children(recursive=True)
         return found if len(found) == 2 and all(alive(p.pid) and p.num_threads() >= 2 for p in found) else None
 
-    pids = [launcher, *(p.pid for p in wait_for(workers, "two processes under torchrun", proc))]
+    return [launcher, *(p.pid for p in wait_for(workers, "two processes under torchrun", proc))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
+def test_every_process_of_a_fit_test_on_two_processes_goes(tmp_path, signum):
+    log = tmp_path / "log.jsonl"
+    proc = start(["benchmark", *FIT, "--gpus", "2", "--log", str(log)], tmp_path)
+    pids = on_two_processes(log, proc)
+    launcher = pids[0]
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=90)
     assert_gone(pids)
     if signum == signal.SIGINT:
         assert proc.returncode == 130, (out, err)
         assert f"the fit test of tiny was killed (process group {launcher})" in err
+
+
+@pytest.mark.slow
+def test_the_timeout_kills_every_process_of_a_fit_test_on_two_processes(tmp_path):
+    log = tmp_path / "log.jsonl"
+    proc = start(["benchmark", *FIT, "--gpus", "2", "--timeout", "40", "--log", str(log)], tmp_path)
+    pids = on_two_processes(log, proc)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "✗ Timeout (no result within 40 s" in out, (out, err)
+    assert_gone(pids)

@@ -239,7 +239,8 @@ def run_optimize(
             "peak_memory_gb": top["peak_memory_gb"],
             "peak_with_margin_gb": round(top["peak_memory_gb"] * (1 + SAFETY_MARGIN), 3),
             "step_time_s": top["step_time_s"], "tokens_per_s": top["tokens_per_s"],
-            "tokens_per_s_iqr": top["tokens_per_s_iqr"], "gpus": gpus, "strategy": top.get("strategy"), "quantize": quantize,
+            "tokens_per_s_iqr": top["tokens_per_s_iqr"],
+            "gpus": gpus, "strategy": top.get("strategy"), "quantize": quantize,
         }
     say()
     say(format_table(results))
@@ -274,9 +275,9 @@ def _set_speed(row: dict, times: list[float], tokens_per_step: int) -> None:
     ``tokens_per_s``, and ``tokens_per_s_iqr``, the tokens/s of the steps' interquartile range (None with too
     few steps to say)."""
     median, spread = step_time_summary(times)
+    iqr = spread and [round(tokens_per_step / spread[1], 1), round(tokens_per_step / spread[0], 1)]
     row.update(step_times_s=[round(t, 4) for t in times], step_time_s=round(median, 4),
-               tokens_per_s=round(tokens_per_step / median, 1), runs=row.get("runs", 1),
-               tokens_per_s_iqr=spread and [round(tokens_per_step / spread[1], 1), round(tokens_per_step / spread[0], 1)])
+               tokens_per_s=round(tokens_per_step / median, 1), tokens_per_s_iqr=iqr, runs=row.get("runs", 1))
 
 
 def _speed_text(row: dict) -> str:

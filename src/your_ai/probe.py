@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 from your_ai import memory
 from your_ai.lora import LoraSettings
@@ -313,7 +314,7 @@ def _watch(parent, groups: set[int]) -> None:
     _end_fit_test(groups)
 
 
-def _end_fit_test(groups: set[int]) -> None:
+def _end_fit_test(groups: set[int]) -> NoReturn:
     """Kill the fit test's process groups, this process last."""
     own = os.getpgrp()
     for group in sorted(groups, key=lambda g: g == own):

@@ -114,11 +114,11 @@ def _advice(report: dict) -> list[str]:
     helps = quantized and quantized["largest_fit"] and (
         not report["largest_fit"] or names.index(quantized["largest_fit"]) > names.index(report["largest_fit"]))
     if helps:
-        what = "a larger preset fits: " if report["largest_fit"] else ""
-        lines.append(f"With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) {what}"
-                     f"{quantized['largest_fit']}{'' if what else ' fits'} (estimated {quantized['estimate_gb']:.1f} GB). Check with "
-                     f"`your-ai recommend --quantize 4`; train with `your-ai train --quantize 4 --model "
-                     f"{quantized['largest_fit']}`.")
+        name = quantized["largest_fit"]
+        fits = f"a larger preset fits: {name}" if report["largest_fit"] else f"{name} fits"
+        lines.append(f"With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) {fits} (estimated "
+                     f"{quantized['estimate_gb']:.1f} GB). Check with `your-ai recommend --quantize 4`; train with "
+                     f"`your-ai train --quantize 4 --model {name}`.")
     if report["largest_fit"] or not rows:
         return lines
     smallest = rows[0]
