@@ -142,8 +142,8 @@ def test_every_process_of_a_fit_test_on_two_processes_goes(tmp_path, signum):
 @pytest.mark.slow
 def test_the_timeout_kills_every_process_of_a_fit_test_on_two_processes(tmp_path):
     log = tmp_path / "log.jsonl"
-    proc = start(["benchmark", *FIT, "--gpus", "2", "--timeout", "40", "--log", str(log)], tmp_path)
+    proc = start(["benchmark", *FIT, "--gpus", "2", "--timeout", "20", "--log", str(log)], tmp_path)
     pids = on_two_processes(log, proc)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "✗ Timeout (no result within 40 s" in out, (out, err)
+    assert proc.returncode == 1 and "✗ Timeout (no result within 20 s" in out, (out, err)
     assert_gone(pids)
