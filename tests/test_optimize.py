@@ -15,6 +15,7 @@ from your_ai.optimize import (
     grid_configs,
     load_profile,
     profile_path,
+    noisy,
     ranking_within_noise,
     run_optimize,
 )
@@ -62,11 +63,13 @@ def test_sweep_stops_a_dimension_at_oom_and_saves_the_fastest_fit(tmp_path, tiny
     other = {64: 128, 128: 64}[winner["lora_rank"]]
     assert (ranking["best"]["lora_rank"], ranking["runner_up"]["lora_rank"]) == (winner["lora_rank"], other)
     assert profile["tokens_per_s_iqr"] == winner["tokens_per_s_iqr"]
-    overlapped = "running both once more" in out
-    assert overlapped == (rows[(2, 64)]["runs"] == rows[(2, 128)]["runs"] == 2)
+    again = "running both once more" in out
+    assert again == (rows[(2, 64)]["runs"] == rows[(2, 128)]["runs"] == 2)
     assert ranking["within_noise"] == ranking_within_noise(ranking["best"], ranking["runner_up"])
+    assert ranking["noisy"] == (noisy(ranking["best"]) or noisy(ranking["runner_up"]))
     assert ("Ranking within noise: batch 2, rank" in out) == ranking["within_noise"]
-    assert not ranking["within_noise"] or overlapped  # within noise only after both ran again
+    assert ("Noisy timing: the steps of" in out) == (ranking["noisy"] and not ranking["within_noise"])
+    assert again or not (ranking["within_noise"] or ranking["noisy"])  # checked again before saying so
 
 
 def test_the_ranking_is_within_noise_when_the_spreads_overlap():
@@ -76,6 +79,7 @@ def test_the_ranking_is_within_noise_when_the_spreads_overlap():
     assert ranking_within_noise(row(310, 300, 320), row(305, 290, 315)) is True
     assert ranking_within_noise(row(310, 300, 320), row(250, 240, 299)) is False
     assert ranking_within_noise(row(310, 300, 320), {"tokens_per_s": 300, "tokens_per_s_iqr": None}) is None
+    assert noisy(row(310, 280, 320)) is False and noisy(row(310, 200, 320)) is True
     assert step_time_summary([0.1, 0.3]) == (0.2, None)  # too few steps to tell the spread
     assert step_time_summary([0.1, 0.2, 0.3, 0.4, 0.5]) == (0.3, (0.2, 0.4))
 

@@ -9,8 +9,9 @@ dimensions is skipped. The best config is the fastest (tokens/s) that fits; it i
 a hardware profile that ``train --profile`` applies.
 
 Speed is the median of the timed steps (the first step warms up), with the tokens/s of their
-interquartile range. When the two fastest configs' ranges overlap, both run once more and their
-steps are pooled; if they still overlap the ranking is within noise, and the output says so.
+interquartile range. When the two fastest configs' ranges overlap, or either range is wider than
+25% of its median, both run once more and their steps are pooled; if they still overlap the
+ranking is within noise, and the output says so (or that the timing is still noisy).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ FULL_GRID = {"batch_size": (2, 4, 6, 8, 10, 12), "lora_rank": (32, 64, 96, 128),
 DEFAULT_STEPS = 15
 SAFETY_MARGIN = 0.15
 ESTIMATE_SKIP_FACTOR = 1.5
+NOISY_SPREAD = 0.25  # a tokens/s interquartile range wider than this share of the median: run the top two again
 PROFILE_KEYS = ("batch_size", "lora_rank", "lora_alpha", "lora_layers")
 
 
@@ -298,31 +300,42 @@ def ranking_within_noise(best: dict, runner_up: dict) -> bool | None:
     return best["tokens_per_s_iqr"][0] <= runner_up["tokens_per_s_iqr"][1]
 
 
+def noisy(row: dict) -> bool:
+    """Whether a row's tokens/s interquartile range is wider than ``NOISY_SPREAD`` of its median."""
+    iqr = row.get("tokens_per_s_iqr")
+    return bool(iqr) and (iqr[1] - iqr[0]) > NOISY_SPREAD * row["tokens_per_s"]
+
+
 def _check_ranking(winners: list[dict], measure_again: Callable[[dict], None], say) -> dict | None:
-    """Check the two fastest configs apart; when they are not, run both once more (pooling the steps) and
-    check again. Returns ``{"within_noise", "best", "runner_up"}`` (None with fewer than two configs that fit)."""
+    """Check the two fastest configs apart; when they are not, or either one's steps vary by more than
+    ``NOISY_SPREAD``, run both once more (pooling the steps) and check again. Returns ``{"within_noise", "noisy",
+    "best", "runner_up"}`` (None with fewer than two configs that fit)."""
     if len(winners) < 2:
         return None
     best, runner_up = sorted(winners, key=_speed_order, reverse=True)[:2]
     within = ranking_within_noise(best, runner_up)
-    if within:
+    if within or noisy(best) or noisy(runner_up):
         say()
-        say("The two fastest configs' tokens/s ranges overlap: running both once more")
+        why = "tokens/s ranges overlap" if within else f"steps vary by more than {NOISY_SPREAD:.0%}"
+        say(f"The two fastest configs' {why}: running both once more")
         for row in (best, runner_up):
             measure_again(row)
         best, runner_up = sorted(winners, key=_speed_order, reverse=True)[:2]
         within = ranking_within_noise(best, runner_up)
-    names = {"best": best, "runner_up": runner_up}
+    still_noisy = noisy(best) or noisy(runner_up)
     if within:
         say(f"Ranking within noise: {_describe(best)} ({_speed_text(best)}) is not faster than "
             f"{_describe(runner_up)} ({_speed_text(runner_up)}) beyond the spread of their step times; "
             "either will do (is the machine busy?)")
+    elif still_noisy:
+        say(f"Noisy timing: the steps of {_describe(best)} or {_describe(runner_up)} vary by more than "
+            f"{NOISY_SPREAD:.0%} (is the machine busy?); the ranking may not hold on a quiet machine")
     elif within is None:
         say(f"Note: the step-time spread is not measured with fewer than {MIN_STEPS_FOR_SPREAD} timed steps "
             f"(--steps {MIN_STEPS_FOR_SPREAD + 1} or more); the ranking is not checked against noise")
-    return {"within_noise": within, **{key: {k: row[k] for k in ("batch_size", "lora_rank", "lora_layers",
-                                                                   "tokens_per_s", "tokens_per_s_iqr", "runs")}
-                                          for key, row in names.items()}}
+    keys = ("batch_size", "lora_rank", "lora_layers", "tokens_per_s", "tokens_per_s_iqr", "runs")
+    return {"within_noise": within, "noisy": still_noisy,
+            **{name: {key: row[key] for key in keys} for name, row in (("best", best), ("runner_up", runner_up))}}
 
 
 def _architecture_of(model: str, synthetic: bool):
