@@ -324,8 +324,8 @@ def _check_ranking(winners: list[dict], measure_again: Callable[[dict], None], s
         within = ranking_within_noise(best, runner_up)
     still_noisy = noisy(best) or noisy(runner_up)
     if within:
-        say(f"Ranking within noise: {_describe(best)} ({_speed_text(best)}) is not faster than "
-            f"{_describe(runner_up)} ({_speed_text(runner_up)}) beyond the spread of their step times; "
+        say(f"Ranking within noise: {_describe(best)} at {_speed_text(best)} is not faster than "
+            f"{_describe(runner_up)} at {_speed_text(runner_up)} beyond the spread of their step times; "
             "either will do (is the machine busy?)")
     elif still_noisy:
         say(f"Noisy timing: the steps of {_describe(best)} or {_describe(runner_up)} vary by more than "
