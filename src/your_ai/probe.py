@@ -281,7 +281,8 @@ def watch_parent(environ=os.environ) -> None:
         _end_fit_test(set())
     if _gone(parent):
         _end_fit_test(groups)
-    threading.Thread(target=_watch, args=(parent, groups), daemon=True, name="parent-watchdog").start()
+    direct = top.pid == os.getpid()
+    threading.Thread(target=_watch, args=(parent, groups, direct), daemon=True, name="parent-watchdog").start()
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -308,8 +309,10 @@ def _gone(process) -> bool:
         return True
 
 
-def _watch(parent, groups: set[int]) -> None:
-    while not _gone(parent):
+def _watch(parent, groups: set[int], direct: bool) -> None:
+    """Poll until the parent is gone: for its direct child, until this process is reparented (a system call,
+    nothing allocated while the probe measures its peak); under torchrun, by the parent's status."""
+    while (os.getppid() == parent.pid) if direct else not _gone(parent):
         time.sleep(PARENT_POLL_S)
     _end_fit_test(groups)
 
