@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from hub_cache import add_snapshot, fake_commit
 
@@ -243,8 +244,11 @@ def test_timeout_kills_the_process_group(tmp_path, hub_cache, monkeypatch):
     assert "      [Memory released - subprocess killed]" in out
     assert report["models"][0]["status"] == "timeout"
     assert len(report["models"]) == 2 and report["skipped"] == []  # a timeout does not stop the run
-    failed = [e for e in read_log(tmp_path / "log.jsonl") if e["event"] == "subprocess_failed"][0]
+    events = read_log(tmp_path / "log.jsonl")
+    failed = [e for e in events if e["event"] == "subprocess_failed"][0]
     assert failed["timed_out"] is True and failed["signal"] == "SIGKILL"
+    child = [e for e in events if e["event"] == "subprocess_start"][0]["pid"]
+    assert not psutil.pid_exists(child)  # killed and reaped
 
 
 def test_models_are_tested_smallest_first(hub_cache, tiny_model_dir, tmp_path):

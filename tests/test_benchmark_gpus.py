@@ -133,8 +133,8 @@ def test_optimize_runs_each_config_on_the_processes_and_records_them(tmp_path, m
 
     def fake_probe(model, budget, device, config, **options):
         calls.append(options)
-        result = {"status": "pass", "error": None, "peak_memory_gb": 0.5, "step_time_s": 0.1,
-                  "tokens_per_s": 100.0 * config.batch_size, "config": {"seq_length": 64}, "strategy": "ddp"}
+        result = {"status": "pass", "error": None, "peak_memory_gb": 0.5, "step_time_s": 0.1, "step_times_s": [0.3, 0.1],
+                  "tokens_per_s": 2 * 64 * config.batch_size / 0.1, "config": {"seq_length": 64}, "strategy": "ddp"}
         return ProbeRun(result=result, command=[], exit_code=0, processes=options["processes"])
 
     monkeypatch.setattr(optimize_module, "run_probe_subprocess", fake_probe)

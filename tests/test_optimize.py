@@ -16,16 +16,18 @@ from your_ai.optimize import (
     grid_configs,
     load_profile,
     profile_path,
+    noisy,
+    ranking_within_noise,
     run_optimize,
 )
 from your_ai.presets import PRESETS, TINY
-from your_ai.probe import FAULT_ENV
+from your_ai.probe import FAULT_ENV, step_time_summary
 
 
 def test_sweep_stops_a_dimension_at_oom_and_saves_the_fastest_fit(tmp_path, tiny_model_dir):
     output = tmp_path / "profile.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "your_ai", "optimize", "--model", "tiny", "--quick", "--steps", "2", "--seq-length", "32",
+        [sys.executable, "-m", "your_ai", "optimize", "--model", "tiny", "--quick", "--steps", "4", "--seq-length", "32",
          "--device", "cpu", "--max-memory", "8", "--output", str(output), "--synthetic"],
         capture_output=True, text=True, timeout=600, env={**os.environ, FAULT_ENV: "oom@batch=4"},
     )
@@ -47,12 +49,40 @@ def test_sweep_stops_a_dimension_at_oom_and_saves_the_fastest_fit(tmp_path, tiny
     assert (profile["batch_size"], profile["lora_rank"]) == (2, winner["lora_rank"])
     assert profile["lora_alpha"] == 2 * profile["lora_rank"] and profile["lora_layers"] == 4
     assert profile["tokens_per_s"] == winner["tokens_per_s"] and profile["peak_memory_gb"] == winner["peak_memory_gb"]
-    assert profile["model"] == "tiny" and profile["grid"] == "quick" and profile["steps"] == 2
+    assert profile["model"] == "tiny" and profile["grid"] == "quick" and profile["steps"] == 4
     assert profile["synthetic"] is True and profile["device"] == "cpu" and profile["max_memory_gb"] == 8
     assert profile["seq_length"] == 32 and profile["safety_margin"] == 0.15 and profile["created_at"]
     assert "Batch  Rank Layers" in out and f"Saved hardware profile to {output}" in out
     assert f"your-ai train --model tiny --profile {output}" in out
     assert load_profile(output)["lora_rank"] == profile["lora_rank"]
+    # the spread: 3 timed steps per run (the first warms up), the ranking checked against it
+    for row in (rows[(2, 64)], rows[(2, 128)]):
+        low, high = row["tokens_per_s_iqr"]
+        assert len(row["step_times_s"]) == 3 * row["runs"] and low <= row["tokens_per_s"] <= high
+        assert f"{row['tokens_per_s']:.0f} tokens/s (IQR {low:.0f}-{high:.0f})" in out
+    ranking = profile["ranking"]
+    other = {64: 128, 128: 64}[winner["lora_rank"]]
+    assert (ranking["best"]["lora_rank"], ranking["runner_up"]["lora_rank"]) == (winner["lora_rank"], other)
+    assert profile["tokens_per_s_iqr"] == winner["tokens_per_s_iqr"]
+    again = "running both once more" in out
+    assert again == (rows[(2, 64)]["runs"] == rows[(2, 128)]["runs"] == 2)
+    assert ranking["within_noise"] == ranking_within_noise(ranking["best"], ranking["runner_up"])
+    assert ranking["noisy"] == (noisy(ranking["best"]) or noisy(ranking["runner_up"]))
+    assert ("Ranking within noise: batch 2, rank" in out) == ranking["within_noise"]
+    assert ("Noisy timing: the steps of" in out) == (ranking["noisy"] and not ranking["within_noise"])
+    assert again or not (ranking["within_noise"] or ranking["noisy"])  # checked again before saying so
+
+
+def test_the_ranking_is_within_noise_when_the_spreads_overlap():
+    def row(median, low, high):
+        return {"tokens_per_s": median, "tokens_per_s_iqr": [low, high]}
+
+    assert ranking_within_noise(row(310, 300, 320), row(305, 290, 315)) is True
+    assert ranking_within_noise(row(310, 300, 320), row(250, 240, 299)) is False
+    assert ranking_within_noise(row(310, 300, 320), {"tokens_per_s": 300, "tokens_per_s_iqr": None}) is None
+    assert noisy(row(310, 280, 320)) is False and noisy(row(310, 200, 320)) is True
+    assert step_time_summary([0.1, 0.3]) == (0.2, None)  # too few steps to tell the spread
+    assert step_time_summary([0.1, 0.2, 0.3, 0.4, 0.5]) == (0.3, (0.2, 0.4))
 
 
 def test_configs_far_over_the_budget_are_not_run(tiny_model_dir):
@@ -84,8 +114,10 @@ def test_grid_is_sorted_by_estimate_and_deduplicated_after_clamping():
 def test_safety_margin():
     assert fits(1.0, 1.15) and not fits(1.0, 1.149) and not fits(None, 100)
     table = format_table([{"batch_size": 2, "lora_rank": 64, "lora_layers": 4, "estimate_gb": 0.5, "status": "pass",
-                           "fits": True, "peak_memory_gb": 1.0, "step_time_s": 0.25, "tokens_per_s": 512.0}])
-    assert table.splitlines()[2].split() == ["2", "64", "4", "0.50", "1.00", "1.15", "0.250", "512", "fits"]
+                           "fits": True, "peak_memory_gb": 1.0, "step_time_s": 0.25, "tokens_per_s": 512.0,
+                           "tokens_per_s_iqr": [480.4, 530.0]}])
+    assert table.splitlines()[0].split()[-3:] == ["Tokens/s", "IQR", "Status"]
+    assert table.splitlines()[2].split() == ["2", "64", "4", "0.50", "1.00", "1.15", "0.250", "512", "480-530", "fits"]
 
 
 def test_profile_path_and_bad_profiles(tmp_path):

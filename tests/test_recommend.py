@@ -68,3 +68,37 @@ def test_recommend_a_hub_id_gives_a_verdict_with_its_estimate(hub_cache):
     assert "`your-ai benchmark --models someone/tiny-chat,someone/absent` measures the real peak" in proc.stdout
     with pytest.raises(ValueError, match="--model nope: 'nope' is not a preset"):
         recommend_presets(memory_gb=1, device="cpu", models=["nope"])
+
+
+def test_weights_over_the_budget_point_to_4_bits_not_to_a_smaller_batch():
+    report = recommend_presets(memory_gb=16, device="cpu")  # fp32: the smallest preset's weights alone need 29 GB
+    assert report["largest_fit"] is None
+    assert report["quantized"]["largest_fit"] == "dolphin-8b" and "hermes-mistral-7b" in report["quantized"]["fitting"]
+    text = format_recommendation(report)
+    assert ("With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) dolphin-8b fits (estimated 12.4 GB)"
+            in text)
+    assert "your-ai train --quantize 4 --model dolphin-8b" in text
+    assert "The weights alone of the smallest preset, hermes-mistral-7b, need 29.0 GB" in text
+    assert "--batch-size" not in text and "tiny" not in text
+
+
+def test_nothing_fits_even_in_4_bits_points_to_tiny():
+    text = format_recommendation(recommend_presets(memory_gb=4, device="cpu"))
+    assert "No preset fits 3.2 GB." in text and "--quantize 4" not in text and "--batch-size" not in text
+    assert "Try the built-in 'tiny' model for a demo (`your-ai train --model tiny`)" in text
+
+
+def test_a_smaller_batch_is_advised_only_when_the_weights_fit():
+    report = recommend_presets(memory_gb=20, device="cuda", batch_size=16, seq_length=4096)
+    smallest = report["presets"][0]
+    assert report["largest_fit"] is None and smallest["parts_gb"]["weights"] <= report["budget_gb"]
+    assert (f"The weights of {smallest['preset']} take {smallest['parts_gb']['weights']:.1f} GB of the budget: "
+            "a smaller --batch-size / --max-seq-length may make it fit.") in format_recommendation(report)
+
+
+def test_a_larger_preset_in_4_bits_is_named_next_to_the_largest_fit():
+    text = format_recommendation(recommend_presets(memory_gb=40, device="cpu"))
+    assert "Largest that fits: hermes-mistral-7b" in text
+    assert "With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) a larger preset fits: " in text
+    quantized = recommend_presets(memory_gb=40, device="cpu", quantize=4)
+    assert quantized["quantized"] is None and f"fits: {quantized['largest_fit']} (estimated" in text

@@ -10,6 +10,11 @@ RSS) and classifies what the child could not report itself from facts: killed by
 signal -> ``crashed``; no result line -> ``error`` with the child's last stderr lines; no
 result within ``--timeout`` -> the whole process group is killed -> ``timeout``.
 
+No child outlives the run: SIGINT or SIGTERM to the benchmark (``stop_on_signals``) kills the
+running child's process group, logs ``benchmark_interrupted`` and raises ``Stopped``; when the
+benchmark itself is killed (SIGKILL), the child notices its parent is gone and kills its own
+group (``probe.watch_parent``).
+
 An out-of-memory result or a peak over the budget stops the run (larger models will not
 fit either); a missing model, an unreadable config, an error, a timeout or a crash does not. Every event is
 appended, flushed, to a JSONL log.
@@ -25,7 +30,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +41,7 @@ from your_ai import memory
 from your_ai.files import write_json_atomic, writing
 from your_ai.presets import BENCHMARK_PRESETS, PRESETS, Architecture, Preset
 from your_ai.probe import (
+    PARENT_ENV,
     PHASE_PREFIX,
     FitConfig,
     fit_strategy,
@@ -105,8 +112,10 @@ class ProgressLine:
         self.prefix = prefix
         self.live = bool(getattr(stream, "isatty", lambda: False)())
         self._last = 0.0
+        self.open = False  # started, not finished
 
     def start(self) -> None:
+        self.open = True
         self.stream.write(self.prefix)
         self.stream.flush()
 
@@ -118,8 +127,71 @@ class ProgressLine:
         self.stream.flush()
 
     def finish(self, text: str) -> None:
+        self.open = False
         self.stream.write((f"\r{self.prefix}{text}\x1b[K\n") if self.live else f"{text}\n")
         self.stream.flush()
+
+
+# ---------------------------------------------------------------------------- stopping by a signal
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_stopping = threading.Event()  # set while stop_on_signals' handlers are installed
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a benchmark or optimize run; the fit test it was running (``child_pid``,
+    of ``model``) was killed with its process group. The command exits with ``exit_code`` (128 + signal)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.child_pid: int | None = None
+        self.model: str | None = None  # the model of the fit test running when the signal came
+        self.detail: str | None = None  # its config, when that tells it apart (optimize)
+
+    @property
+    def signal_name(self) -> str:
+        return _signal_name(self.signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def line(self) -> str:
+        """The one line that says what was stopped."""
+        if self.child_pid is None:
+            return f"Stopped by {self.signal_name}: no fit test was running."
+        detail = f" ({self.detail})" if self.detail else ""
+        return (f"Stopped by {self.signal_name}: the fit test of {self.model}{detail} was killed "
+                f"(process group {self.child_pid}).")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM raise ``Stopped`` in the main thread, so the running fit test's
+    process group is killed on the way out (``run_probe_subprocess``). After the first signal both are
+    ignored until the block is left, so a second Ctrl-C cannot cut the cleanup short. A signal the
+    process ignored from the start (``nohup``) stays ignored; nested blocks install nothing."""
+    if _stopping.is_set() or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+
+    def stop(signum, _frame):
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, stop)
+    _stopping.set()
+    try:
+        yield
+    finally:
+        _stopping.clear()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 # ---------------------------------------------------------------------------- one probe subprocess
@@ -193,6 +265,7 @@ def run_probe_subprocess(
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, text=True, errors="replace", bufsize=1,
+            env={**os.environ, PARENT_ENV: str(os.getpid())},  # the child ends when this process is gone
         )
     except OSError as error:
         run.spawn_error = f"{type(error).__name__}: {error}"
@@ -200,46 +273,51 @@ def run_probe_subprocess(
                                     "error", f"could not start the fit probe: {run.spawn_error}")
         return run
     run.pid = process.pid
-    if on_start:
-        on_start(run)
-
-    def read(pipe, lines: list[str], phases: bool) -> None:
-        for line in pipe:
-            line = line.rstrip("\n")
-            if phases and line.startswith(PHASE_PREFIX):
-                run.last_phase = line[len(PHASE_PREFIX):]
-            else:
-                lines.append(line)
-
-    readers = [
-        threading.Thread(target=read, args=(process.stdout, run.stdout_lines, False), daemon=True),
-        threading.Thread(target=read, args=(process.stderr, run.stderr_lines, True), daemon=True),
-    ]
-    for reader in readers:
-        reader.start()
-    status = usage = None
+    readers = []
+    reaped = False
     try:
+        if on_start:
+            on_start(run)
+
+        def read(pipe, lines: list[str], phases: bool) -> None:
+            for line in pipe:
+                line = line.rstrip("\n")
+                if phases and line.startswith(PHASE_PREFIX):
+                    run.last_phase = line[len(PHASE_PREFIX):]
+                else:
+                    lines.append(line)
+
+        readers = [
+            threading.Thread(target=read, args=(process.stdout, run.stdout_lines, False), daemon=True),
+            threading.Thread(target=read, args=(process.stderr, run.stderr_lines, True), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
+                reaped = True
                 break
             elapsed = time.monotonic() - started
             if elapsed >= timeout_s:
                 run.timed_out = True
                 status, usage = _end(process.pid, processes)
+                reaped = True
                 break
             if on_tick:
                 on_tick(run.last_phase or "starting", elapsed)
             time.sleep(POLL_S)
+    except Stopped as stop:
+        stop.child_pid = run.pid
+        raise
     finally:
-        if status is None:  # interrupted (Ctrl-C reaches only our group): take the child down with us
+        if not reaped:  # stopped by a signal (or any error here): the child's whole group goes with us
             _end(process.pid, processes)
+            process.returncode = -signal.SIGKILL
+            _close(process, readers)
     process.returncode = os.waitstatus_to_exitcode(status)
     _kill_group(process.pid)  # anything the child left behind in its group
-    for reader in readers:
-        reader.join(timeout=10)
-    process.stdout.close()
-    process.stderr.close()
+    _close(process, readers)
 
     run.duration_s = time.monotonic() - started
     run.host_peak_gb = round(memory.rusage_peak_rss_gb(usage), 3)
@@ -255,20 +333,31 @@ def _end(pid: int, processes: int) -> tuple[int, object]:
     """Stop a probe and reap it: (wait status, rusage). torchrun starts each process in a session of its
     own, so it gets SIGTERM first (it stops its processes, SIGKILL after 30 s) and the group SIGKILL only
     when it is still there after ``TORCHRUN_GRACE_S``."""
-    if processes > 1:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-        deadline = time.monotonic() + TORCHRUN_GRACE_S
-        while time.monotonic() < deadline:
-            reaped, status, usage = os.wait4(pid, os.WNOHANG)
-            if reaped:
-                return status, usage
-            time.sleep(POLL_S)
-    _kill_group(pid)
-    _, status, usage = os.wait4(pid, 0)
+    try:
+        if processes > 1:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            deadline = time.monotonic() + TORCHRUN_GRACE_S
+            while time.monotonic() < deadline:
+                reaped, status, usage = os.wait4(pid, os.WNOHANG)
+                if reaped:
+                    return status, usage
+                time.sleep(POLL_S)
+        _kill_group(pid)
+        _, status, usage = os.wait4(pid, 0)
+    except ChildProcessError:  # reaped already (a signal cut a first _end short after its wait)
+        return signal.SIGKILL, None
     return status, usage
+
+
+def _close(process: subprocess.Popen, readers: list[threading.Thread]) -> None:
+    """Let the readers take what the ended child wrote, then close its pipes."""
+    for reader in readers:
+        reader.join(timeout=10)
+    process.stdout.close()
+    process.stderr.close()
 
 
 def _kill_group(pgid: int) -> None:
@@ -484,6 +573,7 @@ def resolve_device(device: str | None) -> str:
     return pick_device(device)
 
 
+@stop_on_signals()
 def run_benchmark(
     models: Sequence[str] | None = None,
     *,
@@ -562,6 +652,7 @@ def run_benchmark(
         say(f"{prefix}- Skipped ({reason})")
         skipped.append({**model.ids(), "params": model.params, "reason": reason})
 
+    model = progress = None
     try:
         for index, model in enumerate(candidates, start=1):
             prefix = _line_prefix(index, total, model)
@@ -635,15 +726,20 @@ def run_benchmark(
                     f"{model.label} {'ran out of memory' if result['status'] == 'oom' else 'went over the budget'}; "
                     "larger models will not fit"
                 )
-    except KeyboardInterrupt:
-        log.log("benchmark_interrupted", tested=len(results), passed=sum(r["success"] for r in results))
+        passed = [r for r in results if r["success"]]
+        recommended = passed[-1]["model"] if passed else None
+        if optimize and passed:
+            _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick, optimize_steps, config, log,
+                             stream, say, gpus, strategy)
+    except KeyboardInterrupt as stop:  # Stopped: SIGINT or SIGTERM; the running fit test was killed
+        signal_name = stop.signal_name if isinstance(stop, Stopped) else "SIGINT"
+        if isinstance(stop, Stopped) and stop.model is None and model is not None:
+            stop.model = model.label
+        if progress is not None and progress.open:
+            progress.finish(f"✗ Stopped by {signal_name}")
+        log.log("benchmark_interrupted", signal=signal_name, preset=getattr(stop, "model", None),
+                pid=getattr(stop, "child_pid", None), tested=len(results), passed=sum(r["success"] for r in results))
         raise
-
-    passed = [r for r in results if r["success"]]
-    recommended = passed[-1]["model"] if passed else None
-    if optimize and passed:
-        _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick, optimize_steps, config, log,
-                         stream, say, gpus, strategy)
     for result in results:
         result.setdefault("optimal_config", None)
 

@@ -589,6 +589,12 @@ def _given_arguments(context: click.Context, skip: tuple[str, ...] = ()) -> list
 
 # ---------------------------------------------------------------------------- benchmark
 
+def _fail_stopped(stop) -> None:
+    """A benchmark or optimize run stopped by SIGINT/SIGTERM: one line, exit code 130/143."""
+    click.echo(stop.line(), err=True)
+    sys.exit(stop.exit_code)
+
+
 def _fit_options(function):
     """The fit-test config options shared by ``benchmark`` and ``optimize``."""
     for option in reversed((
@@ -666,7 +672,7 @@ def benchmark(max_memory, models, cached, single_model, optimize, quick, output,
         _fail(f"--cached tests the models in the local cache; leave out {'--models' if models else '--synthetic'}")
     _check_output("--log", log_path)
     _check_output("--output", output)
-    from your_ai.benchmark import run_benchmark
+    from your_ai.benchmark import Stopped, run_benchmark
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
     try:
@@ -677,6 +683,8 @@ def benchmark(max_memory, models, cached, single_model, optimize, quick, output,
         )
     except (KeyError, ValueError) as error:  # not a model name, an unusable --device or setting
         _fail(error.args[0] if error.args else str(error))
+    except Stopped as stop:  # SIGINT or SIGTERM: the running fit test's process group was killed
+        _fail_stopped(stop)
     sys.exit(0 if report["recommended"] else 1)
 
 
@@ -696,6 +704,7 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
     Exit code 0 when a config fits, 1 when none does or the model is not available.
     """
     _check_output("--output", output)
+    from your_ai.benchmark import Stopped
     from your_ai.models import ModelResolutionError
     from your_ai.optimize import run_optimize
 
@@ -708,6 +717,8 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
         _fail(str(error), code=1)
     except ValueError as error:
         _fail(str(error))
+    except Stopped as stop:  # SIGINT or SIGTERM: the running fit test's process group was killed
+        _fail_stopped(stop)
     sys.exit(0 if outcome["best"] else 1)
 
 

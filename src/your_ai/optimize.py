@@ -7,6 +7,11 @@ within the budget. Configs whose estimate is over 1.5x the budget are not run; o
 config runs out of memory (or over the budget), every config at least as heavy in all three
 dimensions is skipped. The best config is the fastest (tokens/s) that fits; it is saved as
 a hardware profile that ``train --profile`` applies.
+
+Speed is the median of the timed steps (the first step warms up), with the tokens/s of their
+interquartile range. When the two fastest configs' ranges overlap, or either range is wider than
+25% of its median, both run once more and their steps are pooled; if they still overlap the
+ranking is within noise, and the output says so (or that the timing is still noisy).
 """
 
 from __future__ import annotations
@@ -24,23 +29,33 @@ from your_ai.benchmark import (
     DEFAULT_TIMEOUT_S,
     STOPPING_STATUSES,
     ProgressLine,
+    Stopped,
     check_processes,
     now_iso,
     processes_word,
     resolve_device,
     result_text,
     run_probe_subprocess,
+    stop_on_signals,
     train_flags,
 )
 from your_ai.files import write_json_atomic
 from your_ai.presets import PRESETS
-from your_ai.probe import FitConfig, fit_strategy, per_process_estimate_gb
+from your_ai.probe import (
+    MIN_STEPS_FOR_SPREAD,
+    FitConfig,
+    fit_strategy,
+    per_process_estimate_gb,
+    step_time_summary,
+    timed_steps,
+)
 
 QUICK_GRID = {"batch_size": (2, 4, 8), "lora_rank": (64, 128), "lora_layers": (16, 24)}
 FULL_GRID = {"batch_size": (2, 4, 6, 8, 10, 12), "lora_rank": (32, 64, 96, 128), "lora_layers": (8, 16, 24, 32)}
 DEFAULT_STEPS = 15
 SAFETY_MARGIN = 0.15
 ESTIMATE_SKIP_FACTOR = 1.5
+NOISY_SPREAD = 0.25  # a tokens/s interquartile range wider than this share of the median: run the top two again
 PROFILE_KEYS = ("batch_size", "lora_rank", "lora_alpha", "lora_layers")
 
 
@@ -86,10 +101,13 @@ def _dominates(config: FitConfig, failed: FitConfig) -> bool:
             and config.lora_layers >= failed.lora_layers)
 
 
-def _describe(config: FitConfig) -> str:
-    return f"batch {config.batch_size}, rank {config.lora_rank}, layers {config.lora_layers}"
+def _describe(config: FitConfig | dict) -> str:
+    """"batch B, rank R, layers L" of a config or a result row."""
+    values = config if isinstance(config, dict) else vars(config)
+    return f"batch {values['batch_size']}, rank {values['lora_rank']}, layers {values['lora_layers']}"
 
 
+@stop_on_signals()
 def run_optimize(
     model: str,
     *,
@@ -143,8 +161,32 @@ def run_optimize(
 
     results: list[dict] = []
     failed: list[FitConfig] = []
+    measured: dict[int, tuple] = {}  # id of a fitting row -> (config, estimate, strategy), to run it again
     stop_reason = None
     total = len(configs)
+
+    def measure(config: FitConfig, estimate: float, config_strategy: str | None, progress: ProgressLine):
+        try:
+            return run_probe_subprocess(model, max_memory_gb, device, config, timeout_s=timeout_s,
+                                        synthetic=synthetic, preset=preset, estimate_gb=round(estimate, 3),
+                                        on_tick=progress.update, processes=gpus, strategy=config_strategy)
+        except Stopped as stop:  # SIGINT or SIGTERM: the fit test was killed; no profile is saved
+            stop.model, stop.detail = model, _describe(config)
+            progress.finish(f"✗ Stopped by {stop.signal_name}")
+            raise
+
+    def measure_again(row: dict) -> None:
+        config, estimate, config_strategy = measured[id(row)]
+        progress = ProgressLine(stream, f"  again: {_describe(config):32} ... ")
+        progress.start()
+        result = measure(config, estimate, config_strategy, progress).result
+        if result["status"] != "pass":
+            progress.finish(f"{result_text(result)}; kept the first run's timing")
+            return
+        _set_speed(row, row["step_times_s"] + timed_steps(result["step_times_s"]),
+                   config.batch_size * gpus * row["seq_length"])
+        row["runs"] += 1
+        progress.finish(f"✓ {_speed_text(row)} (both runs' steps)")
     for index, (config, estimate) in enumerate(configs, start=1):
         prefix = f"[{index:{len(str(total))}}/{total}] {_describe(config):32} ... "
         row = {"batch_size": config.batch_size, "lora_rank": config.lora_rank, "lora_layers": config.lora_layers,
@@ -162,9 +204,7 @@ def run_optimize(
             progress = ProgressLine(stream, prefix)
             progress.start()
             config_strategy = fit_strategy(strategy, architecture, device, config, max_memory_gb, gpus)
-            run = run_probe_subprocess(model, max_memory_gb, device, config, timeout_s=timeout_s, synthetic=synthetic,
-                                       preset=preset, estimate_gb=round(estimate, 3), on_tick=progress.update,
-                                       processes=gpus, strategy=config_strategy)
+            run = measure(config, estimate, config_strategy, progress)
             result = run.result
             row.update(status=result["status"], error=result.get("error"), peak_memory_gb=result.get("peak_memory_gb"),
                        step_time_s=result.get("step_time_s"), tokens_per_s=result.get("tokens_per_s"),
@@ -178,8 +218,10 @@ def run_optimize(
                                 f"{row['peak_memory_gb'] * (1 + SAFETY_MARGIN):.2f} GB > {max_memory_gb:.2f} GB budget")
             row["fits"] = row["status"] == "pass"
             if row["fits"]:
+                _set_speed(row, timed_steps(result["step_times_s"]), config.batch_size * gpus * row["seq_length"])
+                measured[id(row)] = (config, estimate, config_strategy)
                 progress.finish(f"✓ fits: {row['peak_memory_gb']:.2f} GB peak, {row['step_time_s']:.3f} s/step, "
-                                f"{row['tokens_per_s']:.0f} tokens/s")
+                                f"{_speed_text(row)}")
             else:
                 progress.finish(result_text({**result, **row, "estimate_gb": round(estimate, 3)}))
             if row["status"] in STOPPING_STATUSES:
@@ -192,21 +234,23 @@ def run_optimize(
         results.append(row)
 
     winners = [r for r in results if r["fits"]]
+    ranking = _check_ranking(winners, measure_again, say)
     best = None
     if winners:
-        top = max(winners, key=lambda r: (r["tokens_per_s"], -r["peak_memory_gb"]))
+        top = max(winners, key=_speed_order)
         best = {
             "batch_size": top["batch_size"], "lora_rank": top["lora_rank"], "lora_alpha": 2 * top["lora_rank"],
             "lora_layers": top["lora_layers"], "seq_length": top.get("seq_length", seq_used),
             "peak_memory_gb": top["peak_memory_gb"],
             "peak_with_margin_gb": round(top["peak_memory_gb"] * (1 + SAFETY_MARGIN), 3),
             "step_time_s": top["step_time_s"], "tokens_per_s": top["tokens_per_s"],
+            "tokens_per_s_iqr": top["tokens_per_s_iqr"],
             "gpus": gpus, "strategy": top.get("strategy"), "quantize": quantize,
         }
     say()
     say(format_table(results))
     say()
-    outcome = {"best": best, "results": results, "profile": None, "path": None}
+    outcome = {"best": best, "results": results, "ranking": ranking, "profile": None, "path": None}
     if best is None:
         say(f"No config fits {max_memory_gb:.2f} GB with the {SAFETY_MARGIN:.0%} safety margin; no profile saved.")
         return outcome
@@ -214,7 +258,8 @@ def run_optimize(
         "model": model, "model_name": model_name, "preset": preset.name if preset else None,
         **{key: best[key] for key in ("batch_size", "lora_rank", "lora_alpha", "lora_layers", "seq_length",
                                       "peak_memory_gb", "peak_with_margin_gb", "step_time_s", "tokens_per_s",
-                                      "gpus", "strategy", "quantize")},
+                                      "tokens_per_s_iqr", "gpus", "strategy", "quantize")},
+        "ranking": ranking,
         "device": device, "synthetic": synthetic, "max_memory_gb": round(max_memory_gb, 3),
         "safety_margin": SAFETY_MARGIN, "grid": "quick" if quick else "full", "steps": steps,
         "results": results, "created_at": now_iso(),
@@ -230,12 +275,79 @@ def run_optimize(
     return outcome
 
 
+def _set_speed(row: dict, times: list[float], tokens_per_step: int) -> None:
+    """A fitting row's speed from its timed steps (seconds): ``step_times_s``, the median ``step_time_s`` and
+    ``tokens_per_s``, and ``tokens_per_s_iqr``, the tokens/s of the steps' interquartile range (None with too
+    few steps to say)."""
+    median, spread = step_time_summary(times)
+    iqr = spread and [round(tokens_per_step / spread[1], 1), round(tokens_per_step / spread[0], 1)]
+    row.update(step_times_s=[round(t, 4) for t in times], step_time_s=round(median, 4),
+               tokens_per_s=round(tokens_per_step / median, 1), tokens_per_s_iqr=iqr, runs=row.get("runs", 1))
+
+
+def _speed_text(row: dict) -> str:
+    iqr = row["tokens_per_s_iqr"]
+    return f"{row['tokens_per_s']:.0f} tokens/s" + (f" (IQR {iqr[0]:.0f}-{iqr[1]:.0f})" if iqr else "")
+
+
+def _speed_order(row: dict) -> tuple:
+    """The fastest first; of equal speed, the lighter."""
+    return row["tokens_per_s"], -row["peak_memory_gb"]
+
+
+def ranking_within_noise(best: dict, runner_up: dict) -> bool | None:
+    """Whether the fastest config's lead over the runner-up is within the spread of their step times: their
+    tokens/s interquartile ranges overlap. None when a spread was not measured (too few steps)."""
+    if not best.get("tokens_per_s_iqr") or not runner_up.get("tokens_per_s_iqr"):
+        return None
+    return best["tokens_per_s_iqr"][0] <= runner_up["tokens_per_s_iqr"][1]
+
+
+def noisy(row: dict) -> bool:
+    """Whether a row's tokens/s interquartile range is wider than ``NOISY_SPREAD`` of its median."""
+    iqr = row.get("tokens_per_s_iqr")
+    return bool(iqr) and (iqr[1] - iqr[0]) > NOISY_SPREAD * row["tokens_per_s"]
+
+
+def _check_ranking(winners: list[dict], measure_again: Callable[[dict], None], say) -> dict | None:
+    """Check the two fastest configs apart; when they are not, or either one's steps vary by more than
+    ``NOISY_SPREAD``, run both once more (pooling the steps) and check again. Returns ``{"within_noise", "noisy",
+    "best", "runner_up"}`` (None with fewer than two configs that fit)."""
+    if len(winners) < 2:
+        return None
+    best, runner_up = sorted(winners, key=_speed_order, reverse=True)[:2]
+    within = ranking_within_noise(best, runner_up)
+    if within or noisy(best) or noisy(runner_up):
+        say()
+        why = "tokens/s ranges overlap" if within else f"steps vary by more than {NOISY_SPREAD:.0%}"
+        say(f"The two fastest configs' {why}: running both once more")
+        for row in (best, runner_up):
+            measure_again(row)
+        best, runner_up = sorted(winners, key=_speed_order, reverse=True)[:2]
+        within = ranking_within_noise(best, runner_up)
+    still_noisy = noisy(best) or noisy(runner_up)
+    if within:
+        say(f"Ranking within noise: {_describe(best)} at {_speed_text(best)} is not faster than "
+            f"{_describe(runner_up)} at {_speed_text(runner_up)} beyond the spread of their step times; "
+            "either will do (is the machine busy?)")
+    elif still_noisy:
+        say(f"Noisy timing: the steps of {_describe(best)} or {_describe(runner_up)} vary by more than "
+            f"{NOISY_SPREAD:.0%} (is the machine busy?); the ranking may not hold on a quiet machine")
+    elif within is None:
+        say(f"Note: the step-time spread is not measured with fewer than {MIN_STEPS_FOR_SPREAD} timed steps "
+            f"(--steps {MIN_STEPS_FOR_SPREAD + 1} or more); the ranking is not checked against noise")
+    keys = ("batch_size", "lora_rank", "lora_layers", "tokens_per_s", "tokens_per_s_iqr", "runs")
+    return {"within_noise": within, "noisy": still_noisy,
+            **{name: {key: row[key] for key in keys} for name, row in (("best", best), ("runner_up", runner_up))}}
+
+
 def format_table(results: list[dict]) -> str:
     """The sweep's results as a fixed-width table."""
     def number(value, width, digits):
         return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
 
-    header = f"{'Batch':>5} {'Rank':>5} {'Layers':>6} {'Est GB':>7} {'Peak GB':>8} {'+15% GB':>8} {'Step s':>7} {'Tokens/s':>9}  Status"
+    header = (f"{'Batch':>5} {'Rank':>5} {'Layers':>6} {'Est GB':>7} {'Peak GB':>8} {'+15% GB':>8} {'Step s':>7} "
+              f"{'Tokens/s':>9} {'IQR':>11}  Status")
     lines = [header, "-" * len(header)]
     for row in results:
         margin = row["peak_memory_gb"] * (1 + SAFETY_MARGIN) if row["peak_memory_gb"] is not None else None
@@ -243,9 +355,13 @@ def format_table(results: list[dict]) -> str:
         lines.append(
             f"{row['batch_size']:>5} {row['lora_rank']:>5} {row['lora_layers']:>6} {number(row['estimate_gb'], 7, 2)} "
             f"{number(row['peak_memory_gb'], 8, 2)} {number(margin, 8, 2)} {number(row['step_time_s'], 7, 3)} "
-            f"{number(row['tokens_per_s'], 9, 0)}  {status}"
+            f"{number(row['tokens_per_s'], 9, 0)} {_iqr_cell(row.get('tokens_per_s_iqr')):>11}  {status}"
         )
     return "\n".join(lines)
+
+
+def _iqr_cell(iqr: list[float] | None) -> str:
+    return f"{iqr[0]:.0f}-{iqr[1]:.0f}" if iqr else "-"
 
 
 # ---------------------------------------------------------------------------- profiles

@@ -30,8 +30,10 @@ import os
 import signal
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 from your_ai import memory
 from your_ai.lora import LoraSettings
@@ -46,6 +48,10 @@ PHASE_PREFIX = "BENCHMARK_PHASE:"
 # crashes, kills, out-of-memory errors and hangs can be tested without a machine that fails.
 FAULT_ENV = "YOUR_AI_PROBE_FAULT"
 FAULT_KINDS = ("segfault", "sigkill", "oom", "error", "exit", "sleep")
+
+# Set by the benchmark to its own pid in each fit test's environment: the fit test ends when that process is gone.
+PARENT_ENV = "YOUR_AI_PROBE_PARENT"
+PARENT_POLL_S = 0.2
 
 STATUSES = ("pass", "oom", "over_budget", "not_available", "error", "timeout", "crashed")
 
@@ -249,6 +255,80 @@ def trigger_fault(fault: str) -> None:
         time.sleep(float(argument))
 
 
+# ---------------------------------------------------------------------------- the parent's lifeline
+
+def watch_parent(environ=os.environ) -> None:
+    """End this fit test when the benchmark that started it (pid in ``YOUR_AI_PROBE_PARENT``) is gone, however it
+    ended, SIGKILL included: kill the fit test's process groups (this process's, and torchrun's above it).
+
+    On Linux the benchmark's direct child also asks the kernel for SIGKILL when its parent dies
+    (``PR_SET_PDEATHSIG``, then checks the parent is still the one expected, as it may have died before); a
+    watchdog thread polling the parent every ``PARENT_POLL_S`` covers macOS and the processes under torchrun.
+    Without the variable (a fit test run by hand) nothing is watched."""
+    raw = environ.get(PARENT_ENV, "")
+    if not raw.isdigit():
+        return
+    import psutil
+
+    parent_pid = int(raw)
+    if os.getppid() == parent_pid:
+        _die_with_parent(parent_pid)
+    try:
+        parent = psutil.Process(parent_pid)
+        chain = [psutil.Process(), *psutil.Process().parents()]
+        top = next(process for process in chain if process.ppid() == parent_pid)  # this one, or torchrun
+        groups = {os.getpgid(top.pid), os.getpgrp()} - {os.getpgid(parent_pid)}  # never the benchmark's own
+    except (psutil.Error, StopIteration, OSError):  # the benchmark is gone already
+        _end_fit_test(set())
+    if _gone(parent):
+        _end_fit_test(groups)
+    direct = top.pid == os.getpid()
+    threading.Thread(target=_watch, args=(parent, groups, direct), daemon=True, name="parent-watchdog").start()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL from the kernel when the parent dies; if it died already, die now."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _gone(process) -> bool:
+    import psutil
+
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _watch(parent, groups: set[int], direct: bool) -> None:
+    """Poll until the parent is gone: for its direct child, until this process is reparented (a system call,
+    nothing allocated while the probe measures its peak); under torchrun, by the parent's status."""
+    while (os.getppid() == parent.pid) if direct else not _gone(parent):
+        time.sleep(PARENT_POLL_S)
+    _end_fit_test(groups)
+
+
+def _end_fit_test(groups: set[int]) -> NoReturn:
+    """Kill the fit test's process groups, this process last."""
+    own = os.getpgrp()
+    for group in sorted(groups, key=lambda g: g == own):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ---------------------------------------------------------------------------- the probe
 
 def run_probe(
@@ -419,15 +499,32 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
         peak.sample()
         if not torch.isfinite(loss.detach()).item():
             result["notes"].append(f"loss was not finite at step {step}")
-    timed = times[1:] if len(times) > 1 else times  # the first step includes one-off warm-up
-    step_time = statistics.median(timed)
+    step_time, spread = step_time_summary(timed_steps(times))
     result.update(
         status="pass",
         step_time_s=round(step_time, 4),
+        step_time_iqr_s=spread and [round(bound, 4) for bound in spread],
         tokens_per_s=round(config.batch_size * world.size * seq_length / step_time, 1),  # all processes
         step_times_s=[round(t, 4) for t in times],
     )
     phase("done")
+
+
+MIN_STEPS_FOR_SPREAD = 3
+
+
+def timed_steps(times: list[float]) -> list[float]:
+    """The steps that count for speed: all but the first, which includes one-off warm-up (unless it is alone)."""
+    return times[1:] if len(times) > 1 else times
+
+
+def step_time_summary(times: list[float]) -> tuple[float, tuple[float, float] | None]:
+    """The median of timed steps' seconds and their interquartile range (first, third quartile); the range
+    is None with fewer than ``MIN_STEPS_FOR_SPREAD`` steps, too few to say how much they vary."""
+    if len(times) < MIN_STEPS_FOR_SPREAD:
+        return statistics.median(times), None
+    first, _, third = statistics.quantiles(times, n=4, method="inclusive")
+    return statistics.median(times), (first, third)
 
 
 def _across_processes(world, device: str, result: dict) -> None:
@@ -544,6 +641,7 @@ def run_single(model: str, max_memory_gb: float | None, device: str | None, conf
     """``benchmark --single-model``: run the probe, print its one result line; exit code 0 on a pass.
 
     Under torchrun rank 0 prints the result of all processes; another process prints only its own failure."""
+    watch_parent()
     result = run_probe(model, max_memory_gb, device, config, synthetic=synthetic, trust_remote_code=trust_remote_code,
                        strategy=strategy)
     if result.get("rank", 0) == 0 or result["status"] not in ("pass", "over_budget"):  # rank 0, or its own failure

@@ -4,6 +4,10 @@ is loaded: a given model's shape comes from its config, ``models.model_shape``).
 The budget is 80% of the memory given (or of the training device's memory: the GPU's own
 memory on CUDA, system memory elsewhere). Estimates assume the device's training dtype
 (bf16 on CUDA, fp32 elsewhere). ``your-ai benchmark`` measures what really fits.
+
+When nothing fits, the advice says what would: 4-bit weights (``--quantize 4``) when a preset
+fits that way, a smaller batch or sequence only when the weights themselves fit, else the
+built-in ``tiny`` model.
 """
 
 from __future__ import annotations
@@ -63,7 +67,14 @@ def recommend_presets(
             "warnings": list(preset.warnings),
         })
     fitting = [row["preset"] for row in rows if row["fits"]]
-    return {**report, "presets": rows, "fitting": fitting, "largest_fit": fitting[-1] if fitting else None}
+    quantized = None
+    if quantize is None:  # what 4-bit weights would fit, for the advice
+        in_4_bits = recommend_presets(memory_gb, batch_size, lora_rank, lora_layers, seq_length, device, quantize=4)
+        largest = next((row for row in reversed(in_4_bits["presets"]) if row["fits"]), None)
+        quantized = {"quantize": 4, "fitting": in_4_bits["fitting"], "largest_fit": largest and largest["preset"],
+                     "estimate_gb": largest and largest["estimate_gb"]}
+    return {**report, "presets": rows, "fitting": fitting, "largest_fit": fitting[-1] if fitting else None,
+            "quantized": quantized}
 
 
 def _estimate(architecture, device: str, config: FitConfig, budget: float) -> dict:
@@ -115,8 +126,8 @@ def format_recommendation(report: dict) -> str:
     if report["largest_fit"]:
         lines.append(f"Largest that fits: {report['largest_fit']}")
     else:
-        lines.append(f"No preset fits {report['budget_gb']:.1f} GB. Try the built-in 'tiny' model for a demo, "
-                     "or a smaller --batch-size / --max-seq-length.")
+        lines.append(f"No preset fits {report['budget_gb']:.1f} GB.")
+    lines.extend(_advice(report))
     lines.append("These are estimates; `your-ai benchmark` measures the real peak on this machine.")
     return "\n".join(lines)
 
@@ -135,3 +146,34 @@ def _model_verdicts(report: dict) -> list[str]:
             lines.append(f"  {name}: does not fit, estimated {row['estimate_gb']:.1f} GB > the {budget:.1f} GB budget")
     names = ",".join(row["model"] for row in report["models"])
     return [*lines, "", f"These are estimates; `your-ai benchmark --models {names}` measures the real peak."]
+
+
+def _advice(report: dict) -> list[str]:
+    """What would fit: a larger preset with 4-bit weights; when nothing fits, a smaller batch or sequence only
+    if the smallest preset's weights fit the budget, else the built-in tiny model."""
+    rows, budget, quantized = report["presets"], report["budget_gb"], report.get("quantized")
+    names = [row["preset"] for row in rows]
+    lines = []
+    helps = quantized and quantized["largest_fit"] and (
+        not report["largest_fit"] or names.index(quantized["largest_fit"]) > names.index(report["largest_fit"]))
+    if helps:
+        name = quantized["largest_fit"]
+        fits = f"a larger preset fits: {name}" if report["largest_fit"] else f"{name} fits"
+        lines.append(f"With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) {fits} (estimated "
+                     f"{quantized['estimate_gb']:.1f} GB). Check with `your-ai recommend --quantize 4`; train with "
+                     f"`your-ai train --quantize 4 --model {name}`.")
+    if report["largest_fit"] or not rows:
+        return lines
+    smallest = rows[0]
+    weights = smallest["parts_gb"]["weights"]
+    if weights <= budget:
+        lines.append(f"The weights of {smallest['preset']} take {weights:.1f} GB of the budget: a smaller "
+                     "--batch-size / --max-seq-length may make it fit.")
+    else:
+        in_bits = " in 4 bits" if report["config"].get("quantize") else ""
+        lines.append(f"The weights alone of the smallest preset, {smallest['preset']}, need {weights:.1f} GB{in_bits}: "
+                     "a smaller batch or sequence cannot make it fit.")
+        if not helps:
+            lines.append("Try the built-in 'tiny' model for a demo (`your-ai train --model tiny`), or a machine "
+                         "with more memory.")
+    return lines

@@ -53,7 +53,6 @@ from your_ai.data import (
     TRAIN_FILE,
     VAL_FILE,
     BatchSampler,
-    DataError,
     DataPosition,
     Example,
     TrainingFiles,
