@@ -6,6 +6,10 @@ An adapter folder names its base model in ``adapter_config.json``
 (``base_model_name_or_path``: a preset, a hub id or a directory), so ``--checkpoint``
 alone is enough; ``--model`` overrides it.
 
+Generation: ``prompt_token_ids`` decides how a prompt is sent (the tokenizer's chat template
+when it has one, else plain text); ``generate_batch`` decodes left-padded batches with one
+key/value cache and drops each answer from its batch at its end token.
+
 Scoring: ``evaluate_records`` gives the token-weighted mean cross-entropy and perplexity of
 a data set (and of each record); ``sequence_logprob`` gives the log-likelihood of a
 continuation after a context, which multiple-choice evaluation compares across answers.

@@ -20,6 +20,12 @@ Phrases match case-insensitively as whole words (``"ai"`` does not match ``"said
 curly quotes read as straight ones. A keyword or phrase entry may list variants of one idea
 (``["troops", "soldiers"]``); an entry counts once however many of its variants appear.
 
+Generated prompts are formatted as ``generate`` formats them (``inference.prompt_token_ids``:
+the chat template when the tokenizer has one). A generated answer's pass rests on phrase
+matching alone (``passed_on`` ``"keywords"``); a multiple-choice pass on the model ranking
+the correct option first (``"likelihood"``). On a small model the phrase rules measure
+fluency and word overlap more than truth.
+
 A category passes when its pass rate reaches its threshold; a run passes when every
 category does. TruthfulQA MC1 (from the public CSV) scores, for each question, the Best
 Answer and every Incorrect Answer by summed log-likelihood after ``"Q: <question>\\nA:"``;
