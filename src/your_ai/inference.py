@@ -268,12 +268,17 @@ def generate_batch(
     return texts
 
 
-def _takes_logits_to_keep(model) -> bool:
-    """Whether the model can compute the logits of the last position alone (as generation does)."""
+def _cache_options(model, cache) -> dict[str, Any]:
+    """The forward arguments that pass the key/value ``cache`` (``cache``, or the older
+    ``past_key_values``) and, where the model takes it, ask for the last position's logits alone."""
     import inspect
 
     network = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(network.forward).parameters
+    parameters = inspect.signature(network.forward).parameters
+    options: dict[str, Any] = {"cache" if "cache" in parameters else "past_key_values": cache, "use_cache": True}
+    if "logits_to_keep" in parameters:
+        options["logits_to_keep"] = 1
+    return options
 
 
 def _decode(im: InferenceModel, prompts: list[list[int]], max_tokens: int, temperature: float) -> list[list[int]]:
@@ -295,11 +300,11 @@ def _decode(im: InferenceModel, prompts: list[list[int]], max_tokens: int, tempe
     rows = list(range(len(prompts)))  # the prompts still writing, in the batch's row order
     answers: list[list[int]] = [[] for _ in prompts]
     cache = DynamicCache()
-    last_only = {"logits_to_keep": 1} if _takes_logits_to_keep(im.model) else {}
+    options = _cache_options(im.model, cache)
     with torch.inference_mode():
         for _ in range(max_tokens):
             logits = im.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                              past_key_values=cache, use_cache=True, **last_only).logits[:, -1, :]
+                              **options).logits[:, -1, :]
             if temperature > 0:
                 probabilities = torch.softmax(logits.float() / temperature, dim=-1)
                 tokens = torch.multinomial(probabilities, 1).squeeze(1).tolist()
