@@ -641,12 +641,12 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         questions = validation.read_truthfulqa(truthfulqa) if truthfulqa else None
     except (validation.SuiteError, validation.TruthfulQAError) as error:
         _fail(str(error), code=1)
+    import time
+
     from rich.console import Console
     from rich.progress import Progress
 
     from your_ai.inference import InferenceError
-
-    import time
 
     im = _load_inference_model(model, checkpoint, device, trust_remote_code)
     started = time.monotonic()
