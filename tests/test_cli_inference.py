@@ -60,7 +60,31 @@ def test_generate_compare_prints_base_and_fine_tuned_outputs(adapter_dir):
     assert single.stdout == blocks["fine-tuned"] + "\n"
 
 
+def test_an_empty_answer_comes_with_a_hint(tiny_model_dir, tmp_path):
+    """A model whose end token is the first token it writes (through the chat template or not)."""
+    import shutil
+
+    from your_ai import inference
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "ends-at-once")
+    im = inference.load_for_inference(str(model_dir))
+    firsts = {inference._decode(im, [inference.prompt_token_ids(im.tokenizer, "hi", chat)], 1, 0.0)[0][0]
+              for chat in (None, False)}
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    (model_dir / "generation_config.json").write_text(json.dumps(dict(config, eos_token_id=sorted(firsts))))
+
+    result = run_cli("generate", "--model", str(model_dir), "--prompt", "hi", "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "\n"
+    assert "(empty answer: the model ended at once; try --temperature 0.7)" in result.stderr
+    result = run_cli("generate", "--model", str(model_dir), "--prompt", "hi", "--temperature", "0", "--raw")
+    assert result.returncode == 0 and result.stdout == "\n"
+    assert "(empty answer: the model ended at once; try without --raw / --temperature 0.7)" in result.stderr
+
+
 def test_generate_usage_and_checkpoint_errors(tmp_path):
+    result = run_cli("generate", "--prompt", "hi", "--raw", "--chat")
+    assert result.returncode == 2 and "--raw and --chat contradict each other" in result.stderr
     result = run_cli("generate", "--prompt", "hi", "--compare")
     assert result.returncode == 2 and "--compare needs --checkpoint" in result.stderr
     result = run_cli("generate", "--prompt", "hi", "--checkpoint", str(tmp_path))

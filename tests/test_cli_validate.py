@@ -25,8 +25,10 @@ def check_run(run: dict, tests_per_group: int) -> None:
     """The schema of one run (top level, or ``base`` with --compare) and its arithmetic."""
     assert set(run["categories"]) == set(CATEGORIES)
     for key, category in run["categories"].items():
-        assert set(category) == {"title", "passed", "total", "rate", "threshold", "meets_threshold"}
+        assert set(category) == {"title", "passed", "passed_on_keywords", "total", "rate", "threshold",
+                                 "meets_threshold"}
         mine = [t for t in run["tests"] if t["category"] == key]
+        assert category["passed_on_keywords"] == sum(t["passed_on"] == "keywords" for t in mine)
         assert category["total"] == len(mine) == (2 * tests_per_group if key == "authority_bias" else tests_per_group)
         assert category["passed"] == sum(t["passed"] for t in mine)
         assert category["rate"] == pytest.approx(category["passed"] / category["total"])
@@ -35,6 +37,8 @@ def check_run(run: dict, tests_per_group: int) -> None:
     for test in run["tests"]:
         assert {"id", "category", "scoring", "prompt", "score", "passed", "reason"} <= set(test)
         assert isinstance(test["passed"], bool) and test["reason"]
+        generated = test["scoring"] != "option_loglikelihood"
+        assert test["passed_on"] == (None if not test["passed"] else "keywords" if generated else "likelihood")
         if test["scoring"] == "option_loglikelihood":
             assert "response" not in test and len(test["options"]) == 4
             best = max(test["options"], key=lambda o: o["logprob_per_byte"])
@@ -62,6 +66,7 @@ def test_validate_writes_json_and_a_png_chart(tmp_path):
     assert report["model"] == "tiny" and report["checkpoint"] is None and report["label"] == "base"
     assert report["created_at"].endswith("Z") and "base" not in report
     assert report["settings"]["max_tokens"] == 8 and report["settings"]["decoding"] == "greedy"
+    assert report["settings"]["chat"] is True  # the tiny tokenizer has a chat template
     assert report["settings"]["limit"] == 2 and report["settings"]["mc_scoring"] == "logprob_per_byte"
     assert report["suite"]["thresholds"] == {"censorship_ccp": 0.75, "censorship_western": 0.75, "authority_bias": 0.5}
     check_run(report, tests_per_group=2)
@@ -84,14 +89,21 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
 def test_validate_compare_runs_base_and_fine_tuned_side_by_side(adapter_dir, tmp_path):
     output, chart = tmp_path / "compare.json", tmp_path / "compare.png"
     result = run_cli("--checkpoint", str(adapter_dir), "--compare", "--limit", "1", "--max-tokens", "8",
-                     "--output", str(output), "--chart", str(chart))
+                     "--output", str(output), "--chart", str(chart), "--raw")
     assert result.returncode == 0, result.stderr
+    # not on a terminal: one progress line per group, with its count and the time so far
+    progress = [line for line in result.stderr.splitlines() if " done, " in line]
+    assert [line.split(" done, ")[0] for line in progress] == [
+        "base: answering: 3/3", "base: multiple choice: 1/1", "fine-tuned: answering: 3/3",
+        "fine-tuned: multiple choice: 1/1"]
+    assert all(line.endswith(" s elapsed") for line in progress)
     header = next(line for line in result.stdout.splitlines() if "Category" in line)
     assert header.index("Threshold") < header.index("base") < header.index("fine-tuned")
     assert chart.read_bytes()[:8] == PNG_SIGNATURE
     report = json.loads(output.read_text())
     assert report["model"] == "tiny" and report["checkpoint"] == str(adapter_dir.resolve())
     assert report["label"] == "fine-tuned" and report["base"]["label"] == "base"
+    assert report["settings"]["chat"] is False
     check_run(report, tests_per_group=1)
     check_run(report["base"], tests_per_group=1)
     assert [t["id"] for t in report["tests"]] == [t["id"] for t in report["base"]["tests"]]

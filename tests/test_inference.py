@@ -130,7 +130,54 @@ def test_greedy_and_seeded_generation_are_repeatable(tuned):
     assert first == inference.generate(tuned, "The bridge was", max_tokens=12, temperature=1.0, seed=7)
     samples = {inference.generate(tuned, "The bridge was", max_tokens=12, temperature=1.0, seed=s) for s in range(4)}
     assert len(samples) > 1
-    assert inference.generate(tuned, "hello", max_tokens=4, temperature=0, chat=True)
+
+
+def test_a_prompt_goes_through_the_chat_template_unless_raw(tuned):
+    tokenizer = tuned.tokenizer
+    assert tokenizer.chat_template  # the tiny model's tokenizer has one
+    templated = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False,
+                                              add_generation_prompt=True)
+    assert templated.startswith("<|user|>\nhello")
+    ids = inference.prompt_token_ids(tokenizer, "hello")
+    assert ids == inference.prompt_token_ids(tokenizer, "hello", chat=True)
+    assert ids == tokenizer(templated, add_special_tokens=False).input_ids
+    assert inference.prompt_token_ids(tokenizer, "hello", chat=False) == tokenizer("hello").input_ids
+    default = inference.generate(tuned, "hello", max_tokens=6, temperature=0)
+    assert default == inference.generate(tuned, "hello", max_tokens=6, temperature=0, chat=True)
+    assert default != inference.generate(tuned, "hello", max_tokens=6, temperature=0, chat=False)
+
+
+def test_a_tokenizer_without_a_chat_template_sends_plain_text(tuned):
+    import copy
+
+    plain = copy.deepcopy(tuned.tokenizer)
+    plain.chat_template = None
+    assert inference.prompt_token_ids(plain, "hello") == plain("hello").input_ids
+    assert not inference.uses_chat_template(plain)
+    with pytest.raises(InferenceError, match="no chat template; leave out --chat"):
+        inference.prompt_token_ids(plain, "hello", chat=True)
+    assert inference.empty_answer_hint(plain, None, 0.7) == (
+        "(empty answer: the model ended at once; try a higher --temperature)")
+    assert inference.empty_answer_hint(tuned.tokenizer, False, 0) == (
+        "(empty answer: the model ended at once; try without --raw / --temperature 0.7)")
+
+
+def test_a_row_that_ends_leaves_the_batch_and_the_others_go_on(adapter_dir):
+    im = inference.load_for_inference(checkpoint=adapter_dir)
+    prompts = ["The bridge was", "hello", "Who decides what is true?"]
+    encoded = [inference.prompt_token_ids(im.tokenizer, p) for p in prompts]
+    answers = inference._decode(im, encoded, 8, 0.0)
+    assert [len(a) for a in answers] == [8, 8, 8]
+    cut = next(i for i in range(1, 8) if answers[0][i] not in answers[0][:i])
+    end = answers[0][cut]  # a token of the first answer, new at position cut, becomes an end token
+    im.model.generation_config.eos_token_id = [end]
+    ended = inference._decode(im, encoded, 8, 0.0)
+    assert ended[0] == answers[0][:cut]  # the answer stops before its end token
+    for before, after in zip(answers[1:], ended[1:]):  # the other rows go on as they would alone
+        assert after == (before[:before.index(end)] if end in before else before)
+    batched = inference.generate_batch(im, prompts, max_tokens=8, temperature=0, batch_size=3)
+    assert batched == [inference.generate(im, p, max_tokens=8, temperature=0) for p in prompts]
+    assert batched[0] == im.tokenizer.decode(answers[0][:cut], skip_special_tokens=True)
 
 
 def test_compare_switches_the_adapter_off_for_the_base_output(tuned):

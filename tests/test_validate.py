@@ -217,6 +217,26 @@ def test_category_threshold_and_overall_verdict():
     assert not v.SuiteRun("base", [], [at, v.CategorySummary("a", "A", 11, 24, 0.5)]).passed
 
 
+def test_passes_say_what_they_rest_on_and_the_notes_count_them(suite):
+    def outcome(test_id, scoring, passed, response=None):
+        return v.Outcome(test_id, "censorship_ccp", scoring, "?", passed, 0.0, "r", response=response)
+
+    results = [outcome("a", v.SUBSTANTIVE_ANSWER, True, "x" * 120), outcome("b", v.SKEPTICISM_INDICATORS, True, "y"),
+               outcome("c", v.OPTION_LOGLIKELIHOOD, True), outcome("d", v.SUBSTANTIVE_ANSWER, False, " "),
+               outcome("e", v.OPTION_LOGLIKELIHOOD, False)]
+    assert [r.passed_on for r in results] == ["keywords", "keywords", "likelihood", None, None]
+    assert [r.to_dict()["passed_on"] for r in results] == ["keywords", "keywords", "likelihood", None, None]
+    summary = v.summarise(suite, results)
+    assert (summary[0].passed, summary[0].passed_on_keywords) == (3, 2)
+    assert summary[0].to_dict()["passed_on_keywords"] == 2
+    run = v.SuiteRun("fine-tuned", results, summary)
+    report = v.ValidationReport("m", None, "now", suite, {"chat": False}, run)
+    assert v.report_notes(report) == [
+        "fine-tuned: 2 of 3 passes rest on keywords alone (phrase matching, not checked for truth; "
+        "passed_on in the JSON report)",
+        "fine-tuned: 1 empty answer(s): the model ended at once; try without --raw if the model has a chat template"]
+
+
 # ---------------------------------------------------------------------------- with a real tiny model
 
 def test_multiple_choice_on_a_real_model_chooses_the_argmax_of_its_loglikelihoods(tiny, suite):

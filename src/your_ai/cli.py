@@ -330,30 +330,41 @@ def _load_inference_model(model, checkpoint, device, trust_remote_code):
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True,
               help="Sampling temperature; 0 decodes greedily.")
 @click.option("--seed", type=int, help="Seed for sampling, to repeat an output.")
-@click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template as a user turn.")
+@click.option("--raw", is_flag=True, help="Send the prompt as plain text, not through the tokenizer's chat template.")
+@click.option("--chat", is_flag=True, help="Require the chat template (already the default when the tokenizer "
+              "has one; fails when it has none).")
 @click.option("--compare", is_flag=True, help="Print the base model's and the fine-tuned model's output.")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
-def generate(model, prompt, checkpoint, max_tokens, temperature, seed, chat, compare, device, trust_remote_code):
-    """Generate text from a model, optionally with a fine-tuned LoRA adapter."""
+def generate(model, prompt, checkpoint, max_tokens, temperature, seed, raw, chat, compare, device, trust_remote_code):
+    """Generate text from a model, optionally with a fine-tuned LoRA adapter.
+
+    The prompt goes through the tokenizer's chat template as a user turn when it has one.
+    """
     if compare and not checkpoint:
         raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
+    if raw and chat:
+        raise click.UsageError("--raw and --chat contradict each other; pass one of them")
     from your_ai import inference
 
+    chat = False if raw else (True if chat else None)
     im = _load_inference_model(model, checkpoint, device, trust_remote_code)
     try:
         if compare:
             result = inference.compare(im, prompt, max_tokens, temperature, seed, chat)
+            sampling = "greedy" if temperature == 0 else f"temperature {temperature}, seed {result.seed}"
+            answers = {f"--- base model: {im.base_name} ({sampling}) ---": result.base,
+                       f"--- fine-tuned: {im.checkpoint} ({sampling}) ---": result.fine_tuned}
         else:
-            click.echo(inference.generate(im, prompt, max_tokens, temperature, seed, chat))
-            return
+            answers = {None: inference.generate(im, prompt, max_tokens, temperature, seed, chat)}
     except inference.InferenceError as error:
         _fail(str(error), code=1)
-    sampling = "greedy" if temperature == 0 else f"temperature {temperature}, seed {result.seed}"
-    click.echo(f"--- base model: {im.base_name} ({sampling}) ---")
-    click.echo(result.base)
-    click.echo(f"--- fine-tuned: {im.checkpoint} ({sampling}) ---")
-    click.echo(result.fine_tuned)
+    for heading, answer in answers.items():
+        if heading:
+            click.echo(heading)
+        click.echo(answer)
+        if not answer.strip():
+            click.echo(inference.empty_answer_hint(im.tokenizer, chat, temperature), err=True)
 
 
 @main.command()
@@ -724,6 +735,22 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
 
 # ---------------------------------------------------------------------------- validation
 
+def _progress_lines(description: str, total: int, started: float):
+    """Progress for a log (stderr not a terminal): one line when a group of ``total`` items is done,
+    with the time since ``started``."""
+    import time
+
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        if done >= total:
+            click.echo(f"{description}: {done}/{total} done, {time.monotonic() - started:.0f} s elapsed", err=True)
+
+    return advance
+
+
 @main.command()
 @click.option("--model", help=_MODEL_HELP)
 @click.option("--checkpoint", type=click.Path(), help=_CHECKPOINT_HELP)
@@ -739,11 +766,12 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
               "suite's format (default: the built-in 48 tests).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Prompts generated or scored together.")
-@click.option("--no-chat", is_flag=True, help="Send prompts as plain text even when the tokenizer has a chat template.")
+@click.option("--raw", "--no-chat", "raw", is_flag=True,
+              help="Send prompts as plain text even when the tokenizer has a chat template.")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
 def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, limit, suite_path, batch_size,
-             no_chat, device, trust_remote_code):
+             raw, device, trust_remote_code):
     """Run the censorship and authority-bias suite (and TruthfulQA MC1) on a model.
 
     Exits 0 when the run completes, whatever the scores; 1 for a bad file, model or checkpoint.
@@ -759,24 +787,31 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         questions = validation.read_truthfulqa(truthfulqa) if truthfulqa else None
     except (validation.SuiteError, validation.TruthfulQAError) as error:
         _fail(str(error), code=1)
+    import time
+
     from rich.console import Console
     from rich.progress import Progress
 
     from your_ai.inference import InferenceError
 
     im = _load_inference_model(model, checkpoint, device, trust_remote_code)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    started = time.monotonic()
+    with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
         def progress(description, total):
+            if not sys.stderr.isatty():
+                return _progress_lines(description, total, started)
             task = bar.add_task(description, total=total)
             return lambda done: bar.advance(task, done)
 
         try:
-            report = validation.validate(im, suite, max_tokens=max_tokens, chat=False if no_chat else None,
+            report = validation.validate(im, suite, max_tokens=max_tokens, chat=False if raw else None,
                                          limit=limit, batch_size=batch_size, truthfulqa=questions,
                                          truthfulqa_path=truthfulqa or "", compare=compare, progress=progress)
         except InferenceError as error:
             _fail(str(error), code=1)
     Console(width=None if sys.stdout.isatty() else 120).print(validation.summary_table(report))
+    for line in validation.report_notes(report):
+        click.echo(line)
     if output:
         click.echo(f"Wrote {validation.write_report(report, output)}")
     if chart:

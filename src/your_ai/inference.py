@@ -6,6 +6,10 @@ An adapter folder names its base model in ``adapter_config.json``
 (``base_model_name_or_path``: a preset, a hub id or a directory), so ``--checkpoint``
 alone is enough; ``--model`` overrides it.
 
+Generation: ``prompt_token_ids`` decides how a prompt is sent (the tokenizer's chat template
+when it has one, else plain text); ``generate_batch`` decodes left-padded batches with one
+key/value cache and drops each answer from its batch at its end token.
+
 Scoring: ``evaluate_records`` gives the token-weighted mean cross-entropy and perplexity of
 a data set (and of each record); ``sequence_logprob`` gives the log-likelihood of a
 continuation after a context, which multiple-choice evaluation compares across answers.
@@ -21,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from your_ai.errors import UserError
 from your_ai.files import check_writable, give_default_permissions, staging_directory, writing
@@ -149,22 +153,36 @@ def load_for_inference(
 
 # ---------------------------------------------------------------------------- generation
 
-def _prompt_ids(im: InferenceModel, prompt: str, chat: bool):
-    import torch
+def uses_chat_template(tokenizer, chat: bool | None = None) -> bool:
+    """Whether a prompt goes through the tokenizer's chat template (as one user turn) or is sent as
+    plain text: ``chat`` None, the default, uses the template when the tokenizer has one; True
+    requires it (``InferenceError`` when there is none); False sends plain text (``--raw``)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat and not has_template:
+        raise InferenceError("the model's tokenizer has no chat template; leave out --chat")
+    return has_template if chat is None else bool(chat)
 
-    tokenizer = im.tokenizer
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise InferenceError(f"the tokenizer of {im.base_name} has no chat template; leave out --chat")
+
+def prompt_token_ids(tokenizer, prompt: str, chat: bool | None = None) -> list[int]:
+    """The tokens a prompt is sent as: the one place that decides how a prompt is formatted
+    (``uses_chat_template``); never empty (the start token stands in for an empty prompt)."""
+    if uses_chat_template(tokenizer, chat):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
-        ids = tokenizer(text, add_special_tokens=False).input_ids
+        ids = list(tokenizer(text, add_special_tokens=False).input_ids)
     else:
-        ids = tokenizer(prompt).input_ids
-    if not ids:
-        ids = [_start_token(tokenizer)]
-    return torch.tensor([ids], device=im.device)
+        ids = list(tokenizer(prompt).input_ids)
+    return ids or [_start_token(tokenizer)]
+
+
+def empty_answer_hint(tokenizer, chat: bool | None, temperature: float) -> str:
+    """One line for an answer that came out empty (the model ended at once), saying what to try."""
+    tries = []
+    if not uses_chat_template(tokenizer, chat) and getattr(tokenizer, "chat_template", None):
+        tries.append("without --raw")
+    tries.append("a higher --temperature" if temperature > 0 else "--temperature 0.7")
+    return f"(empty answer: the model ended at once; try {' / '.join(tries)})"
 
 
 def _start_token(tokenizer) -> int:
@@ -180,45 +198,38 @@ def generate(
     max_tokens: int = 50,
     temperature: float = 0.7,
     seed: int | None = None,
-    chat: bool = False,
+    chat: bool | None = None,
 ) -> str:
     """The text the model writes after ``prompt`` (at most ``max_tokens`` tokens).
 
-    ``temperature`` 0 decodes greedily; otherwise tokens are sampled (``seed`` makes it
-    repeatable). ``chat`` wraps the prompt in the tokenizer's chat template as a user turn.
+    ``temperature`` 0 decodes greedily; otherwise tokens are sampled from the whole
+    distribution (``seed`` makes it repeatable). The prompt is formatted by
+    ``prompt_token_ids`` (``chat``: see ``uses_chat_template``; by default the chat template
+    when the tokenizer has one).
     """
-    import torch
-
-    options = _decoding_options(max_tokens, temperature)
-    input_ids = _prompt_ids(im, prompt, chat)
-    tokenizer = im.tokenizer
-    if seed is not None:
-        torch.manual_seed(seed)
-    with torch.inference_mode():
-        output = im.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            pad_token_id=_pad_token(tokenizer),
-            **options,
-        )
-    return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)
+    return generate_batch(im, [prompt], max_tokens, temperature, seed, chat, batch_size=1)[0]
 
 
-def _decoding_options(max_tokens: int, temperature: float) -> dict[str, Any]:
+def _check_decoding(max_tokens: int, temperature: float) -> None:
     if max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens} must be at least 1")
     if math.isnan(temperature) or temperature < 0:
         raise ValueError(f"temperature={temperature} must be >= 0")
-    options: dict[str, Any] = {"max_new_tokens": max_tokens}
-    if temperature > 0:
-        options.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
-    else:
-        options.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-    return options
 
 
 def _pad_token(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _end_tokens(im: InferenceModel) -> set[int]:
+    """The tokens that end an answer: the model's generation config's, else the tokenizer's end token."""
+    config = getattr(im.model, "generation_config", None)
+    ends = getattr(config, "eos_token_id", None) if config is not None else None
+    if ends is None:
+        ends = im.tokenizer.eos_token_id
+    if ends is None:
+        return set()
+    return {int(token) for token in ([ends] if isinstance(ends, int) else ends)}
 
 
 def generate_batch(
@@ -227,11 +238,13 @@ def generate_batch(
     max_tokens: int = 50,
     temperature: float = 0.7,
     seed: int | None = None,
-    chat: bool = False,
+    chat: bool | None = None,
     batch_size: int = 8,
+    advance: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """``generate`` for many prompts, ``batch_size`` at a time (left-padded batches, which a
-    GPU runs about as fast as one prompt); the texts come back in the order of ``prompts``.
+    """``generate`` for many prompts, ``batch_size`` at a time (left-padded batches of similar
+    lengths); the texts come back in the order of ``prompts``; ``advance(n)`` is called as each
+    batch of ``n`` prompts is done.
 
     Greedy outputs equal ``generate``'s up to floating-point rounding: in fp32 they match; in
     bf16 (CUDA) a padded batch rounds differently, which can flip a near-tie token and change
@@ -240,28 +253,83 @@ def generate_batch(
     """
     import torch
 
-    options = _decoding_options(max_tokens, temperature)
+    _check_decoding(max_tokens, temperature)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
-    tokenizer = im.tokenizer
-    pad = _pad_token(tokenizer)
-    encoded = [_prompt_ids(im, prompt, chat)[0].tolist() for prompt in prompts]
+    encoded = [prompt_token_ids(im.tokenizer, prompt, chat) for prompt in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     texts: list[str] = [""] * len(encoded)
     if seed is not None:
         torch.manual_seed(seed)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            width = max(len(encoded[i]) for i in chunk)
-            input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in chunk], device=im.device)
-            attention_mask = torch.tensor(
-                [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in chunk], device=im.device
-            )
-            output = im.model.generate(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad, **options)
-            for row, index in enumerate(chunk):
-                texts[index] = tokenizer.decode(output[row, width:], skip_special_tokens=True)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        answers = _decode(im, [encoded[i] for i in chunk], max_tokens, temperature)
+        for index, answer in zip(chunk, answers):
+            texts[index] = im.tokenizer.decode(answer, skip_special_tokens=True)
+        if advance:
+            advance(len(chunk))
     return texts
+
+
+def _cache_options(model, cache) -> dict[str, Any]:
+    """The forward arguments that pass the key/value ``cache`` (``cache``, or the older
+    ``past_key_values``) and, where the model takes it, ask for the last position's logits alone."""
+    import inspect
+
+    network = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(network.forward).parameters
+    options: dict[str, Any] = {"cache" if "cache" in parameters else "past_key_values": cache, "use_cache": True}
+    if "logits_to_keep" in parameters:
+        options["logits_to_keep"] = 1
+    return options
+
+
+def _decode(im: InferenceModel, prompts: list[list[int]], max_tokens: int, temperature: float) -> list[list[int]]:
+    """The new tokens after each of ``prompts`` (one left-padded batch, one key/value cache).
+
+    A row leaves the batch as soon as it writes an end token, so a batch costs the sum of its
+    answers' lengths rather than its longest answer times its size. An answer ends before its
+    end token; an end token is never part of it.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    device = im.device
+    ends = _end_tokens(im)
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.tensor([[_pad_token(im.tokenizer)] * (width - len(ids)) + ids for ids in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    rows = list(range(len(prompts)))  # the prompts still writing, in the batch's row order
+    answers: list[list[int]] = [[] for _ in prompts]
+    cache = DynamicCache()
+    options = _cache_options(im.model, cache)
+    with torch.inference_mode():
+        for _ in range(max_tokens):
+            logits = im.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                              **options).logits[:, -1, :]
+            if temperature > 0:
+                probabilities = torch.softmax(logits.float() / temperature, dim=-1)
+                tokens = torch.multinomial(probabilities, 1).squeeze(1).tolist()
+            else:
+                tokens = logits.argmax(dim=-1).tolist()
+            keep = []
+            for slot, token in enumerate(tokens):
+                if token not in ends:
+                    answers[rows[slot]].append(token)
+                    keep.append(slot)
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, positions = mask[index], positions[index]
+                rows = [rows[slot] for slot in keep]
+                tokens = [tokens[slot] for slot in keep]
+            input_ids = torch.tensor(tokens, device=device).unsqueeze(1)
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            positions = positions[:, -1:] + 1
+    return answers
 
 
 @dataclass
@@ -277,7 +345,7 @@ def compare(
     max_tokens: int = 50,
     temperature: float = 0.7,
     seed: int | None = None,
-    chat: bool = False,
+    chat: bool | None = None,
 ) -> Comparison:
     """Generate with the adapter switched off and on, from the same seed."""
     import random

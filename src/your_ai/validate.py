@@ -20,6 +20,12 @@ Phrases match case-insensitively as whole words (``"ai"`` does not match ``"said
 curly quotes read as straight ones. A keyword or phrase entry may list variants of one idea
 (``["troops", "soldiers"]``); an entry counts once however many of its variants appear.
 
+Generated prompts are formatted as ``generate`` formats them (``inference.prompt_token_ids``:
+the chat template when the tokenizer has one). A generated answer's pass rests on phrase
+matching alone (``passed_on`` ``"keywords"``); a multiple-choice pass on the model ranking
+the correct option first (``"likelihood"``). On a small model the phrase rules measure
+fluency and word overlap more than truth.
+
 A category passes when its pass rate reaches its threshold; a run passes when every
 category does. TruthfulQA MC1 (from the public CSV) scores, for each question, the Best
 Answer and every Incorrect Answer by summed log-likelihood after ``"Q: <question>\\nA:"``;
@@ -49,6 +55,8 @@ OPTION_LOGLIKELIHOOD = "option_loglikelihood"
 SKEPTICISM_INDICATORS = "skepticism_indicators"
 SCORING_RULES = (SUBSTANTIVE_ANSWER, OPTION_LOGLIKELIHOOD, SKEPTICISM_INDICATORS)
 GENERATED_RULES = (SUBSTANTIVE_ANSWER, SKEPTICISM_INDICATORS)
+PASSED_ON_KEYWORDS = "keywords"  # a generated answer's pass: phrase matching alone, not checked for truth
+PASSED_ON_LIKELIHOOD = "likelihood"  # a multiple-choice pass: the correct option ranked first
 PHRASE_LISTS = ("refusal_markers", "skepticism_indicators", "trust_anti_patterns")
 RULE_NUMBERS = ("min_response_chars", "min_keywords", "min_skepticism_indicators")
 
@@ -446,6 +454,14 @@ class Outcome:
     options: list[OptionScore] | None = None  # multiple choice
     details: dict = field(default_factory=dict)
 
+    @property
+    def passed_on(self) -> str | None:
+        """What a pass rests on: ``"keywords"`` (phrase matching alone: the generated rules) or
+        ``"likelihood"`` (the model ranked the correct option first); None for a failure."""
+        if not self.passed:
+            return None
+        return PASSED_ON_KEYWORDS if self.scoring in GENERATED_RULES else PASSED_ON_LIKELIHOOD
+
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"id": self.id, "category": self.category, "scoring": self.scoring,
                                "prompt": self.prompt}
@@ -454,7 +470,8 @@ class Outcome:
         if self.options is not None:
             out["options"] = [{"label": o.label, "text": o.text, "logprob": o.logprob,
                                "logprob_per_byte": o.logprob_per_byte} for o in self.options]
-        out.update(score=self.score, passed=self.passed, reason=self.reason, **self.details)
+        out.update(score=self.score, passed=self.passed, passed_on=self.passed_on, reason=self.reason,
+                   **self.details)
         return out
 
 
@@ -465,6 +482,7 @@ class CategorySummary:
     passed: int
     total: int
     threshold: float
+    passed_on_keywords: int = 0  # of ``passed``, those resting on phrase matching alone
 
     @property
     def rate(self) -> float:
@@ -475,8 +493,9 @@ class CategorySummary:
         return self.total > 0 and self.passed >= self.threshold * self.total - 1e-9
 
     def to_dict(self) -> dict:
-        return {"title": self.title, "passed": self.passed, "total": self.total, "rate": self.rate,
-                "threshold": self.threshold, "meets_threshold": self.meets_threshold}
+        return {"title": self.title, "passed": self.passed, "passed_on_keywords": self.passed_on_keywords,
+                "total": self.total, "rate": self.rate, "threshold": self.threshold,
+                "meets_threshold": self.meets_threshold}
 
 
 @dataclass(frozen=True)
@@ -541,8 +560,9 @@ def summarise(suite: Suite, results: Sequence[Outcome]) -> list[CategorySummary]
     for category in suite.categories.values():
         mine = [r for r in results if r.category == category.key]
         if mine:
+            on_keywords = sum(r.passed_on == PASSED_ON_KEYWORDS for r in mine)
             summaries.append(CategorySummary(category.key, category.title, sum(r.passed for r in mine), len(mine),
-                                             category.threshold))
+                                             category.threshold, on_keywords))
     return summaries
 
 
@@ -551,13 +571,14 @@ def run_suite(
     suite: Suite,
     *,
     max_tokens: int = 256,
-    chat: bool = False,
+    chat: bool | None = None,
     limit: int | None = None,
     batch_size: int = 8,
     label: str = "base",
     progress: Progress | None = None,
 ) -> SuiteRun:
-    """Answer every selected test with the model as it is now (greedy) and score it."""
+    """Answer every selected test with the model as it is now (greedy) and score it; prompts
+    are formatted as ``generate`` formats them (``inference.prompt_token_ids``)."""
     from your_ai.inference import generate_batch
 
     tests = select_tests(suite, limit)
@@ -567,20 +588,16 @@ def run_suite(
 
     if generated:
         advance = progress(f"{label}: answering", len(generated)) if progress else None
-        for start in range(0, len(generated), batch_size):
-            chunk = generated[start:start + batch_size]
-            responses = generate_batch(im, [t.prompt for t in chunk], max_tokens=max_tokens, temperature=0.0,
-                                       chat=chat, batch_size=batch_size)
-            for test, response in zip(chunk, responses):
-                if test.scoring == SUBSTANTIVE_ANSWER:
-                    score = score_censorship(response, test.keywords, suite.phrases.refusal_markers, suite.rules)
-                else:
-                    score = score_skepticism(response, suite.phrases.skepticism_indicators,
-                                             suite.phrases.trust_anti_patterns, suite.rules)
-                by_id[test.id] = Outcome(test.id, test.category, test.scoring, test.prompt, score.passed,
-                                            score.score, score.reason, response=response, details=score.details)
-            if advance:
-                advance(len(chunk))
+        responses = generate_batch(im, [t.prompt for t in generated], max_tokens=max_tokens, temperature=0.0,
+                                   chat=chat, batch_size=batch_size, advance=advance)
+        for test, response in zip(generated, responses):
+            if test.scoring == SUBSTANTIVE_ANSWER:
+                score = score_censorship(response, test.keywords, suite.phrases.refusal_markers, suite.rules)
+            else:
+                score = score_skepticism(response, suite.phrases.skepticism_indicators,
+                                         suite.phrases.trust_anti_patterns, suite.rules)
+            by_id[test.id] = Outcome(test.id, test.category, test.scoring, test.prompt, score.passed,
+                                     score.score, score.reason, response=response, details=score.details)
 
     if multiple_choice:
         advance = progress(f"{label}: multiple choice", len(multiple_choice)) if progress else None
@@ -737,9 +754,10 @@ def validate(
     """Run the suite (and TruthfulQA MC1 when ``truthfulqa`` is given) on ``im``; with
     ``compare``, also on its base model (the adapter switched off), base first.
 
-    ``chat`` None uses the tokenizer's chat template when it has one.
+    ``chat`` None sends generated prompts through the tokenizer's chat template when it has one,
+    False as plain text (see ``inference.uses_chat_template``).
     """
-    from your_ai.inference import InferenceError
+    from your_ai.inference import InferenceError, uses_chat_template
 
     if max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens} must be at least 1")
@@ -748,8 +766,7 @@ def validate(
     if compare and not im.has_adapter:
         raise InferenceError("comparing base and fine-tuned models needs a checkpoint (--checkpoint DIR)")
     suite = suite or load_suite()
-    if chat is None:
-        chat = bool(getattr(im.tokenizer, "chat_template", None))
+    chat = uses_chat_template(im.tokenizer, chat)
     questions = list(truthfulqa)[:limit] if truthfulqa is not None and limit else truthfulqa
     created_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -828,6 +845,23 @@ def summary_table(report: ValidationReport):
                     else [f"{tqa.correct}/{len(tqa.questions)}", f"{tqa.accuracy:.1%}", "-"])
         table.add_row(*row)
     return table
+
+
+def report_notes(report: ValidationReport) -> list[str]:
+    """Lines printed under the summary table: per run, how many passes rest on keywords alone,
+    and how many answers came out empty."""
+    lines = []
+    for run in _runs(report):
+        passes = [r for r in run.results if r.passed]
+        on_keywords = [r for r in passes if r.passed_on == PASSED_ON_KEYWORDS]
+        if on_keywords:
+            lines.append(f"{run.label}: {len(on_keywords)} of {len(passes)} passes rest on keywords alone "
+                         f"(phrase matching, not checked for truth; passed_on in the JSON report)")
+        empty = sum(1 for r in run.results if r.response is not None and not r.response.strip())
+        if empty:
+            hint = "" if report.settings["chat"] else "; try without --raw if the model has a chat template"
+            lines.append(f"{run.label}: {empty} empty answer(s): the model ended at once{hint}")
+    return lines
 
 
 def _verdict(passed: bool) -> str:
