@@ -434,7 +434,8 @@ class TrainingArgs:
                 values[key] = value
         if values["data"] is None:
             values["data"] = str(demo_corpus_path())
-        if any(values[key] is None for key in (*run_defaults.RULE_FIELDS, "max_steps", "warmup_steps")):
+        table_fields = (*run_defaults.RULE_FIELDS, "max_steps", "warmup_steps")
+        if not self.resume and any(values[key] is None for key in table_fields):  # resumed: the checkpoint's
             data = values["data"]
             values.update(default_choice(self).values(values, lambda: count_training_records(data)))
         if values["output_dir"] is None:
