@@ -35,7 +35,7 @@ class Rule:
 RULES: dict[tuple[str, str], Rule] = {
     ("demo", "cpu"): Rule(4, 16, 16, 256, 1e-3, 1.0, 20),
     ("demo", "gpu"): Rule(4, 16, 16, 256, 1e-3, 1.0, 20),
-    ("small", "cpu"): Rule(4, 8, 8, 128, 5e-4, 0.5, 500),
+    ("small", "cpu"): Rule(4, 8, 8, 128, 2e-3, 0.5, 500),
     ("small", "gpu"): Rule(8, 64, 32, 1024, 2e-4, 3.0, 500),
     ("large", "cpu"): Rule(2, 128, 16, 1024, 5e-5, 1.0, 500),
     ("large", "gpu"): Rule(2, 128, 16, 1024, 5e-5, 1.0, 500),
