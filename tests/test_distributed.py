@@ -256,7 +256,7 @@ def test_sharded_loading_keeps_a_head_tied_to_the_embeddings(tmp_path, tiny_mode
         shutil.copy(item, tmp_path / "tied" / item.name)
     write_corpus(tmp_path / "corpus.jsonl", 8)
     common = [*RUN[2:4], "--max-steps", "2", "--warmup-steps", "1", "--lora-rank", "4", "--max-seq-length", "32",
-              "--device", "cpu", "--no-tensorboard", "--model", str(tmp_path / "tied")]
+              "--device", "cpu", "--no-tensorboard", "--model", str(tmp_path / "tied"), "--learning-rate", "5e-5"]
     one_process(*common, "--batch-size", "4", "--output-dir", "one", cwd=tmp_path)
     sharded = torchrun(2, *common, "--batch-size", "2", "--output-dir", "fsdp", "--strategy", "fsdp", cwd=tmp_path)
     assert "read only its shards" in sharded.stdout
