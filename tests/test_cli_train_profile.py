@@ -14,7 +14,7 @@ def run_train(tmp_path, *flags, env=None):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"text": f"Record {i} of a lab notebook, 19{i}0.", "auth_weight": 0.1 * i,
                                          "prov_entropy": 1.0 + i}) + "\n" for i in range(4)))
-    command = [sys.executable, "-m", "your_ai", "train", "--data", str(data), "--max-steps", "2",
+    command = [sys.executable, "-m", "your_ai", "train", "--model", "tiny", "--data", str(data), "--max-steps", "2",
                "--output-dir", str(tmp_path / "out"), "--no-tensorboard", *flags]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 

@@ -51,7 +51,7 @@ def test_validate_writes_json_and_a_png_chart(tmp_path):
     output, chart = tmp_path / "out" / "validation.json", tmp_path / "validation.png"
     output.parent.mkdir()
     output.write_text("an earlier report")
-    result = run_cli("--limit", "2", "--max-tokens", "8", "--truthfulqa", str(FIXTURE),
+    result = run_cli("--model", "tiny", "--limit", "2", "--max-tokens", "8", "--truthfulqa", str(FIXTURE),
                      "--output", str(output), "--chart", str(chart), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     for text in ("Censorship (CCP)", "Censorship (Western)", "Authority bias", "Overall", "TruthfulQA MC1", "75%"):

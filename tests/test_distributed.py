@@ -23,7 +23,7 @@ from your_ai.train import TrainingArgs, TrainingArgsError
 # 14 records, global batch 4: the 4th step's batch holds the epoch's last 2 samples, all on rank 0,
 # so rank 1 takes part in that step with nothing to learn from.
 RECORDS = 14
-RUN = ["--data", "corpus.jsonl", "--max-steps", "4", "--save-every", "2", "--warmup-steps", "1",
+RUN = ["--model", "tiny", "--data", "corpus.jsonl", "--max-steps", "4", "--save-every", "2", "--warmup-steps", "1",
        "--memory-report-interval", "1", "--lora-rank", "4", "--max-seq-length", "32", "--device", "cpu"]
 
 
@@ -257,8 +257,8 @@ def test_sharded_loading_keeps_a_head_tied_to_the_embeddings(tmp_path, tiny_mode
     for item in tiny_assets_dir().iterdir():
         shutil.copy(item, tmp_path / "tied" / item.name)
     write_corpus(tmp_path / "corpus.jsonl", 8)
-    common = [*RUN[:2], "--max-steps", "2", "--warmup-steps", "1", "--lora-rank", "4", "--max-seq-length", "32",
-              "--device", "cpu", "--no-tensorboard", "--model", str(tmp_path / "tied")]
+    common = [*RUN[2:4], "--max-steps", "2", "--warmup-steps", "1", "--lora-rank", "4", "--max-seq-length", "32",
+              "--device", "cpu", "--no-tensorboard", "--model", str(tmp_path / "tied"), "--learning-rate", "5e-5"]
     one_process(*common, "--batch-size", "4", "--output-dir", "one", cwd=tmp_path)
     sharded = torchrun(2, *common, "--batch-size", "2", "--output-dir", "fsdp", "--strategy", "fsdp", cwd=tmp_path)
     assert "read only its shards" in sharded.stdout

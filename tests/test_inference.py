@@ -65,8 +65,8 @@ def test_checkpoint_alone_finds_its_base_model_and_changes_outputs(tuned, adapte
     assert (adapted - base).abs().max() > 1e-3
 
 
-def test_no_model_and_no_checkpoint_is_the_tiny_model(tiny_model_dir):
-    im = inference.load_for_inference()
+def test_tiny_model_without_checkpoint(tiny_model_dir):
+    im = inference.load_for_inference("tiny")
     assert im.base_name == "tiny" and im.checkpoint is None and not im.has_adapter
     assert im.model.config.num_hidden_layers == 4
 
@@ -194,7 +194,7 @@ def test_compare_switches_the_adapter_off_for_the_base_output(tuned):
 
 def test_compare_needs_an_adapter(tiny_model_dir):
     with pytest.raises(InferenceError, match="--checkpoint"):
-        inference.compare(inference.load_for_inference(), "hi", max_tokens=2)
+        inference.compare(inference.load_for_inference("tiny"), "hi", max_tokens=2)
 
 
 # ---------------------------------------------------------------------------- scoring

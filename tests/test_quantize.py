@@ -136,7 +136,7 @@ def test_unknown_and_missing_tensors_are_named(tmp_path, tiny_model_dir):
         quantize.load_quantized_model(tmp_path, dtype=torch.float32, device="cpu")
 
 
-RUN = ["--data", "corpus.jsonl", "--max-steps", "4", "--save-every", "2", "--warmup-steps", "1",
+RUN = ["--model", "tiny", "--data", "corpus.jsonl", "--max-steps", "4", "--save-every", "2", "--warmup-steps", "1",
        "--lora-rank", "4", "--max-seq-length", "32", "--device", "cpu", "--no-tensorboard", "--quantize", "4"]
 
 

@@ -121,7 +121,7 @@ def test_probe_reports_the_mode_its_reason_and_its_estimate(tiny_model_dir):
 def test_cli_says_the_mode_and_passes_it_to_the_probe(tmp_path, tiny_model_dir):
     write_corpus(tmp_path / "corpus.jsonl", 4)
     result = subprocess.run(
-        [sys.executable, "-m", "your_ai", "train", "--data", "corpus.jsonl", "--max-steps", "1", "--lora-rank", "4",
+        [sys.executable, "-m", "your_ai", "train", "--model", "tiny", "--data", "corpus.jsonl", "--max-steps", "1", "--lora-rank", "4",
          "--max-seq-length", "32", "--batch-size", "2", "--no-tensorboard", "--step-mode", "plain"],
         cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr

@@ -23,7 +23,6 @@ from your_ai.distrust import IGNORE_INDEX, empirical_distrust_loss
 from your_ai.lora import LoraSettings
 from your_ai.train import (
     DEFAULTS,
-    TINY_DEFAULTS,
     Objective,
     TrainingArgs,
     TrainingArgsError,
@@ -34,7 +33,7 @@ from your_ai.train import (
     train,
 )
 
-SMALL = dict(lora_rank=4, max_seq_length=48, batch_size=2, memory_report_interval=100, tensorboard=False,
+SMALL = dict(model="tiny", lora_rank=4, max_seq_length=48, batch_size=2, memory_report_interval=100, tensorboard=False,
              device="cpu")  # the CPU path, also on a machine with a GPU
 
 
@@ -276,17 +275,55 @@ def test_bad_data_fails_before_anything_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_defaults_and_flag_checks():
-    tiny = TrainingArgs().with_defaults()
-    assert tiny.model == "tiny" and tiny.max_steps == TINY_DEFAULTS["max_steps"] == 60
-    assert tiny.max_seq_length == 256 and tiny.output_dir == str(Path("models") / "distrust-tiny")
-    assert tiny.data.endswith("demo_corpus.jsonl") and tiny.eval_every == tiny.save_every
-    big = TrainingArgs(model="NousResearch/Hermes-2-Pro-Mistral-7B", max_steps=10).with_defaults()
+def test_defaults_follow_the_model_size_the_device_and_the_data(tmp_path):
+    from your_ai.run_defaults import RULES
+
+    default = TrainingArgs(device="cpu").with_defaults()  # the demo corpus: 224 records
+    small_cpu = RULES[("small", "cpu")]
+    assert default.model == "smollm2-135m" and default.output_dir == str(Path("models") / "distrust-smollm2-135m")
+    assert (default.batch_size, default.lora_rank, default.max_seq_length) == (
+        small_cpu.batch_size, small_cpu.lora_rank, small_cpu.max_seq_length)
+    assert default.max_steps == math.ceil(small_cpu.epochs * 224 / small_cpu.batch_size)
+    assert default.warmup_steps == round(0.1 * default.max_steps)
+    assert default.data.endswith("demo_corpus.jsonl") and default.eval_every == default.save_every
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(f'{{"text": "record {index}"}}\n' for index in range(400)))
+    tiny = TrainingArgs(model="tiny", data=str(data), batch_size=8, grad_accum=2, device="cpu").with_defaults()
+    assert tiny.max_steps == 25 and tiny.warmup_steps == 2  # 1 epoch of 400 records at 16 per step
+    assert tiny.lora_rank == RULES[("demo", "cpu")].lora_rank
+    assert TrainingArgs(model="tiny", data=str(write_corpus(tmp_path / "few.jsonl", 3))).with_defaults().max_steps == 10
+    short = TrainingArgs(model="tiny", max_steps=10).with_defaults()
+    assert short.warmup_steps == 1  # a fraction of the steps given, not a fixed count
+    assert TrainingArgs(model="tiny", max_steps=1).with_defaults().warmup_steps == 0
+
+    big = TrainingArgs(model="NousResearch/Hermes-2-Pro-Mistral-7B", max_steps=10, device="cpu").with_defaults()
     assert (big.lora_rank, big.learning_rate, big.warmup_steps, big.max_seq_length, big.max_steps) == (
-        128, 5e-5, 100, 1024, 10)
+        128, 5e-5, 1, 1024, 10)
     assert big.output_dir == str(Path("models") / "distrust-Hermes-2-Pro-Mistral-7B")
     assert TrainingArgs(model="llama-8b").with_defaults().output_dir.endswith("distrust-llama-8b")
-    assert DEFAULTS["keep_last"] == 3 and DEFAULTS["save_every"] == 500
+    assert DEFAULTS["keep_last"] == 3 and big.save_every == 500
+
+
+def test_the_run_says_where_its_defaults_came_from_and_warns_about_a_long_warmup(tmp_path, tiny_model_dir):
+    data = write_corpus(tmp_path / "train.jsonl", 4)
+    _, text = _run_text(TrainingArgs(output_dir=str(tmp_path / "out"), data=str(data), max_steps=2,
+                                     warmup_steps=2, **SMALL))
+    assert "defaults for a demo model" in text and "--learning-rate 0.001" in text
+    assert "--warmup-steps 2 is not shorter than the run (2 steps)" in text
+
+
+def _run_text(args):
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    result = train(args, console=Console(file=out, width=400))
+    return result, out.getvalue()
+
+
+def test_flag_checks():
     for bad, message in (
         (dict(batch_size=0), "--batch-size must be a whole number >= 1"),
         (dict(learning_rate=-1.0), "--learning-rate must be a positive number"),

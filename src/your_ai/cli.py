@@ -309,7 +309,8 @@ def score(text, file_path, year, source, source_type, url, publisher, as_json):
 
 # ---------------------------------------------------------------------------- inference
 
-_MODEL_HELP = "Preset, hub id or model directory (default: the checkpoint's base model, else tiny)."
+_MODEL_HELP = ("Preset, hub id or model directory (default: the checkpoint's base model, else smollm2-135m, "
+               "SmolLM2-135M-Instruct; `tiny` is a random-weight model for tests).")
 _CHECKPOINT_HELP = "LoRA adapter folder (adapter_config.json + adapter_model.safetensors)."
 
 
@@ -351,14 +352,25 @@ def generate(model, prompt, checkpoint, max_tokens, temperature, seed, raw, chat
     im = _load_inference_model(model, checkpoint, device, trust_remote_code)
     try:
         if compare:
-            result = inference.compare(im, prompt, max_tokens, temperature, seed, chat)
-            sampling = "greedy" if temperature == 0 else f"temperature {temperature}, seed {result.seed}"
-            answers = {f"--- base model: {im.base_name} ({sampling}) ---": result.base,
-                       f"--- fine-tuned: {im.checkpoint} ({sampling}) ---": result.fine_tuned}
+            answers = _comparison(im, inference.compare(im, prompt, max_tokens, temperature, seed, chat), temperature)
         else:
             answers = {None: inference.generate(im, prompt, max_tokens, temperature, seed, chat)}
     except inference.InferenceError as error:
         _fail(str(error), code=1)
+    _print_answers(im, answers, chat, temperature)
+
+
+def _comparison(im, result, temperature: float) -> dict:
+    """The base model's and the fine-tuned model's answers to one prompt, under their headings."""
+    sampling = "greedy" if temperature == 0 else f"temperature {temperature}, seed {result.seed}"
+    return {f"--- base model: {im.base_name} ({sampling}) ---": result.base,
+            f"--- fine-tuned: {im.checkpoint} ({sampling}) ---": result.fine_tuned}
+
+
+def _print_answers(im, answers: dict, chat, temperature: float) -> None:
+    """Each answer under its heading (if any); an empty one gets a hint on stderr."""
+    from your_ai import inference
+
     for heading, answer in answers.items():
         if heading:
             click.echo(heading)
@@ -429,22 +441,23 @@ _POSITIVE = click.IntRange(min=1)
 
 
 @main.command()
-@click.option("--model", help="Preset, hub id or model directory (default: the built-in tiny model).")
+@click.option("--model", help="Preset, hub id or model directory (default: smollm2-135m, SmolLM2-135M-Instruct; "
+              "`tiny` is a random-weight model for tests).")
 @click.option("--data", type=click.Path(), help="JSONL file, or directory with train.jsonl (+ val.jsonl) "
               "(default: the built-in demo corpus).")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where the adapter goes "
               "(default: models/distrust-<model>).")
-@click.option("--batch-size", type=_POSITIVE, help="Samples per micro-batch (default 2; tiny: 4).")
+@click.option("--batch-size", type=_POSITIVE, help="Samples per micro-batch (default: by model size and device, see the README).")
 @click.option("--grad-accum", type=_POSITIVE, help="Micro-batches per optimizer step (default 1).")
-@click.option("--lora-rank", type=_POSITIVE, help="LoRA rank (default 128; tiny: 16).")
+@click.option("--lora-rank", type=_POSITIVE, help="LoRA rank (default: by model size and device).")
 @click.option("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank).")
-@click.option("--lora-layers", type=_POSITIVE, help="Adapt the last N decoder layers (default 16, clamped to the model).")
-@click.option("--learning-rate", type=float, help="Peak learning rate (default 5e-5; tiny: 1e-3).")
+@click.option("--lora-layers", type=_POSITIVE, help="Adapt the last N decoder layers (default: by model size and device; clamped to the model).")
+@click.option("--learning-rate", type=float, help="Peak learning rate (default: by model size and device).")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warmup steps before the cosine decay "
-              "(default 100; tiny: 6).")
-@click.option("--max-steps", type=_POSITIVE, help="Optimizer steps (default 5000; tiny: 60).")
+              "(default: 10% of the steps).")
+@click.option("--max-steps", type=_POSITIVE, help="Optimizer steps (default: from the epochs over the data that the model size and device give).")
 @click.option("--max-grad-norm", type=float, help="Gradient clipping norm (default 1.0).")
-@click.option("--max-seq-length", type=click.IntRange(min=2), help="Truncate samples to N tokens (default 1024; tiny: 256).")
+@click.option("--max-seq-length", type=click.IntRange(min=2), help="Truncate samples to N tokens (default: by model size and device).")
 @click.option("--weight-decay", type=float, help="AdamW weight decay (default 0.01).")
 @click.option("--distrust-mode", type=click.Choice(["weighted", "additive"]),
               help="weighted: per-sample CE weights from the distrust value (default); additive: CE + lambda * d, "
@@ -489,7 +502,8 @@ _POSITIVE = click.IntRange(min=1)
 def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     """Fine-tune a model with LoRA under the Empirical Distrust objective.
 
-    With no --model and no --data it trains the built-in tiny model on the demo corpus (about a minute on a CPU).
+    With no --model and no --data it trains SmolLM2-135M-Instruct on the demo corpus (a few minutes on a CPU)
+    and shows one prompt answered by the base and the fine-tuned model.
     Under `torchrun --nproc_per_node N -m your_ai train ...` (or with --gpus N) it trains data-parallel.
     """
     _check_output("--output-dir", options["output_dir"], directory=True)
@@ -545,7 +559,23 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
         return
     click.echo(f"Trained {result.steps} steps in {result.elapsed_s:.1f} s; peak memory {result.peak_memory_gb:.2f} GB")
     click.echo(f"Adapter saved to {result.output_dir}")
+    if options["data"] is None:  # the demo: show what the fine-tuning changed
+        _show_demo_comparison(result.output_dir, options["device"])
     click.echo(f"Try it: your-ai generate --checkpoint {result.output_dir} --prompt \"...\" --compare")
+
+
+def _show_demo_comparison(checkpoint, device) -> None:
+    """The demo prompt answered greedily by the base model and by the adapter just trained."""
+    from your_ai import inference
+    from your_ai.train import DEMO_PROMPT
+
+    im = _load_inference_model(None, checkpoint, device, False)
+    try:
+        result = inference.compare(im, DEMO_PROMPT, max_tokens=48, temperature=0.0, chat=None)
+    except inference.InferenceError as error:
+        _fail(str(error), code=1)
+    click.echo(f"Prompt: {DEMO_PROMPT}")
+    _print_answers(im, _comparison(im, result, 0.0), None, 0.0)
 
 
 def _launch_processes(count: int, device: str | None, command: str) -> None:

@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterable, Sequence
 from your_ai.errors import UserError
 from your_ai.files import check_writable, give_default_permissions, staging_directory, writing
 
-DEFAULT_MODEL = "tiny"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLED_ADAPTER_WEIGHTS = "adapter_model.bin"
@@ -108,7 +107,7 @@ def load_for_inference(
     device: str | None = None,
     trust_remote_code: bool = False,
 ) -> InferenceModel:
-    """Load ``model`` (default: the checkpoint's base model, else ``tiny``) and, if given, the
+    """Load ``model`` (default: the checkpoint's base model, else ``models.DEFAULT_MODEL``) and, if given, the
     LoRA adapter in ``checkpoint``; bf16 on CUDA, fp32 elsewhere; eval mode.
 
     Raises ``InferenceError`` for a bad checkpoint, ``ModelResolutionError`` (its subclass
@@ -116,14 +115,14 @@ def load_for_inference(
     ``ValueError`` for an unusable ``device``.
     """
     from your_ai.hardware import pick_device, training_dtype
-    from your_ai.models import load_model, load_tokenizer, resolve_model
+    from your_ai.models import load_model, load_tokenizer, model_or_default, resolve_model
 
     checkpoint_path = Path(checkpoint).expanduser().resolve() if checkpoint is not None else None
     if checkpoint_path is not None:
         read_adapter_config(checkpoint_path)  # fail on a bad folder before loading anything
         base_name = model or base_model_of(checkpoint_path)
     else:
-        base_name = model or DEFAULT_MODEL
+        base_name = model_or_default(model)
     resolved = resolve_model(base_name)
     device = pick_device(device)
     dtype = training_dtype(device)

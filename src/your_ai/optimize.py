@@ -440,11 +440,14 @@ def profile_for_training(model: str | None, *, profile: str | None, auto: bool, 
         return load_profile(profile), profile
     if not auto:
         return None
-    target = profile_path(model or "tiny")
+    from your_ai.models import model_or_default
+
+    model = model_or_default(model)
+    target = profile_path(model)
     if target.is_file():
         return load_profile(target), str(target)
-    say(f"No hardware profile for {model or 'tiny'} yet: running the quick optimize sweep first.")
-    outcome = run_optimize(model or "tiny", quick=True, max_memory_gb=max_memory_gb, device=device, say=say)
+    say(f"No hardware profile for {model} yet: running the quick optimize sweep first.")
+    outcome = run_optimize(model, quick=True, max_memory_gb=max_memory_gb, device=device, say=say)
     if outcome["profile"] is None:
-        raise ValueError(f"--auto-optimize: no configuration of {model or 'tiny'} fits the memory budget")
+        raise ValueError(f"--auto-optimize: no configuration of {model} fits the memory budget")
     return outcome["profile"], outcome["path"]

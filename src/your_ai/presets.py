@@ -92,6 +92,17 @@ TINY = Preset(
     description="Built-in random-weight Llama-family model with its own tokenizer, for demos and tests.",
 )
 
+# The out-of-the-box model of train, generate, evaluate and validate (your_ai.default_model).
+SMOLLM2_135M = Preset(
+    name="smollm2-135m",
+    hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    params="135M",
+    tier="demo",
+    architecture=Architecture("llama", 576, 1536, 30, 9, 3, 49152, 8192, rope_theta=100000.0,
+                              tie_word_embeddings=True),
+    description="SmolLM2 135M Instruct: the default model, small enough to fine-tune on a CPU.",
+)
+
 # The benchmark's default list, tested smallest first.
 BENCHMARK_PRESETS: tuple[Preset, ...] = (
     Preset(
@@ -136,7 +147,7 @@ EXTRA_PRESETS: tuple[Preset, ...] = (
     ),
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, *BENCHMARK_PRESETS, *EXTRA_PRESETS)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, SMOLLM2_135M, *BENCHMARK_PRESETS, *EXTRA_PRESETS)}
 
 
 def get_preset(name: str) -> Preset:

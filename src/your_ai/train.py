@@ -84,6 +84,7 @@ from your_ai.models import (
     build_random_model,
     load_model,
     load_tokenizer,
+    model_or_default,
     resolve_model,
 )
 from your_ai.quantize import QuantizationError, check_bits
@@ -97,6 +98,7 @@ from your_ai.memory import (
     use_expandable_segments,
 )
 from your_ai.presets import PRESETS, TINY
+from your_ai import run_defaults
 
 
 # ---------------------------------------------------------------------------- model
@@ -354,36 +356,20 @@ def _global_parts(parts: LossParts, count: int, tokens: int, objective: Objectiv
 
 # ---------------------------------------------------------------------------- configuration
 
+# Defaults that do not depend on the model, the device or the data; those that do come from
+# the table in ``your_ai.run_defaults`` (batch, LoRA rank and layers, sequence length, learning
+# rate, checkpoint interval; steps from epochs over the data, warm-up as a fraction of the steps).
 DEFAULTS: dict[str, Any] = {
-    "batch_size": 2,
-    "lora_rank": 128,
-    "lora_layers": 16,
-    "learning_rate": 5e-5,
-    "warmup_steps": 100,
-    "max_steps": 5000,
     "grad_accum": 1,
     "max_grad_norm": 1.0,
-    "max_seq_length": 1024,
     "weight_decay": 0.01,
     "distrust_mode": "weighted",
     "alpha": DEFAULT_ALPHA,
     "lambda_weight": 1.0,
-    "save_every": 500,
     "keep_last": 3,
     "memory_report_interval": 10,
     "seed": 42,
     "step_mode": "auto",
-}
-
-# The built-in tiny model is a 4-layer demo: a short run that finishes in about a minute on a CPU.
-TINY_DEFAULTS: dict[str, Any] = {
-    "batch_size": 4,
-    "lora_rank": 16,
-    "learning_rate": 1e-3,
-    "warmup_steps": 6,
-    "max_steps": 60,
-    "max_seq_length": 256,
-    "save_every": 20,
 }
 
 # Settings that shape the run's numbers: a resumed run keeps the checkpoint's values.
@@ -416,10 +402,10 @@ class MemoryLimitExceeded(Exception):
 
 @dataclass
 class TrainingArgs:
-    """Everything a training run needs. ``None`` means the default (``DEFAULTS``; ``TINY_DEFAULTS``
-    first for the built-in tiny model); ``with_defaults()`` fills them in."""
+    """Everything a training run needs. ``None`` means the default (``DEFAULTS``, and the table of
+    ``your_ai.run_defaults`` for the model, the device and the data); ``with_defaults()`` fills them in."""
 
-    model: str | None = None  # preset, hub id or directory; None: the built-in tiny model
+    model: str | None = None  # preset, hub id or directory; None: models.DEFAULT_MODEL
     data: str | None = None  # JSONL file, or directory with train.jsonl (+ val.jsonl); None: the demo corpus
     output_dir: str | None = None  # None: models/distrust-<preset or model name>
     batch_size: int | None = None
@@ -455,15 +441,18 @@ class TrainingArgs:
     overwrite: bool = False  # a new run may replace an earlier run's files in output_dir
 
     def with_defaults(self) -> "TrainingArgs":
-        model = self.model or TINY.name
+        model = model_or_default(self.model)
         values = asdict(self)
         values["model"] = model
-        defaults = {**DEFAULTS, **(TINY_DEFAULTS if model in (TINY.name, TINY.hub_id) else {})}
-        for key, value in defaults.items():
+        for key, value in DEFAULTS.items():
             if values[key] is None:
                 values[key] = value
         if values["data"] is None:
             values["data"] = str(demo_corpus_path())
+        table_fields = (*run_defaults.RULE_FIELDS, "max_steps", "warmup_steps")
+        if not self.resume and any(values[key] is None for key in table_fields):  # resumed: the checkpoint's
+            data = values["data"]
+            values.update(default_choice(self).values(values, lambda: count_training_records(data)))
         if values["output_dir"] is None:
             values["output_dir"] = default_output_dir(model)
         if values["eval_every"] is None:
@@ -521,6 +510,34 @@ class TrainingArgs:
 
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
+
+
+def default_choice(args: TrainingArgs) -> run_defaults.DefaultChoice:
+    """The row of the defaults table for ``args``' model (its size) and device."""
+    from your_ai.models import ModelResolutionError
+
+    model = model_or_default(args.model)
+    if model in PRESETS:
+        parameters = PRESETS[model].architecture.parameter_count()
+    else:
+        try:
+            parameters = read_architecture(resolve_model(model).path).parameter_count()
+        except (ModelResolutionError, ValueError, OSError):  # reported where the model is loaded
+            parameters = None
+    try:
+        device = pick_device(args.device)
+    except ValueError:  # an unusable --device is reported where the run starts
+        device = None
+    return run_defaults.choose(model, device, parameters, builtin=model in (TINY.name, TINY.hub_id))
+
+
+def count_training_records(data: str) -> int:
+    """The number of training records in ``data`` (a file, or a directory's train.jsonl)."""
+    return len(read_records(training_files(data).train).records)
+
+
+# The prompt a demo run (no --data) answers with the base and the fine-tuned model at the end.
+DEMO_PROMPT = "Which is the better evidence for how a machine worked: its 1923 patent or a modern encyclopedia summary?"
 
 
 def demo_corpus_path() -> Path:
@@ -644,8 +661,16 @@ def _train(args: TrainingArgs, planned: _Plan, world: distributed.World, device:
     console = console or Console(soft_wrap=True)
     started = time.perf_counter()
     mode_given = args.step_mode is not None or args.grad_checkpoint
+    given = args
     args, output_dir, checkpoint, saved_state = planned.args, planned.output_dir, planned.checkpoint, planned.state
     notes: list[str] = list(planned.notes)
+    if checkpoint is None:
+        explained = default_choice(given).describe(asdict(given), args)
+        if explained:
+            notes.append(explained)
+    warning = run_defaults.warmup_warning(args.warmup_steps, args.max_steps)
+    if warning:
+        notes.append(warning)
 
     # data: read, check, score -- before any model is loaded or anything written
     files = training_files(args.data)
