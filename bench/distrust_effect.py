@@ -370,13 +370,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Lambdas of the weighted form.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                         help="Training seeds (each runs every objective twice).")
-    parser.add_argument("--steps", type=int, help="Training steps per run (default 120; 150 for tiny).")
+    parser.add_argument("--steps", type=int, help="Training steps per run (default 60; 150 for tiny).")
     parser.add_argument("--repeats", type=int, default=4,
                         help="Copies of each version of each fact in the training set.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--lora-layers", type=int, help="Layers with LoRA (default: train's).")
-    parser.add_argument("--learning-rate", type=float, help="Default 5e-4 (1e-3 for tiny).")
+    parser.add_argument("--learning-rate", type=float, help="Default 2e-4 (1e-3 for tiny).")
     parser.add_argument("--warmup-steps", type=int, help="Default 10 (6 for tiny).")
     parser.add_argument("--heldout-limit", type=int, help="Score only the first N demo-corpus records (default: all).")
     parser.add_argument("--heldout-seq-length", type=int, default=512)
@@ -387,10 +387,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available).")
     parser.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's).")
     parser.add_argument("--json", type=Path, default=Path("distrust_effect.json"), help="Where to write the JSON.")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Run the seeds in N processes at once (a small model leaves a GPU mostly idle).")
     args = parser.parse_args(argv)
     tiny = args.model == "tiny"
-    args.steps = args.steps or (150 if tiny else 120)
-    args.learning_rate = args.learning_rate or (1e-3 if tiny else 5e-4)
+    args.steps = args.steps or (150 if tiny else 60)
+    args.learning_rate = args.learning_rate or (1e-3 if tiny else 2e-4)
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (6 if tiny else 10)
     if not 1 <= args.facts <= len(FACTS):
         parser.error(f"--facts {args.facts}: choose 1 to {len(FACTS)}")
@@ -445,6 +447,28 @@ def run_experiment(args, facts, records, plan: list[Objective]) -> tuple[dict, l
     return base, runs, check, validation
 
 
+def run_in_processes(args, argv: list[str]) -> tuple[dict, list[dict], dict, dict | None]:
+    """``run_experiment`` with the seeds dealt over ``--jobs`` processes of this script (each one compares
+    its own additive and plain adapters; the first one also runs validate), their JSON merged."""
+    import subprocess
+
+    groups = [args.seeds[i::args.jobs] for i in range(min(args.jobs, len(args.seeds)))]
+    with tempfile.TemporaryDirectory(prefix="distrust-effect-jobs-") as tmp:
+        parts = [Path(tmp) / f"part-{i}.json" for i in range(len(groups))]
+        children = [
+            subprocess.Popen([sys.executable, __file__, *argv, "--jobs", "1", "--json", str(part),
+                              "--seeds", *map(str, seeds), *([] if i == 0 else ["--validate-limit", "0"])],
+                             stdout=subprocess.DEVNULL)
+            for i, (seeds, part) in enumerate(zip(groups, parts))
+        ]
+        if any(child.wait() != 0 for child in children):
+            raise SystemExit("a job of the experiment failed (its messages are above)")
+        reports = [json.loads(part.read_text()) for part in parts]
+    checks = [report["additive_vs_plain"] for report in reports]
+    check = {"identical": all(c["identical"] for c in checks), "pairs": [p for c in checks for p in c["pairs"]]}
+    return reports[0]["base"], [run for report in reports for run in report["runs"]], check, reports[0]["validation"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -462,7 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     facts = FACTS[:args.facts]
     records = heldout_records(args.heldout_limit)
     plan = objectives(args.lambdas)
-    base, runs, check, validation = run_experiment(args, facts, records, plan)
+    if args.jobs > 1 and len(args.seeds) > 1:
+        base, runs, check, validation = run_in_processes(args, argv or sys.argv[1:])
+    else:
+        base, runs, check, validation = run_experiment(args, facts, records, plan)
     rows = [summarise(runs, objective, base) for objective in plan]
     base_bias = statistics.fmean(a - b for a, b in base["log_likelihoods"])
     for text in (format_effect(rows, check, base_bias), format_cost(rows, base, len(records)),

@@ -919,8 +919,9 @@ def _train(args: TrainingArgs, planned: _Plan, world: distributed.World, device:
 
 class _StopOnSignal:
     """SIGINT (Ctrl-C) and SIGTERM (a cluster's preemption) during the loop: the step in progress
-    finishes, a checkpoint is written and the run stops. Further signals are ignored until then, so a
-    second Ctrl-C cannot cut a checkpoint short. Installed from the main thread only."""
+    finishes, a checkpoint is written and the run stops. Further signals are ignored until the process
+    exits, so a second Ctrl-C cannot cut the checkpoint (or the message after it) short. Installed from
+    the main thread only."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -934,6 +935,9 @@ class _StopOnSignal:
             self.previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
 
     def restore(self) -> None:
+        """The handlers as they were, unless a signal came: then the run is stopping, and stays deaf."""
+        if self.received:
+            return
         for number, handler in self.previous.items():
             signal.signal(number, handler)
         self.previous = {}
@@ -944,7 +948,7 @@ class _StopOnSignal:
             self.received = number
             message = f"{name}: finishing this step, then saving a checkpoint and stopping"
         else:
-            message = f"{name} ignored: saving the checkpoint first"
+            message = f"{name} ignored: the run is saving its checkpoint and stopping"
         if not self.quiet:
             print(f"\n{message}", file=sys.stderr, flush=True)
 
