@@ -1,7 +1,6 @@
 """Memory: peaks are peaks, and the estimator's counts match the models PyTorch and PEFT build."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -79,12 +78,22 @@ def test_peak_is_the_high_water_mark_not_memory_after():
     assert device == "None"
 
 
+MEASURE_A_CHILD = """
+import os, subprocess, sys
+from your_ai import memory
+child = subprocess.Popen([sys.executable, "-c", "x = b'1' * 300_000_000"])
+_, status, usage = os.wait4(child.pid, 0)
+print(os.waitstatus_to_exitcode(status), memory.rusage_peak_rss_gb(usage))
+"""
+
+
 def test_a_childs_peak_rss_from_wait4():
-    child = subprocess.Popen([sys.executable, "-c", "x = b'1' * 300_000_000"])
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    assert child.returncode == 0
-    assert 0.3 <= memory.rusage_peak_rss_gb(usage) < 1.0
+    # Linux starts a child's peak RSS at its parent's when it executes (vfork or fork), so the
+    # parent here is a fresh small process, as the benchmark's is, not this test session.
+    out = subprocess.run([sys.executable, "-c", MEASURE_A_CHILD], capture_output=True, text=True, check=True).stdout
+    code, peak = out.split()
+    assert int(code) == 0
+    assert 0.3 <= float(peak) < 1.0
 
 
 def test_planning_on_cuda_does_not_create_a_cuda_context():

@@ -70,26 +70,28 @@ def test_recommend_a_hub_id_gives_a_verdict_with_its_estimate(hub_cache):
         recommend_presets(memory_gb=1, device="cpu", models=["nope"])
 
 
-def test_weights_over_the_budget_point_to_4_bits_not_to_a_smaller_batch():
-    report = recommend_presets(memory_gb=16, device="cpu")  # fp32: the smallest preset's weights alone need 29 GB
-    assert report["largest_fit"] is None
+def test_a_larger_preset_in_4_bits_is_named_beside_the_small_one_that_fits():
+    report = recommend_presets(memory_gb=16, device="cpu")  # fp32: only smollm2-135m fits; 7B weights alone need 29 GB
+    assert report["largest_fit"] == "smollm2-135m"
     assert report["quantized"]["largest_fit"] == "dolphin-8b" and "hermes-mistral-7b" in report["quantized"]["fitting"]
     text = format_recommendation(report)
-    assert ("With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) dolphin-8b fits (estimated 12.4 GB)"
-            in text)
+    assert ("With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) a larger preset fits: dolphin-8b "
+            "(estimated 12.4 GB)") in text
     assert "your-ai train --quantize 4 --model dolphin-8b" in text
-    assert "The weights alone of the smallest preset, hermes-mistral-7b, need 29.0 GB" in text
     assert "--batch-size" not in text and "tiny" not in text
 
 
-def test_nothing_fits_even_in_4_bits_points_to_tiny():
-    text = format_recommendation(recommend_presets(memory_gb=4, device="cpu"))
-    assert "No preset fits 3.2 GB." in text and "--quantize 4" not in text and "--batch-size" not in text
+def test_weights_over_the_budget_even_in_4_bits_point_to_tiny_not_to_a_smaller_batch():
+    report = recommend_presets(memory_gb=0.5, device="cpu")  # smollm2-135m's fp32 weights alone need 0.54 GB
+    text = format_recommendation(report)
+    assert report["largest_fit"] is None and report["quantized"]["largest_fit"] is None
+    assert "No preset fits 0.4 GB." in text and "--quantize 4" not in text and "--batch-size" not in text
+    assert "The weights alone of the smallest preset, smollm2-135m, need 0.5 GB" in text
     assert "Try the built-in 'tiny' model for a demo (`your-ai train --model tiny`)" in text
 
 
 def test_a_smaller_batch_is_advised_only_when_the_weights_fit():
-    report = recommend_presets(memory_gb=20, device="cuda", batch_size=16, seq_length=4096)
+    report = recommend_presets(memory_gb=1, device="cuda", batch_size=16, seq_length=4096)
     smallest = report["presets"][0]
     assert report["largest_fit"] is None and smallest["parts_gb"]["weights"] <= report["budget_gb"]
     assert (f"The weights of {smallest['preset']} take {smallest['parts_gb']['weights']:.1f} GB of the budget: "

@@ -542,6 +542,9 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
         _fail(str(error), code=1)
     except ValueError as error:  # an unusable --device, a distrust input out of range
         _fail(str(error))
+    if result.stopped_by:  # the run stops: a further Ctrl-C must not kill the interpreter while it exits
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
     if result.rank != 0:  # data-parallel: rank 0 reports
         sys.exit(result.exit_code)
     if result.already_finished:

@@ -935,7 +935,8 @@ class _StopOnSignal:
             self.previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
 
     def restore(self) -> None:
-        """The handlers as they were, unless a signal came: then the run is stopping, and stays deaf."""
+        """The handlers as they were, unless a signal came: then the run is stopping and stays deaf to
+        further signals (the caller exits; the CLI ignores them while the interpreter shuts down)."""
         if self.received:
             return
         for number, handler in self.previous.items():
