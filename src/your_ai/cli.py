@@ -797,7 +797,7 @@ def _progress_lines(description: str, total: int, started: float):
               "(CCP, Western, multiple choice, open) and the first N TruthfulQA questions.")
 @click.option("--suite", "suite_path", type=click.Path(dir_okay=False), help="A suite JSON file in the built-in "
               "suite's format (default: the built-in 48 tests).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Prompts generated or scored together.")
 @click.option("--raw", "--no-chat", "raw", is_flag=True,
               help="Send prompts as plain text even when the tokenizer has a chat template.")

@@ -47,6 +47,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+BATCH_SIZE = 32  # prompts generated or scored together (larger batches decode faster per answer; bench/RESULTS.md)
+
 SUITE_FILE = "validation_suite.json"
 REPORT_VERSION = 1
 
@@ -417,7 +419,7 @@ def score_multiple_choice(test: SuiteTest, options: Sequence[OptionScore]) -> Sc
     return Score(passed, margin, reason, details)
 
 
-def choice_logprobs(im, sets: Sequence[tuple[str, Sequence[str]]], batch_size: int = 8,
+def choice_logprobs(im, sets: Sequence[tuple[str, Sequence[str]]], batch_size: int = BATCH_SIZE,
                     advance: Callable[[int], None] | None = None) -> list[list[tuple[float, float]]]:
     """For each ``(context, answers)``: ``(summed, per-byte)`` log-likelihood of each answer,
     scored as ``continuation(answer)`` after ``context``."""
@@ -573,7 +575,7 @@ def run_suite(
     max_tokens: int = 256,
     chat: bool | None = None,
     limit: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     label: str = "base",
     progress: Progress | None = None,
 ) -> SuiteRun:
@@ -681,7 +683,7 @@ def run_truthfulqa(
     questions: Sequence[TruthfulQAQuestion],
     *,
     path: str | os.PathLike = "",
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     label: str = "base",
     progress: Progress | None = None,
 ) -> TruthfulQAResult:
@@ -745,7 +747,7 @@ def validate(
     max_tokens: int = 256,
     chat: bool | None = None,
     limit: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     truthfulqa: Sequence[TruthfulQAQuestion] | None = None,
     truthfulqa_path: str | os.PathLike = "",
     compare: bool = False,
