@@ -195,3 +195,16 @@ def test_flags_that_cannot_work_are_refused_before_training(tmp_path, tiny_model
     assert rank.stderr.strip() == ("Error: --lora-rank 20000 is larger than the smallest adapted dimension "
                                    "(k_proj out 128 of model tiny); use at most 128")
     assert not (tmp_path / "models").exists()
+
+
+def test_a_run_follows_the_users_umask(tmp_path, tiny_model_dir):
+    write_corpus(tmp_path / "corpus.jsonl")
+    proc = subprocess.run([sys.executable, "-m", "your_ai", "train", "--model", "tiny", "--data", "corpus.jsonl",
+                           "--output-dir", "run", "--max-steps", "2", "--save-every", "1", "--no-tensorboard", *FAST],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=240, umask=0o022)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    assert (run / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o644  # safetensors writes 0600
+    checkpoint = run / "checkpoints" / "step-000002"
+    assert checkpoint.stat().st_mode & 0o777 == 0o755  # tempfile.mkdtemp makes 0700
+    assert all(path.stat().st_mode & 0o777 == 0o644 for path in checkpoint.iterdir())

@@ -40,7 +40,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from your_ai.files import fsync_dir, write_text_atomic
+from your_ai.files import fsync_dir, give_default_permissions, write_text_atomic
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -92,6 +92,7 @@ def write_directory_atomically(target: Path, fill: Callable[[Path], None]) -> Pa
     staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}-", dir=target.parent))
     try:
         fill(staging)
+        give_default_permissions(staging)  # the user's umask, not tempfile's (and safetensors') owner-only modes
         _fsync_tree(staging)
         old = None
         if target.exists():
@@ -145,6 +146,7 @@ def save_adapter(model, output_dir: Path, *, base_model: str, tokenizer=None, st
     staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}adapter-", dir=output_dir))
     try:
         write_adapter(model, staging, base_model=base_model, tokenizer=tokenizer, state_dict=state_dict)
+        give_default_permissions(staging)
         _fsync_tree(staging)
         for path in sorted(staging.iterdir()):
             if path.is_file():
