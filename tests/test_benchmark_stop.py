@@ -147,3 +147,15 @@ def test_the_timeout_kills_every_process_of_a_fit_test_on_two_processes(tmp_path
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "✗ Timeout (no result within 20 s" in out, (out, err)
     assert_gone(pids)
+
+
+def test_ctrl_c_in_the_sweep_of_train_auto_optimize_kills_the_fit_test(tmp_path):
+    proc = start(["train", "--model", "tiny", "--auto-optimize", "--device", "cpu", "--max-steps", "2"], tmp_path)
+    child = wait_for(lambda: psutil.Process(proc.pid).children(), "the fit test", proc)[0].pid
+    wait_for(lambda: alive(child) and psutil.Process(child).num_threads() >= 2, "the child's watchdog", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert_gone([child])
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().splitlines()[-1].startswith("Stopped by SIGINT: the fit test of tiny")
+    assert "Aborted" not in err and "Traceback" not in err

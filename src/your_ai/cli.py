@@ -512,6 +512,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     from your_ai import train as training
     from your_ai.checkpoints import CheckpointError
     from your_ai.data import DataError
+    from your_ai.benchmark import Stopped
     from your_ai.models import ModelResolutionError
     from your_ai.quantize import QuantizationError
 
@@ -529,6 +530,8 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
             click.echo(note)
     except ValueError as error:
         _fail(str(error), code=1)
+    except Stopped as stop:  # SIGINT or SIGTERM during --auto-optimize's sweep: its fit test was killed
+        _fail_stopped(stop)
     args = training.TrainingArgs(tensorboard=not no_tensorboard, **options)
     try:
         with writing(args.with_defaults().output_dir):
