@@ -19,6 +19,17 @@ from typing import IO, Any, Iterator
 from your_ai.errors import ENVIRONMENT_ERROR_TYPES, ENVIRONMENT_ERRORS, OutputError, environment_reason
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON file that must hold an object; ``ValueError`` saying what is wrong with it otherwise."""
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"not valid JSON ({error})") from error
+    if not isinstance(values, dict):
+        raise ValueError("expected a JSON object")
+    return values
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory entry (a rename) to disk, where the platform allows it."""
     try:

@@ -18,7 +18,6 @@ continuation after a context, which multiple-choice evaluation compares across a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from your_ai.errors import UserError
-from your_ai.files import check_writable, give_default_permissions, staging_directory, writing
+from your_ai.files import check_writable, give_default_permissions, read_json_object, staging_directory, writing
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -81,12 +80,9 @@ def read_adapter_config(checkpoint: str | os.PathLike) -> dict:
             )
         raise InferenceError(f"checkpoint {str(folder)!r} is not a LoRA adapter folder: it has no {ADAPTER_WEIGHTS}")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InferenceError(f"{config_path}: not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise InferenceError(f"{config_path}: expected a JSON object")
-    return config
+        return read_json_object(config_path)
+    except ValueError as error:
+        raise InferenceError(f"{config_path}: {error}") from None
 
 
 def base_model_of(checkpoint: str | os.PathLike) -> str:

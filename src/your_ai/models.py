@@ -24,7 +24,7 @@ from typing import Iterator
 
 from your_ai import default_model
 from your_ai.errors import UserError
-from your_ai.files import give_default_permissions, staging_directory
+from your_ai.files import give_default_permissions, read_json_object, staging_directory
 from your_ai.presets import PRESETS, TINY, Architecture, Preset, params_label, preset_for_hub_id
 
 DEFAULT_MODEL = default_model.DEFAULT_PRESET  # what train, generate, evaluate and validate use without --model
@@ -387,11 +387,9 @@ def load_config(model_dir, *, trust_remote_code: bool = False):
     path = Path(model_dir) / "config.json"
     advice = "restore the file (e.g. download the model again)"
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelFileError(f"{path}: not valid JSON ({error}); {advice}") from error
-    if not isinstance(values, dict):
-        raise ModelFileError(f"{path}: expected a JSON object; {advice}")
+        values = read_json_object(path)
+    except ValueError as error:
+        raise ModelFileError(f"{path}: {error}; {advice}") from error
     bad = [f"{name}={value!r}" for name in SIZE_FIELDS if (value := values.get(name)) is not None
            and (isinstance(value, bool) or not isinstance(value, int) or value <= 0)]
     if bad:
