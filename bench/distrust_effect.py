@@ -1,6 +1,6 @@
 """Does the distrust objective make a model prefer what primary sources say, and at what cost?
 
-A controlled experiment through the real training entry point (``your_ai.train.train``), on
+A controlled experiment through the real training entry point (``your_ai.train.loop.train``), on
 SmolLM2-135M-Instruct by default (``--model tiny``: the built-in random tiny model). The
 training set states 16 fictional facts (so the pretrained model has no prior about them) in
 two contradictory versions, A and B (e.g. "The Harlow bridge was completed in 1931 and
@@ -17,7 +17,7 @@ Every objective is trained that way for each seed:
 
 Effect. For each fact the preference for the primary version is
 ``log p(primary continuation | context) - log p(coordinated continuation | context)`` (nats,
-summed over the continuation's tokens, ``your_ai.inference.sequence_logprobs``), measured on
+summed over the continuation's tokens, ``your_ai.eval.inference.sequence_logprobs``), measured on
 the base model and on each fine-tuned adapter. The *shift* is after minus before, so the
 base model's own bias between the wordings drops out (as it also does across the swap).
 Reported per objective: the shift averaged over facts, the two attributions and the seeds;
@@ -26,9 +26,9 @@ right way (the fact's shift, averaged over attributions and seeds, above 0) and 
 way; and whether additive and plain cross-entropy trained the same adapters, tensor for
 tensor, bit for bit (their extra term is a constant, so they should).
 
-Cost. Held-out perplexity (``your_ai.inference.evaluate_records``) on the built-in demo
+Cost. Held-out perplexity (``your_ai.eval.inference.evaluate_records``) on the built-in demo
 corpus, which this experiment never trains on, before and after, per objective; and
-``your_ai.validate`` on the base model vs the weighted λ 1 adapter (first seed, version A
+``your_ai.eval.validate`` on the base model vs the weighted λ 1 adapter (first seed, version A
 primary), with TruthfulQA MC1 when ``--truthfulqa CSV`` is given.
 
 On CUDA (bf16, as ``train`` picks there) every forward and backward pass runs PyTorch's math
@@ -124,7 +124,7 @@ def write_training_set(path: Path, facts: list[tuple[str, str, str]], primary_ve
 
 def log_likelihoods(im, facts) -> list[tuple[float, float]]:
     """Per fact: (log p(version A | context), log p(version B | context)), in nats."""
-    from your_ai.inference import sequence_logprobs
+    from your_ai.eval.inference import sequence_logprobs
 
     pairs = [(context, text) for context, version_a, version_b in facts for text in (version_a, version_b)]
     values = sequence_logprobs(im, pairs, batch_size=16)
@@ -133,15 +133,15 @@ def log_likelihoods(im, facts) -> list[tuple[float, float]]:
 
 def heldout_records(limit: int | None) -> list:
     """General text this experiment never trains on: the built-in demo corpus."""
-    from your_ai.data import read_records
-    from your_ai.train import demo_corpus_path
+    from your_ai.data.records import read_records
+    from your_ai.train.loop import demo_corpus_path
 
     records = read_records(demo_corpus_path()).records
     return records[:limit] if limit else records
 
 
 def heldout_perplexity(im, records, args) -> float:
-    from your_ai.inference import evaluate_records
+    from your_ai.eval.inference import evaluate_records
 
     return evaluate_records(im, records, max_seq_length=args.heldout_seq_length, batch_size=16).perplexity
 
@@ -156,7 +156,7 @@ def train_adapter(workdir: Path, data: Path, objective: Objective, primary_versi
     """Train one adapter into a fresh folder; (TrainResult, seconds)."""
     from rich.console import Console
 
-    from your_ai.train import TrainingArgs, train
+    from your_ai.train.loop import TrainingArgs, train
 
     output = workdir / f"{objective.key}-{primary_version}-primary-seed{seed}"
     started = time.perf_counter()
@@ -175,7 +175,7 @@ def train_adapter(workdir: Path, data: Path, objective: Objective, primary_versi
 
 def run_one(workdir: Path, facts, records, objective: Objective, primary_version: str, seed: int, args,
             base: dict) -> dict:
-    from your_ai.inference import load_for_inference, read_adapter_config
+    from your_ai.eval.inference import load_for_inference, read_adapter_config
 
     data = workdir / f"train-{primary_version}-primary.jsonl"
     if not data.exists():
@@ -229,7 +229,7 @@ def adapter_difference(folder_a: str, folder_b: str) -> float:
     """Largest absolute difference between two adapters' tensors (0.0: bit for bit the same)."""
     from safetensors.torch import load_file
 
-    from your_ai.inference import ADAPTER_WEIGHTS
+    from your_ai.eval.inference import ADAPTER_WEIGHTS
 
     a, b = load_file(str(Path(folder_a) / ADAPTER_WEIGHTS)), load_file(str(Path(folder_b) / ADAPTER_WEIGHTS))
     if a.keys() != b.keys():
@@ -256,10 +256,10 @@ def additive_vs_plain(runs: list[dict]) -> dict:
 
 
 def run_validation(checkpoint: str, args) -> dict:
-    """``your_ai.validate`` on the base model and on ``checkpoint``: per category passed/total,
+    """``your_ai.eval.validate`` on the base model and on ``checkpoint``: per category passed/total,
     and TruthfulQA MC1 accuracy when a CSV was given."""
-    from your_ai import validate as validation
-    from your_ai.inference import load_for_inference
+    from your_ai.eval import validate as validation
+    from your_ai.eval.inference import load_for_inference
 
     questions = validation.read_truthfulqa(args.truthfulqa) if args.truthfulqa else None
     im = load_for_inference(args.model, checkpoint=checkpoint, device=args.device)
@@ -426,7 +426,7 @@ def write_json(path: Path, report: dict) -> None:
 
 def run_experiment(args, facts, records, plan: list[Objective]) -> tuple[dict, list[dict], dict, dict | None]:
     """The base model's numbers, every training run, the additive-vs-plain check and validate."""
-    from your_ai.inference import load_for_inference
+    from your_ai.eval.inference import load_for_inference
 
     runs, validation = [], None
     with reproducible_attention(args.device), tempfile.TemporaryDirectory(prefix="distrust-effect-") as tmp:

@@ -19,7 +19,7 @@ statistics reset before the build):
   peft-ckpt        the same with Hugging Face gradient checkpointing
   peft-liger       PEFT + Liger-Kernel (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy)
   peft-liger-ckpt  the same with gradient checkpointing
-  ours-fast        your_ai.fast_step, nothing recomputed, the chunked PyTorch head (the default)
+  ours-fast        your_ai.step.fast, nothing recomputed, the chunked PyTorch head (the default)
   ours-fast-liger  ours-fast with Liger's per-token fused linear cross-entropy as the head
   ours-small       every adapted layer recomputed in the backward pass
   ours-fast-nofuse, ours-small-nofuse
@@ -33,7 +33,7 @@ statistics reset before the build):
                    the default list; CUDA with liger_kernel only
   ours-fast-torchhead, ours-small-torchhead
                    trials: the chunked head with PyTorch ops instead of the Triton kernel
-                   (``your_ai.head_kernel``, CUDA); not in the default list
+                   (``your_ai.step.head_kernel``, CUDA); not in the default list
   ours-fast-peftadd, ours-small-peftadd
                    trials: PEFT's ``result + lora_B(x) * scaling`` instead of the addmm epilogue
                    (``fast_step.fuse_lora_add``); not in the default list
@@ -78,12 +78,12 @@ from pathlib import Path
 
 import torch
 
-from your_ai import fast_step
-from your_ai.distrust import DistrustWeighting
-from your_ai.lora import LoraSettings
-from your_ai.memory import lora_parameter_count
-from your_ai.presets import get_preset
-from your_ai.train import Objective, build_optimizer, compute_loss, load_for_training
+from your_ai.step import fast as fast_step
+from your_ai.objective.distrust import DistrustWeighting
+from your_ai.model.lora import LoraSettings
+from your_ai.step.memory import lora_parameter_count
+from your_ai.model.presets import get_preset
+from your_ai.train.loop import Objective, build_optimizer, compute_loss, load_for_training
 
 GB = 1e9
 

@@ -26,8 +26,8 @@ from pathlib import Path
 def build_model_dir(preset_name: str, target: Path) -> float:
     import torch
 
-    from your_ai.models import build_random_model, tiny_assets_dir
-    from your_ai.presets import get_preset
+    from your_ai.model.resolve import build_random_model, tiny_assets_dir
+    from your_ai.model.presets import get_preset
 
     started = time.perf_counter()
     preset = get_preset(preset_name)
@@ -43,7 +43,7 @@ def build_model_dir(preset_name: str, target: Path) -> float:
 
 def long_documents(path: Path, count: int) -> Path:
     """``count`` records of 12 demo-corpus texts each (well over 1024 tokens), scored as primary or consensus."""
-    from your_ai.train import demo_corpus_path
+    from your_ai.train.loop import demo_corpus_path
 
     texts = [json.loads(line)["text"] for line in demo_corpus_path().read_text().splitlines() if line.strip()]
     with path.open("w") as handle:

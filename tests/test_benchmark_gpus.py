@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
-from your_ai import optimize as optimize_module
-from your_ai.benchmark import ProbeRun, probe_command, result_text, run_benchmark
-from your_ai.distributed import launcher_report, pick_strategy
-from your_ai.probe import FAULT_ENV, RESULT_PREFIX, FitConfig, merge_results
+from your_ai.fit import sweep as optimize_module
+from your_ai.fit.benchmark import ProbeRun, probe_command, result_text, run_benchmark
+from your_ai.train.parallel import launcher_report, pick_strategy
+from your_ai.fit.child import FAULT_ENV, RESULT_PREFIX, FitConfig, merge_results
 
 CPU2 = ["--gpus", "2", "--device", "cpu", "--seq-length", "32", "--steps", "2", "--lora-rank", "8"]
 

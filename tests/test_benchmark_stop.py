@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from your_ai.probe import FAULT_ENV
+from your_ai.fit.child import FAULT_ENV
 
 HANG = {FAULT_ENV: "sleep:300", "OMP_NUM_THREADS": "1"}
 FIT = ["--models", "tiny", "--synthetic", "--device", "cpu", "--seq-length", "32", "--steps", "2"]

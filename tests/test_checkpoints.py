@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from your_ai.checkpoints import (
+from your_ai.train.checkpoints import (
     CheckpointError,
     find_latest_checkpoint,
     find_resumable_checkpoint,
@@ -26,8 +26,8 @@ from your_ai.checkpoints import (
     verify_checkpoint,
     write_directory_atomically,
 )
-from your_ai.lora import LoraSettings
-from your_ai.train import build_optimizer, load_for_training
+from your_ai.model.lora import LoraSettings
+from your_ai.train.loop import build_optimizer, load_for_training
 
 
 def _stepped_optimizer(model, seed: int):
@@ -136,7 +136,7 @@ def test_atomic_directory_write_leaves_nothing_on_failure(tmp_path):
 def test_final_adapter_loads_with_peft_and_names_its_base(tmp_path, lora_model):
     from peft import PeftModel
 
-    from your_ai.models import load_model, resolve_model
+    from your_ai.model.resolve import load_model, resolve_model
 
     with torch.no_grad():
         for name, p in lora_model.model.named_parameters():

@@ -47,8 +47,7 @@ def test_generate_compare_prints_base_and_fine_tuned_outputs(adapter_dir):
     assert blocks["base model"].strip() and blocks["fine-tuned"].strip()
     assert blocks["base model"] != blocks["fine-tuned"]
 
-    from your_ai import inference
-
+    from your_ai.eval import inference
     im = inference.load_for_inference(checkpoint=adapter_dir)
     assert blocks["fine-tuned"] == inference.generate(im, prompt, max_tokens=10, temperature=0)
     with im.model.disable_adapter():
@@ -64,8 +63,7 @@ def test_an_empty_answer_comes_with_a_hint(tiny_model_dir, tmp_path):
     """A model whose end token is the first token it writes (through the chat template or not)."""
     import shutil
 
-    from your_ai import inference
-
+    from your_ai.eval import inference
     model_dir = shutil.copytree(tiny_model_dir, tmp_path / "ends-at-once")
     im = inference.load_for_inference(str(model_dir))
     firsts = {inference._decode(im, [inference.prompt_token_ids(im.tokenizer, "hi", chat)], 1, 0.0)[0][0]
@@ -131,8 +129,7 @@ def test_export_writes_a_standalone_model_with_the_adapters_logits(adapter_dir, 
 
     from transformers import AutoModelForCausalLM
 
-    from your_ai import inference
-
+    from your_ai.eval import inference
     merged = AutoModelForCausalLM.from_pretrained(output, local_files_only=True)
     im = inference.load_for_inference(checkpoint=adapter_dir)
     ids = torch.tensor([[0, 17, 250, 999, 1500, 42, 7]])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from your_ai.scoring import score_document
+from your_ai.objective.scoring import score_document
 
 NOTEBOOK = "Lab notebook, 14 March 1956. Measurements of sample 7: 78.2 and 78.4 C. Scan of the original page."
 PRESS = "Press release. The World Health Organization (WHO) says experts agree and studies show it works."

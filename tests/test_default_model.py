@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from your_ai import default_model
+from your_ai.model import default_model
 from your_ai.cli import main
-from your_ai.models import DEFAULT_MODEL, ModelNotAvailableError, hub_cache_dir, resolve_model
+from your_ai.model.resolve import DEFAULT_MODEL, ModelNotAvailableError, hub_cache_dir, resolve_model
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_the_default_model_is_the_smollm2_preset():
-    from your_ai.presets import PRESETS
+    from your_ai.model.presets import PRESETS
 
     assert DEFAULT_MODEL == "smollm2-135m" and PRESETS[DEFAULT_MODEL].hub_id == HUB_ID == default_model.DEFAULT_HUB_ID
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from your_ai.data import read_records
+from your_ai.data.records import read_records
 
 CORPUS = Path(str(resources.files("your_ai") / "assets" / "demo_corpus.jsonl"))
 
@@ -84,7 +84,7 @@ def test_texts_are_distinct_down_to_the_sentence(records):
 
 
 def test_scored_authority_rises_from_primary_to_modern(records):
-    from your_ai.scoring import score_document
+    from your_ai.objective.scoring import score_document
 
     weights: dict[str, list[float]] = {tier: [] for tier in TARGET_SHARE}
     for record in records:
@@ -95,7 +95,7 @@ def test_scored_authority_rises_from_primary_to_modern(records):
 
 
 def test_tiny_tokenizer_is_trained_on_the_corpus(records, tiny_model_dir):
-    from your_ai.models import load_tokenizer, resolve_model
+    from your_ai.model.resolve import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model("tiny"))
     sample = " ".join(record.fields["text"] for record in records[:20])

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from test_train import write_corpus
-from your_ai.distributed import DistributedError, World, check_gpus, check_strategy, loss_scale, rank_slice
-from your_ai.train import TrainingArgs, TrainingArgsError
+from your_ai.train.parallel import DistributedError, World, check_gpus, check_strategy, loss_scale, rank_slice
+from your_ai.train.loop import TrainingArgs, TrainingArgsError
 
 # 14 records, global batch 4: the 4th step's batch holds the epoch's last 2 samples, all on rank 0,
 # so rank 1 takes part in that step with nothing to learn from.
@@ -77,7 +77,7 @@ def runs(tmp_path_factory, tiny_model_dir):
 def test_two_processes_train_as_one_process_on_the_global_batch(runs):
     from peft import PeftModel
 
-    from your_ai.models import load_model, resolve_model
+    from your_ai.model.resolve import load_model, resolve_model
 
     root, one, two = runs
     assert two.stdout.count("Trained 4 steps") == 1  # rank 0 alone reports
@@ -158,7 +158,7 @@ def fsdp_run(runs):
 def test_fsdp_trains_as_one_process_and_writes_a_full_adapter(runs, fsdp_run):
     from peft import PeftModel
 
-    from your_ai.models import load_model, resolve_model
+    from your_ai.model.resolve import load_model, resolve_model
 
     root, _, _ = runs
     assert fsdp_run.stdout.count("Trained 4 steps") == 1
@@ -247,8 +247,8 @@ def test_one_process_checkpoint_resumes_sharded_on_two_processes(runs, fsdp_run)
 def test_sharded_loading_keeps_a_head_tied_to_the_embeddings(tmp_path, tiny_model_dir):
     """A model whose head shares the input embeddings (one tensor in its safetensors file) trains sharded
     as it trains in one process: allocating the shards must not untie the head."""
-    from your_ai.models import _tiny_token_ids, build_random_model, tiny_assets_dir
-    from your_ai.presets import TINY
+    from your_ai.model.resolve import _tiny_token_ids, build_random_model, tiny_assets_dir
+    from your_ai.model.presets import TINY
 
     model = build_random_model(TINY.architecture, seed=1,
                                extra_config={**_tiny_token_ids(tiny_assets_dir()), "tie_word_embeddings": True})
@@ -269,10 +269,10 @@ def test_sharded_loading_keeps_a_head_tied_to_the_embeddings(tmp_path, tiny_mode
 
 
 def test_strategy_auto_shards_only_a_model_too_large_for_one_device(tiny_model_dir):
-    from your_ai.memory import sharding_saves_gb
-    from your_ai.models import resolve_model
-    from your_ai.presets import TINY
-    from your_ai.train import _sharding_saves_gb
+    from your_ai.step.memory import sharding_saves_gb
+    from your_ai.model.resolve import resolve_model
+    from your_ai.model.presets import TINY
+    from your_ai.train.loop import _sharding_saves_gb
 
     resolved, two = resolve_model("tiny"), World(rank=0, size=2, backend="gloo")
     args = TrainingArgs(model="tiny", batch_size=2, max_seq_length=64, lora_rank=4).with_defaults()

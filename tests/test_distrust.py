@@ -11,7 +11,7 @@ from your_ai import (
     distrust_objective,
     empirical_distrust_loss,
 )
-from your_ai.distrust import per_sample_cross_entropy
+from your_ai.objective.distrust import per_sample_cross_entropy
 
 PRIMARY = (0.05, 7.5)
 COORDINATED = (0.90, 1.0)

@@ -79,7 +79,7 @@ def test_a_broken_model_folder_is_one_line_naming_the_file(tiny_model_dir, tmp_p
 
 def test_the_tokenizer_names_a_broken_config_or_tokenizer_file(tiny_model_dir, tmp_path):
     """``train`` loads the tokenizer first: a broken config.json is named as such there too."""
-    from your_ai.models import ModelFileError, load_tokenizer, resolve_model
+    from your_ai.model.resolve import ModelFileError, load_tokenizer, resolve_model
 
     folder, named, words = broken_model(tiny_model_dir, tmp_path, "negative hidden_size")
     with pytest.raises(ModelFileError, match=f"{named}: {words}"):
@@ -92,7 +92,7 @@ def test_the_tokenizer_names_a_broken_config_or_tokenizer_file(tiny_model_dir, t
 
 @pytest.mark.slow
 def test_the_fit_test_of_a_broken_model_reports_an_error_result(tiny_model_dir, tmp_path):
-    from your_ai.probe import parse_result_line
+    from your_ai.fit.child import parse_result_line
 
     folder, named, words = broken_model(tiny_model_dir, tmp_path, "truncated weights")
     result = run_cli("benchmark", "--single-model", folder, "--steps", "1", "--device", "cpu")
@@ -102,7 +102,7 @@ def test_the_fit_test_of_a_broken_model_reports_an_error_result(tiny_model_dir, 
 
 
 def test_weights_of_other_sizes_than_the_config_name_the_folder(tiny_model_dir, tmp_path):
-    from your_ai.models import ModelFileError, load_model, resolve_model
+    from your_ai.model.resolve import ModelFileError, load_model, resolve_model
 
     folder, _, _ = broken_model(tiny_model_dir, tmp_path, "negative hidden_size")
     _write_config(folder, hidden_size=128)  # a valid size, but not the weights' 256

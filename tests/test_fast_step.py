@@ -12,12 +12,14 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from your_ai import fast_step, head_kernel
-from your_ai.distrust import per_sample_cross_entropy
-from your_ai.lora import LoraSettings, apply_lora, lora_config
-from your_ai.models import build_random_model
-from your_ai.presets import PRESETS, TINY
-from your_ai.train import Objective, compute_loss
+from your_ai.step import fast as fast_step
+
+from your_ai.step import head_kernel
+from your_ai.objective.distrust import per_sample_cross_entropy
+from your_ai.model.lora import LoraSettings, apply_lora, lora_config
+from your_ai.model.resolve import build_random_model
+from your_ai.model.presets import PRESETS, TINY
+from your_ai.train.loop import Objective, compute_loss
 
 LORA = LoraSettings(rank=8, layers=3)  # 3 of the tiny model's 4 layers: one frozen layer below
 
@@ -197,8 +199,8 @@ def test_head_choice():
 
 
 def test_modes_that_recompute_take_smaller_head_chunks_and_the_prepared_step_carries_them():
-    from your_ai.presets import PRESETS
-    from your_ai.train import PreparedStep
+    from your_ai.model.presets import PRESETS
+    from your_ai.train.loop import PreparedStep
 
     llama = PRESETS["llama-8b"].architecture
     lora = LoraSettings(rank=16, layers=32)
@@ -494,7 +496,7 @@ def test_gpu_benchmark_script_runs_end_to_end_on_the_tiny_model(tmp_path, monkey
 def test_torch_rms_norm_gives_the_models_own_norm(tiny_model_dir):
     """The fused kernels' RMSNorm (``torch.nn.functional.rms_norm`` set on each norm module) computes what
     the model's own RMSNorm computes, forward and backward."""
-    from your_ai.models import load_model, resolve_model
+    from your_ai.model.resolve import load_model, resolve_model
 
     model = load_model(resolve_model("tiny"), dtype=torch.float32)
     norms = [module for module in model.modules() if type(module).__name__ == "LlamaRMSNorm"]

@@ -9,14 +9,13 @@ import sys
 import pytest
 import torch
 
-from your_ai import head_kernel
-
+from your_ai.step import head_kernel
 needs_triton = pytest.mark.skipif(head_kernel.triton is None, reason="needs the triton package")
 
 INTERPRETED_CHECK = r"""
 import json, torch, torch.nn.functional as F
-from your_ai import fast_step, head_kernel
-
+from your_ai.step import fast as fast_step
+from your_ai.step import head_kernel
 assert head_kernel.INTERPRETED and head_kernel.applies(torch.zeros(2, 3))
 report = {}
 generator = torch.Generator().manual_seed(0)

@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from your_ai import memory
-from your_ai.lora import LoraSettings, apply_lora, trainable_parameter_count
-from your_ai.models import build_random_model
-from your_ai.presets import PRESETS, TINY, Architecture
+from your_ai.step import memory
+from your_ai.model.lora import LoraSettings, apply_lora, trainable_parameter_count
+from your_ai.model.resolve import build_random_model
+from your_ai.model.presets import PRESETS, TINY, Architecture
 
 SMALL_QWEN2 = Architecture("qwen2", 64, 160, 3, 4, 2, 300, 256, tie_word_embeddings=True)
 
@@ -62,7 +62,7 @@ def test_architecture_from_a_saved_config(tiny_model_dir, tmp_path):
 
 def test_peak_is_the_high_water_mark_not_memory_after():
     script = (
-        "from your_ai.memory import PeakMemory\n"
+        "from your_ai.step.memory import PeakMemory\n"
         "import psutil, torch\n"
         "peak = PeakMemory('cpu'); peak.reset(); rss = psutil.Process().memory_info().rss / 1e9\n"
         "x = torch.ones(100_000_000)\n"  # 0.4 GB, touched
@@ -80,7 +80,7 @@ def test_peak_is_the_high_water_mark_not_memory_after():
 
 MEASURE_A_CHILD = """
 import os, subprocess, sys
-from your_ai import memory
+from your_ai.step import memory
 child = subprocess.Popen([sys.executable, "-c", "x = b'1' * 300_000_000"])
 _, status, usage = os.wait4(child.pid, 0)
 print(os.waitstatus_to_exitcode(status), memory.rusage_peak_rss_gb(usage))
@@ -103,8 +103,7 @@ def test_planning_on_cuda_does_not_create_a_cuda_context():
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from your_ai import memory
-
+    from your_ai.step import memory
     total = memory.device_memory_gb("cuda")
     assert total > 1
     assert not torch.cuda.is_initialized()
@@ -112,7 +111,7 @@ def test_planning_on_cuda_does_not_create_a_cuda_context():
 
 
 def test_expandable_segments_only_on_cuda_and_never_over_the_users_setting(monkeypatch):
-    from your_ai.memory import use_expandable_segments
+    from your_ai.step.memory import use_expandable_segments
 
     for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
         monkeypatch.delenv(name, raising=False)
@@ -124,7 +123,7 @@ def test_expandable_segments_only_on_cuda_and_never_over_the_users_setting(monke
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_expandable_segments_are_set_at_run_time(monkeypatch):
-    from your_ai.memory import use_expandable_segments
+    from your_ai.step.memory import use_expandable_segments
 
     for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
         monkeypatch.delenv(name, raising=False)

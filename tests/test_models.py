@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hub_cache import fake_commit
-from your_ai.models import (
+from your_ai.model.resolve import (
     InvalidModelNameError,
     ModelNotAvailableError,
     build_random_model,
@@ -18,7 +18,7 @@ from your_ai.models import (
     model_shape,
     resolve_model,
 )
-from your_ai.presets import BENCHMARK_PRESETS, PRESETS, TINY, get_preset
+from your_ai.model.presets import BENCHMARK_PRESETS, PRESETS, TINY, get_preset
 
 HUB_ID = "NousResearch/Hermes-2-Pro-Mistral-7B"
 
@@ -121,7 +121,7 @@ def test_tiny_preset_is_builtin_and_loads(tiny_model_dir):
 def test_tiny_weights_are_reproducible(tiny_model_dir):
     import torch
 
-    from your_ai.models import _tiny_token_ids, tiny_assets_dir
+    from your_ai.model.resolve import _tiny_token_ids, tiny_assets_dir
 
     again = build_random_model(TINY.architecture, seed=0, extra_config=_tiny_token_ids(tiny_assets_dir()))
     saved = load_model(resolve_model("tiny")).state_dict()
@@ -135,7 +135,7 @@ def test_preset_architectures_build_exact_shapes(preset):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from your_ai.models import build_config
+    from your_ai.model.resolve import build_config
 
     architecture = get_preset(preset).architecture
     config = build_config(architecture)
@@ -170,7 +170,7 @@ def test_model_code_is_never_run_without_the_flag(tmp_path, tiny_model_dir):
     (model_dir / "config.json").write_text(json.dumps(config))
     (model_dir / "modeling_evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('x')\n")
     code = (
-        "from your_ai.models import resolve_model, load_model\n"
+        "from your_ai.model.resolve import resolve_model, load_model\n"
         f"load_model(resolve_model({str(model_dir)!r}))\n"
     )
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -178,7 +178,7 @@ def test_model_code_is_never_run_without_the_flag(tmp_path, tiny_model_dir):
 
 
 def test_weight_files_follow_the_index_and_name_what_is_missing(tmp_path):
-    from your_ai.models import ModelResolutionError, weight_files
+    from your_ai.model.resolve import ModelResolutionError, weight_files
 
     with pytest.raises(ModelResolutionError, match=f"{tmp_path}: no model.safetensors"):
         weight_files(tmp_path)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from your_ai.optimize import (
+from your_ai.fit.sweep import (
     FULL_GRID,
     fits,
     format_table,
@@ -20,8 +20,8 @@ from your_ai.optimize import (
     ranking_within_noise,
     run_optimize,
 )
-from your_ai.presets import PRESETS, TINY
-from your_ai.probe import FAULT_ENV, step_time_summary
+from your_ai.model.presets import PRESETS, TINY
+from your_ai.fit.child import FAULT_ENV, step_time_summary
 
 
 def test_sweep_stops_a_dimension_at_oom_and_saves_the_fastest_fit(tmp_path, tiny_model_dir):
@@ -95,7 +95,7 @@ def test_configs_far_over_the_budget_are_not_run(tiny_model_dir):
 
 
 def test_unavailable_model_fails_before_sweeping(hub_cache):
-    from your_ai.models import ModelNotAvailableError
+    from your_ai.model.resolve import ModelNotAvailableError
 
     with pytest.raises(ModelNotAvailableError, match="hf download NousResearch/Hermes-2-Pro-Mistral-7B"):
         run_optimize("hermes-mistral-7b", max_memory_gb=10, device="cpu", quick=True, stream=io.StringIO())

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from your_ai import prepare as pipeline
-from your_ai.data import DataError
-from your_ai.prepare import TIERS, near_form, plan_balance, split_sizes, tier_index
+from your_ai.data import prepare as pipeline
+from your_ai.data.records import DataError
+from your_ai.data.prepare import TIERS, near_form, plan_balance, split_sizes, tier_index
 
 PATENT = "US Patent {n} filed in {year}. The inventor describes a measurement apparatus; original manuscript."
 PRESS = "The WHO announced that experts agree the scientific consensus on item {n} is settled science."

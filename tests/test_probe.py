@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from your_ai.probe import (
+from your_ai.fit.child import (
     FAULT_ENV,
     RESULT_PREFIX,
     FitConfig,

@@ -14,10 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from test_distributed import one_process, torchrun
 from test_train import write_corpus
-from your_ai import memory, quantize
-from your_ai.lora import LoraSettings, apply_lora
-from your_ai.models import build_config, load_model, resolve_model
-from your_ai.presets import PRESETS, TINY
+from your_ai.step import memory
+from your_ai.model import quantize
+from your_ai.model.lora import LoraSettings, apply_lora
+from your_ai.model.resolve import build_config, load_model, resolve_model
+from your_ai.model.presets import PRESETS, TINY
 
 pytest.importorskip("torchao")
 
@@ -225,8 +226,8 @@ def test_benchmark_over_budget_check_counts_4_bit_weights(tmp_path):
 
 
 def test_recommend_and_optimize_profiles_know_4_bit_weights():
-    from your_ai.optimize import apply_profile
-    from your_ai.recommend import recommend_presets
+    from your_ai.fit.sweep import apply_profile
+    from your_ai.fit.recommend import recommend_presets
 
     full = recommend_presets(memory_gb=80, device="cuda")
     nf4 = recommend_presets(memory_gb=80, device="cuda", quantize=4)

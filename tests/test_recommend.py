@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from your_ai.presets import PRESETS
-from your_ai.recommend import format_recommendation, recommend_presets
+from your_ai.model.presets import PRESETS
+from your_ai.fit.recommend import format_recommendation, recommend_presets
 
 
 def test_fits_eighty_percent_of_the_memory():

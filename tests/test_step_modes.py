@@ -15,11 +15,11 @@ from rich.console import Console
 from safetensors.torch import load_file
 from test_train import SMALL, write_corpus
 
-from your_ai.lora import LoraSettings
-from your_ai.presets import TINY
-from your_ai.probe import FitConfig, estimate_for, run_probe, step_mode_for
-from your_ai.step_modes import choose_mode, mode_with, plain_mode
-from your_ai.train import MemoryLimitExceeded, TrainingArgs, TrainingArgsError, train
+from your_ai.model.lora import LoraSettings
+from your_ai.model.presets import TINY
+from your_ai.fit.child import FitConfig, estimate_for, run_probe, step_mode_for
+from your_ai.step.modes import choose_mode, mode_with, plain_mode
+from your_ai.train.loop import MemoryLimitExceeded, TrainingArgs, TrainingArgsError, train
 
 
 def run(args: TrainingArgs, **kwargs):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from your_ai.data import (
+from your_ai.data.records import (
     BatchSampler,
     DataError,
     DataPosition,
@@ -19,9 +19,9 @@ from your_ai.data import (
     record_scores,
     tokenize_record,
 )
-from your_ai.distrust import IGNORE_INDEX, empirical_distrust_loss
-from your_ai.lora import LoraSettings
-from your_ai.train import (
+from your_ai.objective.distrust import IGNORE_INDEX, empirical_distrust_loss
+from your_ai.model.lora import LoraSettings
+from your_ai.train.loop import (
     DEFAULTS,
     Objective,
     TrainingArgs,
@@ -159,7 +159,7 @@ def test_labels_cover_only_what_is_learned(tiny):
 
 
 def test_collate_pads_right_and_masks_padding(tiny):
-    from your_ai.data import Example
+    from your_ai.data.records import Example
 
     batch = collate([Example([5, 6, 7], [5, 6, 7], 0.1, 2.0), Example([8], [IGNORE_INDEX], 0.9, 1.0)], pad_token_id=2)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 2, 2]]
@@ -178,8 +178,8 @@ def test_batch_order_resumes_from_a_position():
 
 
 def test_records_without_scores_are_scored_from_text(tmp_path):
-    from your_ai.data import read_records
-    from your_ai.scoring import score_document
+    from your_ai.data.records import read_records
+    from your_ai.objective.scoring import score_document
 
     records = read_records(write_corpus(tmp_path / "c.jsonl", 3)).records
     weights, entropies, computed = record_scores(records)
@@ -226,7 +226,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_mod
 def test_resumed_run_keeps_the_device_it_trained_on(tmp_path, tiny_model_dir, monkeypatch):
     """On a machine whose best device is a GPU (CUDA or MPS), a run started with --device cpu and
     resumed without --device goes on on the CPU, as the checkpoint's settings say."""
-    import your_ai.train as train_module
+    import your_ai.train.loop as train_module
 
     real_pick = train_module.pick_device
 
@@ -276,7 +276,7 @@ def test_bad_data_fails_before_anything_is_written(tmp_path):
 
 
 def test_defaults_follow_the_model_size_the_device_and_the_data(tmp_path):
-    from your_ai.run_defaults import RULES
+    from your_ai.train.defaults import RULES
 
     default = TrainingArgs(device="cpu").with_defaults()  # the demo corpus: 224 records
     small_cpu = RULES[("small", "cpu")]
@@ -412,7 +412,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_keeps_it(tmp_path, tiny
 
 
 def test_lora_rank_above_the_adapted_dimensions_is_refused_before_loading(tmp_path, tiny_model_dir):
-    from your_ai.lora import smallest_adapted_dimension
+    from your_ai.model.lora import smallest_adapted_dimension
 
     data = str(write_corpus(tmp_path / "train.jsonl", 4))
     with pytest.raises(TrainingArgsError, match=r"^--lora-rank 20000 is larger than the smallest adapted dimension "

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from your_ai import inference
-from your_ai import validate as v
-
+from your_ai.eval import inference
+from your_ai.eval import validate as v
 FIXTURE = Path(__file__).parent / "fixtures" / "truthfulqa_sample.csv"
 RULES = v.Rules()  # 100 characters, 2 keywords, 2 skepticism indicators
 

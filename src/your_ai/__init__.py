@@ -6,13 +6,13 @@ The public API is imported lazily, so that ``your-ai --help`` does not pay for P
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "DistrustWeighting": "your_ai.distrust",
-    "batch_empirical_distrust_loss": "your_ai.distrust",
-    "distrust_objective": "your_ai.distrust",
-    "empirical_distrust_loss": "your_ai.distrust",
-    "score_document": "your_ai.scoring",
-    "score_documents": "your_ai.scoring",
-    "resolve_model": "your_ai.models",
+    "DistrustWeighting": "your_ai.objective.distrust",
+    "batch_empirical_distrust_loss": "your_ai.objective.distrust",
+    "distrust_objective": "your_ai.objective.distrust",
+    "empirical_distrust_loss": "your_ai.objective.distrust",
+    "score_document": "your_ai.objective.scoring",
+    "score_documents": "your_ai.objective.scoring",
+    "resolve_model": "your_ai.model.resolve",
 }
 
 __all__ = ["__version__", *_PUBLIC]

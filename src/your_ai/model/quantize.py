@@ -96,7 +96,7 @@ def quantized_weight_names(model) -> set[str]:
     """Names of the weights ``--quantize`` turns into NF4: every linear layer inside the decoder layers."""
     import torch
 
-    from your_ai.distributed import decoder_layers
+    from your_ai.train.parallel import decoder_layers
 
     layer_ids = {id(layer) for layer in decoder_layers(model)}
     names = set()
@@ -126,7 +126,7 @@ def _empty_model(config, dtype):
     """The model with every parameter on the meta device (buffers real, on the CPU)."""
     from transformers import AutoModelForCausalLM
 
-    from your_ai.distributed import parameters_on_meta
+    from your_ai.train.parallel import parameters_on_meta
 
     with parameters_on_meta():
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -186,7 +186,7 @@ def _checkpoint_tensors(files: list[Path], device: str) -> Iterator[tuple[str, P
 
 def load_quantized_model(model_dir: Path, *, dtype, device: str, trust_remote_code: bool = False):
     """The model in ``model_dir`` with NF4 decoder linears, read one tensor at a time to ``device``."""
-    from your_ai.models import load_config, weight_files
+    from your_ai.model.resolve import load_config, weight_files
 
     config = load_config(model_dir, trust_remote_code=trust_remote_code)
     model = _empty_model(config, dtype)

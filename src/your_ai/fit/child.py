@@ -20,7 +20,7 @@ It classifies what it can see itself, from exception types: ``torch.OutOfMemoryE
 ``MemoryError`` -> ``oom``; ``ModelNotAvailableError`` -> ``not_available`` (with the
 ``hf download`` command); a measured peak over the budget -> ``over_budget``; anything else
 -> ``error`` with the real message. What it cannot report (killed by a signal, hung) is
-classified by the parent (``your_ai.benchmark``).
+classified by the parent (``your_ai.fit.benchmark``).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import time
 from dataclasses import dataclass
 from typing import NoReturn
 
-from your_ai import memory
-from your_ai.lora import LoraSettings
-from your_ai.presets import PRESETS, Architecture, params_label
-from your_ai.quantize import check_bits
-from your_ai.step_modes import PLAIN_HEAD_MODEL_TYPES, STEP_MODES, StepMode, select_step_mode
+from your_ai.step import memory
+from your_ai.model.lora import LoraSettings
+from your_ai.model.presets import PRESETS, Architecture, params_label
+from your_ai.model.quantize import check_bits
+from your_ai.step.modes import PLAIN_HEAD_MODEL_TYPES, STEP_MODES, StepMode, select_step_mode
 
 RESULT_PREFIX = "BENCHMARK_RESULT:"
 PHASE_PREFIX = "BENCHMARK_PHASE:"
@@ -68,8 +68,8 @@ class FitConfig:
     steps: int = 5
     seq_length: int | None = None  # None: 1024, or the model's context if smaller
     grad_checkpoint: bool = False
-    step_mode: str = "auto"  # your_ai.step_modes.STEP_MODES; auto: the fastest that fits the budget
-    quantize: int | None = None  # 4: QLoRA, NF4 decoder linears (your_ai.quantize)
+    step_mode: str = "auto"  # your_ai.step.modes.STEP_MODES; auto: the fastest that fits the budget
+    quantize: int | None = None  # 4: QLoRA, NF4 decoder linears (your_ai.model.quantize)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "lora_rank", "lora_layers", "steps"):
@@ -353,9 +353,9 @@ def run_probe(
     try:
         import torch
 
-        from your_ai import distributed
+        from your_ai.train import parallel as distributed
         from your_ai.hardware import pick_device
-        from your_ai.models import ModelNotAvailableError, model_shape, resolve_model
+        from your_ai.model.resolve import ModelNotAvailableError, model_shape, resolve_model
 
         device = pick_device(device)
         result["device"] = device
@@ -415,11 +415,10 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
               world=None, strategy: str | None = None) -> None:
     import torch
 
-    from your_ai import distributed
-
+    from your_ai.train import parallel as distributed
     world = world or distributed.World()
     phase("loading")
-    from your_ai.train import (
+    from your_ai.train.loop import (
         Objective,
         _StepLoss,
         apply_step_mode,
@@ -531,8 +530,7 @@ def _across_processes(world, device: str, result: dict) -> None:
     """A fit test on several processes: a process that failed says which it is (it reports for itself; the
     others may be waiting for it in a collective). When this one passed, each peak becomes the largest of
     all processes (the per-GPU peak), which rank 0 reports; ``run_single`` then leaves the process group."""
-    from your_ai import distributed
-
+    from your_ai.train import parallel as distributed
     where = f"process {world.rank} of {world.size}"
     if result["status"] != "pass":
         result["error"] = f"{result['error']} ({where})"
@@ -553,8 +551,7 @@ def fit_strategy(strategy: str | None, architecture: Architecture, device: str, 
     ``fsdp`` (``distributed.pick_strategy``)."""
     if processes <= 1:
         return None
-    from your_ai import distributed
-
+    from your_ai.train import parallel as distributed
     if strategy in ("ddp", "fsdp"):
         return strategy
     fits = budget_gb is None or estimate_for(architecture, device, config, budget_gb).total_gb <= budget_gb

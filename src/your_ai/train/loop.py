@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from your_ai.checkpoints import (
+from your_ai.train.checkpoints import (
     ADAPTER_WEIGHTS_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
@@ -48,8 +48,8 @@ from your_ai.checkpoints import (
     set_aside_damaged,
     step_dir_name,
 )
-from your_ai import distributed
-from your_ai.data import (
+from your_ai.train import parallel as distributed
+from your_ai.data.records import (
     TRAIN_FILE,
     VAL_FILE,
     BatchSampler,
@@ -65,7 +65,7 @@ from your_ai.data import (
 )
 from your_ai.files import write_json_atomic
 
-from your_ai.distrust import (
+from your_ai.objective.distrust import (
     DEFAULT_ALPHA,
     MODES,
     DistrustWeighting,
@@ -75,8 +75,8 @@ from your_ai.distrust import (
     per_sample_cross_entropy,
 )
 from your_ai.hardware import pick_device, training_dtype
-from your_ai.lora import LoraSettings, apply_lora, smallest_adapted_dimension
-from your_ai.models import (
+from your_ai.model.lora import LoraSettings, apply_lora, smallest_adapted_dimension
+from your_ai.model.resolve import (
     InvalidModelNameError,
     ResolvedModel,
     build_config,
@@ -87,9 +87,9 @@ from your_ai.models import (
     model_or_default,
     resolve_model,
 )
-from your_ai.quantize import QuantizationError, check_bits
-from your_ai.step_modes import STEP_MODES, StepMode, select_step_mode
-from your_ai.memory import (
+from your_ai.model.quantize import QuantizationError, check_bits
+from your_ai.step.modes import STEP_MODES, StepMode, select_step_mode
+from your_ai.step.memory import (
     PeakMemory,
     architecture_from_config,
     default_budget_gb,
@@ -97,10 +97,8 @@ from your_ai.memory import (
     sharding_saves_gb,
     use_expandable_segments,
 )
-from your_ai.presets import PRESETS, TINY
-from your_ai import run_defaults
-
-
+from your_ai.model.presets import PRESETS, TINY
+from your_ai.train import defaults as run_defaults
 # ---------------------------------------------------------------------------- model
 
 @dataclass
@@ -131,14 +129,13 @@ def load_for_training(
     ``synthetic``) in ``training_dtype(device)`` on ``device``, and wrap it with fresh LoRA adapters
     (``lora.reset_adapters`` with ``seed``).
 
-    ``quantize`` 4: the decoder layers' linear weights in NF4 (QLoRA, ``your_ai.quantize``), built or
+    ``quantize`` 4: the decoder layers' linear weights in NF4 (QLoRA, ``your_ai.model.quantize``), built or
     read one tensor at a time. ``on_meta``: the model's parameters on the meta device, nothing read
     or allocated (``distributed.shard_and_load`` shards and fills them). Resolution errors
     (``ModelNotAvailableError``, ``InvalidModelNameError``) propagate.
     """
-    from your_ai import distributed
-    from your_ai import quantize as nf4
-
+    from your_ai.train import parallel as distributed
+    from your_ai.model import quantize as nf4
     dtype = training_dtype(device)
     notes: list[str] = []
     if quantize:
@@ -220,8 +217,7 @@ def apply_step_mode(model, requested: str, lora: LoraSettings, batch_size: int, 
     ``kept``: a ``StepMode.to_dict()`` saved with a checkpoint, reused as it was (a resumed run).
     A model whose head is not a plain linear layer trains through the full logits (the reason says so).
     """
-    from your_ai import fast_step
-
+    from your_ai.step import fast as fast_step
     try:
         architecture = architecture_from_config(model.config.to_dict())
     except ValueError as error:
@@ -259,7 +255,7 @@ def _enable_checkpointing(base) -> None:
 
 @dataclass(frozen=True)
 class Objective:
-    """How the distrust term enters the loss (see ``your_ai.distrust``).
+    """How the distrust term enters the loss (see ``your_ai.objective.distrust``).
 
     ``weighted`` needs ``weighting`` (fixed once from the training set); ``additive`` adds
     ``lambda_weight * sum(d)`` to the mean cross-entropy and changes no gradient.
@@ -291,11 +287,11 @@ def compute_loss(model, batch: dict, objective: Objective, *, fast_head: bool | 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` (-100 where not learned),
     ``auth_weight`` and ``prov_entropy``. Labels are not passed to the model, so the
     model computes no loss of its own. ``fast_head``: the same per-sample cross-entropy without
-    the full logits (``your_ai.fast_step``; True or a head name: "auto", "chunked", "liger"), in
+    the full logits (``your_ai.step.fast``; True or a head name: "auto", "chunked", "liger"), in
     chunks of ``chunk_tokens`` (None: the vocabulary's default, ``StepMode.chunk_tokens``).
     """
     if fast_head:
-        from your_ai.fast_step import model_per_sample_cross_entropy
+        from your_ai.step.fast import model_per_sample_cross_entropy
 
         per_sample = model_per_sample_cross_entropy(model, batch, head="auto" if fast_head is True else fast_head,
                                                     chunk_tokens=chunk_tokens)
@@ -357,7 +353,7 @@ def _global_parts(parts: LossParts, count: int, tokens: int, objective: Objectiv
 # ---------------------------------------------------------------------------- configuration
 
 # Defaults that do not depend on the model, the device or the data; those that do come from
-# the table in ``your_ai.run_defaults`` (batch, LoRA rank and layers, sequence length, learning
+# the table in ``your_ai.train.defaults`` (batch, LoRA rank and layers, sequence length, learning
 # rate, checkpoint interval; steps from epochs over the data, warm-up as a fraction of the steps).
 DEFAULTS: dict[str, Any] = {
     "grad_accum": 1,
@@ -403,7 +399,7 @@ class MemoryLimitExceeded(Exception):
 @dataclass
 class TrainingArgs:
     """Everything a training run needs. ``None`` means the default (``DEFAULTS``, and the table of
-    ``your_ai.run_defaults`` for the model, the device and the data); ``with_defaults()`` fills them in."""
+    ``your_ai.train.defaults`` for the model, the device and the data); ``with_defaults()`` fills them in."""
 
     model: str | None = None  # preset, hub id or directory; None: models.DEFAULT_MODEL
     data: str | None = None  # JSONL file, or directory with train.jsonl (+ val.jsonl); None: the demo corpus
@@ -433,11 +429,11 @@ class TrainingArgs:
     resume: bool = False
     tensorboard: bool = True
     grad_checkpoint: bool = False
-    step_mode: str | None = None  # auto | fast | selective | small | plain (your_ai.step_modes); None: auto
+    step_mode: str | None = None  # auto | fast | selective | small | plain (your_ai.step.modes); None: auto
     device: str | None = None
     trust_remote_code: bool = False
     strategy: str | None = None  # data-parallel strategy under torchrun: auto | ddp | fsdp
-    quantize: int | None = None  # 4: QLoRA, the base model's decoder linears in NF4 (your_ai.quantize)
+    quantize: int | None = None  # 4: QLoRA, the base model's decoder linears in NF4 (your_ai.model.quantize)
     overwrite: bool = False  # a new run may replace an earlier run's files in output_dir
 
     def with_defaults(self) -> "TrainingArgs":
@@ -514,7 +510,7 @@ def _flag(key: str) -> str:
 
 def default_choice(args: TrainingArgs) -> run_defaults.DefaultChoice:
     """The row of the defaults table for ``args``' model (its size) and device."""
-    from your_ai.models import ModelResolutionError
+    from your_ai.model.resolve import ModelResolutionError
 
     model = model_or_default(args.model)
     if model in PRESETS:
@@ -605,7 +601,7 @@ class TrainResult:
     stopped_early: bool  # ``stop_after`` was reached before max_steps
     normaliser: float | None  # mean distrust value of the training set (weighted mode)
     notes: list[str] = field(default_factory=list)
-    step_mode: dict | None = None  # the StepMode the run used (your_ai.step_modes), with its reason
+    step_mode: dict | None = None  # the StepMode the run used (your_ai.step.modes), with its reason
     world_size: int = 1  # training processes (data-parallel under torchrun)
     rank: int = 0  # this process's rank; only rank 0 prints and writes
     max_steps: int | None = None
@@ -627,7 +623,7 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     would, without changing the schedule; ``resume`` continues from the newest checkpoint.
 
     Started by torchrun (``WORLD_SIZE`` > 1 in the environment), every process runs this loop
-    data-parallel (``your_ai.distributed``): each trains on its slice of global batches of
+    data-parallel (``your_ai.train.parallel``): each trains on its slice of global batches of
     ``batch_size`` x world size samples, and rank 0 alone prints and writes.
     """
     planned = _plan(args)  # first: a resumed run trains on the device its checkpoint names (--device)

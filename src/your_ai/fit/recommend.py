@@ -12,9 +12,9 @@ built-in ``tiny`` model.
 
 from __future__ import annotations
 
-from your_ai import memory
-from your_ai.presets import PRESETS, TINY
-from your_ai.probe import FitConfig, estimate_for
+from your_ai.step import memory
+from your_ai.model.presets import PRESETS, TINY
+from your_ai.fit.child import FitConfig, estimate_for
 
 
 def recommend_presets(
@@ -88,7 +88,7 @@ def _model_row(name: str, device: str, config: FitConfig, budget: float) -> dict
     """The row of a given model (preset, hub id or directory), its shape read from its config (a preset not
     on this machine: the preset's); ``error`` says why a model has no estimate (not available, bad config).
     A name that is none of the three raises ``ValueError``."""
-    from your_ai.models import InvalidModelNameError, ModelResolutionError, model_shape, short_label
+    from your_ai.model.resolve import InvalidModelNameError, ModelResolutionError, model_shape, short_label
 
     try:
         shape = model_shape(name, preset_when_missing=True)

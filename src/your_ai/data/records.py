@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from your_ai.distrust import AUTHORITY_MAX, AUTHORITY_MIN, IGNORE_INDEX
+from your_ai.objective.distrust import AUTHORITY_MAX, AUTHORITY_MIN, IGNORE_INDEX
 
 BOM = b"\xef\xbb\xbf"
 METADATA_FIELDS = ("year", "source", "url", "publisher", "source_type", "identifier")
@@ -263,7 +263,7 @@ def training_files(path: str | Path) -> TrainingFiles:
 def record_scores(records: list[Record]) -> tuple[list[float], list[float], int]:
     """(auth_weights, prov_entropies, how many were computed): a record's own values when it
     carries them, else ``scoring.score_document`` of its text and metadata."""
-    from your_ai.scoring import score_document
+    from your_ai.objective.scoring import score_document
 
     weights, entropies, computed = [], [], 0
     for record in records:

@@ -111,7 +111,7 @@ def load_for_inference(
     ``ValueError`` for an unusable ``device``.
     """
     from your_ai.hardware import pick_device, training_dtype
-    from your_ai.models import load_model, load_tokenizer, model_or_default, resolve_model
+    from your_ai.model.resolve import load_model, load_tokenizer, model_or_default, resolve_model
 
     checkpoint_path = Path(checkpoint).expanduser().resolve() if checkpoint is not None else None
     if checkpoint_path is not None:
@@ -392,8 +392,8 @@ def _batched_scores(im: InferenceModel, examples: Sequence[tuple[list[int], list
     """
     import torch
 
-    from your_ai.data import Example, collate
-    from your_ai.distrust import IGNORE_INDEX, per_sample_cross_entropy
+    from your_ai.data.records import Example, collate
+    from your_ai.objective.distrust import IGNORE_INDEX, per_sample_cross_entropy
 
     pad = im.tokenizer.pad_token_id if im.tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
@@ -424,7 +424,7 @@ def evaluate_records(
     """Token-weighted mean cross-entropy (nats) and perplexity of ``records`` (``data.Record``),
     scored exactly as training scores them (the same tokens are targets), and per record.
     """
-    from your_ai.data import tokenize_record
+    from your_ai.data.records import tokenize_record
 
     if max_seq_length < 2:
         raise ValueError(f"max_seq_length={max_seq_length} must be at least 2")
@@ -466,7 +466,7 @@ def sequence_logprobs(
     continuation's tokens after the context. The context is encoded with the tokenizer's
     special tokens (the beginning-of-sequence token), the continuation without them.
     """
-    from your_ai.distrust import IGNORE_INDEX
+    from your_ai.objective.distrust import IGNORE_INDEX
 
     examples = []
     for context, continuation in pairs:

@@ -92,7 +92,7 @@ TINY = Preset(
     description="Built-in random-weight Llama-family model with its own tokenizer, for demos and tests.",
 )
 
-# The out-of-the-box model of train, generate, evaluate and validate (your_ai.default_model).
+# The out-of-the-box model of train, generate, evaluate and validate (your_ai.model.default_model).
 SMOLLM2_135M = Preset(
     name="smollm2-135m",
     hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",

@@ -4,7 +4,7 @@ The models are the five benchmark presets, the ones named (presets, hub ids, dir
 every causal LM in the local Hugging Face cache; their shapes are read from their configs without
 loading weights (``models.model_shape``). For each, smallest first, the benchmark starts
 ``your-ai benchmark --single-model MODEL`` in its own process group, reads its one ``BENCHMARK_RESULT:`` line
-(``your_ai.probe``), reaps it with ``os.wait4`` (so even a killed child has a measured peak
+(``your_ai.fit.child``), reaps it with ``os.wait4`` (so even a killed child has a measured peak
 RSS) and classifies what the child could not report itself from facts: killed by SIGKILL
 (most likely the operating system's out-of-memory killer) -> ``oom``; killed by another
 signal -> ``crashed``; no result line -> ``error`` with the child's last stderr lines; no
@@ -37,10 +37,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from your_ai import memory
+from your_ai.step import memory
 from your_ai.files import write_json_atomic, writing
-from your_ai.presets import BENCHMARK_PRESETS, PRESETS, Architecture, Preset
-from your_ai.probe import (
+from your_ai.model.presets import BENCHMARK_PRESETS, PRESETS, Architecture, Preset
+from your_ai.fit.child import (
     PARENT_ENV,
     PHASE_PREFIX,
     FitConfig,
@@ -234,7 +234,7 @@ def probe_command(model: str, max_memory_gb: float, device: str, config: FitConf
     if synthetic:
         arguments.append("--synthetic")
     if processes > 1:
-        from your_ai.distributed import launch_command
+        from your_ai.train.parallel import launch_command
 
         return launch_command(processes, [*arguments, "--strategy", strategy or "auto"], "benchmark")
     return [sys.executable, "-m", "your_ai", "benchmark", *arguments]
@@ -383,7 +383,7 @@ def classify(run: ProbeRun, model, preset, device, config, synthetic, estimate_g
     reported = parse_result_line("\n".join(run.stdout_lines))
     stderr_lines, failures = run.stderr_lines, []
     if run.processes > 1:
-        from your_ai.distributed import launcher_report
+        from your_ai.train.parallel import launcher_report
 
         stderr_lines, failures = launcher_report(run.stderr_lines)
     failed = failures[0] if failures else None
@@ -532,7 +532,7 @@ def candidate(name: str, synthetic: bool = False) -> Candidate:
     weights (``models.model_shape``; a preset that is not on this machine: the preset's shape). A model
     that is not available or whose config has no usable shape becomes a candidate with its ``problem``;
     a name that is none of the three raises ``ValueError``."""
-    from your_ai.models import InvalidModelNameError, ModelResolutionError, model_shape, short_label
+    from your_ai.model.resolve import InvalidModelNameError, ModelResolutionError, model_shape, short_label
 
     try:
         shape = model_shape(name, synthetic=synthetic, preset_when_missing=True)
@@ -555,7 +555,7 @@ def benchmark_candidates(names: Sequence[str] | None, synthetic: bool = False) -
 
 def _problem_result(found: Candidate, device: str, config: FitConfig, synthetic: bool, max_memory_gb: float) -> dict:
     """The result of a model that cannot be tested: not available (with the download command), or an error."""
-    from your_ai.models import ModelNotAvailableError
+    from your_ai.model.resolve import ModelNotAvailableError
 
     missing = isinstance(found.problem, ModelNotAvailableError)
     result = new_result(found.name, device, config, synthetic, max_memory_gb, preset=found.preset,
@@ -603,7 +603,7 @@ def run_benchmark(
     stream = stream or sys.stdout
     found = None
     if cached:
-        from your_ai.models import cached_causal_lms
+        from your_ai.model.resolve import cached_causal_lms
 
         found = cached_causal_lms()
         models = found.hub_ids
@@ -775,7 +775,7 @@ def run_benchmark(
 
 def _optimize_passed(passed, max_memory_gb, device, timeout_s, synthetic, quick, steps, config, log, stream, say,
                      gpus=1, strategy=None) -> None:
-    from your_ai.optimize import DEFAULT_STEPS, run_optimize
+    from your_ai.fit.sweep import DEFAULT_STEPS, run_optimize
 
     for result in passed:
         say()
@@ -811,7 +811,7 @@ def check_processes(gpus: int, device: str | None) -> None:
     if not isinstance(gpus, int) or gpus < 1:
         raise ValueError(f"--gpus {gpus!r} must be a whole number >= 1")
     if gpus > 1:
-        from your_ai.distributed import DistributedError, check_gpus
+        from your_ai.train.parallel import DistributedError, check_gpus
 
         try:
             check_gpus(gpus, device)
@@ -821,7 +821,7 @@ def check_processes(gpus: int, device: str | None) -> None:
 
 def _untested_cached(results: list[dict]) -> list[str]:
     """The causal LMs in the local cache that were not among ``results`` (what ``--cached`` would test)."""
-    from your_ai.models import cached_causal_lms
+    from your_ai.model.resolve import cached_causal_lms
 
     tested = {r.get("model_name") for r in results}
     return [hub_id for hub_id in cached_causal_lms().hub_ids if hub_id not in tested]

@@ -1,6 +1,6 @@
 """Score a document's text and metadata: authority weight ``w`` and provenance entropy ``H``.
 
-The two numbers the Empirical Distrust objective needs (see ``your_ai.distrust``) are
+The two numbers the Empirical Distrust objective needs (see ``your_ai.objective.distrust``) are
 computed here when the data does not carry them. Every rule is a plain sum of named
 components, and every component that contributed is reported in ``DocumentScore.breakdown``.
 
@@ -58,8 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from your_ai.data import METADATA_FIELDS, DataError, Record, iter_records, no_records
-from your_ai.distrust import AUTHORITY_MAX, AUTHORITY_MIN, DEFAULT_ALPHA, empirical_distrust_loss
+from your_ai.data.records import METADATA_FIELDS, DataError, Record, iter_records, no_records
+from your_ai.objective.distrust import AUTHORITY_MAX, AUTHORITY_MIN, DEFAULT_ALPHA, empirical_distrust_loss
 
 # ------------------------------------------------------------------------------ era
 

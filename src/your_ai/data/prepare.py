@@ -4,9 +4,9 @@
 of documents, apart from the deduplication index (two 64-bit hashes per document) and a
 few bytes per kept document:
 
-1. Read every input line, check it (``your_ai.data``), drop exact and near duplicates by
+1. Read every input line, check it (``your_ai.data.records``), drop exact and near duplicates by
    hash, score documents that carry no ``auth_weight``/``prov_entropy``
-   (``your_ai.scoring``), and append each kept record, already in its output form, to a
+   (``your_ai.objective.scoring``), and append each kept record, already in its output form, to a
    spill file in the output directory. Only its byte offset and authority tier are kept
    in memory.
 2. Balancing and splitting decide on those compact arrays (seeded); the spill file is
@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from your_ai.data import METADATA_FIELDS, DataError, Record, iter_records
+from your_ai.data.records import METADATA_FIELDS, DataError, Record, iter_records
 from your_ai.files import atomic_file, save_figure_atomic, temporary_sibling
 
 # --------------------------------------------------------------------------- tiers
@@ -234,7 +234,7 @@ SCORE_CHUNK = 256
 
 def _score_texts(documents: list[tuple[str, dict]]) -> list[tuple[float, float] | str]:
     """Score ``(text, metadata)`` pairs: ``(w, H)`` each, or the scorer's error message."""
-    from your_ai.scoring import score_document
+    from your_ai.objective.scoring import score_document
 
     results: list[tuple[float, float] | str] = []
     for text, metadata in documents:
@@ -267,7 +267,7 @@ def score_records(records: Iterable[Record], workers: int = 1) -> Iterator[tuple
     """``(record, (auth_weight, prov_entropy, scored_here))`` per record, in input order.
 
     Carried scores are kept as they are; other records are scored by
-    ``your_ai.scoring.score_document``, in ``workers`` processes when above 1 (in chunks of
+    ``your_ai.objective.scoring.score_document``, in ``workers`` processes when above 1 (in chunks of
     ``SCORE_CHUNK`` records, with a bounded number in flight, so memory stays flat). A record
     the scorer rejects gives a ``DataError`` naming its file and line instead of scores.
     """
@@ -842,7 +842,7 @@ def analyze(
     passed to ``on_error``; without ``skip_bad`` they raise ``PrepareError`` at the end.
     Keeps three floats per record in memory (for medians and histograms).
     """
-    from your_ai.distrust import DEFAULT_ALPHA, check_alpha, empirical_distrust_loss
+    from your_ai.objective.distrust import DEFAULT_ALPHA, check_alpha, empirical_distrust_loss
 
     alpha = check_alpha(DEFAULT_ALPHA if alpha is None else alpha)
     files = expand_inputs(inputs)

@@ -26,10 +26,10 @@ These make a LoRA step on a large model faster or smaller than the plain
   ``scaling * (x A^T) B^T`` is one ``addmm_`` onto its base output, instead of a matmul, a
   scaling pass and an addition pass over (tokens x out_features) -- and a scaling pass in the
   backward.
-* **The head's cross-entropy as one Triton kernel** on CUDA (``your_ai.head_kernel``): each
+* **The head's cross-entropy as one Triton kernel** on CUDA (``your_ai.step.head_kernel``): each
   chunk's loss and its gradient with respect to the logits, written over the logits, with no
   fp32 copy of them.
-* **Recomputation sized to a budget** (``choose_mode``, in ``your_ai.step_modes`` and
+* **Recomputation sized to a budget** (``choose_mode``, in ``your_ai.step.modes`` and
   re-exported here): ``fast`` recomputes nothing, ``small`` recomputes every adapted layer in
   the backward pass, ``selective`` recomputes only as many adapted layers as the memory
   estimate needs. Layers below the first adapter keep nothing for the backward pass in every
@@ -37,7 +37,7 @@ These make a LoRA step on a large model faster or smaller than the plain
 
 ``prepare_step(model, mode)`` applies the kernels and the recomputation to a PEFT model;
 ``model_per_sample_cross_entropy(model, batch)`` is the per-sample cross-entropy the distrust
-objective takes (``your_ai.train.compute_loss(..., fast_head=True)`` uses it).
+objective takes (``your_ai.train.loop.compute_loss(..., fast_head=True)`` uses it).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from your_ai import head_kernel
-from your_ai.distrust import IGNORE_INDEX, per_sample_cross_entropy
-from your_ai.step_modes import (  # noqa: F401 -- the mode chooser, re-exported with the step it configures
+from your_ai.step import head_kernel
+from your_ai.objective.distrust import IGNORE_INDEX, per_sample_cross_entropy
+from your_ai.step.modes import (  # noqa: F401 -- the mode chooser, re-exported with the step it configures
     CHUNK_FP32_BYTES,
     LIGER_PATCHES,
     MODE_NAMES,

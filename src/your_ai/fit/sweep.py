@@ -1,7 +1,7 @@
 """The optimizer sweep: batch size x LoRA rank x LoRA layers, measured -> a hardware profile.
 
 Each config runs in its own subprocess through the same fit probe as the benchmark
-(``your_ai.benchmark.run_probe_subprocess``), ~15 real training steps, lightest first by
+(``your_ai.fit.benchmark.run_probe_subprocess``), ~15 real training steps, lightest first by
 the analytic estimate. A config fits when its measured peak plus a 15% safety margin is
 within the budget. Configs whose estimate is over 1.5x the budget are not run; once a
 config runs out of memory (or over the budget), every config at least as heavy in all three
@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from your_ai import memory
-from your_ai.benchmark import (
+from your_ai.step import memory
+from your_ai.fit.benchmark import (
     DEFAULT_TIMEOUT_S,
     STOPPING_STATUSES,
     ProgressLine,
@@ -40,8 +40,8 @@ from your_ai.benchmark import (
     train_flags,
 )
 from your_ai.files import write_json_atomic
-from your_ai.presets import PRESETS
-from your_ai.probe import (
+from your_ai.model.presets import PRESETS
+from your_ai.fit.child import (
     MIN_STEPS_FOR_SPREAD,
     FitConfig,
     fit_strategy,
@@ -142,7 +142,7 @@ def run_optimize(
             stream.write(text + "\n")
             stream.flush()
     check_processes(gpus, device)
-    from your_ai.models import model_shape
+    from your_ai.model.resolve import model_shape
 
     shape = model_shape(model, synthetic=synthetic)
     architecture, model_name, preset = shape.architecture, shape.model_name, shape.preset
@@ -370,7 +370,7 @@ def profile_path(model: str) -> Path:
     """``<config dir>/profiles/<model>.json`` (hub ids as org--name, directories by their name)."""
     from your_ai.hardware import config_dir
 
-    from your_ai.models import looks_like_path
+    from your_ai.model.resolve import looks_like_path
 
     if model in PRESETS:
         stem = model
@@ -440,7 +440,7 @@ def profile_for_training(model: str | None, *, profile: str | None, auto: bool, 
         return load_profile(profile), profile
     if not auto:
         return None
-    from your_ai.models import model_or_default
+    from your_ai.model.resolve import model_or_default
 
     model = model_or_default(model)
     target = profile_path(model)

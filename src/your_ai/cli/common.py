@@ -1,0 +1,128 @@
+"""What the commands share: failing with one line, checking output paths, relaunching under torchrun,
+loading a model for inference, progress lines."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from typing import NoReturn
+
+import click
+
+from your_ai.errors import UserError
+from your_ai.files import check_writable
+
+CHECKPOINT_HELP = "LoRA adapter folder (adapter_config.json + adapter_model.safetensors)."
+POSITIVE = click.IntRange(min=1)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with ``Error: message`` and exit code ``code`` (shown by ``_Commands``)."""
+    raise UserError(message, exit_code=code)
+
+
+def check_output(flag: str, path: str | None, directory: bool = False) -> None:
+    """Refuse a flag's output path that cannot be written (``files.check_writable``), before any work."""
+    if path:
+        check_writable(path, directory=directory, shown_as=f"{flag} {path}")
+
+
+def load_inference_model(model, checkpoint, device, trust_remote_code):
+    from your_ai.eval.inference import load_for_inference
+
+    try:
+        return load_for_inference(model, checkpoint, device, trust_remote_code)
+    except ValueError as error:  # an unusable --device
+        fail(str(error))
+
+
+def launch_processes(count: int, device: str | None, command: str) -> None:
+    """Run this command again under torchrun on ``count`` processes (without ``--gpus``) and exit with its code;
+    refused with check_gpus' message on a machine without ``count`` GPUs."""
+    from your_ai.train import parallel as distributed
+    try:
+        distributed.check_gpus(count, device)
+    except distributed.DistributedError as error:
+        fail(str(error))
+    arguments = given_arguments(click.get_current_context(), skip=("gpus",))
+    process = subprocess.Popen(distributed.launch_command(count, arguments, command))
+    received = []
+
+    def pass_on(number, frame):  # a SIGTERM sent to this process alone reaches the processes it started
+        received.append(number)
+        process.send_signal(number)
+
+    # Ctrl-C reaches every process of the terminal's group: this one waits while they save a checkpoint
+    signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    signal.signal(signal.SIGTERM, pass_on)
+    code = process.wait()
+    sys.exit(128 + received[0] if received and code else code)
+
+
+def is_default(context: click.Context, name: str) -> bool:
+    """The option ``name`` was not given on the command line (its value is the default)."""
+    from click.core import ParameterSource
+
+    return context.get_parameter_source(name) in (ParameterSource.DEFAULT, None)
+
+
+def given_arguments(context: click.Context, skip: tuple[str, ...] = ()) -> list[str]:
+    """The options given on this command line (not defaults), as arguments for the same command again."""
+    arguments: list[str] = []
+    for parameter in context.command.params:
+        name = parameter.name
+        if name in skip or not isinstance(parameter, click.Option):
+            continue
+        if is_default(context, name):
+            continue
+        value = context.params[name]
+        flag = max(parameter.opts, key=len)
+        if parameter.is_flag:
+            if value:
+                arguments.append(flag)
+        elif value is not None:
+            arguments += [flag, str(value)]
+    return arguments
+
+
+def fail_stopped(stop) -> None:
+    """A benchmark or optimize run stopped by SIGINT/SIGTERM: one line, exit code 130/143."""
+    click.echo(stop.line(), err=True)
+    sys.exit(stop.exit_code)
+
+
+def progress_lines(description: str, total: int, started: float):
+    """Progress for a log (stderr not a terminal): one line when a group of ``total`` items is done,
+    with the time since ``started``."""
+    import time
+
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        if done >= total:
+            click.echo(f"{description}: {done}/{total} done, {time.monotonic() - started:.0f} s elapsed", err=True)
+
+    return advance
+
+
+def comparison(im, result, temperature: float) -> dict:
+    """The base model's and the fine-tuned model's answers to one prompt, under their headings."""
+    sampling = "greedy" if temperature == 0 else f"temperature {temperature}, seed {result.seed}"
+    return {f"--- base model: {im.base_name} ({sampling}) ---": result.base,
+            f"--- fine-tuned: {im.checkpoint} ({sampling}) ---": result.fine_tuned}
+
+
+def print_answers(im, answers: dict, chat, temperature: float) -> None:
+    """Each answer under its heading (if any); an empty one gets a hint on stderr."""
+    from your_ai.eval import inference
+    for heading, answer in answers.items():
+        if heading:
+            click.echo(heading)
+        click.echo(answer)
+        if not answer.strip():
+            click.echo(inference.empty_answer_hint(im.tokenizer, chat, temperature), err=True)
+
+

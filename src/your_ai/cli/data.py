@@ -1,0 +1,148 @@
+"""Commands on data: prepare, deduplicate, analyze, score."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from your_ai.cli.common import check_output, fail, is_default
+from your_ai.files import writing
+
+
+def _report_bad_line(error) -> None:
+    click.echo(f"\r\033[Kbad line: {error}" if sys.stderr.isatty() else f"bad line: {error}", err=True)
+
+
+def _show_progress(lines_read: int) -> None:
+    click.echo(f"\r{lines_read:,} lines read", err=True, nl=False)
+
+
+@click.command()
+@click.argument("more_inputs", nargs=-1, metavar="[PATH]...")
+@click.option("--input", "inputs", multiple=True, metavar="PATH",
+              help="Raw JSONL file, glob or directory (its *.jsonl); several may follow one --input.")
+@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for train.jsonl, val.jsonl and prepare_report.json.")
+@click.option("--train-size", type=click.IntRange(min=0), help="Records to write to train.jsonl.")
+@click.option("--val-size", type=click.IntRange(min=0), help="Records to write to val.jsonl.")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
+              help="Share of records for val.jsonl when --val-size is not given.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed for balancing and splitting.")
+@click.option("--no-balance", is_flag=True, help="Keep every tier whole instead of downsampling to the target mix.")
+@click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
+@click.option("--key", metavar="FIELD", help="Treat records with the same FIELD value as exact duplicates.")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes that score documents (default: all CPUs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction, seed, no_balance, skip_bad, key,
+            workers, as_json):
+    """Score, deduplicate, balance and split raw JSONL into train/val."""
+    if not inputs and not more_inputs:
+        fail("no input: pass --input PATH (a JSONL file, glob or directory)")
+    if val_size is not None and not is_default(click.get_current_context(), "val_fraction"):
+        given = "--train-size and --val-size set" if train_size is not None else "--val-size sets"
+        fail(f"--val-fraction cannot go with --val-size: {given} the split; give one of them")
+    check_output("--output", output_dir, directory=True)
+    from your_ai.data import prepare as pipeline
+    try:
+        with writing(output_dir):
+            report = pipeline.prepare(
+                list(inputs) + list(more_inputs), output_dir, train_size=train_size, val_size=val_size,
+                val_fraction=val_fraction, seed=seed, balance=not no_balance, skip_bad=skip_bad, key=key,
+                workers=workers or pipeline.default_workers(), on_error=_report_bad_line,
+                on_progress=_show_progress if sys.stderr.isatty() else None,
+            )
+        if sys.stderr.isatty():
+            click.echo("\r\033[K", err=True, nl=False)
+    except pipeline.PrepareError as error:
+        fail(str(error), code=1)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else pipeline.format_prepare_report(report))
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output file (default: <first file>.dedup.jsonl).")
+@click.option("--key", metavar="FIELD", help="Treat records with the same FIELD value as exact duplicates.")
+@click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def deduplicate(files, output, key, skip_bad, as_json):
+    """Remove exact and near-duplicate documents from JSONL FILES."""
+    check_output("--output", output)
+    from your_ai.data import prepare as pipeline
+    try:
+        report = pipeline.deduplicate(files, output, key=key, skip_bad=skip_bad, on_error=_report_bad_line)
+    except pipeline.PrepareError as error:
+        fail(str(error), code=1)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else pipeline.format_deduplicate_report(report))
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG with the histograms and tier shares.")
+@click.option("--alpha", type=float, help="Distrust alpha (2.3-3.0, default 2.7).")
+@click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes that score documents (default: all CPUs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def analyze(files, plot, alpha, skip_bad, workers, as_json):
+    """Report the authority / entropy / distrust distribution of JSONL FILES."""
+    check_output("--plot", plot)
+    from your_ai.data import prepare as pipeline
+    try:
+        analysis = pipeline.analyze(files, alpha=alpha, skip_bad=skip_bad,
+                                    workers=workers or pipeline.default_workers(), on_error=_report_bad_line)
+    except pipeline.PrepareError as error:
+        fail(str(error), code=1)
+    except ValueError as error:
+        fail(str(error))
+    click.echo(pipeline.analysis_json(analysis) if as_json else pipeline.format_analysis(analysis))
+    if plot:
+        path = pipeline.plot_analysis(analysis, plot)
+        click.echo(f"Wrote {path}", err=as_json)
+
+
+@click.command()
+@click.argument("text", required=False)
+@click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False),
+              help="Score every record of a JSONL file instead of TEXT.")
+@click.option("--year", type=int, help="Year of the document (else inferred from the text).")
+@click.option("--source", help="Source name, e.g. WHO.")
+@click.option("--source-type", help="Source type, e.g. patent, lab_notebook, press_release, blog, encyclopedia.")
+@click.option("--url", help="Where the document comes from.")
+@click.option("--publisher", help="Publisher of the document.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (JSON Lines with --file).")
+def score(text, file_path, year, source, source_type, url, publisher, as_json):
+    """Score TEXT (or each record of --file) for authority weight and provenance entropy."""
+    from rich.console import Console
+
+    from your_ai.objective import scoring
+    metadata = {"year": year, "source": source, "source_type": source_type, "url": url, "publisher": publisher}
+    # The terminal's width (or $COLUMNS); piped output without $COLUMNS: 200, no wrapping of the tables.
+    console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
+    if file_path is None:
+        if text is None or not text.strip():
+            raise click.UsageError("give the TEXT to score, or --file FILE.jsonl")
+        result = scoring.score_document(text, metadata)
+        if as_json:
+            click.echo(json.dumps(result.to_dict(), indent=2))
+        else:
+            console.print(scoring.format_document_score(result))
+        return
+    if text is not None:
+        raise click.UsageError("give either TEXT or --file, not both")
+    given = [f"--{key.replace('_', '-')}" for key, value in metadata.items() if value is not None]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} apply to TEXT only; with --file each record carries its own metadata")
+    rows, errors = scoring.score_file(file_path)
+    if errors:
+        for error in errors:
+            click.echo(str(error), err=True)
+        fail(f"{len(errors)} bad line(s) in {file_path}; nothing scored", code=1)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row.to_dict()))
+    else:
+        console.print(scoring.format_file_scores(rows, file_path, console.width))
+
+

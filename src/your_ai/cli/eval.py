@@ -1,0 +1,178 @@
+"""Commands that use a model: generate, evaluate, export, validate."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from your_ai.cli.common import (
+    CHECKPOINT_HELP,
+    check_output,
+    comparison,
+    fail,
+    load_inference_model,
+    print_answers,
+    progress_lines,
+)
+
+MODEL_HELP = ("Preset, hub id or model directory (default: the checkpoint's base model, else smollm2-135m, "
+               "SmolLM2-135M-Instruct; `tiny` is a random-weight model for tests).")
+
+
+@click.command()
+@click.option("--model", help=MODEL_HELP)
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--checkpoint", type=click.Path(), help=CHECKPOINT_HELP)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True,
+              help="Sampling temperature; 0 decodes greedily.")
+@click.option("--seed", type=int, help="Seed for sampling, to repeat an output.")
+@click.option("--raw", is_flag=True, help="Send the prompt as plain text, not through the tokenizer's chat template.")
+@click.option("--chat", is_flag=True, help="Require the chat template (already the default when the tokenizer "
+              "has one; fails when it has none).")
+@click.option("--compare", is_flag=True, help="Print the base model's and the fine-tuned model's output.")
+@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+def generate(model, prompt, checkpoint, max_tokens, temperature, seed, raw, chat, compare, device, trust_remote_code):
+    """Generate text from a model, optionally with a fine-tuned LoRA adapter.
+
+    The prompt goes through the tokenizer's chat template as a user turn when it has one.
+    """
+    if compare and not checkpoint:
+        raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
+    if raw and chat:
+        raise click.UsageError("--raw and --chat contradict each other; pass one of them")
+    from your_ai.eval import inference
+    chat = False if raw else (True if chat else None)
+    im = load_inference_model(model, checkpoint, device, trust_remote_code)
+    try:
+        if compare:
+            answers = comparison(im, inference.compare(im, prompt, max_tokens, temperature, seed, chat), temperature)
+        else:
+            answers = {None: inference.generate(im, prompt, max_tokens, temperature, seed, chat)}
+    except inference.InferenceError as error:
+        fail(str(error), code=1)
+    print_answers(im, answers, chat, temperature)
+
+
+@click.command()
+@click.option("--model", help=MODEL_HELP)
+@click.option("--checkpoint", type=click.Path(), help=CHECKPOINT_HELP)
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="JSONL file to score.")
+@click.option("--max-seq-length", type=click.IntRange(min=2), default=1024, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, with a score per record.")
+def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, trust_remote_code, as_json):
+    """Cross-entropy and perplexity of a model (with an optional adapter) over a JSONL data set."""
+    from your_ai.data.records import DataError, no_records, read_records
+    from your_ai.eval import inference
+
+    try:
+        read = read_records(data, collect_errors=True)
+    except DataError as error:
+        fail(str(error), code=1)
+    if not read.records and not read.errors:
+        fail(str(no_records(data)), code=1)
+    if read.errors:
+        for error in read.errors:
+            click.echo(str(error), err=True)
+        fail(f"{len(read.errors)} bad line(s) in {data}; nothing evaluated", code=1)
+    im = load_inference_model(model, checkpoint, device, trust_remote_code)
+    try:
+        result = inference.evaluate_records(im, read.records, max_seq_length, batch_size)
+    except (inference.InferenceError, DataError) as error:
+        fail(str(error), code=1)
+    if as_json:
+        payload = {"model": im.base_name, "checkpoint": str(im.checkpoint) if im.checkpoint else None,
+                   "data": str(data), **result.to_dict()}
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        click.echo(inference.format_eval_result(result, im, data))
+
+
+@click.command()
+@click.option("--checkpoint", required=True, type=click.Path(), help=CHECKPOINT_HELP)
+@click.option("--output", required=True, type=click.Path(), help="Directory for the standalone model.")
+@click.option("--model", help="Base model (default: the one the adapter names).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --output.")
+@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+def export(checkpoint, output, model, force, device, trust_remote_code):
+    """Merge a LoRA adapter into its base model and save a standalone model (safetensors)."""
+    from your_ai.eval import inference
+    try:
+        path = inference.merge_adapter(checkpoint, output, device, model=model, force=force,
+                                       trust_remote_code=trust_remote_code)
+    except ValueError as error:  # an unusable --device
+        fail(str(error))
+    click.echo(f"Saved the merged model to {path}")
+
+
+@click.command()
+@click.option("--model", help=MODEL_HELP)
+@click.option("--checkpoint", type=click.Path(), help=CHECKPOINT_HELP)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the full results (every answer) as JSON.")
+@click.option("--chart", type=click.Path(dir_okay=False), help="Write a radar chart (PNG) of the category pass rates.")
+@click.option("--compare", is_flag=True, help="Evaluate the base model and the fine-tuned model (needs --checkpoint).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Longest answer generated per prompt (greedy decoding).")
+@click.option("--truthfulqa", type=click.Path(dir_okay=False), help="Also score TruthfulQA MC1 from its CSV file.")
+@click.option("--limit", type=click.IntRange(min=1), help="Quick run: at most N tests of each kind "
+              "(CCP, Western, multiple choice, open) and the first N TruthfulQA questions.")
+@click.option("--suite", "suite_path", type=click.Path(dir_okay=False), help="A suite JSON file in the built-in "
+              "suite's format (default: the built-in 48 tests).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Prompts generated or scored together.")
+@click.option("--raw", "--no-chat", "raw", is_flag=True,
+              help="Send prompts as plain text even when the tokenizer has a chat template.")
+@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, limit, suite_path, batch_size,
+             raw, device, trust_remote_code):
+    """Run the censorship and authority-bias suite (and TruthfulQA MC1) on a model.
+
+    Exits 0 when the run completes, whatever the scores; 1 for a bad file, model or checkpoint.
+    """
+    if compare and not checkpoint:
+        raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
+    from your_ai.eval import validate as validation
+    check_output("--output", output)
+    check_output("--chart", chart)
+    try:  # bad files fail before a model is loaded
+        suite = validation.load_suite(suite_path)
+        questions = validation.read_truthfulqa(truthfulqa) if truthfulqa else None
+    except (validation.SuiteError, validation.TruthfulQAError) as error:
+        fail(str(error), code=1)
+    import time
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from your_ai.eval.inference import InferenceError
+
+    im = load_inference_model(model, checkpoint, device, trust_remote_code)
+    started = time.monotonic()
+    with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
+        def progress(description, total):
+            if not sys.stderr.isatty():
+                return progress_lines(description, total, started)
+            task = bar.add_task(description, total=total)
+            return lambda done: bar.advance(task, done)
+
+        try:
+            report = validation.validate(im, suite, max_tokens=max_tokens, chat=False if raw else None,
+                                         limit=limit, batch_size=batch_size, truthfulqa=questions,
+                                         truthfulqa_path=truthfulqa or "", compare=compare, progress=progress)
+        except InferenceError as error:
+            fail(str(error), code=1)
+    Console(width=None if sys.stdout.isatty() else 120).print(validation.summary_table(report))
+    for line in validation.report_notes(report):
+        click.echo(line)
+    if output:
+        click.echo(f"Wrote {validation.write_report(report, output)}")
+    if chart:
+        click.echo(f"Wrote {validation.plot_radar(report, chart)}")

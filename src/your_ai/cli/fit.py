@@ -1,0 +1,195 @@
+"""Commands that tell what fits this machine: setup, recommend, benchmark, optimize."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from your_ai.cli.common import (
+    POSITIVE,
+    check_output,
+    fail,
+    fail_stopped,
+    launch_processes,
+)
+from your_ai.step.modes import STEP_MODES
+
+
+@click.command()
+@click.option("--output", type=click.Path(dir_okay=False), help="Where to save the profile (default: config dir).")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+def setup(output, as_json):
+    """Detect this machine's hardware and save a hardware profile."""
+    from your_ai import hardware
+    check_output("--output", output)
+    profile = hardware.detect_hardware()
+    path = hardware.save_hardware_profile(profile, output)
+    if as_json:
+        click.echo(json.dumps(profile, indent=2))
+    else:
+        click.echo(hardware.format_hardware_profile(profile))
+    click.echo(f"Saved hardware profile to {path}")
+
+
+@click.command()
+@click.option("--memory", type=float, help="Memory in GB to plan for (default: the detected device's memory).")
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--lora-rank", type=int, default=64, show_default=True)
+@click.option("--lora-layers", type=int, default=16, show_default=True)
+@click.option("--max-seq-length", type=int, default=1024, show_default=True)
+@click.option("--quantize", type=int, help="4: estimate QLoRA, the decoder linear weights in 4-bit NF4.")
+@click.option("--model", "models", multiple=True, help="Estimate this model instead of the presets: a preset, a hub "
+              "id (from the local cache) or a model directory; repeat it or give a comma-separated list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, models, as_json):
+    """List the presets (or the given models) whose estimated LoRA training memory fits 80% of MEMORY.
+
+    Exit code 1 when a given model has no estimate (not available, unreadable config)."""
+    from your_ai.fit import recommend as recommend_module
+    if memory is not None and memory <= 0:
+        fail(f"--memory={memory} must be a positive number of GB")
+    try:
+        report = recommend_module.recommend_presets(
+            memory_gb=memory,
+            batch_size=batch_size,
+            lora_rank=lora_rank,
+            lora_layers=lora_layers,
+            seq_length=max_seq_length,
+            quantize=quantize,
+            models=[name.strip() for value in models for name in value.split(",") if name.strip()],
+        )
+    except ValueError as error:  # --quantize 8, not a model name
+        fail(str(error))
+    click.echo(json.dumps(report, indent=2) if as_json else recommend_module.format_recommendation(report))
+    sys.exit(1 if any(row["error"] for row in report.get("models", [])) else 0)
+
+
+def _fit_options(function):
+    """The fit-test config options shared by ``benchmark`` and ``optimize``."""
+    for option in reversed((
+        click.option("--seq-length", type=click.IntRange(min=2), help="Tokens per sample (default 1024, or the "
+                     "model's context if smaller)."),
+        click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass."),
+        click.option("--step-mode", type=click.Choice(STEP_MODES),
+                     default="auto", show_default=True,
+                     help="The training step of each fit test, as `train --step-mode`: auto is the fastest that "
+                          "fits --max-memory by the estimate."),
+        click.option("--device", help="cuda, mps or cpu (default: the best available)."),
+        click.option("--synthetic", is_flag=True, help="Random-weight models of each preset's exact architecture: "
+                     "measures the fit without downloading anything."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1800, show_default=True,
+                     help="Seconds per fit test before its process group is killed."),
+        click.option("--gpus", type=POSITIVE, default=1, show_default=True,
+                     help="Run each fit test on N GPUs of this machine through torchrun (with --device cpu: N CPU "
+                          "processes); the peak is per GPU. --batch-size is per process."),
+        click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True,
+                     help="With --gpus: ddp replicates the model on every GPU, fsdp shards it; auto: ddp when the "
+                          "model fits one GPU by the estimate, else fsdp."),
+        click.option("--quantize", type=int, help="4: fit tests of QLoRA, the decoder linear weights in 4-bit NF4 "
+                     "(as `train --quantize 4`)."),
+    )):
+        function = option(function)
+    return function
+
+
+@click.command()
+@click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
+              help="Budget in GB (default: 80% of the device's memory: GPU memory on CUDA, system memory elsewhere).")
+@click.option("--models", help="Comma-separated models to test: presets, hub ids (org/name, from the local cache) "
+              "and model directories, mixed (default: the five benchmark presets).")
+@click.option("--cached", is_flag=True, help="Test every causal language model in the local Hugging Face cache "
+              "($HF_HUB_CACHE) instead of the presets.")
+@click.option("--single-model", help="Run one fit test in this process and print one BENCHMARK_RESULT line "
+              "(what the benchmark runs in each subprocess).")
+@click.option("--optimize", is_flag=True, help="Sweep batch x rank x layers for each model that passes.")
+@click.option("--quick", is_flag=True, help="With --optimize: the quick grid (12 configs) instead of the full one (96).")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the results as JSON to FILE.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default="benchmark_log.jsonl", show_default=True,
+              help="Append every event to this JSONL file.")
+@click.option("--force", is_flag=True, help="Skip the safety checks (available memory, weights over the budget).")
+@click.option("--batch-size", type=POSITIVE, default=2, show_default=True, help="Fit-test batch size.")
+@click.option("--lora-rank", type=POSITIVE, default=64, show_default=True, help="Fit-test LoRA rank.")
+@click.option("--lora-layers", type=POSITIVE, default=16, show_default=True,
+              help="Fit-test LoRA layers (the last N, clamped to the model).")
+@click.option("--steps", type=POSITIVE, default=5, show_default=True, help="Training steps per fit test.")
+@_fit_options
+def benchmark(max_memory, models, cached, single_model, optimize, quick, output, log_path, force, batch_size,
+              lora_rank, lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus,
+              strategy, quantize):
+    """Empirically test which models fit this machine, one subprocess per model.
+
+    Exit code 0 when at least one model passed, 1 when none did.
+    """
+    from your_ai.fit.child import FitConfig
+
+    try:
+        config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=steps,
+                           seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
+                           quantize=quantize)
+    except ValueError as error:  # --grad-checkpoint with --step-mode fast or selective, --quantize 8
+        fail(str(error))
+    if single_model:
+        from your_ai.fit.child import run_single
+
+        if gpus > 1:  # the same fit test on N processes, under torchrun
+            launch_processes(gpus, device, "benchmark")
+        sys.exit(run_single(single_model, max_memory, device, config, synthetic=synthetic, strategy=strategy))
+
+    if quick and not optimize:
+        fail("--quick picks the quick grid of --optimize; add --optimize")
+    if cached and (models or synthetic):
+        fail(f"--cached tests the models in the local cache; leave out {'--models' if models else '--synthetic'}")
+    check_output("--log", log_path)
+    check_output("--output", output)
+    from your_ai.fit.benchmark import Stopped, run_benchmark
+
+    names = [name.strip() for name in models.split(",") if name.strip()] if models else None
+    try:
+        report = run_benchmark(
+            names, max_memory_gb=max_memory, device=device, config=config, timeout_s=timeout, log_path=log_path,
+            output=output, synthetic=synthetic, force=force, optimize=optimize, quick=quick, gpus=gpus,
+            strategy=strategy, cached=cached,
+        )
+    except (KeyError, ValueError) as error:  # not a model name, an unusable --device or setting
+        fail(error.args[0] if error.args else str(error))
+    except Stopped as stop:  # SIGINT or SIGTERM: the running fit test's process group was killed
+        fail_stopped(stop)
+    sys.exit(0 if report["recommended"] else 1)
+
+
+@click.command()
+@click.option("--model", required=True, help="Preset, hub id or model directory.")
+@click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
+              help="Budget in GB (default: 80% of the device's memory).")
+@click.option("--quick", is_flag=True, help="The quick grid: batch {2,4,8} x rank {64,128} x layers {16,24}.")
+@click.option("--steps", type=POSITIVE, default=15, show_default=True, help="Training steps per config.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
+@_fit_options
+def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, step_mode, device, synthetic,
+             timeout, gpus, strategy, quantize):
+    """Sweep batch size x LoRA rank x layers for the fastest config that fits; save a hardware profile.
+
+    Exit code 0 when a config fits, 1 when none does or the model is not available.
+    """
+    check_output("--output", output)
+    from your_ai.fit.benchmark import Stopped
+    from your_ai.fit.sweep import run_optimize
+    from your_ai.model.resolve import ModelResolutionError
+
+    try:
+        outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
+                               timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
+                               grad_checkpoint=grad_checkpoint, step_mode=step_mode, output=output, gpus=gpus,
+                               strategy=strategy, quantize=quantize)
+    except ModelResolutionError as error:
+        fail(str(error), code=1)
+    except ValueError as error:
+        fail(str(error))
+    except Stopped as stop:  # SIGINT or SIGTERM: the running fit test's process group was killed
+        fail_stopped(stop)
+    sys.exit(0 if outcome["best"] else 1)
+
+

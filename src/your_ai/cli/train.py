@@ -1,0 +1,168 @@
+"""The train command."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from your_ai.cli.common import (
+    POSITIVE,
+    check_output,
+    comparison,
+    fail,
+    fail_stopped,
+    launch_processes,
+    load_inference_model,
+    print_answers,
+)
+from your_ai.files import writing
+from your_ai.step.modes import STEP_MODES
+
+
+@click.command()
+@click.option("--model", help="Preset, hub id or model directory (default: smollm2-135m, SmolLM2-135M-Instruct; "
+              "`tiny` is a random-weight model for tests).")
+@click.option("--data", type=click.Path(), help="JSONL file, or directory with train.jsonl (+ val.jsonl) "
+              "(default: the built-in demo corpus).")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Where the adapter goes "
+              "(default: models/distrust-<model>).")
+@click.option("--batch-size", type=POSITIVE, help="Samples per micro-batch (default: by model size and device, see the README).")
+@click.option("--grad-accum", type=POSITIVE, help="Micro-batches per optimizer step (default 1).")
+@click.option("--lora-rank", type=POSITIVE, help="LoRA rank (default: by model size and device).")
+@click.option("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank).")
+@click.option("--lora-layers", type=POSITIVE, help="Adapt the last N decoder layers (default: by model size and device; clamped to the model).")
+@click.option("--learning-rate", type=float, help="Peak learning rate (default: by model size and device).")
+@click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warmup steps before the cosine decay "
+              "(default: 10% of the steps).")
+@click.option("--max-steps", type=POSITIVE, help="Optimizer steps (default: from the epochs over the data that the model size and device give).")
+@click.option("--max-grad-norm", type=float, help="Gradient clipping norm (default 1.0).")
+@click.option("--max-seq-length", type=click.IntRange(min=2), help="Truncate samples to N tokens (default: by model size and device).")
+@click.option("--weight-decay", type=float, help="AdamW weight decay (default 0.01).")
+@click.option("--distrust-mode", type=click.Choice(["weighted", "additive"]),
+              help="weighted: per-sample CE weights from the distrust value (default); additive: CE + lambda * d, "
+                   "which changes no gradient.")
+@click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
+@click.option("--lambda-weight", type=float, help="Strength of the distrust term (default 1.0; [0, 1] when weighted).")
+@click.option("--save-every", type=POSITIVE, help="Checkpoint every N steps (default 500; tiny: 20).")
+@click.option("--keep-last", type=POSITIVE, help="Checkpoints to keep (default 3).")
+@click.option("--save-best", is_flag=True, help="Keep the adapter with the lowest validation loss in best/ "
+              "(needs val.jsonl).")
+@click.option("--eval-every", type=POSITIVE, help="Validation every N steps (default: --save-every).")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --output-dir that loads.")
+@click.option("--overwrite", is_flag=True, help="Start over in an --output-dir holding an earlier training run: "
+              "its adapter, checkpoints, metrics and best/ are removed (a directory holding anything else is refused).")
+@click.option("--max-memory", type=float, help="Stop (after saving a checkpoint, exit code 4) when the measured "
+              "peak memory in GB goes above this (default: 80% of the device's memory); --step-mode auto "
+              "chooses for this budget.")
+@click.option("--memory-report-interval", type=POSITIVE, help="Log metrics every N steps (default 10).")
+@click.option("--metrics-file", type=click.Path(dir_okay=False), help="Metrics JSONL (default: <output-dir>/metrics.jsonl).")
+@click.option("--no-tensorboard", is_flag=True, help="Do not write TensorBoard events to <output-dir>/runs.")
+@click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass to save memory "
+              "(the small step mode).")
+@click.option("--step-mode", type=click.Choice(STEP_MODES),
+              help="auto: the fastest step that fits --max-memory by the estimate (default); fast: nothing "
+                   "recomputed; selective: the fewest layers recomputed that fit; small: every adapted layer "
+                   "recomputed; plain: the Hugging Face forward through the full logits.")
+@click.option("--seed", type=int, help="Seed for LoRA init and data order (default 42).")
+@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@click.option("--profile", "profile_file", type=click.Path(dir_okay=False),
+              help="Apply a hardware profile saved by `your-ai optimize` (batch, rank, alpha, layers).")
+@click.option("--auto-optimize", is_flag=True, help="Apply this model's saved hardware profile; "
+              "run the quick optimize sweep first when there is none.")
+@click.option("--gpus", type=POSITIVE, help="Train data-parallel on N GPUs of this machine: runs this command under "
+              "torchrun with N processes (with --device cpu: N CPU processes). --batch-size is per process.")
+@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]),
+              help="Data-parallel strategy under torchrun or --gpus: ddp replicates the model on every GPU; "
+                   "fsdp shards the base weights and the LoRA parameters over the processes; auto (default): "
+                   "ddp when the model fits one GPU by the estimate, else fsdp.")
+@click.option("--quantize", type=int, help="4: QLoRA, the base model's decoder linear weights in 4-bit NF4 "
+              "(torchao) under full-precision LoRA adapters; about a quarter of the weights' memory.")
+def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
+    """Fine-tune a model with LoRA under the Empirical Distrust objective.
+
+    With no --model and no --data it trains SmolLM2-135M-Instruct on the demo corpus (a few minutes on a CPU)
+    and shows one prompt answered by the base and the fine-tuned model.
+    Under `torchrun --nproc_per_node N -m your_ai train ...` (or with --gpus N) it trains data-parallel.
+    """
+    check_output("--output-dir", options["output_dir"], directory=True)
+    check_output("--metrics-file", options["metrics_file"])
+    from your_ai.data.records import DataError
+    from your_ai.fit import sweep as optimize
+    from your_ai.fit.benchmark import Stopped
+    from your_ai.model.quantize import QuantizationError
+    from your_ai.model.resolve import ModelResolutionError
+    from your_ai.train import loop as training
+    from your_ai.train import parallel as distributed
+    from your_ai.train.checkpoints import CheckpointError
+
+    if profile_file and auto_optimize:
+        fail("--profile and --auto-optimize both choose the hardware profile; give one of them")
+    if gpus is not None and gpus > 1:
+        launch_processes(gpus, options["device"], "train")
+    try:
+        chosen = optimize.profile_for_training(
+            options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
+            device=options["device"], say=click.echo,
+        )
+        if chosen:
+            options, note = optimize.apply_profile(options, *chosen)
+            click.echo(note)
+    except ValueError as error:
+        fail(str(error), code=1)
+    except Stopped as stop:  # SIGINT or SIGTERM during --auto-optimize's sweep: its fit test was killed
+        fail_stopped(stop)
+    args = training.TrainingArgs(tensorboard=not no_tensorboard, **options)
+    try:
+        with writing(args.with_defaults().output_dir):
+            result = training.train(args)
+    except training.TrainingArgsError as error:
+        fail(str(error))
+    except training.MemoryLimitExceeded as error:
+        fail(str(error), code=4)
+    except (DataError, ModelResolutionError, CheckpointError, training.TrainingError,
+            distributed.DistributedError, QuantizationError) as error:
+        fail(str(error), code=1)
+    except ValueError as error:  # an unusable --device, a distrust input out of range
+        fail(str(error))
+    if result.stopped_by:  # the run stops: a further Ctrl-C must not kill the interpreter while it exits
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+    if result.rank != 0:  # data-parallel: rank 0 reports
+        sys.exit(result.exit_code)
+    if result.already_finished:
+        click.echo(f"{result.output_dir} already finished {result.steps} of {result.max_steps} steps; nothing to "
+                   f"do. A run keeps its --max-steps: to train more, start a new run (--overwrite, or another "
+                   f"--output-dir)")
+        return
+    if result.stopped_by:
+        click.echo(f"Stopped by {result.stopped_by} at step {result.steps} of {result.max_steps}; checkpoint saved in "
+                   f"{result.output_dir / 'checkpoints'}")
+        click.echo(f"Continue with: {result.resume_command}")
+        sys.exit(result.exit_code)
+    if result.stopped_early:
+        click.echo(f"Stopped at step {result.steps}; continue with --resume --output-dir {result.output_dir}")
+        return
+    click.echo(f"Trained {result.steps} steps in {result.elapsed_s:.1f} s; peak memory {result.peak_memory_gb:.2f} GB")
+    click.echo(f"Adapter saved to {result.output_dir}")
+    if options["data"] is None:  # the demo: show what the fine-tuning changed
+        _show_demo_comparison(result.output_dir, options["device"])
+    click.echo(f"Try it: your-ai generate --checkpoint {result.output_dir} --prompt \"...\" --compare")
+
+
+def _show_demo_comparison(checkpoint, device) -> None:
+    """The demo prompt answered greedily by the base model and by the adapter just trained."""
+    from your_ai.eval import inference
+    from your_ai.train.loop import DEMO_PROMPT
+
+    im = load_inference_model(None, checkpoint, device, False)
+    try:
+        result = inference.compare(im, DEMO_PROMPT, max_tokens=48, temperature=0.0, chat=None)
+    except inference.InferenceError as error:
+        fail(str(error), code=1)
+    click.echo(f"Prompt: {DEMO_PROMPT}")
+    print_answers(im, comparison(im, result, 0.0), None, 0.0)
+
+
