@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from your_ai.model.architecture import read_architecture
 from your_ai.step import memory
 from your_ai.model.lora import LoraSettings, apply_lora, trainable_parameter_count
 from your_ai.model.resolve import build_random_model
@@ -44,7 +45,7 @@ def test_estimate_parts():
 
 
 def test_architecture_from_a_saved_config(tiny_model_dir, tmp_path):
-    read = memory.read_architecture(tiny_model_dir)
+    read = read_architecture(tiny_model_dir)
     tiny = TINY.architecture
     for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "vocab_size", "max_position_embeddings"):
@@ -54,10 +55,10 @@ def test_architecture_from_a_saved_config(tiny_model_dir, tmp_path):
     assert memory.fit_seq_length(64, read) == 64
     (tmp_path / "config.json").write_text('{"hidden_size": 8,\n"vocab_size": }')
     with pytest.raises(ValueError, match=r"config.json:2: not valid JSON"):
-        memory.read_architecture(tmp_path)
+        read_architecture(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
     with pytest.raises(ValueError, match="config.json: model config has no usable num_attention_heads, intermediate_size"):
-        memory.read_architecture(tmp_path)
+        read_architecture(tmp_path)
 
 
 def test_peak_is_the_high_water_mark_not_memory_after():

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from your_ai.step import memory
+from your_ai.model.architecture import architecture_from_config
 from your_ai.model.lora import LoraSettings
 from your_ai.model.presets import PRESETS, Architecture, params_label
 from your_ai.model.quantize import check_bits
@@ -444,7 +445,7 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
     peak.sample()
     result["load_time_s"] = round(time.monotonic() - loaded, 3)
     model_config = net.config.to_dict()
-    architecture = memory.architecture_from_config(model_config)
+    architecture = architecture_from_config(model_config)
     seq_length = memory.fit_seq_length(config.seq_length, architecture)
     layers_used = min(config.lora_layers, architecture.num_hidden_layers)
     result["config"].update(seq_length=seq_length, lora_layers=layers_used, dtype=str(training.dtype).replace("torch.", ""))

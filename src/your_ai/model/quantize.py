@@ -96,7 +96,7 @@ def quantized_weight_names(model) -> set[str]:
     """Names of the weights ``--quantize`` turns into NF4: every linear layer inside the decoder layers."""
     import torch
 
-    from your_ai.train.parallel import decoder_layers
+    from your_ai.model.meta import decoder_layers
 
     layer_ids = {id(layer) for layer in decoder_layers(model)}
     names = set()
@@ -126,7 +126,7 @@ def _empty_model(config, dtype):
     """The model with every parameter on the meta device (buffers real, on the CPU)."""
     from transformers import AutoModelForCausalLM
 
-    from your_ai.train.parallel import parameters_on_meta
+    from your_ai.model.meta import parameters_on_meta
 
     with parameters_on_meta():
         return AutoModelForCausalLM.from_config(config, dtype=dtype)

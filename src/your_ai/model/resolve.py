@@ -211,12 +211,12 @@ class ModelShape:
 def model_shape(name: str, *, synthetic: bool = False, preset_when_missing: bool = False) -> ModelShape:
     """The architecture of ``name`` (preset, hub id or directory) without loading its weights: with
     ``synthetic`` the preset's own (other names are refused), else the ``config.json`` of the model on this
-    machine, read through transformers' ``AutoConfig`` (``memory.read_architecture``).
+    machine, read through transformers' ``AutoConfig`` (``architecture.read_architecture``).
 
     ``preset_when_missing``: a preset (or a preset's hub id) not on this machine gets the preset's
     architecture instead of ``ModelNotAvailableError``. Raises ``ModelResolutionError`` for a model that
     cannot be resolved and ``ValueError`` (naming the file) for a config without a usable shape."""
-    from your_ai.step.memory import read_architecture
+    from your_ai.model.architecture import read_architecture
 
     if synthetic:
         if name not in PRESETS:

@@ -91,12 +91,12 @@ from your_ai.model.quantize import QuantizationError, check_bits
 from your_ai.step.modes import STEP_MODES, StepMode, select_step_mode
 from your_ai.step.memory import (
     PeakMemory,
-    architecture_from_config,
     default_budget_gb,
-    read_architecture,
     sharding_saves_gb,
     use_expandable_segments,
 )
+from your_ai.model.architecture import architecture_from_config, read_architecture
+from your_ai.model.meta import parameters_on_meta
 from your_ai.model.presets import PRESETS, TINY
 from your_ai.train import defaults as run_defaults
 # ---------------------------------------------------------------------------- model
@@ -134,7 +134,6 @@ def load_for_training(
     or allocated (``distributed.shard_and_load`` shards and fills them). Resolution errors
     (``ModelNotAvailableError``, ``InvalidModelNameError``) propagate.
     """
-    from your_ai.train import parallel as distributed
     from your_ai.model import quantize as nf4
     dtype = training_dtype(device)
     notes: list[str] = []
@@ -153,7 +152,7 @@ def load_for_training(
     else:
         resolved = resolve_model(model)
         tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
-    with distributed.parameters_on_meta() if on_meta else nullcontext():
+    with parameters_on_meta() if on_meta else nullcontext():
         if synthetic and quantize:
             base = nf4.build_quantized_random_model(build_config(architecture), dtype=dtype, device=device)
         elif synthetic:
@@ -177,7 +176,7 @@ def load_for_training(
     base.config.use_cache = False
     if grad_checkpoint:
         _enable_checkpointing(base)
-    with distributed.parameters_on_meta() if on_meta else nullcontext(), warnings.catch_warnings():
+    with parameters_on_meta() if on_meta else nullcontext(), warnings.catch_warnings():
         # PEFT asks transformers a deprecated question; not the user's concern
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model, note = apply_lora(base, lora, seed)

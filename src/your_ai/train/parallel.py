@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from your_ai.model.meta import decoder_layers
+
 STRATEGIES = ("auto", "ddp", "fsdp")
 
 
@@ -205,14 +207,6 @@ def wrap(module: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False)
 
 
-def decoder_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder layers inside ``module``: the blocks its Hugging Face model names as not to be split."""
-    names = set()
-    for inner in module.modules():
-        names.update(getattr(inner, "_no_split_modules", None) or ())
-    return [inner for inner in module.modules() if type(inner).__name__ in names]
-
-
 def shard(module: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
     """Shard ``module``'s parameters over the ranks (FSDP2 ``fully_shard``): each decoder layer is
     gathered for its forward and backward passes only, the rest (embeddings, final norm, head) for
@@ -248,14 +242,6 @@ def pick_strategy(strategy: str | None, fits_one_device: bool) -> str:
 # A model larger than one GPU cannot be loaded whole and sharded afterwards. Instead every rank builds
 # the model with its parameters on the meta device (no memory), shards it, allocates its own shards
 # (``materialize``) and reads only those from the safetensors files (``load_hf_weights``).
-
-def parameters_on_meta():
-    """Parameters of modules built inside the block are put on the meta device (they take no memory);
-    buffers (rotary frequencies and the like) are built as usual (accelerate's ``init_empty_weights``)."""
-    from accelerate import init_empty_weights
-
-    return init_empty_weights(include_buffers=False)
-
 
 def materialize(module: torch.nn.Module, device: str, std: float = 0.02) -> None:
     """Allocate a sharded ``module``'s parameters (built under ``parameters_on_meta``) on ``device``, each
