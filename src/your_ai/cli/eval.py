@@ -17,6 +17,8 @@ from your_ai.cli.common import (
     print_answers,
     progress_lines,
 )
+from your_ai.eval.suite import SuiteError, load_suite
+from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
 
 MODEL_HELP = ("Preset, hub id or model directory (default: the checkpoint's base model, else smollm2-135m, "
                "SmolLM2-135M-Instruct; `tiny` is a random-weight model for tests).")
@@ -141,9 +143,6 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
     """
     if compare and not checkpoint:
         raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
-    from your_ai.eval.suite import SuiteError, load_suite
-    from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
-
     check_output("--output", output)
     check_output("--chart", chart)
     try:  # bad files fail before a model is loaded

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from your_ai.objective.distrust import AUTHORITY_MAX, AUTHORITY_MIN, IGNORE_INDEX
 from your_ai.objective.scoring_rules import METADATA_FIELDS
 
@@ -403,8 +405,6 @@ def tokenize_records(
 def collate(examples: list[Example], pad_token_id: int) -> dict:
     """Right-padded tensors: input_ids, attention_mask, labels (IGNORE_INDEX on padding),
     auth_weight and prov_entropy (float64)."""
-    import torch
-
     length = max(len(example.input_ids) for example in examples)
     input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
@@ -433,8 +433,6 @@ class DataPosition:
 
 def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
     """The shuffled order of epoch ``epoch``: a permutation that depends only on (seed, epoch)."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(size, generator=generator).tolist()
 
