@@ -16,7 +16,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from your_ai.data.inputs import ErrorLog, expand_inputs, iter_inputs, json_line, no_records_left
 from your_ai.data.records import DataError, Record
@@ -76,6 +76,44 @@ class Deduplicator:
         return None
 
 
+class DuplicateCounts(Protocol):
+    """Where ``first_occurrences`` counts what it reads: the report of a run."""
+
+    read: int
+    exact_duplicates: int
+    near_duplicates: int
+
+
+PROGRESS_EVERY = 10_000
+
+
+def first_occurrences(files: Sequence[Path], dedupe: Deduplicator, errors: ErrorLog, counts: DuplicateCounts,
+                      skip_bad: bool, on_progress: Callable[[int], None] | None = None) -> Iterator[Record]:
+    """Checked records of ``files`` seen for the first time, in input order. Lines read and duplicates
+    are counted in ``counts``, bad lines passed to ``errors``, and ``on_progress`` gets the number of
+    lines read every ``PROGRESS_EVERY`` lines. Once a line is bad and ``skip_bad`` is off, the rest
+    is only checked: the run will fail."""
+    for item in iter_inputs(files):
+        counts.read += 1
+        if on_progress is not None and counts.read % PROGRESS_EVERY == 0:
+            on_progress(counts.read)
+        if isinstance(item, Record):
+            try:
+                duplicate = dedupe.check(item)
+            except DataError as error:
+                item = error
+        if isinstance(item, DataError):
+            errors.add(item)
+        elif errors.count and not skip_bad:
+            continue
+        elif duplicate == "exact":
+            counts.exact_duplicates += 1
+        elif duplicate == "near":
+            counts.near_duplicates += 1
+        else:
+            yield item
+
+
 @dataclass
 class DeduplicateReport:
     files: list[str]
@@ -116,26 +154,11 @@ def deduplicate(
     target = Path(output) if output is not None else default_dedup_output(files[0])
     target.parent.mkdir(parents=True, exist_ok=True)
     report = DeduplicateReport(files=[str(p) for p in files], output=str(target))
-    dedupe = Deduplicator(key)
     errors = ErrorLog(on_error)
     with atomic_file(target) as handle:
-        for item in iter_inputs(files):
-            report.read += 1
-            if isinstance(item, Record):
-                try:
-                    duplicate = dedupe.check(item)
-                except DataError as error:
-                    item = error
-            if isinstance(item, DataError):
-                errors.add(item)
-                continue
-            if duplicate == "exact":
-                report.exact_duplicates += 1
-            elif duplicate == "near":
-                report.near_duplicates += 1
-            elif skip_bad or not errors.count:
-                handle.write(json_line(item.fields))
-                report.written += 1
+        for record in first_occurrences(files, Deduplicator(key), errors, report, skip_bad):
+            handle.write(json_line(record.fields))
+            report.written += 1
         report.bad, report.errors = errors.count, errors.messages
         if errors.count and not skip_bad:
             raise errors.failure()  # inside the block: the temporary file is removed, the target kept

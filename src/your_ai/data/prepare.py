@@ -25,7 +25,7 @@ import os
 from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterable
 
 import numpy as np
 
@@ -40,8 +40,8 @@ from your_ai.data.balance import (
     split_sizes,
     tier_index,
 )
-from your_ai.data.dedup import Deduplicator
-from your_ai.data.inputs import ErrorLog, PrepareError, expand_inputs, iter_inputs, json_line, no_records_left
+from your_ai.data.dedup import Deduplicator, first_occurrences
+from your_ai.data.inputs import ErrorLog, PrepareError, expand_inputs, json_line, no_records_left
 from your_ai.data.records import DataError, Record
 from your_ai.data.scores import score_records
 from your_ai.files import temporary_sibling
@@ -90,7 +90,6 @@ class PrepareReport:
 
 
 REPORT_NAME = "prepare_report.json"
-PROGRESS_EVERY = 10_000
 
 
 def prepare(
@@ -112,7 +111,7 @@ def prepare(
 
     Documents are scored in ``workers`` processes (the result does not depend on how many).
     Every bad line is passed to ``on_error`` as it is found; ``on_progress`` gets the number
-    of lines read every ``PROGRESS_EVERY`` lines. Without ``skip_bad`` a run with
+    of lines read every ``dedup.PROGRESS_EVERY`` lines. Without ``skip_bad`` a run with
     bad lines raises ``PrepareError`` after reading everything and writes nothing.
     Outputs (``train.jsonl``, ``val.jsonl``, ``prepare_report.json``) replace existing ones
     only when the whole run succeeded.
@@ -131,7 +130,7 @@ def prepare(
     scratch = _Scratch(out)
     try:
         errors = ErrorLog(on_error)
-        records = _new_records(files, report, Deduplicator(key), errors, skip_bad, on_progress)
+        records = first_occurrences(files, Deduplicator(key), errors, report, skip_bad, on_progress)
         with scratch.open("prepare-spill") as spill:
             offsets, tiers = _spill(score_records(records, workers), spill, report, errors, skip_bad)
         report.bad, report.errors = errors.count, errors.messages
@@ -169,30 +168,6 @@ class _Scratch:
                 path.unlink()
             except FileNotFoundError:
                 pass
-
-
-def _new_records(files: Sequence[Path], report: PrepareReport, dedupe: Deduplicator, errors: ErrorLog,
-                 skip_bad: bool, on_progress: Callable[[int], None] | None) -> Iterator[Record]:
-    """Checked, first-seen records; counts lines, bad lines and duplicates on the way."""
-    for item in iter_inputs(files):
-        report.read += 1
-        if on_progress is not None and report.read % PROGRESS_EVERY == 0:
-            on_progress(report.read)
-        if isinstance(item, Record):
-            try:
-                duplicate = dedupe.check(item)
-            except DataError as error:
-                item = error
-        if isinstance(item, DataError):
-            errors.add(item)
-        elif errors.count and not skip_bad:
-            continue  # the run will fail: keep checking lines, skip the work
-        elif duplicate == "exact":
-            report.exact_duplicates += 1
-        elif duplicate == "near":
-            report.near_duplicates += 1
-        else:
-            yield item
 
 
 def _spill(scored: Iterable[tuple[Record, Any]], spill: IO, report: PrepareReport, errors: ErrorLog,
