@@ -86,7 +86,7 @@ def deduplicate(files, output, key, skip_bad, as_json):
 @click.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG with the histograms and tier shares.")
-@click.option("--alpha", type=float, help="Distrust alpha (2.3-3.0, default 2.7).")
+@click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
 @click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes that score documents (default: all CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
