@@ -51,7 +51,7 @@ class EvalResult:
 def _batched_scores(im: InferenceModel, examples: Sequence[tuple[list[int], list[int]]], batch_size: int):
     """(mean cross-entropy, target token count) per ``(input_ids, labels)`` example, in order.
 
-    Batches are built as training builds them (``data.collate``), grouped by length to keep
+    Batches are built as training builds them (``data.records.collate``), grouped by length to keep
     padding small.
     """
     pad = im.tokenizer.pad_token_id if im.tokenizer.pad_token_id is not None else 0
@@ -80,7 +80,7 @@ def evaluate_records(
     max_seq_length: int = 1024,
     batch_size: int = 8,
 ) -> EvalResult:
-    """Token-weighted mean cross-entropy (nats) and perplexity of ``records`` (``data.Record``),
+    """Token-weighted mean cross-entropy (nats) and perplexity of ``records`` (``data.records.Record``),
     scored exactly as training scores them (the same tokens are targets), and per record.
     """
     if max_seq_length < 2:
