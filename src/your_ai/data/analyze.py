@@ -87,9 +87,9 @@ def analyze(
     """
     alpha = check_alpha(DEFAULT_ALPHA if alpha is None else alpha)
     files = expand_inputs(inputs)
-    errors = ErrorLog(on_error)
-    values = _read_values(files, alpha, skip_bad, workers, errors)
-    if errors.count and not skip_bad:
+    errors = ErrorLog(on_error, skip_bad)
+    values = _read_values(files, alpha, workers, errors)
+    if errors.failing:
         raise errors.failure("no report")
     records = len(values.weights)
     if not records:
@@ -115,9 +115,9 @@ def analyze(
     }
 
 
-def _read_values(files: Sequence[Path], alpha: float, skip_bad: bool, workers: int, errors: ErrorLog) -> _Values:
-    """Read, check and score every record of ``files``; bad lines go to ``errors``. Once a line is bad
-    and ``skip_bad`` is off, the rest is only checked (the run will fail)."""
+def _read_values(files: Sequence[Path], alpha: float, workers: int, errors: ErrorLog) -> _Values:
+    """Read, check and score every record of ``files``; bad lines go to ``errors``. Once ``errors``
+    is failing, the rest is only checked."""
     values = _Values()
 
     def good_records() -> Iterator[Record]:
@@ -125,14 +125,11 @@ def _read_values(files: Sequence[Path], alpha: float, skip_bad: bool, workers: i
             values.read += 1
             if isinstance(item, DataError):
                 errors.add(item)
-            elif skip_bad or not errors.count:
+            elif not errors.failing:
                 yield item
 
-    for item, scores in score_records(good_records(), workers):
-        if isinstance(scores, DataError):
-            errors.add(scores)
-        elif skip_bad or not errors.count:
-            values.add(item, *scores, alpha)
+    for item, scores in errors.good(score_records(good_records(), workers)):
+        values.add(item, *scores, alpha)
     return values
 
 

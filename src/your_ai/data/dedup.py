@@ -88,11 +88,11 @@ PROGRESS_EVERY = 10_000
 
 
 def first_occurrences(files: Sequence[Path], dedupe: Deduplicator, errors: ErrorLog, counts: DuplicateCounts,
-                      skip_bad: bool, on_progress: Callable[[int], None] | None = None) -> Iterator[Record]:
+                      on_progress: Callable[[int], None] | None = None) -> Iterator[Record]:
     """Checked records of ``files`` seen for the first time, in input order. Lines read and duplicates
     are counted in ``counts``, bad lines passed to ``errors``, and ``on_progress`` gets the number of
-    lines read every ``PROGRESS_EVERY`` lines. Once a line is bad and ``skip_bad`` is off, the rest
-    is only checked: the run will fail."""
+    lines read every ``PROGRESS_EVERY`` lines. Once ``errors`` is failing, the rest is only
+    checked."""
     for item in iter_inputs(files):
         counts.read += 1
         if on_progress is not None and counts.read % PROGRESS_EVERY == 0:
@@ -104,7 +104,7 @@ def first_occurrences(files: Sequence[Path], dedupe: Deduplicator, errors: Error
                 item = error
         if isinstance(item, DataError):
             errors.add(item)
-        elif errors.count and not skip_bad:
+        elif errors.failing:
             continue
         elif duplicate == "exact":
             counts.exact_duplicates += 1
@@ -154,13 +154,13 @@ def deduplicate(
     target = Path(output) if output is not None else default_dedup_output(files[0])
     target.parent.mkdir(parents=True, exist_ok=True)
     report = DeduplicateReport(files=[str(p) for p in files], output=str(target))
-    errors = ErrorLog(on_error)
+    errors = ErrorLog(on_error, skip_bad)
     with atomic_file(target) as handle:
-        for record in first_occurrences(files, Deduplicator(key), errors, report, skip_bad):
+        for record in first_occurrences(files, Deduplicator(key), errors, report):
             handle.write(json_line(record.fields))
             report.written += 1
         report.bad, report.errors = errors.count, errors.messages
-        if errors.count and not skip_bad:
+        if errors.failing:
             raise errors.failure()  # inside the block: the temporary file is removed, the target kept
         if not report.written:
             raise no_records_left(files, report.read, "write")

@@ -7,7 +7,7 @@ import glob
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from your_ai.data.records import DataError, Record, iter_records
 
@@ -73,12 +73,28 @@ MAX_ERRORS_KEPT = 1000
 
 
 class ErrorLog:
-    """Counts bad lines, keeps the first ``MAX_ERRORS_KEPT`` messages, passes each on."""
+    """Counts bad lines, keeps the first ``MAX_ERRORS_KEPT`` messages, passes each on, and says
+    whether the run will fail (a bad line without ``skip_bad``)."""
 
-    def __init__(self, on_error: Callable[[DataError], None] | None = None):
+    def __init__(self, on_error: Callable[[DataError], None] | None = None, skip_bad: bool = False):
         self.count = 0
         self.messages: list[str] = []
         self.on_error = on_error
+        self.skip_bad = skip_bad
+
+    @property
+    def failing(self) -> bool:
+        """A line was bad and bad lines are not skipped: the rest is only checked, the run fails."""
+        return bool(self.count) and not self.skip_bad
+
+    def good(self, results: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+        """The ``(item, result)`` pairs whose result is not a ``DataError`` (those are added here),
+        none once the run is failing."""
+        for item, result in results:
+            if isinstance(result, DataError):
+                self.add(result)
+            elif not self.failing:
+                yield item, result
 
     def add(self, error: DataError) -> None:
         self.count += 1

@@ -43,7 +43,7 @@ from your_ai.data.balance import (
 from your_ai.data.dedup import Deduplicator, first_occurrences
 from your_ai.data.inputs import ErrorLog, PrepareError, expand_inputs, json_line, no_records_left
 from your_ai.data.records import DataError, Record
-from your_ai.data.scores import score_records
+from your_ai.data.scores import Scores, score_records
 from your_ai.files import temporary_sibling
 from your_ai.objective.scoring_rules import METADATA_FIELDS
 
@@ -129,12 +129,12 @@ def prepare(
     report.outputs = {**{name: str(path) for name, path in targets.items()}, "report": str(out / REPORT_NAME)}
     scratch = _Scratch(out)
     try:
-        errors = ErrorLog(on_error)
-        records = first_occurrences(files, Deduplicator(key), errors, report, skip_bad, on_progress)
+        errors = ErrorLog(on_error, skip_bad)
+        records = first_occurrences(files, Deduplicator(key), errors, report, on_progress)
         with scratch.open("prepare-spill") as spill:
-            offsets, tiers = _spill(score_records(records, workers), spill, report, errors, skip_bad)
+            offsets, tiers = _spill(errors.good(score_records(records, workers)), spill, report)
         report.bad, report.errors = errors.count, errors.messages
-        if errors.count and not skip_bad:
+        if errors.failing:
             raise errors.failure()
         if not tiers:
             raise no_records_left(files, report.read, "write")
@@ -170,18 +170,12 @@ class _Scratch:
                 pass
 
 
-def _spill(scored: Iterable[tuple[Record, Any]], spill: IO, report: PrepareReport, errors: ErrorLog,
-           skip_bad: bool) -> tuple[array, array]:
+def _spill(scored: Iterable[tuple[Record, Scores]], spill: IO, report: PrepareReport) -> tuple[array, array]:
     """Pass 1: append each scored record, in its output form, to ``spill``. Returns the byte offset
     of every record (and of the end of the last one) and its authority tier."""
     offsets, tiers = array("q"), array("b")
     position = 0
     for item, scores in scored:
-        if isinstance(scores, DataError):
-            errors.add(scores)
-            continue
-        if errors.count and not skip_bad:
-            continue
         weight, entropy, was_scored = scores
         if was_scored:
             report.scored += 1
