@@ -17,7 +17,7 @@ Every objective is trained that way for each seed:
 
 Effect. For each fact the preference for the primary version is
 ``log p(primary continuation | context) - log p(coordinated continuation | context)`` (nats,
-summed over the continuation's tokens, ``your_ai.eval.inference.sequence_logprobs``), measured on
+summed over the continuation's tokens, ``your_ai.eval.likelihood.sequence_logprobs``), measured on
 the base model and on each fine-tuned adapter. The *shift* is after minus before, so the
 base model's own bias between the wordings drops out (as it also does across the swap).
 Reported per objective: the shift averaged over facts, the two attributions and the seeds;
@@ -26,7 +26,7 @@ right way (the fact's shift, averaged over attributions and seeds, above 0) and 
 way; and whether additive and plain cross-entropy trained the same adapters, tensor for
 tensor, bit for bit (their extra term is a constant, so they should).
 
-Cost. Held-out perplexity (``your_ai.eval.inference.evaluate_records``) on the built-in demo
+Cost. Held-out perplexity (``your_ai.eval.likelihood.evaluate_records``) on the built-in demo
 corpus, which this experiment never trains on, before and after, per objective; and
 ``your_ai.eval.validate`` on the base model vs the weighted λ 1 adapter (first seed, version A
 primary), with TruthfulQA MC1 when ``--truthfulqa CSV`` is given.
@@ -124,7 +124,7 @@ def write_training_set(path: Path, facts: list[tuple[str, str, str]], primary_ve
 
 def log_likelihoods(im, facts) -> list[tuple[float, float]]:
     """Per fact: (log p(version A | context), log p(version B | context)), in nats."""
-    from your_ai.eval.inference import sequence_logprobs
+    from your_ai.eval.likelihood import sequence_logprobs
 
     pairs = [(context, text) for context, version_a, version_b in facts for text in (version_a, version_b)]
     values = sequence_logprobs(im, pairs, batch_size=16)
@@ -141,7 +141,7 @@ def heldout_records(limit: int | None) -> list:
 
 
 def heldout_perplexity(im, records, args) -> float:
-    from your_ai.eval.inference import evaluate_records
+    from your_ai.eval.likelihood import evaluate_records
 
     return evaluate_records(im, records, max_seq_length=args.heldout_seq_length, batch_size=16).perplexity
 
@@ -229,9 +229,9 @@ def adapter_difference(folder_a: str, folder_b: str) -> float:
     """Largest absolute difference between two adapters' tensors (0.0: bit for bit the same)."""
     from safetensors.torch import load_file
 
-    from your_ai.eval.inference import ADAPTER_WEIGHTS
+    from your_ai.train.checkpoints import ADAPTER_WEIGHTS_FILE
 
-    a, b = load_file(str(Path(folder_a) / ADAPTER_WEIGHTS)), load_file(str(Path(folder_b) / ADAPTER_WEIGHTS))
+    a, b = load_file(str(Path(folder_a) / ADAPTER_WEIGHTS_FILE)), load_file(str(Path(folder_b) / ADAPTER_WEIGHTS_FILE))
     if a.keys() != b.keys():
         return float("inf")
     return max(float((a[key].double() - b[key].double()).abs().max()) if not a[key].equal(b[key]) else 0.0
@@ -260,8 +260,9 @@ def run_validation(checkpoint: str, args) -> dict:
     and TruthfulQA MC1 accuracy when a CSV was given."""
     from your_ai.eval import validate as validation
     from your_ai.eval.inference import load_for_inference
+    from your_ai.eval.truthfulqa import read_truthfulqa
 
-    questions = validation.read_truthfulqa(args.truthfulqa) if args.truthfulqa else None
+    questions = read_truthfulqa(args.truthfulqa) if args.truthfulqa else None
     im = load_for_inference(args.model, checkpoint=checkpoint, device=args.device)
     report = validation.validate(im, limit=args.validate_limit, max_tokens=args.validate_max_tokens,
                                  truthfulqa=questions, truthfulqa_path=args.truthfulqa or "", compare=True)

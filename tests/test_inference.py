@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from your_ai.eval import inference
+from your_ai.eval import inference, likelihood
 from your_ai.data.records import check_record
+from your_ai.eval.export import merge_adapter
 from your_ai.eval.inference import InferenceError
 from your_ai.model.resolve import ModelNotAvailableError
 
@@ -211,14 +212,14 @@ def test_sequence_logprob_is_the_sum_over_continuation_tokens(tuned):
     context_ids = tuned.tokenizer(context).input_ids
     continuation_ids = tuned.tokenizer(continuation, add_special_tokens=False).input_ids
     expected = _manual_logprob(tuned, context_ids + continuation_ids, len(context_ids))
-    assert inference.sequence_logprob(tuned, context, continuation) == pytest.approx(expected, abs=1e-3)
+    assert likelihood.sequence_logprob(tuned, context, continuation) == pytest.approx(expected, abs=1e-3)
     pairs = [(context, continuation), ("A", " b"), ("The bridge", " was long and old and grey")]
-    batched = inference.sequence_logprobs(tuned, pairs, batch_size=3)
-    single = [inference.sequence_logprob(tuned, c, x) for c, x in pairs]
+    batched = likelihood.sequence_logprobs(tuned, pairs, batch_size=3)
+    single = [likelihood.sequence_logprob(tuned, c, x) for c, x in pairs]
     assert batched == pytest.approx(single, abs=1e-3)
     assert all(value < 0 for value in batched)
     with pytest.raises(ValueError, match="no tokens"):
-        inference.sequence_logprob(tuned, "A", "")
+        likelihood.sequence_logprob(tuned, "A", "")
 
 
 def test_evaluate_is_token_weighted_and_independent_of_batching(tuned):
@@ -228,8 +229,8 @@ def test_evaluate_is_token_weighted_and_independent_of_batching(tuned):
         record({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}, 4),
         record({"text": "A much longer document about bridges, tonnes, years and the people who built them."}, 5),
     ]
-    one = inference.evaluate_records(tuned, records, batch_size=1)
-    many = inference.evaluate_records(tuned, records, batch_size=3)
+    one = likelihood.evaluate_records(tuned, records, batch_size=1)
+    many = likelihood.evaluate_records(tuned, records, batch_size=3)
     assert [r.line for r in one.records] == [1, 2, 4, 5]
     assert [r.tokens for r in one.records] == [r.tokens for r in many.records]
     assert many.cross_entropy == pytest.approx(one.cross_entropy, abs=1e-4)
@@ -252,12 +253,12 @@ def test_evaluate_truncates_and_reports_records_left_without_targets(tuned):
         record({"prompt": "A prompt that is longer than the window", "completion": " answer"}, 1),
         record({"text": "Short text here"}, 2),
     ]
-    result = inference.evaluate_records(tuned, records, max_seq_length=4)
+    result = likelihood.evaluate_records(tuned, records, max_seq_length=4)
     assert result.records[0].tokens == 0 and result.records[0].cross_entropy is None
     assert result.records[1].tokens == 3
     assert result.token_count == 3 and result.cross_entropy == pytest.approx(result.records[1].cross_entropy)
     with pytest.raises(InferenceError, match="no record has a token"):
-        inference.evaluate_records(tuned, records[:1], max_seq_length=4)
+        likelihood.evaluate_records(tuned, records[:1], max_seq_length=4)
 
 
 # ---------------------------------------------------------------------------- export
@@ -267,11 +268,11 @@ def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(adapter_d
     output.mkdir()
     (output / "keep.txt").write_text("mine")
     with pytest.raises(InferenceError, match="not empty; pass --force"):
-        inference.merge_adapter(adapter_dir, output)
+        merge_adapter(adapter_dir, output)
     assert (output / "keep.txt").read_text() == "mine"
     with pytest.raises(InferenceError, match="overlaps the checkpoint"):
-        inference.merge_adapter(adapter_dir, adapter_dir, force=True)
-    path = inference.merge_adapter(adapter_dir, output, force=True)
+        merge_adapter(adapter_dir, adapter_dir, force=True)
+    path = merge_adapter(adapter_dir, output, force=True)
     assert path == output.resolve()
     assert (output / "model.safetensors").is_file() and (output / "tokenizer.json").is_file()
     assert not (output / "keep.txt").exists()

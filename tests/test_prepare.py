@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from your_ai.data import prepare as pipeline
+from your_ai.data.analyze import analyze, format_analysis
+from your_ai.data.balance import TIERS, plan_balance, split_sizes, tier_index
+from your_ai.data.dedup import near_form
+from your_ai.data.inputs import PrepareError, expand_inputs
+from your_ai.data.prepare import prepare
 from your_ai.data.records import DataError
-from your_ai.data.prepare import TIERS, near_form, plan_balance, split_sizes, tier_index
+from your_ai.data.scores import SCORE_CHUNK
 
 PATENT = "US Patent {n} filed in {year}. The inventor describes a measurement apparatus; original manuscript."
 PRESS = "The WHO announced that experts agree the scientific consensus on item {n} is settled science."
@@ -94,7 +98,7 @@ def test_skip_bad_leaves_bad_lines_out_and_counts_them(tmp_path):
     raw = write_jsonl(tmp_path / "raw.jsonl", rows)
     errors: list[DataError] = []
 
-    report = pipeline.prepare([raw], tmp_path / "out", skip_bad=True, balance=False, on_error=errors.append)
+    report = prepare([raw], tmp_path / "out", skip_bad=True, balance=False, on_error=errors.append)
 
     assert report.read == 6 and report.bad == 2
     assert [(e.line, e.reason.split(" ")[0]) for e in errors] == [(5, "expected"), (6, "auth_weight=-0.5")]
@@ -116,7 +120,7 @@ def test_exact_and_near_duplicates_are_removed(tmp_path):
             {"text": "Hello, World! This is another test.", "auth_weight": 0.1, "prov_entropy": 5.0},
         ],
     )
-    report = pipeline.prepare([raw], tmp_path / "out", balance=False, val_fraction=0.0)
+    report = prepare([raw], tmp_path / "out", balance=False, val_fraction=0.0)
 
     assert (report.exact_duplicates, report.near_duplicates) == (1, 2)
     texts = [r["text"] for r in read_jsonl(tmp_path / "out" / "train.jsonl")]
@@ -132,12 +136,12 @@ def test_key_field_defines_exact_duplicates(tmp_path):
             {"text": "third", "url": "https://a.example/2", "auth_weight": 0.1, "prov_entropy": 5.0},
         ],
     )
-    report = pipeline.prepare([raw], tmp_path / "out", balance=False, key="url", val_fraction=0.0)
+    report = prepare([raw], tmp_path / "out", balance=False, key="url", val_fraction=0.0)
     assert (report.exact_duplicates, report.train) == (1, 2)
 
     missing = write_jsonl(tmp_path / "missing.jsonl", [{"text": "no url here", "auth_weight": 0.1, "prov_entropy": 5.0}])
-    with pytest.raises(pipeline.PrepareError, match="1 bad line"):
-        pipeline.prepare([missing], tmp_path / "out2", key="url")
+    with pytest.raises(PrepareError, match="1 bad line"):
+        prepare([missing], tmp_path / "out2", key="url")
 
 
 def test_deduplicate_command_writes_first_occurrences(tmp_path):
@@ -177,7 +181,7 @@ def test_prepare_output_holds_the_target_mix(tmp_path):
     rows += carried(20, 0.0, 9.0, "primary")  # outside every band: counts as low
     raw = write_jsonl(tmp_path / "raw.jsonl", rows)
 
-    report = pipeline.prepare([raw], tmp_path / "out", seed=3)
+    report = prepare([raw], tmp_path / "out", seed=3)
 
     assert report.balance["reached"] and report.outside_bands == 20
     assert report.available == {"low": 320, "medium": 500, "high": 700}
@@ -232,7 +236,7 @@ def test_train_and_val_share_no_text_and_a_seed_fixes_the_outputs(tmp_path):
     raw = write_jsonl(tmp_path / "raw.jsonl", rows)
     outputs = {}
     for run, seed in (("a", 7), ("b", 7), ("c", 8)):
-        pipeline.prepare([raw], tmp_path / run, seed=seed, val_fraction=0.25)
+        prepare([raw], tmp_path / run, seed=seed, val_fraction=0.25)
         outputs[run] = [(tmp_path / run / f"{name}.jsonl").read_bytes() for name in ("train", "val")]
 
     train, val = (read_jsonl(tmp_path / "a" / f"{name}.jsonl") for name in ("train", "val"))
@@ -244,7 +248,7 @@ def test_train_and_val_share_no_text_and_a_seed_fixes_the_outputs(tmp_path):
 
 def test_train_size_and_val_size_are_honoured(tmp_path):
     raw = write_jsonl(tmp_path / "raw.jsonl", carried(50, 0.1) + carried(60, 0.5) + carried(80, 0.85))
-    report = pipeline.prepare([raw], tmp_path / "out", train_size=40, val_size=10)
+    report = prepare([raw], tmp_path / "out", train_size=40, val_size=10)
     assert (report.train, report.val) == (40, 10)
     assert len(read_jsonl(tmp_path / "out" / "train.jsonl")) == 40
     assert len(read_jsonl(tmp_path / "out" / "val.jsonl")) == 10
@@ -264,7 +268,7 @@ def test_carried_scores_are_kept_and_others_are_scored(tmp_path):
             {"text": PRESS.format(n=1), "year": 2024, "source": "WHO", "source_type": "press_release"},
         ],
     )
-    pipeline.prepare([raw], tmp_path / "out", balance=False, val_fraction=0.0)
+    prepare([raw], tmp_path / "out", balance=False, val_fraction=0.0)
     records = {r["text"]: r for r in read_jsonl(tmp_path / "out" / "train.jsonl")}
 
     assert records["Carried document."] == {
@@ -288,7 +292,7 @@ def test_chat_and_prompt_records_are_accepted(tmp_path):
              "prov_entropy": 0.5},
         ],
     )
-    pipeline.prepare([raw], tmp_path / "out", balance=False, val_fraction=0.0)
+    prepare([raw], tmp_path / "out", balance=False, val_fraction=0.0)
     records = read_jsonl(tmp_path / "out" / "train.jsonl")
     chat = next(r for r in records if "messages" in r)
     prompt = next(r for r in records if "prompt" in r)
@@ -301,10 +305,10 @@ def test_inputs_may_be_directories_and_globs(tmp_path):
     write_jsonl(tmp_path / "data" / "a.jsonl", carried(3, 0.1, prefix="a"))
     write_jsonl(tmp_path / "data" / "b.jsonl", carried(2, 0.1, prefix="b"))
     (tmp_path / "data" / "notes.txt").write_text("not data")
-    assert [p.name for p in pipeline.expand_inputs([tmp_path / "data"])] == ["a.jsonl", "b.jsonl"]
-    assert [p.name for p in pipeline.expand_inputs([str(tmp_path / "data" / "b*.jsonl")])] == ["b.jsonl"]
-    with pytest.raises(pipeline.PrepareError, match="does not exist"):
-        pipeline.expand_inputs([tmp_path / "nope.jsonl"])
+    assert [p.name for p in expand_inputs([tmp_path / "data"])] == ["a.jsonl", "b.jsonl"]
+    assert [p.name for p in expand_inputs([str(tmp_path / "data" / "b*.jsonl")])] == ["b.jsonl"]
+    with pytest.raises(PrepareError, match="does not exist"):
+        expand_inputs([tmp_path / "nope.jsonl"])
 
 
 # --------------------------------------------------------------------------- analyze
@@ -331,24 +335,24 @@ def test_analyze_json_counts_and_png(tmp_path):
 
 def test_analyze_text_report_has_bars_and_stops_on_bad_lines(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", carried(4, 0.1) + carried(4, 0.5) + carried(5, 0.85))
-    analysis = pipeline.analyze([data])
-    text = pipeline.format_analysis(analysis)
+    analysis = analyze([data])
+    text = format_analysis(analysis)
     assert "low" in text and "#" in text and "Distrust (alpha 2.7)" in text
     assert analysis["warnings"] == []  # 30.8%, 30.8%, 38.5%: within 2 points of every band
 
     bad = write_jsonl(tmp_path / "bad.jsonl", carried(2, 0.1) + ["oops"])
-    with pytest.raises(pipeline.PrepareError, match="1 bad line"):
-        pipeline.analyze([bad])
-    assert pipeline.analyze([bad], skip_bad=True)["bad"] == 1
+    with pytest.raises(PrepareError, match="1 bad line"):
+        analyze([bad])
+    assert analyze([bad], skip_bad=True)["bad"] == 1
 
 
 def test_scoring_in_several_processes_gives_the_same_outputs(tmp_path):
     years = [1923, 1956, 1988, 2024]
     rows = [{"text": (PATENT if i % 3 else PRESS).format(n=i, year=years[i % 4]), "year": years[i % 4]}
-            for i in range(2 * pipeline.SCORE_CHUNK + 50)]
+            for i in range(2 * SCORE_CHUNK + 50)]
     raw = write_jsonl(tmp_path / "raw.jsonl", rows)
-    one = pipeline.prepare([raw], tmp_path / "one", workers=1)
-    two = pipeline.prepare([raw], tmp_path / "two", workers=2)
+    one = prepare([raw], tmp_path / "one", workers=1)
+    two = prepare([raw], tmp_path / "two", workers=2)
     assert one.scored == two.scored == len(rows)
     for name in ("train.jsonl", "val.jsonl"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()

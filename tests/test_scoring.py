@@ -335,7 +335,7 @@ def test_text_must_be_a_string():
 
 
 def test_score_file_scores_records_and_collects_every_bad_line(tmp_path):
-    from your_ai.objective.scoring import score_file
+    from your_ai.data.scores import score_file
 
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join([
@@ -356,7 +356,7 @@ def test_score_file_scores_records_and_collects_every_bad_line(tmp_path):
 
 
 def test_score_file_with_no_records_is_an_error(tmp_path):
-    from your_ai.objective.scoring import score_file
+    from your_ai.data.scores import score_file
 
     path = tmp_path / "empty.jsonl"
     path.write_text("\n\n", encoding="utf-8")

@@ -16,9 +16,9 @@ from your_ai.data.records import (
     DataPosition,
     check_record,
     collate,
-    record_scores,
     tokenize_record,
 )
+from your_ai.data.scores import record_scores
 from your_ai.objective.distrust import IGNORE_INDEX, empirical_distrust_loss
 from your_ai.model.lora import LoraSettings
 from your_ai.train.loop import (

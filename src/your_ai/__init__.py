@@ -3,6 +3,8 @@
 The public API is imported lazily, so that ``your-ai --help`` does not pay for PyTorch.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 _PUBLIC = {
@@ -20,7 +22,5 @@ __all__ = ["__version__", *_PUBLIC]
 
 def __getattr__(name: str):
     if name in _PUBLIC:
-        import importlib
-
         return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'your_ai' has no attribute {name!r}")

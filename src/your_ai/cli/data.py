@@ -45,20 +45,23 @@ def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction,
         given = "--train-size and --val-size set" if train_size is not None else "--val-size sets"
         fail(f"--val-fraction cannot go with --val-size: {given} the split; give one of them")
     check_output("--output", output_dir, directory=True)
-    from your_ai.data import prepare as pipeline
+    from your_ai.data.inputs import PrepareError
+    from your_ai.data.prepare import format_prepare_report, prepare as prepare_data
+    from your_ai.data.scores import default_workers
+
     try:
         with writing(output_dir):
-            report = pipeline.prepare(
+            report = prepare_data(
                 list(inputs) + list(more_inputs), output_dir, train_size=train_size, val_size=val_size,
                 val_fraction=val_fraction, seed=seed, balance=not no_balance, skip_bad=skip_bad, key=key,
-                workers=workers or pipeline.default_workers(), on_error=_report_bad_line,
+                workers=workers or default_workers(), on_error=_report_bad_line,
                 on_progress=_show_progress if sys.stderr.isatty() else None,
             )
         if sys.stderr.isatty():
             click.echo("\r\033[K", err=True, nl=False)
-    except pipeline.PrepareError as error:
+    except PrepareError as error:
         fail(str(error), code=1)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else pipeline.format_prepare_report(report))
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_prepare_report(report))
 
 
 @click.command()
@@ -70,35 +73,40 @@ def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction,
 def deduplicate(files, output, key, skip_bad, as_json):
     """Remove exact and near-duplicate documents from JSONL FILES."""
     check_output("--output", output)
-    from your_ai.data import prepare as pipeline
+    from your_ai.data.dedup import deduplicate as deduplicate_files, format_deduplicate_report
+    from your_ai.data.inputs import PrepareError
+
     try:
-        report = pipeline.deduplicate(files, output, key=key, skip_bad=skip_bad, on_error=_report_bad_line)
-    except pipeline.PrepareError as error:
+        report = deduplicate_files(files, output, key=key, skip_bad=skip_bad, on_error=_report_bad_line)
+    except PrepareError as error:
         fail(str(error), code=1)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else pipeline.format_deduplicate_report(report))
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_deduplicate_report(report))
 
 
 @click.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG with the histograms and tier shares.")
-@click.option("--alpha", type=float, help="Distrust alpha (2.3-3.0, default 2.7).")
+@click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
 @click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes that score documents (default: all CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def analyze(files, plot, alpha, skip_bad, workers, as_json):
     """Report the authority / entropy / distrust distribution of JSONL FILES."""
     check_output("--plot", plot)
-    from your_ai.data import prepare as pipeline
+    from your_ai.data import analyze as analysis_report
+    from your_ai.data.inputs import PrepareError
+    from your_ai.data.scores import default_workers
+
     try:
-        analysis = pipeline.analyze(files, alpha=alpha, skip_bad=skip_bad,
-                                    workers=workers or pipeline.default_workers(), on_error=_report_bad_line)
-    except pipeline.PrepareError as error:
+        analysis = analysis_report.analyze(files, alpha=alpha, skip_bad=skip_bad,
+                                           workers=workers or default_workers(), on_error=_report_bad_line)
+    except PrepareError as error:
         fail(str(error), code=1)
     except ValueError as error:
         fail(str(error))
-    click.echo(pipeline.analysis_json(analysis) if as_json else pipeline.format_analysis(analysis))
+    click.echo(analysis_report.analysis_json(analysis) if as_json else analysis_report.format_analysis(analysis))
     if plot:
-        path = pipeline.plot_analysis(analysis, plot)
+        path = analysis_report.plot_analysis(analysis, plot)
         click.echo(f"Wrote {path}", err=as_json)
 
 
@@ -116,25 +124,28 @@ def score(text, file_path, year, source, source_type, url, publisher, as_json):
     """Score TEXT (or each record of --file) for authority weight and provenance entropy."""
     from rich.console import Console
 
-    from your_ai.objective import scoring
+    from your_ai.data import score_tables
+    from your_ai.data.scores import score_file
+    from your_ai.objective.scoring import score_document
+
     metadata = {"year": year, "source": source, "source_type": source_type, "url": url, "publisher": publisher}
     # The terminal's width (or $COLUMNS); piped output without $COLUMNS: 200, no wrapping of the tables.
     console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
     if file_path is None:
         if text is None or not text.strip():
             raise click.UsageError("give the TEXT to score, or --file FILE.jsonl")
-        result = scoring.score_document(text, metadata)
+        result = score_document(text, metadata)
         if as_json:
             click.echo(json.dumps(result.to_dict(), indent=2))
         else:
-            console.print(scoring.format_document_score(result))
+            console.print(score_tables.format_document_score(result))
         return
     if text is not None:
         raise click.UsageError("give either TEXT or --file, not both")
     given = [f"--{key.replace('_', '-')}" for key, value in metadata.items() if value is not None]
     if given:
         raise click.UsageError(f"{', '.join(given)} apply to TEXT only; with --file each record carries its own metadata")
-    rows, errors = scoring.score_file(file_path)
+    rows, errors = score_file(file_path)
     if errors:
         for error in errors:
             click.echo(str(error), err=True)
@@ -143,6 +154,6 @@ def score(text, file_path, year, source, source_type, url, publisher, as_json):
         for row in rows:
             click.echo(json.dumps(row.to_dict()))
     else:
-        console.print(scoring.format_file_scores(rows, file_path, console.width))
+        console.print(score_tables.format_file_scores(rows, file_path, console.width))
 
 

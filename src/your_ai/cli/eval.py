@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -16,6 +17,8 @@ from your_ai.cli.common import (
     print_answers,
     progress_lines,
 )
+from your_ai.eval.suite import SuiteError, load_suite
+from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
 
 MODEL_HELP = ("Preset, hub id or model directory (default: the checkpoint's base model, else smollm2-135m, "
                "SmolLM2-135M-Instruct; `tiny` is a random-weight model for tests).")
@@ -69,7 +72,8 @@ def generate(model, prompt, checkpoint, max_tokens, temperature, seed, raw, chat
 def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, trust_remote_code, as_json):
     """Cross-entropy and perplexity of a model (with an optional adapter) over a JSONL data set."""
     from your_ai.data.records import DataError, no_records, read_records
-    from your_ai.eval import inference
+    from your_ai.eval.inference import InferenceError
+    from your_ai.eval.likelihood import evaluate_records, format_eval_result
 
     try:
         read = read_records(data, collect_errors=True)
@@ -83,15 +87,15 @@ def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, trust_
         fail(f"{len(read.errors)} bad line(s) in {data}; nothing evaluated", code=1)
     im = load_inference_model(model, checkpoint, device, trust_remote_code)
     try:
-        result = inference.evaluate_records(im, read.records, max_seq_length, batch_size)
-    except (inference.InferenceError, DataError) as error:
+        result = evaluate_records(im, read.records, max_seq_length, batch_size)
+    except (InferenceError, DataError) as error:
         fail(str(error), code=1)
     if as_json:
         payload = {"model": im.base_name, "checkpoint": str(im.checkpoint) if im.checkpoint else None,
                    "data": str(data), **result.to_dict()}
         click.echo(json.dumps(payload, indent=2))
     else:
-        click.echo(inference.format_eval_result(result, im, data))
+        click.echo(format_eval_result(result, im, data))
 
 
 @click.command()
@@ -103,10 +107,10 @@ def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, trust_
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
 def export(checkpoint, output, model, force, device, trust_remote_code):
     """Merge a LoRA adapter into its base model and save a standalone model (safetensors)."""
-    from your_ai.eval import inference
+    from your_ai.eval.export import merge_adapter
     try:
-        path = inference.merge_adapter(checkpoint, output, device, model=model, force=force,
-                                       trust_remote_code=trust_remote_code)
+        path = merge_adapter(checkpoint, output, device, model=model, force=force,
+                             trust_remote_code=trust_remote_code)
     except ValueError as error:  # an unusable --device
         fail(str(error))
     click.echo(f"Saved the merged model to {path}")
@@ -139,20 +143,19 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
     """
     if compare and not checkpoint:
         raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
-    from your_ai.eval import validate as validation
     check_output("--output", output)
     check_output("--chart", chart)
     try:  # bad files fail before a model is loaded
-        suite = validation.load_suite(suite_path)
-        questions = validation.read_truthfulqa(truthfulqa) if truthfulqa else None
-    except (validation.SuiteError, validation.TruthfulQAError) as error:
+        suite = load_suite(suite_path)
+        questions = read_truthfulqa(truthfulqa) if truthfulqa else None
+    except (SuiteError, TruthfulQAError) as error:
         fail(str(error), code=1)
-    import time
-
     from rich.console import Console
     from rich.progress import Progress
 
+    from your_ai.eval import report as validation_report
     from your_ai.eval.inference import InferenceError
+    from your_ai.eval.validate import validate as run_validation
 
     im = load_inference_model(model, checkpoint, device, trust_remote_code)
     started = time.monotonic()
@@ -164,15 +167,15 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
             return lambda done: bar.advance(task, done)
 
         try:
-            report = validation.validate(im, suite, max_tokens=max_tokens, chat=False if raw else None,
-                                         limit=limit, batch_size=batch_size, truthfulqa=questions,
-                                         truthfulqa_path=truthfulqa or "", compare=compare, progress=progress)
+            report = run_validation(im, suite, max_tokens=max_tokens, chat=False if raw else None,
+                                    limit=limit, batch_size=batch_size, truthfulqa=questions,
+                                    truthfulqa_path=truthfulqa or "", compare=compare, progress=progress)
         except InferenceError as error:
             fail(str(error), code=1)
-    Console(width=None if sys.stdout.isatty() else 120).print(validation.summary_table(report))
-    for line in validation.report_notes(report):
+    Console(width=None if sys.stdout.isatty() else 120).print(validation_report.summary_table(report))
+    for line in validation_report.report_notes(report):
         click.echo(line)
     if output:
-        click.echo(f"Wrote {validation.write_report(report, output)}")
+        click.echo(f"Wrote {validation_report.write_report(report, output)}")
     if chart:
-        click.echo(f"Wrote {validation.plot_radar(report, chart)}")
+        click.echo(f"Wrote {validation_report.plot_radar(report, chart)}")

@@ -5,7 +5,7 @@ value at fault. Nothing is dropped or altered silently: callers either stop at t
 bad line or collect them all and report them (``read_records(..., collect_errors=True)``).
 
 For training, records become tokenised examples and batches: ``training_files`` (a file, or a
-directory with train.jsonl / val.jsonl), ``record_scores``, ``tokenize_records``, ``collate``
+directory with train.jsonl / val.jsonl), ``tokenize_records``, ``collate``
 (right padding, -100 labels where nothing is learned) and ``BatchSampler`` (a shuffled order
 reproducible from the seed and a ``DataPosition``).
 """
@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from your_ai.objective.distrust import AUTHORITY_MAX, AUTHORITY_MIN, IGNORE_INDEX
+from your_ai.objective.scoring_rules import METADATA_FIELDS
 
 BOM = b"\xef\xbb\xbf"
-METADATA_FIELDS = ("year", "source", "url", "publisher", "source_type", "identifier")
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -260,27 +262,6 @@ def training_files(path: str | Path) -> TrainingFiles:
     return TrainingFiles(train=path, val=None)
 
 
-def record_scores(records: list[Record]) -> tuple[list[float], list[float], int]:
-    """(auth_weights, prov_entropies, how many were computed): a record's own values when it
-    carries them, else ``scoring.score_document`` of its text and metadata."""
-    from your_ai.objective.scoring import score_document
-
-    weights, entropies, computed = [], [], 0
-    for record in records:
-        if record.has_scores:
-            weights.append(float(record.auth_weight))
-            entropies.append(float(record.prov_entropy))
-            continue
-        try:
-            score = score_document(record.document_text(), record.metadata)
-        except ValueError as error:
-            raise DataError(record.file, record.line, str(error)) from None
-        weights.append(score.authority_weight)
-        entropies.append(score.provenance_entropy)
-        computed += 1
-    return weights, entropies, computed
-
-
 @dataclass
 class Example:
     """One tokenised record: ``labels`` is ``input_ids`` with IGNORE_INDEX where nothing is learned."""
@@ -424,8 +405,6 @@ def tokenize_records(
 def collate(examples: list[Example], pad_token_id: int) -> dict:
     """Right-padded tensors: input_ids, attention_mask, labels (IGNORE_INDEX on padding),
     auth_weight and prov_entropy (float64)."""
-    import torch
-
     length = max(len(example.input_ids) for example in examples)
     input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
@@ -454,8 +433,6 @@ class DataPosition:
 
 def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
     """The shuffled order of epoch ``epoch``: a permutation that depends only on (seed, epoch)."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(size, generator=generator).tolist()
 

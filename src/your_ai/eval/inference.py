@@ -1,4 +1,4 @@
-"""Use a model, with or without a LoRA adapter: load, generate, score text, merge.
+"""Use a model, with or without a LoRA adapter: load it, and generate.
 
 ``load_for_inference`` is the one way a base model and an adapter folder (PEFT format:
 ``adapter_config.json`` + ``adapter_model.safetensors``) become a model ready to use.
@@ -10,29 +10,33 @@ Generation: ``prompt_token_ids`` decides how a prompt is sent (the tokenizer's c
 when it has one, else plain text); ``generate_batch`` decodes left-padded batches with one
 key/value cache and drops each answer from its batch at its end token.
 
-Scoring: ``evaluate_records`` gives the token-weighted mean cross-entropy and perplexity of
-a data set (and of each record); ``sequence_logprob`` gives the log-likelihood of a
-continuation after a context, which multiple-choice evaluation compares across answers.
+Scoring text under a model is in ``your_ai.eval.likelihood``; merging an adapter into its base
+model in ``your_ai.eval.export``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass, field
+import random
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
+
+import torch
 
 from your_ai.errors import UserError
-from your_ai.files import check_writable, give_default_permissions, read_json_object, staging_directory, writing
+from your_ai.files import read_json_object
+from your_ai.hardware import pick_device, training_dtype
+from your_ai.model.resolve import load_model, load_tokenizer, model_or_default, resolve_model
+from your_ai.train.checkpoints import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLED_ADAPTER_WEIGHTS = "adapter_model.bin"
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
+
 
 
 class InferenceError(UserError):
@@ -67,18 +71,18 @@ def read_adapter_config(checkpoint: str | os.PathLike) -> dict:
         raise InferenceError(f"checkpoint {str(folder)!r} does not exist")
     if not folder.is_dir():
         raise InferenceError(f"checkpoint {str(folder)!r} is not a directory (expected a LoRA adapter folder)")
-    config_path = folder / ADAPTER_CONFIG
+    config_path = folder / ADAPTER_CONFIG_FILE
     if not config_path.is_file():
         raise InferenceError(
-            f"checkpoint {str(folder)!r} is not a LoRA adapter folder: it has no {ADAPTER_CONFIG}"
+            f"checkpoint {str(folder)!r} is not a LoRA adapter folder: it has no {ADAPTER_CONFIG_FILE}"
         )
-    if not (folder / ADAPTER_WEIGHTS).is_file():
+    if not (folder / ADAPTER_WEIGHTS_FILE).is_file():
         if (folder / PICKLED_ADAPTER_WEIGHTS).is_file():
             raise InferenceError(
                 f"checkpoint {str(folder)!r} holds only {PICKLED_ADAPTER_WEIGHTS} (a pickle, which is never "
-                f"loaded); convert it to {ADAPTER_WEIGHTS}"
+                f"loaded); convert it to {ADAPTER_WEIGHTS_FILE}"
             )
-        raise InferenceError(f"checkpoint {str(folder)!r} is not a LoRA adapter folder: it has no {ADAPTER_WEIGHTS}")
+        raise InferenceError(f"checkpoint {str(folder)!r} is not a LoRA adapter folder: it has no {ADAPTER_WEIGHTS_FILE}")
     try:
         return read_json_object(config_path)
     except ValueError as error:
@@ -91,7 +95,7 @@ def base_model_of(checkpoint: str | os.PathLike) -> str:
     name = config.get("base_model_name_or_path")
     if not isinstance(name, str) or not name.strip():
         raise InferenceError(
-            f"{Path(checkpoint) / ADAPTER_CONFIG} does not name its base model (base_model_name_or_path); "
+            f"{Path(checkpoint) / ADAPTER_CONFIG_FILE} does not name its base model (base_model_name_or_path); "
             f"pass it with --model"
         )
     return name
@@ -110,9 +114,6 @@ def load_for_inference(
     ``ModelNotAvailableError`` says how to download) for a base model that cannot be found,
     ``ValueError`` for an unusable ``device``.
     """
-    from your_ai.hardware import pick_device, training_dtype
-    from your_ai.model.resolve import load_model, load_tokenizer, model_or_default, resolve_model
-
     checkpoint_path = Path(checkpoint).expanduser().resolve() if checkpoint is not None else None
     if checkpoint_path is not None:
         read_adapter_config(checkpoint_path)  # fail on a bad folder before loading anything
@@ -125,9 +126,7 @@ def load_for_inference(
     network = load_model(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     tokenizer_source = resolved
     if checkpoint_path is not None:
-        import warnings
-
-        from peft import PeftModel
+        from peft import PeftModel  # here: checking a checkpoint folder does not wait for peft to import
 
         try:
             with warnings.catch_warnings():  # PEFT asks transformers a deprecated question on load
@@ -168,7 +167,7 @@ def prompt_token_ids(tokenizer, prompt: str, chat: bool | None = None) -> list[i
         ids = list(tokenizer(text, add_special_tokens=False).input_ids)
     else:
         ids = list(tokenizer(prompt).input_ids)
-    return ids or [_start_token(tokenizer)]
+    return ids or [start_token(tokenizer)]
 
 
 def empty_answer_hint(tokenizer, chat: bool | None, temperature: float) -> str:
@@ -180,7 +179,7 @@ def empty_answer_hint(tokenizer, chat: bool | None, temperature: float) -> str:
     return f"(empty answer: the model ended at once; try {' / '.join(tries)})"
 
 
-def _start_token(tokenizer) -> int:
+def start_token(tokenizer) -> int:
     token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if token is None:
         raise InferenceError("the tokenizer has neither a beginning- nor an end-of-sequence token to start from")
@@ -246,8 +245,6 @@ def generate_batch(
     the rest of a long answer. Sampling draws from one random stream (``seed``) for the whole
     call, so sampled texts differ from one-by-one calls.
     """
-    import torch
-
     _check_decoding(max_tokens, temperature)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
@@ -269,8 +266,6 @@ def generate_batch(
 def _cache_options(model, cache) -> dict[str, Any]:
     """The forward arguments that pass the key/value ``cache`` (``cache``, or the older
     ``past_key_values``) and, where the model takes it, ask for the last position's logits alone."""
-    import inspect
-
     network = model.get_base_model() if hasattr(model, "get_base_model") else model
     parameters = inspect.signature(network.forward).parameters
     options: dict[str, Any] = {"cache" if "cache" in parameters else "past_key_values": cache, "use_cache": True}
@@ -286,8 +281,7 @@ def _decode(im: InferenceModel, prompts: list[list[int]], max_tokens: int, tempe
     answers' lengths rather than its longest answer times its size. An answer ends before its
     end token; an end token is never part of it.
     """
-    import torch
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # here: transformers loads with a model, not with this module
 
     device = im.device
     ends = _end_tokens(im)
@@ -343,8 +337,6 @@ def compare(
     chat: bool | None = None,
 ) -> Comparison:
     """Generate with the adapter switched off and on, from the same seed."""
-    import random
-
     if not im.has_adapter:
         raise InferenceError("comparing base and fine-tuned output needs a checkpoint (--checkpoint DIR)")
     if seed is None and temperature > 0:
@@ -353,191 +345,3 @@ def compare(
         base = generate(im, prompt, max_tokens, temperature, seed, chat)
     tuned = generate(im, prompt, max_tokens, temperature, seed, chat)
     return Comparison(base=base, fine_tuned=tuned, seed=seed)
-
-
-# ---------------------------------------------------------------------------- scoring
-
-@dataclass
-class RecordScore:
-    line: int
-    tokens: int  # target tokens scored
-    cross_entropy: float | None  # mean over its tokens; None when nothing was left to score
-
-
-@dataclass
-class EvalResult:
-    cross_entropy: float  # token-weighted mean over the data set
-    perplexity: float
-    record_count: int
-    token_count: int
-    records: list[RecordScore] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {
-            "cross_entropy": self.cross_entropy,
-            "perplexity": self.perplexity,
-            "record_count": self.record_count,
-            "token_count": self.token_count,
-            "records": [
-                {"line": r.line, "tokens": r.tokens, "cross_entropy": r.cross_entropy} for r in self.records
-            ],
-        }
-
-
-def _batched_scores(im: InferenceModel, examples: Sequence[tuple[list[int], list[int]]], batch_size: int):
-    """(mean cross-entropy, target token count) per ``(input_ids, labels)`` example, in order.
-
-    Batches are built as training builds them (``data.collate``), grouped by length to keep
-    padding small.
-    """
-    import torch
-
-    from your_ai.data.records import Example, collate
-    from your_ai.objective.distrust import IGNORE_INDEX, per_sample_cross_entropy
-
-    pad = im.tokenizer.pad_token_id if im.tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-    scores: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            batch = collate([Example(list(examples[i][0]), list(examples[i][1]), 0.0, 0.0) for i in chunk], pad)
-            logits = im.model(
-                input_ids=batch["input_ids"].to(im.device),
-                attention_mask=batch["attention_mask"].to(im.device),
-                use_cache=False,
-            ).logits
-            labels = batch["labels"].to(im.device)
-            ce = per_sample_cross_entropy(logits, labels).double().cpu()
-            counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
-            for row, index in enumerate(chunk):
-                scores[index] = (float(ce[row]), int(counts[row]))
-    return scores
-
-
-def evaluate_records(
-    im: InferenceModel,
-    records: Iterable,
-    max_seq_length: int = 1024,
-    batch_size: int = 8,
-) -> EvalResult:
-    """Token-weighted mean cross-entropy (nats) and perplexity of ``records`` (``data.Record``),
-    scored exactly as training scores them (the same tokens are targets), and per record.
-    """
-    from your_ai.data.records import tokenize_record
-
-    if max_seq_length < 2:
-        raise ValueError(f"max_seq_length={max_seq_length} must be at least 2")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
-    records = list(records)
-    if not records:
-        raise InferenceError("no records to evaluate")
-    examples = []
-    for record in records:
-        input_ids, labels, _ = tokenize_record(record, im.tokenizer, max_seq_length)
-        examples.append((input_ids, labels))
-    scores = _batched_scores(im, examples, batch_size)
-    per_record = []
-    total_loss = 0.0
-    total_tokens = 0
-    for record, (ce, count) in zip(records, scores):
-        per_record.append(RecordScore(record.line, count, ce if count else None))
-        total_loss += ce * count
-        total_tokens += count
-    if total_tokens == 0:
-        raise InferenceError(
-            f"no record has a token to score within --max-seq-length {max_seq_length}"
-        )
-    mean = total_loss / total_tokens
-    return EvalResult(
-        cross_entropy=mean,
-        perplexity=math.exp(mean) if mean < 700 else math.inf,
-        record_count=len(records),
-        token_count=total_tokens,
-        records=per_record,
-    )
-
-
-def sequence_logprobs(
-    im: InferenceModel, pairs: Sequence[tuple[str, str]], batch_size: int = 8
-) -> list[float]:
-    """For each ``(context, continuation)``: the sum of the log-probabilities (nats) of the
-    continuation's tokens after the context. The context is encoded with the tokenizer's
-    special tokens (the beginning-of-sequence token), the continuation without them.
-    """
-    from your_ai.objective.distrust import IGNORE_INDEX
-
-    examples = []
-    for context, continuation in pairs:
-        context_ids = list(im.tokenizer(context).input_ids) or [_start_token(im.tokenizer)]
-        continuation_ids = list(im.tokenizer(continuation, add_special_tokens=False).input_ids)
-        if not continuation_ids:
-            raise ValueError(f"continuation {continuation!r} has no tokens to score")
-        ids = context_ids + continuation_ids
-        examples.append((ids, [IGNORE_INDEX] * len(context_ids) + continuation_ids))
-    return [-ce * count for ce, count in _batched_scores(im, examples, batch_size)]
-
-
-def sequence_logprob(im: InferenceModel, context: str, continuation: str) -> float:
-    """Sum of the log-probabilities (nats) of ``continuation``'s tokens after ``context``."""
-    return sequence_logprobs(im, [(context, continuation)])[0]
-
-
-# ---------------------------------------------------------------------------- export
-
-def merge_adapter(
-    checkpoint: str | os.PathLike,
-    output: str | os.PathLike,
-    device: str | None = None,
-    *,
-    model: str | None = None,
-    force: bool = False,
-    trust_remote_code: bool = False,
-) -> Path:
-    """Merge the LoRA adapter in ``checkpoint`` into its base model and save a standalone
-    model (safetensors + tokenizer) in ``output``.
-
-    The model is written to a temporary folder beside ``output`` and renamed into place, so
-    a failure leaves nothing half-written; the folder and its files get the permissions the
-    user's umask gives. An existing non-empty ``output`` is replaced only with ``force``. An
-    ``output`` that cannot be written is refused before the model is loaded (``OutputError``).
-    """
-    output_path = Path(output).expanduser().resolve()
-    checkpoint_path = Path(checkpoint).expanduser().resolve()
-    if output_path.exists() and not output_path.is_dir():
-        raise InferenceError(f"output {str(output_path)!r} exists and is not a directory")
-    if output_path == checkpoint_path or checkpoint_path in output_path.parents or output_path in checkpoint_path.parents:
-        raise InferenceError(f"output {str(output_path)!r} overlaps the checkpoint {str(checkpoint_path)!r}")
-    if output_path.is_dir() and any(output_path.iterdir()) and not force:
-        raise InferenceError(f"output {str(output_path)!r} exists and is not empty; pass --force to replace it")
-    check_writable(output_path.parent, directory=True, shown_as=str(output_path))  # the model is staged there
-    im = load_for_inference(model, checkpoint_path, device, trust_remote_code)
-    merged = im.model.merge_and_unload()
-    with writing(output_path):
-        staging = staging_directory(output_path)
-        try:
-            merged.save_pretrained(staging, safe_serialization=True)
-            im.tokenizer.save_pretrained(staging)
-            give_default_permissions(staging)
-            if output_path.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.old.", dir=output_path.parent))
-                os.replace(output_path, retired / "previous")
-                os.replace(staging, output_path)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(staging, output_path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return output_path
-
-
-def format_eval_result(result: EvalResult, im: InferenceModel, data: str | os.PathLike) -> str:
-    return "\n".join([
-        f"Model:          {im.label}",
-        f"Data:           {data}",
-        f"Records:        {result.record_count}",
-        f"Tokens scored:  {result.token_count}",
-        f"Cross-entropy:  {result.cross_entropy:.4f} nats/token",
-        f"Perplexity:     {result.perplexity:.2f}",
-    ])

@@ -43,7 +43,7 @@ Shannon term is added to the heuristic sum before the clamp: a document whose ev
 spread evenly over k kinds of source gains log2(k) bits on top of the +0.3 per kind, and one
 that rests on a single kind gains nothing.
 
-All marker lists are matched with word boundaries; acronyms (WHO, CDC, ...) are matched
+The numbers and marker lists are in ``your_ai.objective.scoring_rules``. All marker lists are matched with word boundaries; acronyms (WHO, CDC, ...) are matched
 case-sensitively, everything else case-insensitively. Primary, uneditable, scan, consensus
 and citation markers are looked for in the text only. ``w`` and ``H`` are rounded to 6
 decimal places. ``distrust`` is ``empirical_distrust_loss(w, H, alpha)`` (alpha 2.7).
@@ -55,210 +55,45 @@ import datetime
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from your_ai.data.records import METADATA_FIELDS, DataError, Record, iter_records, no_records
 from your_ai.objective.distrust import AUTHORITY_MAX, AUTHORITY_MIN, DEFAULT_ALPHA, empirical_distrust_loss
-
-# ------------------------------------------------------------------------------ era
-
-PRE_1970, MID_ERA, MODERN = "pre-1970", "1970-1995", "post-1995"
-AGE_AUTHORITY = {PRE_1970: 0.0, MID_ERA: 0.1, MODERN: 0.3}
-AGE_BASE_ENTROPY = {PRE_1970: 5.5, MID_ERA: 3.5, MODERN: 1.5}
-YEAR_IN_TEXT = r"(?<![\d.,])(1[5-9]\d{2}|20\d{2})(?!\d|[.,]\d)"
-
-# ------------------------------------------------------------------------------ authority
-
-# name -> (regular expression, authority score). Matched case-sensitively; the patterns
-# carry (?i:...) where case does not matter.
-INSTITUTIONAL_MARKERS: dict[str, tuple[str, float]] = {
-    "WHO": (r"\bWHO\b|\bWorld Health Organi[sz]ation\b|\bwho\.int\b", 0.30),
-    "CDC": (r"\bCDC\b|\bCenters for Disease Control\b|\bcdc\.gov\b", 0.30),
-    "FDA": (r"\bFDA\b|\bFood and Drug Administration\b|\bfda\.gov\b", 0.30),
-    "NIH": (r"\bNIH\b|\bNational Institutes of Health\b|\bnih\.gov\b", 0.30),
-    ".gov": (r"(?i:\.gov)\b", 0.25),
-    "government": (r"(?i:\bgovernment\b)", 0.20),
-    "official": (r"(?i:\bofficial(?:ly)?\b)", 0.15),
-    "press release": (r"(?i:\bpress[\s-]+release\b)", 0.15),
-    "Nature": (r"\b(?:(?i:journal)|in) Nature\b|\bNature (?:Medicine|Genetics|Physics|Communications)\b|(?i:\bnature\.com\b)", 0.30),
-    "Science": (r"\b(?:(?i:journal)|in) Science\b(?! of)|(?i:\bscience\.org\b)", 0.30),
-    "Lancet": (r"\b(?:The )?Lancet\b|(?i:\bthelancet\.com\b)", 0.30),
-    "NEJM": (r"\bNEJM\b|\bNew England Journal of Medicine\b|(?i:\bnejm\.org\b)", 0.30),
-    "JAMA": (r"\bJAMA\b|(?i:\bjamanetwork\.com\b)", 0.30),
-    "peer-reviewed": (r"(?i:\bpeer[\s-]+review(?:ed)?\b)", 0.15),
-    "university": (r"(?i:\buniversit(?:y|ies)\b|\.edu\b)", 0.15),
-    "Wikipedia": (r"(?i:\bwikipedia\b)", 0.20),
-    "encyclopedia": (r"(?i:\bencyclop(?:a?e|æ)dia\b)", 0.15),
-    "news": (r"(?i:\bnews(?:paper)?\b|\breuters\b|\bassociated press\b)", 0.10),
-    "blog": (r"(?i:\bblog(?:s|ged|post)?\b)", 0.05),
-}
-INSTITUTIONAL_CAP = 0.35
-INSTITUTIONAL_METADATA_FIELDS = ("source", "url", "publisher", "identifier")
-
-# kind -> regular expression (case-insensitive). Author-year matches are removed before
-# "et al." is counted, so "(Smith et al., 2020)" is one citation, not two.
-CITATION_PATTERNS: dict[str, str] = {
-    "numbered": r"\[\d+(?:\s*[,\u2013-]\s*\d+)*\]",
-    "author_year": r"\([A-Z][\w'\u2019-]+(?:\s+et\s+al\.?|\s+(?:and|&)\s+[A-Z][\w'\u2019-]+)?,?\s+(?:1[5-9]|20)\d{2}[a-z]?\)",
-    "et_al": r"\bet\s+al\b\.?",
-    "ibid": r"\bibid\b\.?|\bop\.\s*cit\b\.?",
-}
-CITATION_SCALE = 0.05  # per doubling of (1 + count)
-CITATION_CAP = 0.25
-
-# canonical source type -> authority adjustment (types not listed add 0)
-SOURCE_TYPE_AUTHORITY: dict[str, float] = {
-    "official": 0.20,
-    "patent": -0.15,
-    "lab_notebook": -0.15,
-    "blog": 0.05,
-}
-# source_type metadata (lower case, spaces and hyphens as "_") -> canonical source type
-SOURCE_TYPE_ALIASES: dict[str, str] = {
-    "official": "official",
-    "government": "official",
-    "government_report": "official",
-    "official_statement": "official",
-    "press_release": "official",
-    "guideline": "official",
-    "guidelines": "official",
-    "patent": "patent",
-    "lab_notebook": "lab_notebook",
-    "laboratory_notebook": "lab_notebook",
-    "notebook": "lab_notebook",
-    "logbook": "lab_notebook",
-    "measurement_log": "lab_notebook",
-    "blog": "blog",
-    "blog_post": "blog",
-    "encyclopedia": "encyclopedia",
-    "wiki": "encyclopedia",
-    "wikipedia": "encyclopedia",
-    "news": "news",
-    "newspaper": "news",
-    "academic_paper": "academic_paper",
-    "paper": "academic_paper",
-    "journal_article": "academic_paper",
-    "preprint": "academic_paper",
-    "textbook": "textbook",
-    "letter": "correspondence",
-    "diary": "correspondence",
-    "correspondence": "correspondence",
-    "oral_history": "oral_history",
-    "interview": "oral_history",
-    "archive": "archive",
-    "manuscript": "archive",
-    "photograph": "photograph",
-    "measurement": "measurement",
-}
-
-# name -> regular expression (case-insensitive)
-PRIMARY_SOURCE_MARKERS: dict[str, str] = {
-    "patent": r"\bpatent(?:s|ed)?\b",
-    "lab notebook": r"\blab(?:oratory)?\s+note[\s-]?books?\b",
-    "measurement": r"\bmeasure(?:d|ment|ments)\b",
-    "experiment": r"\bexperiment(?:s|al|ed)?\b",
-    "archive": r"\barchiv(?:e|es|ed|al)\b",
-    "manuscript": r"\bmanuscripts?\b",
-    "letter": r"\bletters?\b",
-    "diary": r"\bdiar(?:y|ies)\b",
-    "oral history": r"\boral\s+histor(?:y|ies)\b",
-    "photograph": r"\bphotograph(?:s|ed)?\b",
-    "scan": r"\bscan(?:s|ned)?\b",
-    "field notes": r"\bfield\s+notes\b",
-    "logbook": r"\blog[\s-]?books?\b",
-    "eyewitness": r"\beye[\s-]?witness(?:es)?\b",
-    "specimen": r"\bspecimens?\b",
-}
-PRIMARY_MARKER_SCORE = -0.15
-PRIMARY_MARKER_MAX = 3
-
-CONSENSUS_PHRASES: tuple[str, ...] = (
-    "widely accepted",
-    "generally accepted",
-    "experts agree",
-    "scientists agree",
-    "scientific consensus",
-    "broad consensus",
-    "settled science",
-    "the science is settled",
-    "studies show",
-    "research shows",
-    "overwhelming evidence",
-    "well-established",
-    "according to experts",
-    "it is well known",
-    "mainstream view",
+from your_ai.objective.scoring_rules import (
+    AGE_AUTHORITY,
+    AGE_BASE_ENTROPY,
+    CITATION_CAP,
+    CITATION_PATTERNS,
+    CITATION_SCALE,
+    CONSENSUS_MAX,
+    CONSENSUS_PENALTY,
+    CONSENSUS_PHRASES,
+    CONSENSUS_SCORE,
+    DECIMALS,
+    EVIDENCE_SOURCE_TYPES,
+    INSTITUTIONAL_CAP,
+    INSTITUTIONAL_MARKERS,
+    INSTITUTIONAL_METADATA_FIELDS,
+    INSTITUTIONAL_PENALTY,
+    METADATA_FIELDS,
+    MID_ERA,
+    MODERN,
+    PRE_1970,
+    PRE_1970_BONUS,
+    PRE_1970_INDICATORS,
+    PRE_1970_YEAR_INDICATOR,
+    PRIMARY_MARKER_MAX,
+    PRIMARY_MARKER_SCORE,
+    PRIMARY_SOURCE_MARKERS,
+    SCAN_BONUS,
+    SCAN_MARKERS,
+    SOURCE_TYPE_ALIASES,
+    SOURCE_TYPE_AUTHORITY,
+    SOURCE_TYPE_BONUS,
+    UNEDITABLE_BONUS,
+    UNEDITABLE_MARKERS,
+    YEAR_IN_TEXT,
 )
-CONSENSUS_SCORE = 0.10
-CONSENSUS_MAX = 2
 
-# ------------------------------------------------------------------------------ entropy
-
-# Records that cannot be edited after the fact. name -> regular expression (case-insensitive)
-UNEDITABLE_MARKERS: dict[str, str] = {
-    "patent": r"\bpatent(?:s|ed)?\b",
-    "lab notebook": r"\blab(?:oratory)?\s+note[\s-]?books?\b",
-    "logbook": r"\blog[\s-]?books?\b",
-    "ledger": r"\bledgers?\b",
-    "handwritten": r"\bhand[\s-]?written\b",
-    "typewritten": r"\btype[\s-]?written\b",
-    "signed": r"\bsigned\b",
-    "witnessed": r"\bwitnessed\b",
-    "notarized": r"\bnotari[sz]ed\b",
-    "original": r"\boriginal\s+(?:page|pages|document|documents|copy|record|records|print|plate|negative)\b",
-    "manuscript": r"\bmanuscripts?\b",
-    "photograph": r"\bphotograph(?:s|ed)?\b",
-    "microfilm": r"\bmicrofilm(?:ed)?\b",
-    "carbon copy": r"\bcarbon\s+cop(?:y|ies)\b",
-    "specimen": r"\bspecimens?\b",
-}
-UNEDITABLE_BONUS = 0.5
-
-SCAN_MARKERS: dict[str, str] = {
-    "scan": r"\bscan(?:s|ned)?\b",
-    "facsimile": r"\bfacsimiles?\b",
-    "photostat": r"\bphotostat(?:s|ic)?\b",
-}
-SCAN_BONUS = 1.0
-
-# Kinds of source in the evidence chain. type -> regular expression (case-insensitive);
-# every match counts once toward its type.
-EVIDENCE_SOURCE_TYPES: dict[str, str] = {
-    "patent": r"\bpatent(?:s|ed)?\b",
-    "lab_notebook": r"\blab(?:oratory)?\s+note[\s-]?books?\b|\blog[\s-]?books?\b|\bexperiment(?:s|al|ed)?\b",
-    "measurement": r"\bmeasure(?:d|ment|ments)\b|\breadings?\b|\bobserv(?:ed|ation|ations)\b",
-    "archive": r"\barchiv(?:e|es|ed|al)\b|\bmanuscripts?\b",
-    "correspondence": r"\bletters?\b|\bdiar(?:y|ies)\b|\bcorrespondence\b|\btelegrams?\b",
-    "oral_history": r"\boral\s+histor(?:y|ies)\b|\binterview(?:s|ed)?\b|\beye[\s-]?witness(?:es)?\b|\btestimony\b",
-    "photograph": r"\bphotograph(?:s|ed)?\b",
-    "academic_paper": r"\bpeer[\s-]+review(?:ed)?\b|\bjournal\s+articles?\b|\babstract:|\breferences:",
-    "textbook": r"\btextbooks?\b",
-    "news": r"\bnews(?:paper)?s?\b|\breporters?\b|\bjournalists?\b",
-    "encyclopedia": r"\bencyclop(?:a?e|æ)dias?\b|\bwikipedia\b",
-    "official": r"\bpress[\s-]+releases?\b|\bgovernment\b|\bofficial\s+statement\b|\bguidelines?\b|\bministry\b",
-    "blog": r"\bblog(?:s|ged|post)?\b|\bposted\s+by\b",
-}
-SOURCE_TYPE_BONUS = 0.3
-
-PRE_1970_YEAR_INDICATOR = "year before 1970"
-PRE_1970_INDICATORS: dict[str, str] = {
-    "typewritten": r"\btype[\s-]?written\b",
-    "mimeograph": r"\bmimeograph(?:s|ed)?\b",
-    "telegram": r"\btelegrams?\b",
-    "carbon copy": r"\bcarbon\s+cop(?:y|ies)\b",
-    "microfilm": r"\bmicrofilm(?:ed)?\b",
-    "slide rule": r"\bslide\s+rules?\b",
-    "vacuum tube": r"\bvacuum\s+tubes?\b",
-    "punched card": r"\bpunch(?:ed)?\s+cards?\b",
-    "daguerreotype": r"\bdaguerreotypes?\b",
-}
-PRE_1970_BONUS = 0.3
-
-INSTITUTIONAL_PENALTY = -0.5
-CONSENSUS_PENALTY = -0.4
-
-DECIMALS = 6
 
 
 def _compile(patterns: Mapping[str, str], flags: int = re.IGNORECASE) -> dict[str, re.Pattern]:
@@ -313,14 +148,27 @@ def score_document(text: str, metadata: Mapping[str, Any] | None = None, *, alph
         raise ValueError(f"text={text!r} is not a string")
     meta = _check_metadata(metadata or {})
     year = _year(text, meta)
-    era = year["era"]
-
     institutional = _institutional_markers(text, meta)
+    consensus = _found(_CONSENSUS, text)
+    authority = _authority(text, meta, year["era"], institutional, consensus)
+    entropy = _entropy(text, year["era"], authority["source_type"]["type"], institutional, consensus)
+    w, h = authority["value"], entropy["value"]
+    distrust = float(empirical_distrust_loss(w, h, alpha))
+    breakdown = {
+        "year": year,
+        "authority": authority,
+        "entropy": entropy,
+        "distrust": {"alpha": float(alpha), "value": distrust},
+    }
+    return DocumentScore(authority_weight=w, provenance_entropy=h, distrust=distrust, breakdown=breakdown)
+
+
+def _authority(text: str, meta: dict[str, Any], era: str, institutional: dict[str, dict[str, Any]],
+               consensus: list[str]) -> dict[str, Any]:
+    """The authority weight's components, their raw sum and the clamped ``value``."""
     citations = _citations(text)
     source_type = _source_type(meta.get("source_type"))
     primary = _found(_PRIMARY, text)
-    consensus = _found(_CONSENSUS, text)
-
     institutional_sum = sum(entry["score"] for entry in institutional.values())
     authority = {
         "age": AGE_AUTHORITY[era],
@@ -357,10 +205,15 @@ def score_document(text: str, metadata: Mapping[str, Any] | None = None, *, alph
     )
     authority["raw"] = authority_raw
     authority["value"] = min(AUTHORITY_MAX, max(AUTHORITY_MIN, authority_raw))
+    return authority
 
+
+def _entropy(text: str, era: str, source_type: str | None, institutional: dict[str, dict[str, Any]],
+             consensus: list[str]) -> dict[str, Any]:
+    """The provenance entropy's components, their raw sum and the clamped ``value``."""
     uneditable = _found(_UNEDITABLE, text)
     scans = _found(_SCAN, text)
-    evidence = _evidence_chain(text, source_type["type"])
+    evidence = _evidence_chain(text, source_type)
     pre_1970 = _pre_1970_indicators(text)
     shannon = _round(shannon_entropy(evidence.values()))
     entropy = {
@@ -392,16 +245,7 @@ def score_document(text: str, metadata: Mapping[str, Any] | None = None, *, alph
     )
     entropy["raw"] = entropy_raw
     entropy["value"] = max(0.0, entropy_raw)
-
-    w, h = authority["value"], entropy["value"]
-    distrust = float(empirical_distrust_loss(w, h, alpha))
-    breakdown = {
-        "year": year,
-        "authority": authority,
-        "entropy": entropy,
-        "distrust": {"alpha": float(alpha), "value": distrust},
-    }
-    return DocumentScore(authority_weight=w, provenance_entropy=h, distrust=distrust, breakdown=breakdown)
+    return entropy
 
 
 def score_documents(
@@ -525,175 +369,3 @@ def _pre_1970_indicators(text: str) -> list[str]:
 
 def _round(value: float) -> float:
     return round(value, DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
-
-
-# ------------------------------------------------------------------------------ files
-
-
-@dataclass(frozen=True)
-class ScoredRecord:
-    """A JSONL record, its computed score, and the scores it already carried (if any)."""
-
-    record: Record
-    score: DocumentScore
-
-    @property
-    def carried(self) -> dict[str, float] | None:
-        if not self.record.has_scores:
-            return None
-        w, h = float(self.record.auth_weight), float(self.record.prov_entropy)
-        alpha = self.score.breakdown["distrust"]["alpha"]
-        return {"auth_weight": w, "prov_entropy": h, "distrust": float(empirical_distrust_loss(w, h, alpha))}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"line": self.record.line, **self.score.to_dict(), "carried": self.carried}
-
-
-def score_file(path: str | Path, *, alpha: float = DEFAULT_ALPHA) -> tuple[list[ScoredRecord], list[DataError]]:
-    """Score every record of a JSONL file. Returns the scored records and every bad line
-    (``file:line: reason``); a file with any bad line should be treated as not scored."""
-    scored: list[ScoredRecord] = []
-    errors: list[DataError] = []
-    try:
-        for item in iter_records(path):
-            if isinstance(item, DataError):
-                errors.append(item)
-                continue
-            try:
-                score = score_document(item.document_text(), item.metadata, alpha=alpha)
-            except ValueError as error:
-                errors.append(DataError(path, item.line, str(error)))
-                continue
-            scored.append(ScoredRecord(record=item, score=score))
-    except DataError as error:  # the file itself cannot be read
-        errors.append(error)
-    if not scored and not errors:
-        errors.append(no_records(path))
-    return scored, errors
-
-
-# ------------------------------------------------------------------------------ display
-
-
-def format_document_score(score: DocumentScore):
-    """A rich table: w, H, distrust, then each component of the breakdown."""
-    from rich.table import Table
-
-    b = score.breakdown
-    a, e = b["authority"], b["entropy"]
-    table = Table(title="Document score", show_lines=False)
-    table.add_column("Component")
-    table.add_column("Value", justify="right")
-    table.add_column("Detail")
-    table.add_row("[bold]authority weight (w)[/bold]", f"[bold]{score.authority_weight:.4f}[/bold]", f"raw sum {a['raw']:+.4f}, clamped to [0, 0.99]")
-    table.add_row("[bold]provenance entropy (H)[/bold]", f"[bold]{score.provenance_entropy:.4f}[/bold]", f"bits; raw sum {e['raw']:+.4f}, clamped to >= 0")
-    table.add_row("[bold]distrust[/bold]", f"[bold]{score.distrust:.2f}[/bold]", f"alpha {b['distrust']['alpha']} * (ln(1 - w) + H)^2")
-    year = b["year"]
-    table.add_section()
-    table.add_row("year", str(year["value"]) if year["value"] is not None else "-", year.get("note", "from metadata") + f"; era {year['era']}")
-    table.add_section()
-    inst = a["institutional"]
-    table.add_row("w: age", f"{a['age']:+.2f}", year["era"])
-    table.add_row("w: institutional", f"{inst['score']:+.2f}", _markers_text(inst["markers"]) + (f" (sum {inst['sum']:.2f}, cap {inst['cap']})" if inst["sum"] > inst["cap"] else ""))
-    cit = a["citations"]
-    kinds = ", ".join(f"{kind} {count}" for kind, count in cit["kinds"].items() if count)
-    table.add_row("w: citations", f"{cit['score']:+.2f}", f"{cit['count']} found" + (f" ({kinds})" if kinds else ""))
-    st = a["source_type"]
-    table.add_row("w: source type", f"{st['score']:+.2f}", f"{st['given']} -> {st['type']}" if st["given"] else "not given")
-    pm = a["primary_markers"]
-    table.add_row("w: primary-source markers", f"{pm['score']:+.2f}", _list_text(pm["found"], pm["counted"]))
-    cp = a["consensus_phrases"]
-    table.add_row("w: consensus phrases", f"{cp['score']:+.2f}", _list_text(cp["found"], cp["counted"]))
-    table.add_section()
-    table.add_row("H: base by age", f"{e['base']:+.2f}", year["era"])
-    table.add_row("H: uneditable markers", f"{e['uneditable']['score']:+.2f}", _list_text(e["uneditable"]["found"]))
-    table.add_row("H: scan / facsimile", f"{e['scan']['score']:+.2f}", _list_text(e["scan"]["found"]))
-    types = e["source_types"]
-    table.add_row("H: source types", f"{types['score']:+.2f}", ", ".join(f"{k} x{v}" for k, v in types["counts"].items()) or "none")
-    table.add_row("H: pre-1970 indicators", f"{e['pre_1970']['score']:+.2f}", _list_text(e["pre_1970"]["found"]))
-    table.add_row("H: institutional penalty", f"{e['institutional_penalty']['score']:+.2f}", f"{e['institutional_penalty']['count']} marker(s)")
-    table.add_row("H: consensus penalty", f"{e['consensus_penalty']['score']:+.2f}", f"{e['consensus_penalty']['count']} phrase(s)")
-    table.add_row("H: Shannon entropy", f"{e['shannon']:+.2f}", f"over {types['distinct']} source type(s) in the evidence chain")
-    return table
-
-
-def format_file_scores(rows: list[ScoredRecord], path: str | Path, width: int | None = None):
-    """A rich table, one line per document: line, start of the text, w, H, distrust (computed),
-    and the carried values where the file has any. The text column takes the width left over
-    and ends in an ellipsis; a console of ``width`` columns too narrow for the numbers gets
-    ``_vertical_file_scores`` instead."""
-    from rich.console import Console
-    from rich.measure import Measurement
-
-    any_carried = any(row.carried for row in rows)
-    if width is not None:
-        wide = Console(width=10_000)  # a measurement is capped at the console's width
-        numbers_only = _file_table(rows, path, any_carried, texts=False)
-        if Measurement.get(wide, wide.options, numbers_only).maximum > width:
-            return _vertical_file_scores(rows, path, any_carried)
-    return _file_table(rows, path, any_carried)
-
-
-def _file_table(rows: list[ScoredRecord], path: str | Path, any_carried: bool, texts: bool = True):
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(
-        title=f"Scores for {path}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0)
-    )
-    table.add_column("line", justify="right", no_wrap=True)
-    table.add_column("text", min_width=8)  # the one column that gives way: its cells end in an ellipsis
-    for source in ("computed", "carried") if any_carried else ("computed",):
-        for label in ("w", "H", "distrust"):
-            table.add_column(f"{label}\n{source}", justify="right", no_wrap=True)
-    for row in rows:
-        text = " ".join(row.record.document_text()[:400].split()) if texts else ""
-        cells = [str(row.record.line), Text(text, no_wrap=True, overflow="ellipsis")]
-        cells += [f"{row.score.authority_weight:.4f}", f"{row.score.provenance_entropy:.4f}", f"{row.score.distrust:.2f}"]
-        if any_carried:
-            carried = row.carried
-            cells += (
-                [f"{carried['auth_weight']:.4f}", f"{carried['prov_entropy']:.4f}", f"{carried['distrust']:.2f}"]
-                if carried
-                else ["-", "-", "-"]
-            )
-        table.add_row(*cells)
-    return table
-
-
-def _vertical_file_scores(rows: list[ScoredRecord], path: str | Path, any_carried: bool):
-    """One block per document: its line and start of text, then w, H and distrust on lines of their own."""
-    from rich.console import Group
-    from rich.text import Text
-
-    lines = [Text(f"Scores for {path}", style="italic")]
-    for row in rows:
-        text = " ".join(row.record.document_text()[:400].split())
-        lines.append(Text(f"line {row.record.line}: {text}", no_wrap=True, overflow="ellipsis"))
-        carried = row.carried
-        for label, key, value, digits in (
-            ("w", "auth_weight", row.score.authority_weight, 4),
-            ("H", "prov_entropy", row.score.provenance_entropy, 4),
-            ("distrust", "distrust", row.score.distrust, 2),
-        ):
-            line = f"  {label:<9}{value:>9.{digits}f}"
-            if any_carried:
-                line += f"   carried {carried[key]:.{digits}f}" if carried else "   carried -"
-            lines.append(Text(line, no_wrap=True, overflow="ellipsis"))
-    return Group(*lines)
-
-
-def _markers_text(markers: Mapping[str, Mapping[str, Any]]) -> str:
-    if not markers:
-        return "none"
-    return ", ".join(f"{name} {entry['score']:.2f} ({'/'.join(entry['found_in'])})" for name, entry in markers.items())
-
-
-def _list_text(found: list[str], counted: int | None = None) -> str:
-    if not found:
-        return "none"
-    text = ", ".join(found)
-    if counted is not None and counted < len(found):
-        text += f" (counted {counted} of {len(found)})"
-    return text

@@ -59,10 +59,10 @@ from your_ai.data.records import (
     collate,
     no_records,
     read_records,
-    record_scores,
     tokenize_records,
     training_files,
 )
+from your_ai.data.scores import record_scores
 from your_ai.files import write_json_atomic
 
 from your_ai.objective.distrust import (
