@@ -17,7 +17,7 @@ from your_ai.step import fast as fast_step
 from your_ai.step import head_kernel
 from your_ai.objective.distrust import per_sample_cross_entropy
 from your_ai.model.lora import LoraSettings, apply_lora, lora_config
-from your_ai.model.resolve import build_random_model
+from your_ai.model.architecture import build_random_model
 from your_ai.model.presets import PRESETS, TINY
 from your_ai.train.loop import Objective, compute_loss
 
@@ -496,7 +496,8 @@ def test_gpu_benchmark_script_runs_end_to_end_on_the_tiny_model(tmp_path, monkey
 def test_torch_rms_norm_gives_the_models_own_norm(tiny_model_dir):
     """The fused kernels' RMSNorm (``torch.nn.functional.rms_norm`` set on each norm module) computes what
     the model's own RMSNorm computes, forward and backward."""
-    from your_ai.model.resolve import load_model, resolve_model
+    from your_ai.model.load import load_model
+    from your_ai.model.resolve import resolve_model
 
     model = load_model(resolve_model("tiny"), dtype=torch.float32)
     norms = [module for module in model.modules() if type(module).__name__ == "LlamaRMSNorm"]

@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
-from your_ai.model.architecture import read_architecture
+from your_ai.model.architecture import Architecture, build_random_model, read_architecture
+from your_ai.model.errors import ModelFileError
 from your_ai.step import memory
 from your_ai.model.lora import LoraSettings, apply_lora, trainable_parameter_count
-from your_ai.model.resolve import build_random_model
-from your_ai.model.presets import PRESETS, TINY, Architecture
+from your_ai.model.presets import PRESETS, TINY
 
 SMALL_QWEN2 = Architecture("qwen2", 64, 160, 3, 4, 2, 300, 256, tie_word_embeddings=True)
 
@@ -54,10 +54,10 @@ def test_architecture_from_a_saved_config(tiny_model_dir, tmp_path):
     assert memory.fit_seq_length(None, read) == 1024 and memory.fit_seq_length(4096, read) == 1024
     assert memory.fit_seq_length(64, read) == 64
     (tmp_path / "config.json").write_text('{"hidden_size": 8,\n"vocab_size": }')
-    with pytest.raises(ValueError, match=r"config.json:2: not valid JSON"):
+    with pytest.raises(ModelFileError, match=r"config.json:2: not valid JSON"):
         read_architecture(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
-    with pytest.raises(ValueError, match="config.json: model config has no usable num_attention_heads, intermediate_size"):
+    with pytest.raises(ModelFileError, match="config.json: model config has no usable num_attention_heads, intermediate_size"):
         read_architecture(tmp_path)
 
 

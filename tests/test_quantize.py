@@ -6,7 +6,6 @@ import copy
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,9 @@ from test_train import write_corpus
 from your_ai.step import memory
 from your_ai.model import quantize
 from your_ai.model.lora import LoraSettings, apply_lora
-from your_ai.model.resolve import build_config, load_model, resolve_model
+from your_ai.model.architecture import build_config
+from your_ai.model.load import load_model
+from your_ai.model.resolve import resolve_model
 from your_ai.model.presets import PRESETS, TINY
 
 pytest.importorskip("torchao")

@@ -111,7 +111,8 @@ def load_for_inference(
     ``ValueError`` for an unusable ``device``.
     """
     from your_ai.hardware import pick_device, training_dtype
-    from your_ai.model.resolve import load_model, load_tokenizer, model_or_default, resolve_model
+    from your_ai.model.load import load_model, load_tokenizer
+    from your_ai.model.resolve import model_or_default, resolve_model
 
     checkpoint_path = Path(checkpoint).expanduser().resolve() if checkpoint is not None else None
     if checkpoint_path is not None:

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from your_ai.step import memory
-from your_ai.model.architecture import architecture_from_config
+from your_ai.model.architecture import Architecture, architecture_from_config
 from your_ai.model.lora import LoraSettings
-from your_ai.model.presets import PRESETS, Architecture, params_label
+from your_ai.model.presets import PRESETS, params_label
 from your_ai.model.quantize import check_bits
 from your_ai.step.modes import PLAIN_HEAD_MODEL_TYPES, STEP_MODES, StepMode, select_step_mode
 
@@ -356,7 +356,8 @@ def run_probe(
 
         from your_ai.train import parallel as distributed
         from your_ai.hardware import pick_device
-        from your_ai.model.resolve import ModelNotAvailableError, model_shape, resolve_model
+        from your_ai.model.errors import ModelNotAvailableError
+        from your_ai.model.resolve import model_shape, resolve_model
 
         device = pick_device(device)
         result["device"] = device

@@ -76,17 +76,9 @@ from your_ai.objective.distrust import (
 )
 from your_ai.hardware import pick_device, training_dtype
 from your_ai.model.lora import LoraSettings, apply_lora, smallest_adapted_dimension
-from your_ai.model.resolve import (
-    InvalidModelNameError,
-    ResolvedModel,
-    build_config,
-    build_model_from_config,
-    build_random_model,
-    load_model,
-    load_tokenizer,
-    model_or_default,
-    resolve_model,
-)
+from your_ai.model.errors import InvalidModelNameError
+from your_ai.model.load import build_model_from_config, load_model, load_tokenizer
+from your_ai.model.resolve import ResolvedModel, model_or_default, resolve_model
 from your_ai.model.quantize import QuantizationError, check_bits
 from your_ai.step.modes import STEP_MODES, StepMode, select_step_mode
 from your_ai.step.memory import (
@@ -95,7 +87,7 @@ from your_ai.step.memory import (
     sharding_saves_gb,
     use_expandable_segments,
 )
-from your_ai.model.architecture import architecture_from_config, read_architecture
+from your_ai.model.architecture import architecture_from_config, build_config, build_random_model, read_architecture
 from your_ai.model.meta import parameters_on_meta
 from your_ai.model.presets import PRESETS, TINY
 from your_ai.train import defaults as run_defaults
@@ -509,7 +501,7 @@ def _flag(key: str) -> str:
 
 def default_choice(args: TrainingArgs) -> run_defaults.DefaultChoice:
     """The row of the defaults table for ``args``' model (its size) and device."""
-    from your_ai.model.resolve import ModelResolutionError
+    from your_ai.model.errors import ModelResolutionError
 
     model = model_or_default(args.model)
     if model in PRESETS:
