@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -29,16 +30,18 @@ def test_parameter_and_lora_counts_match_real_models(architecture):
 
 def test_estimate_parts():
     arch = PRESETS["hermes-mistral-7b"].architecture
-    cuda = memory.estimate_for_device(arch, "cuda", batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16)
-    cpu = memory.estimate_for_device(arch, "cpu", batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16)
+    on_cuda = memory.StepShape(arch, batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16, device="cuda")
+    cuda = memory.estimate_training_memory(on_cuda)
+    cpu = memory.estimate_training_memory(replace(on_cuda, device="cpu"))
     assert cuda.parts_gb["weights"] == pytest.approx(arch.parameter_count() * 2 / 1e9, abs=1e-3)
     assert cpu.parts_gb["weights"] == pytest.approx(2 * cuda.parts_gb["weights"], abs=1e-3)
     assert cuda.total_gb == pytest.approx(sum(cuda.parts_gb.values()), abs=0.01)
     assert cuda.parts_gb["lora_params_grads_optimizer"] == pytest.approx(
         memory.lora_parameter_count(arch, 64, 16) * 16 / 1e9, abs=1e-3)
-    checkpointed = memory.estimate_for_device(arch, "cuda", lora_layers=16, grad_checkpoint=True)
+    checkpointed = memory.estimate_training_memory(on_cuda, recomputed_layers=16)
     assert checkpointed.parts_gb["activations"] < cuda.parts_gb["activations"]
-    bigger = memory.estimate_for_device(arch, "cuda", batch_size=4, lora_layers=16)
+    assert checkpointed.assumptions["grad_checkpoint"] and checkpointed.assumptions["checkpointed_layers"] == 16
+    bigger = memory.estimate_training_memory(replace(on_cuda, batch_size=4))
     assert bigger.parts_gb["activations"] == pytest.approx(2 * cuda.parts_gb["activations"], rel=1e-3)
     assert memory.weights_gb(arch, "cuda") == pytest.approx(cuda.parts_gb["weights"], abs=1e-3)
     assert memory.training_dtype_bytes("cuda:1") == 2 and memory.training_dtype_bytes("mps") == 4

@@ -82,10 +82,11 @@ def test_estimate_of_a_70b_model_in_4_bits():
     bf16 = memory.weights_gb(architecture, "cuda")
     nf4 = memory.weights_gb(architecture, "cuda", quantize=4)
     assert bf16 > 140 and 0.25 * bf16 < nf4 < 0.3 * bf16
-    fit_test = dict(batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16, logits_chunk_tokens=1024,
-                    fused_kernels=True, quantize=4)
-    fast = memory.estimate_for_device(architecture, "cuda", **fit_test)
-    small = memory.estimate_for_device(architecture, "cuda", grad_checkpoint=True, **fit_test)
+    fit_test = memory.StepShape(architecture, batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16,
+                                device="cuda", quantize=4)
+    fast = memory.estimate_training_memory(fit_test, logits_chunk_tokens=1024, fused_kernels=True)
+    small = memory.estimate_training_memory(fit_test, recomputed_layers=16, logits_chunk_tokens=1024,
+                                            fused_kernels=True)
     assert nf4 < fast.parts_gb["weights"] < nf4 + 2 and fast.assumptions["quantize"] == 4  # + dequantizing
     assert small.total_gb < 48 < fast.total_gb
 

@@ -80,9 +80,10 @@ from your_ai.model.errors import InvalidModelNameError
 from your_ai.model.load import build_model_from_config, load_model, load_tokenizer
 from your_ai.model.resolve import ResolvedModel, model_or_default, resolve_model
 from your_ai.model.quantize import QuantizationError, check_bits
-from your_ai.step.modes import STEP_MODES, StepMode, select_step_mode
+from your_ai.step.modes import MODE_NAMES, STEP_MODES, StepMode, resumed_mode, select_step_mode
 from your_ai.step.memory import (
     PeakMemory,
+    StepShape,
     default_budget_gb,
     sharding_saves_gb,
     use_expandable_segments,
@@ -209,18 +210,19 @@ def apply_step_mode(model, requested: str, lora: LoraSettings, batch_size: int, 
     A model whose head is not a plain linear layer trains through the full logits (the reason says so).
     """
     from your_ai.step import fast as fast_step
+    from your_ai.step.head import supports_fast_head
     try:
         architecture = architecture_from_config(model.config.to_dict())
     except ValueError as error:
         raise TrainingError(f"the step mode needs the model's shape: {error}") from None
-    full_logits = not fast_step.supports_fast_head(model)
-    shape = (architecture, batch_size, seq_length, lora, device)
+    full_logits = not supports_fast_head(model)
+    shape = StepShape(architecture, batch_size, seq_length, lora.rank, lora.layers, device, quantize)
     try:
-        if kept is not None and kept.get("name") in fast_step.MODE_NAMES:
-            mode = fast_step.resumed_mode(kept, *shape, budget_gb, full_logits=full_logits, quantize=quantize)
+        if kept is not None and kept.get("name") in MODE_NAMES:
+            mode = resumed_mode(kept, shape, budget_gb, full_logits=full_logits)
         else:
-            mode = fast_step.select_step_mode(requested, *shape, budget_gb, grad_checkpoint=grad_checkpoint,
-                                              full_logits=full_logits, quantize=quantize)
+            mode = select_step_mode(requested, shape, budget_gb, grad_checkpoint=grad_checkpoint,
+                                    full_logits=full_logits)
     except ValueError as error:
         raise TrainingArgsError(str(error)) from None
     if mode.name == "plain":
@@ -282,7 +284,7 @@ def compute_loss(model, batch: dict, objective: Objective, *, fast_head: bool | 
     chunks of ``chunk_tokens`` (None: the vocabulary's default, ``StepMode.chunk_tokens``).
     """
     if fast_head:
-        from your_ai.step.fast import model_per_sample_cross_entropy
+        from your_ai.step.head import model_per_sample_cross_entropy
 
         per_sample = model_per_sample_cross_entropy(model, batch, head="auto" if fast_head is True else fast_head,
                                                     chunk_tokens=chunk_tokens)
@@ -999,8 +1001,8 @@ def _sharding_saves_gb(args: TrainingArgs, world, device: str, limit_gb: float, 
         return None
     architecture = read_architecture(resolved.path)
     if asked == "auto":
-        smallest = select_step_mode("auto", architecture, args.batch_size, args.max_seq_length,
-                                    args.lora_settings(), device, limit_gb, quantize=args.quantize)
+        smallest = select_step_mode("auto", StepShape(architecture, args.batch_size, args.max_seq_length,
+                                                      args.lora_rank, args.lora_layers, device, args.quantize), limit_gb)
         if distributed.pick_strategy(args.strategy, smallest.fits) != "fsdp":
             return None
         notes.append(f"--strategy auto: the whole model does not fit one device's {limit_gb:.2f} GB budget "
