@@ -99,10 +99,6 @@ def set_full_value(parameter, full) -> None:
     parameter.copy_(full)
 
 
-def trainable_parameter_count(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def projection_shapes(config: dict) -> dict[str, tuple[int, int]]:
     """(in, out) features of the attention projections of a Llama-like model, from its config.json."""
     hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])

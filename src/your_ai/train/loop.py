@@ -76,7 +76,7 @@ from your_ai.objective.distrust import (
 )
 from your_ai.hardware import pick_device, training_dtype
 from your_ai.model.lora import LoraSettings, apply_lora, smallest_adapted_dimension
-from your_ai.model.errors import InvalidModelNameError
+from your_ai.model.errors import InvalidModelNameError, ModelFileError
 from your_ai.model.load import build_model_from_config, load_model, load_tokenizer
 from your_ai.model.resolve import ResolvedModel, model_or_default, resolve_model
 from your_ai.model.quantize import QuantizationError, check_bits
@@ -88,7 +88,13 @@ from your_ai.step.memory import (
     sharding_saves_gb,
     use_expandable_segments,
 )
-from your_ai.model.architecture import architecture_from_config, build_config, build_random_model, read_architecture
+from your_ai.model.architecture import (
+    architecture_from_config,
+    build_config,
+    build_random_model,
+    read_architecture,
+    read_config_values,
+)
 from your_ai.model.meta import parameters_on_meta
 from your_ai.model.presets import PRESETS, TINY
 from your_ai.train import defaults as run_defaults
@@ -980,9 +986,9 @@ def _check_lora_rank(args: TrainingArgs, resolved: ResolvedModel) -> None:
     """Refuse a LoRA rank above the smallest dimension of an adapted projection (read from the model's
     config.json, before any weight is loaded): the rank could not be used, only stored."""
     try:
-        config = json.loads((Path(resolved.path) / "config.json").read_text())
+        config = read_config_values(resolved.path)
         name, size = smallest_adapted_dimension(config, args.lora_settings().target_modules)
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+    except (ModelFileError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return  # loading the model reports an unreadable config
     if args.lora_rank > size:
         raise TrainingArgsError(
