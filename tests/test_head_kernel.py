@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from your_ai.step import head_kernel
+
 needs_triton = pytest.mark.skipif(head_kernel.triton is None, reason="needs the triton package")
 
 INTERPRETED_CHECK = r"""

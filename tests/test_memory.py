@@ -10,9 +10,9 @@ import torch
 
 from your_ai.model.architecture import Architecture, build_random_model, read_architecture
 from your_ai.model.errors import ModelFileError
-from your_ai.step import memory
 from your_ai.model.lora import LoraSettings, apply_lora
 from your_ai.model.presets import PRESETS, TINY
+from your_ai.step import memory
 
 SMALL_QWEN2 = Architecture("qwen2", 64, 160, 3, 4, 2, 300, 256, tie_word_embeddings=True)
 

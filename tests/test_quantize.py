@@ -10,16 +10,16 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from test_distributed import one_process, torchrun
 from test_train import write_corpus
-from your_ai.step import memory
+
 from your_ai.model import quantize
-from your_ai.model.lora import LoraSettings, apply_lora
 from your_ai.model.architecture import build_config
 from your_ai.model.load import load_model
-from your_ai.model.resolve import resolve_model
+from your_ai.model.lora import LoraSettings, apply_lora
 from your_ai.model.presets import PRESETS, TINY
+from your_ai.model.resolve import resolve_model
+from your_ai.step import memory
 
 pytest.importorskip("torchao")
 
@@ -228,8 +228,8 @@ def test_benchmark_over_budget_check_counts_4_bit_weights(tmp_path):
 
 
 def test_recommend_and_optimize_profiles_know_4_bit_weights():
-    from your_ai.fit.sweep import apply_profile
     from your_ai.fit.recommend import recommend_presets
+    from your_ai.fit.sweep import apply_profile
 
     full = recommend_presets(memory_gb=80, device="cuda")
     nf4 = recommend_presets(memory_gb=80, device="cuda", quantize=4)

@@ -15,8 +15,8 @@ from rich.console import Console
 from safetensors.torch import load_file
 from test_train import SMALL, write_corpus
 
-from your_ai.model.presets import TINY
 from your_ai.fit.child import FitConfig, estimate_for, run_probe, step_mode_for
+from your_ai.model.presets import TINY
 from your_ai.step.memory import StepShape
 from your_ai.step.modes import check_step_mode, choose_mode, mode_with, plain_mode
 from your_ai.train.loop import MemoryLimitExceeded, TrainingArgs, TrainingArgsError, train

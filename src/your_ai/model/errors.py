@@ -3,8 +3,8 @@ machine, a file of its folder that cannot be used. Each message says which, and 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from your_ai.errors import UserError
 

@@ -1,4 +1,4 @@
-"""LoRA through PEFT: one config builder and one way to wrap a model, used by train and the fit probe."""
+"""LoRA through PEFT: one config builder and one way to wrap a model, used by train and the fit test."""
 
 from __future__ import annotations
 

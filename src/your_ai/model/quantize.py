@@ -16,8 +16,8 @@ Embeddings, norms and the output head stay in the training dtype, as in QLoRA.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from your_ai.model.architecture import load_config
 from your_ai.model.load import weight_files

@@ -180,7 +180,7 @@ def training_dtype_bytes(device: str) -> int:
     """Bytes per weight in the dtype training uses on ``device``: bf16 (2) on CUDA, fp32 (4) elsewhere.
 
     Mirrors ``hardware.training_dtype`` without importing torch; a CUDA GPU without bf16 trains
-    in fp32, which the fit probe reports from the dtype it really loaded.
+    in fp32, which the fit test reports from the dtype it really loaded.
     """
     return 2 if device.startswith("cuda") else 4
 
@@ -202,9 +202,9 @@ FSDP_GATHERED_LAYERS = 4
 
 
 def sharding_saves_gb(architecture: Architecture, device: str, processes: int, quantize: int | None = None) -> float:
-    """Memory each process saves when the weights are sharded over ``processes`` as ``distributed.shard``
-    shards them (FSDP2, each decoder layer a unit): all but its 1/N share of the decoder layers'
-    weights, less the ``FSDP_GATHERED_LAYERS`` layers gathered whole at a time. The embeddings, final
+    """Memory each process saves when the weights are sharded over ``processes`` as
+    ``your_ai.train.parallel.shard`` shards them (FSDP2, each decoder layer a unit): all but its 1/N share
+    of the decoder layers' weights, less the ``FSDP_GATHERED_LAYERS`` layers gathered whole at a time. The embeddings, final
     norm and head are sharded too, but gathered from the start of the forward pass to the end of the
     backward pass, so they save nothing at the peak. Negative when sharding costs more than it saves (a
     small model over few processes). Activations, logits and the runtime are not sharded. Measured
