@@ -98,34 +98,6 @@ def architecture_from_config(config) -> Architecture:
                          "estimate") from None
 
 
-def build_config(architecture: Architecture, extra_config: dict | None = None):
-    from transformers import AutoConfig
-
-    values = architecture.config_dict()
-    model_type = values.pop("model_type")
-    values.update(extra_config or {})
-    return AutoConfig.for_model(model_type, **values)
-
-
-def build_random_model(
-    architecture: Architecture,
-    *,
-    dtype=None,
-    device: str | None = None,
-    seed: int = 0,
-    extra_config: dict | None = None,
-):
-    """A model of ``architecture``'s exact shape with random weights, built on ``device``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    config = build_config(architecture, extra_config)
-    torch.manual_seed(seed)
-    with torch.device(device or "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
-    return model
-
-
 def read_config_values(model_dir) -> dict:
     """The values of ``model_dir/config.json``: a JSON object whose sizes (``SIZE_FIELDS``) are positive
     integers. A ``ModelFileError`` naming the file (and the line, for invalid JSON) otherwise."""
@@ -171,3 +143,32 @@ def read_architecture(model_dir) -> Architecture:
         return architecture_from_config(config)
     except ValueError as error:
         raise ModelFileError(f"{Path(model_dir) / 'config.json'}: {error}") from None
+
+
+def build_config(architecture: Architecture, extra_config: dict | None = None):
+    """The transformers config of ``architecture`` (with ``extra_config``'s values on top)."""
+    from transformers import AutoConfig
+
+    values = architecture.config_dict()
+    model_type = values.pop("model_type")
+    values.update(extra_config or {})
+    return AutoConfig.for_model(model_type, **values)
+
+
+def build_random_model(
+    architecture: Architecture,
+    *,
+    dtype=None,
+    device: str | None = None,
+    seed: int = 0,
+    extra_config: dict | None = None,
+):
+    """A model of ``architecture``'s exact shape with random weights, built on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = build_config(architecture, extra_config)
+    torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    return model
