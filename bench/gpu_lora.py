@@ -36,7 +36,7 @@ statistics reset before the build):
                    (``your_ai.step.head_kernel``, CUDA); not in the default list
   ours-fast-peftadd, ours-small-peftadd
                    trials: PEFT's ``result + lora_B(x) * scaling`` instead of the addmm epilogue
-                   (``fast_step.fuse_lora_add``); not in the default list
+                   (``fused_lora.fuse_lora_add``); not in the default list
   ours-auto        the mode ``choose_mode`` picks for --budget-gb (80 by default); reported as the
                    same measurement when it is ours-fast or ours-small
 Ours computes the distrust-weighted objective (``train.compute_loss(..., fast_head=...)``).
@@ -78,11 +78,14 @@ from pathlib import Path
 
 import torch
 
-from your_ai.step import fast as fast_step
-from your_ai.objective.distrust import DistrustWeighting
 from your_ai.model.lora import LoraSettings
-from your_ai.step.memory import lora_parameter_count
+from your_ai.model.meta import decoder_layers
 from your_ai.model.presets import get_preset
+from your_ai.objective.distrust import DistrustWeighting
+from your_ai.step import fast as fast_step
+from your_ai.step.head import causal_lm, resolve_head
+from your_ai.step.memory import StepShape, lora_parameter_count
+from your_ai.step.modes import LIGER_PATCHES, choose_mode, liger_available, mode_with
 from your_ai.train.loop import Objective, build_optimizer, compute_loss, load_for_training
 
 GB = 1e9
@@ -193,8 +196,8 @@ def apply_liger_baseline(model) -> None:
     """The Liger baseline: its fused kernels and its fused linear cross-entropy in the HF forward."""
     import liger_kernel.transformers as liger
 
-    lm = fast_step.causal_lm(model)
-    patch = getattr(liger, fast_step.LIGER_PATCHES[lm.config.model_type])
+    lm = causal_lm(model)
+    patch = getattr(liger, LIGER_PATCHES[lm.config.model_type])
     patch(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=True, model=lm)
 
 
@@ -269,7 +272,7 @@ def correctness_check(config: BenchConfig, device: str) -> dict:
         plain_loss, plain_grads = run()
         setup = fast_step.prepare_step(model, None)
         result["fast_step"] = setup.notes
-        heads = ["chunked"] + (["liger"] if device.startswith("cuda") and fast_step.liger_available() else [])
+        heads = ["chunked"] + (["liger"] if device.startswith("cuda") and liger_available() else [])
         result["heads"], ok = {}, True
         for head in heads:
             loss, grads = run(fast_head=head)
@@ -296,7 +299,7 @@ def measure(config: BenchConfig, variant: str, device: str, warmup: int, steps: 
     loaded = load_for_training(config.preset, config.lora, device, grad_checkpoint=checkpoint, synthetic=True)
     model = loaded.model
     model.train()
-    lm = fast_step.causal_lm(model)
+    lm = causal_lm(model)
     info = {"attention": getattr(lm.config, "_attn_implementation", None)}
     if variant.startswith("peft-liger"):
         apply_liger_baseline(model)
@@ -305,7 +308,7 @@ def measure(config: BenchConfig, variant: str, device: str, warmup: int, steps: 
         setup = fast_step.prepare_step(model, mode, share_lora_a=variant not in UNSHARED,
                                        fuse_add=not variant.endswith("-peftadd"))
         head = ("liger" if variant == "ours-fast-liger" else "torch" if variant.endswith("-torchhead")
-                else fast_step.resolve_head("auto", device.split(":")[0]))
+                else resolve_head("auto", device.split(":")[0]))
         info.update(head=head, chunk_tokens=mode.chunk_tokens, notes=setup.notes, checkpointed_layers=len(setup.checkpointed_layers),
                     shared_lora_a_layers=len(setup.shared_lora_a_layers), fused_add_layers=len(setup.fused_add_layers))
         if variant.endswith("-ligernorm"):  # Liger's RMSNorm instead of PyTorch's (fast_step.torch_rms_norm)
@@ -316,7 +319,7 @@ def measure(config: BenchConfig, variant: str, device: str, warmup: int, steps: 
                     del module.forward
                     _patch_rms_norm_module(module)
         if variant.endswith("-compiled"):  # each decoder layer through torch.compile (Inductor)
-            for layer in fast_step.decoder_layers(model):
+            for layer in decoder_layers(model):
                 layer.compile()
     optimizer = build_optimizer(model, 1e-5)
     batch = make_batch(config, device)
@@ -381,7 +384,7 @@ def run_variant(config: BenchConfig, variant: str, device: str, args, mode) -> d
 
 
 def skip_reason(variant: str, device: str) -> str | None:
-    liger = device.startswith("cuda") and fast_step.liger_available()
+    liger = device.startswith("cuda") and liger_available()
     if "liger" in variant and not liger:  # the Liger baselines, its head, its RMSNorm
         return "needs CUDA and liger_kernel"
     return None
@@ -389,13 +392,12 @@ def skip_reason(variant: str, device: str) -> str | None:
 
 def run_config(config: BenchConfig, variants: list[str], device: str, args, log) -> list[dict]:
     arch = get_preset(config.preset).architecture
+    shape = StepShape(arch, config.batch_size, config.seq_length, config.lora_rank, config.lora_layers, device)
     modes = {
-        "ours-fast": fast_step.mode_with(arch, config.batch_size, config.seq_length, config.lora, device, 0),
-        "ours-fast-liger": fast_step.mode_with(arch, config.batch_size, config.seq_length, config.lora, device, 0),
-        "ours-small": fast_step.mode_with(arch, config.batch_size, config.seq_length, config.lora, device,
-                                          config.lora_layers),
-        "ours-auto": fast_step.choose_mode(arch, config.batch_size, config.seq_length, config.lora, device,
-                                           args.budget_gb),
+        "ours-fast": mode_with(shape, 0),
+        "ours-fast-liger": mode_with(shape, 0),
+        "ours-small": mode_with(shape, config.lora_layers),
+        "ours-auto": choose_mode(shape, args.budget_gb),
     }
     auto = modes["ours-auto"]
     same_as = {0: "ours-fast", auto.adapted_layers: "ours-small"}.get(auto.checkpointed_layers)

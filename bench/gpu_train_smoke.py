@@ -26,7 +26,8 @@ from pathlib import Path
 def build_model_dir(preset_name: str, target: Path) -> float:
     import torch
 
-    from your_ai.model.resolve import build_random_model, tiny_assets_dir
+    from your_ai.model.architecture import build_random_model
+    from your_ai.model.resolve import tiny_assets_dir
     from your_ai.model.presets import get_preset
 
     started = time.perf_counter()

@@ -136,7 +136,8 @@ def test_atomic_directory_write_leaves_nothing_on_failure(tmp_path):
 def test_final_adapter_loads_with_peft_and_names_its_base(tmp_path, lora_model):
     from peft import PeftModel
 
-    from your_ai.model.resolve import load_model, resolve_model
+    from your_ai.model.load import load_model
+    from your_ai.model.resolve import resolve_model
 
     with torch.no_grad():
         for name, p in lora_model.model.named_parameters():

@@ -36,7 +36,8 @@ def start_train(*args: str, cwd: Path) -> subprocess.Popen:
 def test_train_writes_a_peft_adapter_metrics_and_tensorboard(tmp_path, tiny_model_dir):
     from peft import PeftModel
 
-    from your_ai.model.resolve import load_model, resolve_model
+    from your_ai.model.load import load_model
+    from your_ai.model.resolve import resolve_model
 
     write_corpus(tmp_path / "corpus.jsonl")
     result = run_train("--data", "corpus.jsonl", "--max-steps", "4", "--memory-report-interval", "2",

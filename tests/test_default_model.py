@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from your_ai.model import default_model
 from your_ai.cli import main
-from your_ai.model.resolve import DEFAULT_MODEL, ModelNotAvailableError, hub_cache_dir, resolve_model
+from your_ai.model import default_model
+from your_ai.model.errors import ModelNotAvailableError
+from your_ai.model.resolve import DEFAULT_MODEL, hub_cache_dir, resolve_model
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

@@ -95,7 +95,8 @@ def test_scored_authority_rises_from_primary_to_modern(records):
 
 
 def test_tiny_tokenizer_is_trained_on_the_corpus(records, tiny_model_dir):
-    from your_ai.model.resolve import load_tokenizer, resolve_model
+    from your_ai.model.load import load_tokenizer
+    from your_ai.model.resolve import resolve_model
 
     tokenizer = load_tokenizer(resolve_model("tiny"))
     sample = " ".join(record.fields["text"] for record in records[:20])

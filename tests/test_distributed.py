@@ -77,7 +77,8 @@ def runs(tmp_path_factory, tiny_model_dir):
 def test_two_processes_train_as_one_process_on_the_global_batch(runs):
     from peft import PeftModel
 
-    from your_ai.model.resolve import load_model, resolve_model
+    from your_ai.model.load import load_model
+    from your_ai.model.resolve import resolve_model
 
     root, one, two = runs
     assert two.stdout.count("Trained 4 steps") == 1  # rank 0 alone reports
@@ -158,7 +159,8 @@ def fsdp_run(runs):
 def test_fsdp_trains_as_one_process_and_writes_a_full_adapter(runs, fsdp_run):
     from peft import PeftModel
 
-    from your_ai.model.resolve import load_model, resolve_model
+    from your_ai.model.load import load_model
+    from your_ai.model.resolve import resolve_model
 
     root, _, _ = runs
     assert fsdp_run.stdout.count("Trained 4 steps") == 1
@@ -247,7 +249,8 @@ def test_one_process_checkpoint_resumes_sharded_on_two_processes(runs, fsdp_run)
 def test_sharded_loading_keeps_a_head_tied_to_the_embeddings(tmp_path, tiny_model_dir):
     """A model whose head shares the input embeddings (one tensor in its safetensors file) trains sharded
     as it trains in one process: allocating the shards must not untie the head."""
-    from your_ai.model.resolve import _tiny_token_ids, build_random_model, tiny_assets_dir
+    from your_ai.model.architecture import build_random_model
+    from your_ai.model.resolve import _tiny_token_ids, tiny_assets_dir
     from your_ai.model.presets import TINY
 
     model = build_random_model(TINY.architecture, seed=1,

@@ -79,7 +79,9 @@ def test_a_broken_model_folder_is_one_line_naming_the_file(tiny_model_dir, tmp_p
 
 def test_the_tokenizer_names_a_broken_config_or_tokenizer_file(tiny_model_dir, tmp_path):
     """``train`` loads the tokenizer first: a broken config.json is named as such there too."""
-    from your_ai.model.resolve import ModelFileError, load_tokenizer, resolve_model
+    from your_ai.model.errors import ModelFileError
+    from your_ai.model.load import load_tokenizer
+    from your_ai.model.resolve import resolve_model
 
     folder, named, words = broken_model(tiny_model_dir, tmp_path, "negative hidden_size")
     with pytest.raises(ModelFileError, match=f"{named}: {words}"):
@@ -102,7 +104,9 @@ def test_the_fit_test_of_a_broken_model_reports_an_error_result(tiny_model_dir, 
 
 
 def test_weights_of_other_sizes_than_the_config_name_the_folder(tiny_model_dir, tmp_path):
-    from your_ai.model.resolve import ModelFileError, load_model, resolve_model
+    from your_ai.model.errors import ModelFileError
+    from your_ai.model.load import load_model
+    from your_ai.model.resolve import resolve_model
 
     folder, _, _ = broken_model(tiny_model_dir, tmp_path, "negative hidden_size")
     _write_config(folder, hidden_size=128)  # a valid size, but not the weights' 256

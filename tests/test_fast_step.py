@@ -12,16 +12,20 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from your_ai.step import fast as fast_step
-
-from your_ai.step import head_kernel
-from your_ai.objective.distrust import per_sample_cross_entropy
+from your_ai.model.architecture import build_random_model
 from your_ai.model.lora import LoraSettings, apply_lora, lora_config
-from your_ai.model.resolve import build_random_model
+from your_ai.model.meta import decoder_layers
 from your_ai.model.presets import PRESETS, TINY
+from your_ai.objective.distrust import per_sample_cross_entropy
+from your_ai.step import fast as fast_step
+from your_ai.step import fused_lora, head, head_kernel
+from your_ai.step.memory import StepShape, estimate_training_memory
+from your_ai.step.modes import choose_mode, default_chunk_tokens, liger_available, mode_with
 from your_ai.train.loop import Objective, compute_loss
 
 LORA = LoraSettings(rank=8, layers=3)  # 3 of the tiny model's 4 layers: one frozen layer below
+TINY_STEP = StepShape(TINY.architecture, 3, 37, LORA.rank, LORA.layers, "cpu")  # make_batch's
+LLAMA_STEP = StepShape(PRESETS["llama-8b"].architecture, 8, 2048, 16, 32, "cuda")
 
 
 def tiny_lora_model(dtype=torch.float32, seed=0, lora=LORA):
@@ -116,7 +120,7 @@ def test_chunked_head_equals_cross_entropy_of_full_logits(chunk_tokens):
     with torch.no_grad():
         full = per_sample_cross_entropy(model(input_ids=batch["input_ids"],
                                               attention_mask=batch["attention_mask"]).logits, batch["labels"])
-        chunked = fast_step.model_per_sample_cross_entropy(model, batch, chunk_tokens=chunk_tokens)
+        chunked = head.model_per_sample_cross_entropy(model, batch, chunk_tokens=chunk_tokens)
     assert chunked.dtype == torch.float32 and chunked.shape == (3,)
     assert full[2] == 0 and chunked[2] == 0
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=0)
@@ -143,7 +147,7 @@ def test_weights_change_the_gradient_of_the_chunked_head():
     hidden = torch.randn(2, 9, 16, requires_grad=True)
     weight = torch.randn(50, 16)
     labels = torch.randint(0, 50, (2, 9))
-    per_sample = fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=4)
+    per_sample = head.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=4)
     (torch.tensor([3.0, 0.0]) * per_sample).sum().backward()
     reference = hidden.detach().clone().requires_grad_(True)
     (3.0 * per_sample_cross_entropy(F.linear(reference, weight), labels)[0]).backward()
@@ -157,7 +161,7 @@ def test_a_trainable_head_gets_its_gradient_through_recomputed_chunks():
     weight = torch.randn(40, 16, requires_grad=True)
     labels = torch.randint(0, 40, (2, 11))
     labels[1, :4] = -100
-    (fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=5) * torch.tensor([1.0, 2.0])).sum().backward()
+    (head.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=5) * torch.tensor([1.0, 2.0])).sum().backward()
     hidden_ref = hidden.detach().clone().requires_grad_(True)
     weight_ref = weight.detach().clone().requires_grad_(True)
     (per_sample_cross_entropy(F.linear(hidden_ref, weight_ref), labels) * torch.tensor([1.0, 2.0])).sum().backward()
@@ -177,7 +181,7 @@ def test_the_chunked_head_keeps_and_creates_far_less_than_the_full_logits():
             if name == "full":
                 per_sample = per_sample_cross_entropy(F.linear(hidden, weight), labels)
             else:
-                per_sample = fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=64)
+                per_sample = head.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=64)
             per_sample.mean().backward()
         grads[name], measured[name] = hidden.grad, (saved.total, largest.largest)
     torch.testing.assert_close(grads["chunked"], grads["full"], atol=1e-6, rtol=1e-5)
@@ -190,29 +194,28 @@ def test_the_chunked_head_keeps_and_creates_far_less_than_the_full_logits():
 
 
 def test_head_choice():
-    assert fast_step.resolve_head("auto", "cpu") == "chunked"
+    assert head.resolve_head("auto", "cpu") == "chunked"
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        fast_step.resolve_head("liger", "cpu")
+        head.resolve_head("liger", "cpu")
     with pytest.raises(ValueError, match="must be one of"):
-        fast_step.resolve_head("fused", "cpu")
-    assert fast_step.default_chunk_tokens(32032) == 4096 and fast_step.default_chunk_tokens(128256) == 1024
+        head.resolve_head("fused", "cpu")
+    assert default_chunk_tokens(32032) == 4096 and default_chunk_tokens(128256) == 1024
 
 
 def test_modes_that_recompute_take_smaller_head_chunks_and_the_prepared_step_carries_them():
-    from your_ai.model.presets import PRESETS
     from your_ai.train.loop import PreparedStep
 
-    llama = PRESETS["llama-8b"].architecture
-    lora = LoraSettings(rank=16, layers=32)
-    fast = fast_step.mode_with(llama, 8, 2048, lora, "cuda", 0, fused_kernels=True)
-    small = fast_step.mode_with(llama, 8, 2048, lora, "cuda", 32, fused_kernels=True)
+    fast = mode_with(LLAMA_STEP, 0, fused_kernels=True)
+    small = mode_with(LLAMA_STEP, 32, fused_kernels=True)
     assert (fast.chunk_tokens, small.chunk_tokens) == (1024, 256)
     # the smaller chunk is what the estimate counts: 3/4 of a 1024-token chunk's logits, 2 bytes each
     # with the Triton kernel (fused kernels: the gradient over the bf16 logits), 4 + 2 x 2 with PyTorch ops
-    without = fast_step.estimate_mode_gb(llama, 8, 2048, lora, "cuda", 32, fused_kernels=True, chunk_tokens=1024)
+    without = estimate_training_memory(LLAMA_STEP, recomputed_layers=32, logits_chunk_tokens=1024,
+                                       fused_kernels=True).total_gb
     assert without - small.estimate_gb == pytest.approx(768 * 128256 * 2 / 1e9, abs=1e-3)  # estimate_gb: 3 decimals
-    unfused = fast_step.mode_with(llama, 8, 2048, lora, "cuda", 32, fused_kernels=False)
-    without = fast_step.estimate_mode_gb(llama, 8, 2048, lora, "cuda", 32, fused_kernels=False, chunk_tokens=1024)
+    unfused = mode_with(LLAMA_STEP, 32, fused_kernels=False)
+    without = estimate_training_memory(LLAMA_STEP, recomputed_layers=32, logits_chunk_tokens=1024,
+                                       fused_kernels=False).total_gb
     assert without - unfused.estimate_gb == pytest.approx(768 * 128256 * 8 / 1e9, abs=1e-3)
     assert PreparedStep(small, True).chunk_tokens == 256 and PreparedStep(small, False).chunk_tokens is None
 
@@ -226,7 +229,7 @@ def test_prepared_step_with_recomputed_layers_matches_and_keeps_less():
     kept = {}
     for count in (0, 1, 3):
         model = tiny_lora_model()
-        mode = fast_step.mode_with(TINY.architecture, 3, 37, LORA, "cpu", count)
+        mode = mode_with(TINY_STEP, count)
         setup = fast_step.prepare_step(model, mode)
         assert setup.autocast_dtype is None and not setup.fused_kernels
         assert setup.checkpointed_layers == [1, 2, 3][:count]
@@ -288,7 +291,7 @@ def assert_same_step(shared, separate, *, rtol=1e-5):
 @pytest.mark.parametrize("recomputed", [0, 3])
 def test_shared_qkv_lora_a_gives_the_separate_matmuls_loss_and_gradients(recomputed):
     batch, objective = make_batch(), weighted_objective()
-    mode = fast_step.mode_with(TINY.architecture, 3, 37, LORA, "cpu", recomputed)
+    mode = mode_with(TINY_STEP, recomputed)
     separate = tiny_lora_model()
     setup = fast_step.prepare_step(separate, mode, share_lora_a=False, fuse_add=False)  # PEFT's forwards
     assert setup.shared_lora_a_layers == [] == setup.fused_add_layers
@@ -309,9 +312,9 @@ def test_shared_qkv_lora_a_gives_the_separate_matmuls_loss_and_gradients(recompu
     assert all(count == 1 + (recomputed > 0) for name, count in calls.items() if "o_proj" in name)
     assert sum(products.values()) == 0  # every B product went through the addmm epilogue
     # PEFT's forward again after the undo, with the same numbers
-    assert fast_step.unshare_qkv_lora_a(model) == 3 and fast_step.unshare_qkv_lora_a(model) == 0
-    assert fast_step.unfuse_lora_add(model) == 3 and fast_step.unfuse_lora_add(model) == 0
-    attention = fast_step.decoder_layers(model)[1].self_attn
+    assert fused_lora.unshare_qkv_lora_a(model) == 3 and fused_lora.unshare_qkv_lora_a(model) == 0
+    assert fused_lora.unfuse_lora_add(model) == 3 and fused_lora.unfuse_lora_add(model) == 0
+    attention = decoder_layers(model)[1].self_attn
     assert not any("forward" in vars(module) for module in (attention, attention.q_proj, attention.o_proj))
     assert_same_step(loss_and_lora_grads(model, batch, objective, fast_head=True), reference)
     assert all(count > 0 for count in calls.values()) and all(count > 0 for count in products.values())
@@ -320,7 +323,7 @@ def test_shared_qkv_lora_a_gives_the_separate_matmuls_loss_and_gradients(recompu
 @pytest.mark.parametrize("share_lora_a", [False, True])
 def test_lora_b_in_the_matmul_epilogue_gives_peft_loss_and_gradients(share_lora_a):
     batch, objective = make_batch(), weighted_objective()
-    mode = fast_step.mode_with(TINY.architecture, 3, 37, LORA, "cpu", 1)
+    mode = mode_with(TINY_STEP, 1)
     separate = tiny_lora_model()  # LoRA B not zero, so the epilogue adds something
     fast_step.prepare_step(separate, mode, share_lora_a=False, fuse_add=False)
     reference = loss_and_lora_grads(separate, batch, objective, fast_head=True)
@@ -338,7 +341,7 @@ def test_lora_on_q_and_v_only_keeps_peft_forwards():
     fast_step.prepare_step(separate, None, share_lora_a=False, fuse_add=False)
     reference = loss_and_lora_grads(separate, batch, objective, fast_head=True)
     model = tiny_lora_model(lora=QV_ONLY)
-    setup = fast_step.prepare_step(model, fast_step.mode_with(TINY.architecture, 3, 37, QV_ONLY, "cpu", 1))
+    setup = fast_step.prepare_step(model, mode_with(TINY_STEP, 1))
     assert setup.shared_lora_a_layers == [] and not any("one matmul" in note for note in setup.notes)
     calls = lora_calls(model)
     assert_same_step(loss_and_lora_grads(model, batch, objective, fast_head=True), reference)
@@ -347,9 +350,9 @@ def test_lora_on_q_and_v_only_keeps_peft_forwards():
 
 def test_shared_qkv_lora_a_falls_back_to_peft_when_it_does_not_apply():
     model, separate = tiny_lora_model(), tiny_lora_model()
-    assert fast_step.share_qkv_lora_a(model) == [1, 2, 3] == fast_step.share_qkv_lora_a(model)  # idempotent
-    attention = fast_step.decoder_layers(model)[2].self_attn
-    reference = fast_step.decoder_layers(separate)[2].self_attn
+    assert fused_lora.share_qkv_lora_a(model) == [1, 2, 3] == fused_lora.share_qkv_lora_a(model)  # idempotent
+    attention = decoder_layers(model)[2].self_attn
+    reference = decoder_layers(separate)[2].self_attn
     x, y = torch.randn(2, 5, 256), torch.randn(2, 5, 256)
 
     def projections(module, first, second):  # q and v read ``first``, k reads ``second``
@@ -359,7 +362,7 @@ def test_shared_qkv_lora_a_falls_back_to_peft_when_it_does_not_apply():
     calls = lora_calls(model)
     for first, second in ((x, x), (x, y)):
         with torch.no_grad():
-            got = fast_step._SharedAttentionForward(shared, projections)(attention, first, second)
+            got = fused_lora._SharedAttentionForward(shared, projections)(attention, first, second)
             want = projections(reference, first, second)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
@@ -385,7 +388,7 @@ def test_shared_qkv_lora_a_falls_back_to_peft_when_it_does_not_apply():
     torch.testing.assert_close(logits(model), logits(separate), atol=1e-5, rtol=1e-5)
     assert sum(calls.values()) == 1 + 4 * 3  # every q/k/v/o lora_A of the 3 layers, once
     dropout = tiny_lora_model(lora=LoraSettings(rank=8, layers=3, dropout=0.1))
-    assert fast_step.share_qkv_lora_a(dropout) == [] and fast_step.fuse_lora_add(dropout) == []  # PEFT's forwards
+    assert fused_lora.share_qkv_lora_a(dropout) == [] and fused_lora.fuse_lora_add(dropout) == []  # PEFT's forwards
 
 
 def test_bf16_autocast_and_the_saved_adapter_with_shared_qkv_lora_a(tmp_path):
@@ -396,7 +399,7 @@ def test_bf16_autocast_and_the_saved_adapter_with_shared_qkv_lora_a(tmp_path):
     fast_step.prepare_step(separate, None, share_lora_a=False, fuse_add=False)
     _, ref_grads = loss_and_lora_grads(separate, batch, objective, fast_head=True)
     model = tiny_lora_model(torch.bfloat16)
-    setup = fast_step.prepare_step(model, fast_step.mode_with(TINY.architecture, 3, 37, LORA, "cpu", 2))
+    setup = fast_step.prepare_step(model, mode_with(TINY_STEP, 2))
     assert setup.autocast_dtype == torch.bfloat16 and setup.shared_lora_a_layers == [1, 2, 3]
     _, grads = loss_and_lora_grads(model, batch, objective, fast_head=True)
     for name, grad in ref_grads.items():
@@ -416,17 +419,14 @@ def test_bf16_autocast_and_the_saved_adapter_with_shared_qkv_lora_a(tmp_path):
 
 
 def test_mode_chooser_follows_the_budget():
-    llama = PRESETS["llama-8b"].architecture
-    lora = LoraSettings(rank=16, layers=32)
-
     def choose(budget):
-        return fast_step.choose_mode(llama, 8, 2048, lora, "cuda", budget, fused_kernels=True)
+        return choose_mode(LLAMA_STEP, budget, fused_kernels=True)
 
     roomy, middle, tight, impossible = choose(200), choose(50), choose(24), choose(20)
     assert (roomy.name, roomy.checkpointed_layers, roomy.fits) == ("fast", 0, True)
     assert middle.name == "selective" and 0 < middle.checkpointed_layers < 32 and middle.fits
-    assert middle.estimate_gb <= 50 < fast_step.mode_with(
-        llama, 8, 2048, lora, "cuda", middle.checkpointed_layers - 1, fused_kernels=True).estimate_gb
+    assert middle.estimate_gb <= 50 < mode_with(LLAMA_STEP, middle.checkpointed_layers - 1,
+                                                fused_kernels=True).estimate_gb
     assert (tight.name, tight.checkpointed_layers, tight.fits) == ("small", 32, True)
     assert (impossible.name, impossible.fits) == ("small", False)
     assert "lower the batch size" in impossible.reason and "selective" in middle.reason
@@ -442,7 +442,7 @@ def test_mode_chooser_follows_the_budget():
     ("liger", 2e-2, 1e-2, 0.99),  # Liger's fused linear cross-entropy: its own bf16 rounding
 ])
 def test_cuda_heads_match_the_chunked_head_with_pytorch_ops(head, atol, rtol, min_cosine):
-    if head == "liger" and not fast_step.liger_available():
+    if head == "liger" and not liger_available():
         pytest.skip("Liger's fused linear cross-entropy needs liger_kernel")
     if head == "chunked" and head_kernel.triton is None:
         pytest.skip("the head's cross-entropy kernel needs triton")
@@ -453,7 +453,7 @@ def test_cuda_heads_match_the_chunked_head_with_pytorch_ops(head, atol, rtol, mi
     labels[0, :100] = -100
     results = {}
     for name in ("torch", head):
-        per_sample = fast_step.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=256, head=name)
+        per_sample = head.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=256, head=name)
         (grad,) = torch.autograd.grad((per_sample * torch.tensor([2.0, 0.5], device="cuda")).sum(), hidden)
         results[name] = (per_sample.detach(), grad.float())
     torch.testing.assert_close(results[head][0], results["torch"][0], atol=atol, rtol=rtol)
@@ -496,7 +496,8 @@ def test_gpu_benchmark_script_runs_end_to_end_on_the_tiny_model(tmp_path, monkey
 def test_torch_rms_norm_gives_the_models_own_norm(tiny_model_dir):
     """The fused kernels' RMSNorm (``torch.nn.functional.rms_norm`` set on each norm module) computes what
     the model's own RMSNorm computes, forward and backward."""
-    from your_ai.model.resolve import load_model, resolve_model
+    from your_ai.model.load import load_model
+    from your_ai.model.resolve import resolve_model
 
     model = load_model(resolve_model("tiny"), dtype=torch.float32)
     norms = [module for module in model.modules() if type(module).__name__ == "LlamaRMSNorm"]

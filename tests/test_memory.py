@@ -3,15 +3,16 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 
-from your_ai.model.architecture import read_architecture
+from your_ai.model.architecture import Architecture, build_random_model, read_architecture
+from your_ai.model.errors import ModelFileError
+from your_ai.model.lora import LoraSettings, apply_lora
+from your_ai.model.presets import PRESETS, TINY
 from your_ai.step import memory
-from your_ai.model.lora import LoraSettings, apply_lora, trainable_parameter_count
-from your_ai.model.resolve import build_random_model
-from your_ai.model.presets import PRESETS, TINY, Architecture
 
 SMALL_QWEN2 = Architecture("qwen2", 64, 160, 3, 4, 2, 300, 256, tie_word_embeddings=True)
 
@@ -21,7 +22,7 @@ def test_parameter_and_lora_counts_match_real_models(architecture):
     model = build_random_model(architecture)
     assert architecture.parameter_count() == sum(p.numel() for p in model.parameters())
     peft_model, _ = apply_lora(model, LoraSettings(rank=8, layers=2))
-    assert memory.lora_parameter_count(architecture, 8, 2) == trainable_parameter_count(peft_model)
+    assert memory.lora_parameter_count(architecture, 8, 2) == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     # asking for more layers than the model has counts the model's layers
     assert memory.lora_parameter_count(architecture, 8, 99) == memory.lora_parameter_count(
         architecture, 8, architecture.num_hidden_layers)
@@ -29,16 +30,18 @@ def test_parameter_and_lora_counts_match_real_models(architecture):
 
 def test_estimate_parts():
     arch = PRESETS["hermes-mistral-7b"].architecture
-    cuda = memory.estimate_for_device(arch, "cuda", batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16)
-    cpu = memory.estimate_for_device(arch, "cpu", batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16)
+    on_cuda = memory.StepShape(arch, batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16, device="cuda")
+    cuda = memory.estimate_training_memory(on_cuda)
+    cpu = memory.estimate_training_memory(replace(on_cuda, device="cpu"))
     assert cuda.parts_gb["weights"] == pytest.approx(arch.parameter_count() * 2 / 1e9, abs=1e-3)
     assert cpu.parts_gb["weights"] == pytest.approx(2 * cuda.parts_gb["weights"], abs=1e-3)
     assert cuda.total_gb == pytest.approx(sum(cuda.parts_gb.values()), abs=0.01)
     assert cuda.parts_gb["lora_params_grads_optimizer"] == pytest.approx(
         memory.lora_parameter_count(arch, 64, 16) * 16 / 1e9, abs=1e-3)
-    checkpointed = memory.estimate_for_device(arch, "cuda", lora_layers=16, grad_checkpoint=True)
+    checkpointed = memory.estimate_training_memory(on_cuda, recomputed_layers=16)
     assert checkpointed.parts_gb["activations"] < cuda.parts_gb["activations"]
-    bigger = memory.estimate_for_device(arch, "cuda", batch_size=4, lora_layers=16)
+    assert checkpointed.assumptions["grad_checkpoint"] and checkpointed.assumptions["checkpointed_layers"] == 16
+    bigger = memory.estimate_training_memory(replace(on_cuda, batch_size=4))
     assert bigger.parts_gb["activations"] == pytest.approx(2 * cuda.parts_gb["activations"], rel=1e-3)
     assert memory.weights_gb(arch, "cuda") == pytest.approx(cuda.parts_gb["weights"], abs=1e-3)
     assert memory.training_dtype_bytes("cuda:1") == 2 and memory.training_dtype_bytes("mps") == 4
@@ -54,10 +57,10 @@ def test_architecture_from_a_saved_config(tiny_model_dir, tmp_path):
     assert memory.fit_seq_length(None, read) == 1024 and memory.fit_seq_length(4096, read) == 1024
     assert memory.fit_seq_length(64, read) == 64
     (tmp_path / "config.json").write_text('{"hidden_size": 8,\n"vocab_size": }')
-    with pytest.raises(ValueError, match=r"config.json:2: not valid JSON"):
+    with pytest.raises(ModelFileError, match=r"config.json:2: not valid JSON"):
         read_architecture(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
-    with pytest.raises(ValueError, match="config.json: model config has no usable num_attention_heads, intermediate_size"):
+    with pytest.raises(ModelFileError, match="config.json: model config has no usable num_attention_heads, intermediate_size"):
         read_architecture(tmp_path)
 
 

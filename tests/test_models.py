@@ -6,19 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hub_cache import fake_commit
-from your_ai.model.resolve import (
-    InvalidModelNameError,
-    ModelNotAvailableError,
-    build_random_model,
-    cached_causal_lms,
-    load_model,
-    load_tokenizer,
-    model_shape,
-    resolve_model,
-)
+
+from your_ai.model.architecture import build_config, build_random_model
+from your_ai.model.errors import InvalidModelNameError, ModelFileError, ModelNotAvailableError, ModelResolutionError
+from your_ai.model.load import load_model, load_tokenizer, weight_files
 from your_ai.model.presets import BENCHMARK_PRESETS, PRESETS, TINY, get_preset
+from your_ai.model.resolve import cached_causal_lms, model_shape, resolve_model
 
 HUB_ID = "NousResearch/Hermes-2-Pro-Mistral-7B"
 
@@ -135,8 +129,6 @@ def test_preset_architectures_build_exact_shapes(preset):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from your_ai.model.resolve import build_config
-
     architecture = get_preset(preset).architecture
     config = build_config(architecture)
     with torch.device("meta"):
@@ -170,7 +162,7 @@ def test_model_code_is_never_run_without_the_flag(tmp_path, tiny_model_dir):
     (model_dir / "config.json").write_text(json.dumps(config))
     (model_dir / "modeling_evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('x')\n")
     code = (
-        "from your_ai.model.resolve import resolve_model, load_model\n"
+        "from your_ai.model.load import load_model\nfrom your_ai.model.resolve import resolve_model\n"
         f"load_model(resolve_model({str(model_dir)!r}))\n"
     )
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -178,8 +170,6 @@ def test_model_code_is_never_run_without_the_flag(tmp_path, tiny_model_dir):
 
 
 def test_weight_files_follow_the_index_and_name_what_is_missing(tmp_path):
-    from your_ai.model.resolve import ModelResolutionError, weight_files
-
     with pytest.raises(ModelResolutionError, match=f"{tmp_path}: no model.safetensors"):
         weight_files(tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": "b-2.safetensors", "c": "b-1.safetensors"}}')
@@ -227,7 +217,7 @@ def test_shape_of_any_model_without_its_weights(hub_cache, tiny_model_dir, tmp_p
     with pytest.raises(InvalidModelNameError, match="synthetic models are built from presets"):
         model_shape("someone/tiny-chat", synthetic=True)
     assert model_shape("llama-8b", synthetic=True).architecture == PRESETS["llama-8b"].architecture
-    with pytest.raises(ValueError, match=r"config.json: model config has no usable hidden_size"):
+    with pytest.raises(ModelFileError, match=r"config.json: model config has no usable hidden_size"):
         model_shape(str(config_only(tmp_path, "shapeless", {"model_type": "my-own", "num_attention_heads": 2})))
 
 

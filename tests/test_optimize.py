@@ -95,7 +95,7 @@ def test_configs_far_over_the_budget_are_not_run(tiny_model_dir):
 
 
 def test_unavailable_model_fails_before_sweeping(hub_cache):
-    from your_ai.model.resolve import ModelNotAvailableError
+    from your_ai.model.errors import ModelNotAvailableError
 
     with pytest.raises(ModelNotAvailableError, match="hf download NousResearch/Hermes-2-Pro-Mistral-7B"):
         run_optimize("hermes-mistral-7b", max_memory_gb=10, device="cpu", quick=True, stream=io.StringIO())

@@ -6,19 +6,20 @@ import copy
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from test_distributed import one_process, torchrun
 from test_train import write_corpus
-from your_ai.step import memory
+
 from your_ai.model import quantize
+from your_ai.model.architecture import build_config
+from your_ai.model.load import load_model
 from your_ai.model.lora import LoraSettings, apply_lora
-from your_ai.model.resolve import build_config, load_model, resolve_model
 from your_ai.model.presets import PRESETS, TINY
+from your_ai.model.resolve import resolve_model
+from your_ai.step import memory
 
 pytest.importorskip("torchao")
 
@@ -81,10 +82,11 @@ def test_estimate_of_a_70b_model_in_4_bits():
     bf16 = memory.weights_gb(architecture, "cuda")
     nf4 = memory.weights_gb(architecture, "cuda", quantize=4)
     assert bf16 > 140 and 0.25 * bf16 < nf4 < 0.3 * bf16
-    fit_test = dict(batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16, logits_chunk_tokens=1024,
-                    fused_kernels=True, quantize=4)
-    fast = memory.estimate_for_device(architecture, "cuda", **fit_test)
-    small = memory.estimate_for_device(architecture, "cuda", grad_checkpoint=True, **fit_test)
+    fit_test = memory.StepShape(architecture, batch_size=2, seq_length=1024, lora_rank=64, lora_layers=16,
+                                device="cuda", quantize=4)
+    fast = memory.estimate_training_memory(fit_test, logits_chunk_tokens=1024, fused_kernels=True)
+    small = memory.estimate_training_memory(fit_test, recomputed_layers=16, logits_chunk_tokens=1024,
+                                            fused_kernels=True)
     assert nf4 < fast.parts_gb["weights"] < nf4 + 2 and fast.assumptions["quantize"] == 4  # + dequantizing
     assert small.total_gb < 48 < fast.total_gb
 
@@ -226,8 +228,8 @@ def test_benchmark_over_budget_check_counts_4_bit_weights(tmp_path):
 
 
 def test_recommend_and_optimize_profiles_know_4_bit_weights():
-    from your_ai.fit.sweep import apply_profile
     from your_ai.fit.recommend import recommend_presets
+    from your_ai.fit.sweep import apply_profile
 
     full = recommend_presets(memory_gb=80, device="cuda")
     nf4 = recommend_presets(memory_gb=80, device="cuda", quantize=4)

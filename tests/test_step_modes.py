@@ -15,10 +15,10 @@ from rich.console import Console
 from safetensors.torch import load_file
 from test_train import SMALL, write_corpus
 
-from your_ai.model.lora import LoraSettings
-from your_ai.model.presets import TINY
 from your_ai.fit.child import FitConfig, estimate_for, run_probe, step_mode_for
-from your_ai.step.modes import choose_mode, mode_with, plain_mode
+from your_ai.model.presets import TINY
+from your_ai.step.memory import StepShape
+from your_ai.step.modes import check_step_mode, choose_mode, mode_with, plain_mode
 from your_ai.train.loop import MemoryLimitExceeded, TrainingArgs, TrainingArgsError, train
 
 
@@ -64,11 +64,10 @@ def test_fast_and_plain_steps_train_the_same_adapter(tmp_path, tiny_model_dir):
 
 def test_auto_chooses_for_the_budget_and_a_resumed_run_keeps_its_mode(tmp_path, tiny_model_dir):
     data = write_corpus(tmp_path / "train.jsonl", 6)
-    lora = LoraSettings(rank=SMALL["lora_rank"], layers=16)
-    shape = (TINY.architecture, SMALL["batch_size"], SMALL["max_seq_length"], lora, "cpu")
-    fast, small = mode_with(*shape, 0).estimate_gb, mode_with(*shape, 4).estimate_gb
+    shape = StepShape(TINY.architecture, SMALL["batch_size"], SMALL["max_seq_length"], SMALL["lora_rank"], 16, "cpu")
+    fast, small = mode_with(shape, 0).estimate_gb, mode_with(shape, 4).estimate_gb
     budget = (fast + small) / 2  # below the fast step's estimate, above the smallest one's
-    expected = choose_mode(*shape, budget)
+    expected = choose_mode(shape, budget)
     assert expected.name in ("selective", "small") and expected.fits
     out = tmp_path / "run"
     # on a CPU the measured peak is the whole process's, which may go over this budget: either way
@@ -99,6 +98,16 @@ def test_auto_chooses_for_the_budget_and_a_resumed_run_keeps_its_mode(tmp_path, 
         TrainingArgs(step_mode="quick").validate()
 
 
+def test_one_check_of_a_step_mode_with_grad_checkpoint():
+    assert check_step_mode("fast") == "fast" and check_step_mode("small", grad_checkpoint=True) == "small"
+    assert check_step_mode("plain", grad_checkpoint=True) == "plain"
+    with pytest.raises(ValueError, match="--grad-checkpoint recomputes every layer; it cannot go with --step-mode "
+                                         r"selective \(use auto, small or plain\)"):
+        check_step_mode("selective", grad_checkpoint=True)
+    with pytest.raises(ValueError, match="--step-mode 'quick' must be one of auto, fast"):
+        check_step_mode("quick")
+
+
 def test_probe_reports_the_mode_its_reason_and_its_estimate(tiny_model_dir):
     config = FitConfig(lora_rank=4, steps=1, seq_length=32)
     auto = run_probe("tiny", 8.0, "cpu", config, synthetic=True)
@@ -111,7 +120,7 @@ def test_probe_reports_the_mode_its_reason_and_its_estimate(tiny_model_dir):
     plain_config = FitConfig(lora_rank=4, steps=1, seq_length=32, step_mode="plain")
     plain = run_probe("tiny", 8.0, "cpu", plain_config, synthetic=True)
     assert plain["status"] == "pass" and plain["config"]["step_mode"] == "plain"
-    assert plain["estimate_gb"] == plain_mode(TINY.architecture, 2, 32, LoraSettings(rank=4, layers=16), "cpu").estimate_gb
+    assert plain["estimate_gb"] == plain_mode(StepShape(TINY.architecture, 2, 32, 4, 16, "cpu")).estimate_gb
 
     assert FitConfig(step_mode="small").cli_args()[-2:] == ["--step-mode", "small"]
     with pytest.raises(ValueError, match="cannot go with --step-mode fast"):

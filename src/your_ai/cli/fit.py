@@ -177,7 +177,7 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
     check_output("--output", output)
     from your_ai.fit.benchmark import Stopped
     from your_ai.fit.sweep import run_optimize
-    from your_ai.model.resolve import ModelResolutionError
+    from your_ai.model.errors import ModelResolutionError
 
     try:
         outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,

@@ -93,7 +93,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     from your_ai.fit import sweep as optimize
     from your_ai.fit.benchmark import Stopped
     from your_ai.model.quantize import QuantizationError
-    from your_ai.model.resolve import ModelResolutionError
+    from your_ai.model.errors import ModelResolutionError
     from your_ai.train import loop as training
     from your_ai.train import parallel as distributed
     from your_ai.train.checkpoints import CheckpointError

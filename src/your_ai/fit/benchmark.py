@@ -39,7 +39,8 @@ from typing import TextIO
 
 from your_ai.step import memory
 from your_ai.files import write_json_atomic, writing
-from your_ai.model.presets import BENCHMARK_PRESETS, PRESETS, Architecture, Preset
+from your_ai.model.architecture import Architecture
+from your_ai.model.presets import BENCHMARK_PRESETS, PRESETS, Preset
 from your_ai.fit.child import (
     PARENT_ENV,
     PHASE_PREFIX,
@@ -532,7 +533,8 @@ def candidate(name: str, synthetic: bool = False) -> Candidate:
     weights (``models.model_shape``; a preset that is not on this machine: the preset's shape). A model
     that is not available or whose config has no usable shape becomes a candidate with its ``problem``;
     a name that is none of the three raises ``ValueError``."""
-    from your_ai.model.resolve import InvalidModelNameError, ModelResolutionError, model_shape, short_label
+    from your_ai.model.errors import InvalidModelNameError, ModelResolutionError
+    from your_ai.model.resolve import model_shape, short_label
 
     try:
         shape = model_shape(name, synthetic=synthetic, preset_when_missing=True)
@@ -555,7 +557,7 @@ def benchmark_candidates(names: Sequence[str] | None, synthetic: bool = False) -
 
 def _problem_result(found: Candidate, device: str, config: FitConfig, synthetic: bool, max_memory_gb: float) -> dict:
     """The result of a model that cannot be tested: not available (with the download command), or an error."""
-    from your_ai.model.resolve import ModelNotAvailableError
+    from your_ai.model.errors import ModelNotAvailableError
 
     missing = isinstance(found.problem, ModelNotAvailableError)
     result = new_result(found.name, device, config, synthetic, max_memory_gb, preset=found.preset,

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from your_ai.step import memory
-from your_ai.model.architecture import architecture_from_config
+from your_ai.model.architecture import Architecture, architecture_from_config
 from your_ai.model.lora import LoraSettings
-from your_ai.model.presets import PRESETS, Architecture, params_label
+from your_ai.model.presets import PRESETS, params_label
 from your_ai.model.quantize import check_bits
-from your_ai.step.modes import PLAIN_HEAD_MODEL_TYPES, STEP_MODES, StepMode, select_step_mode
+from your_ai.step.modes import PLAIN_HEAD_MODEL_TYPES, STEP_MODES, StepMode, mode_estimate, select_step_mode
 
 RESULT_PREFIX = "BENCHMARK_RESULT:"
 PHASE_PREFIX = "BENCHMARK_PHASE:"
@@ -356,7 +356,8 @@ def run_probe(
 
         from your_ai.train import parallel as distributed
         from your_ai.hardware import pick_device
-        from your_ai.model.resolve import ModelNotAvailableError, model_shape, resolve_model
+        from your_ai.model.errors import ModelNotAvailableError
+        from your_ai.model.resolve import model_shape, resolve_model
 
         device = pick_device(device)
         result["device"] = device
@@ -603,10 +604,8 @@ def step_mode_for(architecture: Architecture, device: str, config: FitConfig,
     """The step mode a fit test of ``config`` runs on ``device`` within ``budget_gb`` (None: no budget),
     as the probe chooses it (``step_modes.select_step_mode``), from the architecture alone."""
     return select_step_mode(
-        config.step_mode, architecture, config.batch_size, memory.fit_seq_length(config.seq_length, architecture),
-        LoraSettings(rank=config.lora_rank, layers=config.lora_layers), device, budget_gb,
+        config.step_mode, _step_shape(architecture, device, config), budget_gb,
         grad_checkpoint=config.grad_checkpoint, full_logits=architecture.model_type not in PLAIN_HEAD_MODEL_TYPES,
-        quantize=config.quantize,
     )
 
 
@@ -614,14 +613,12 @@ def estimate_for(architecture: Architecture, device: str, config: FitConfig,
                  budget_gb: float | None = None) -> memory.MemoryEstimate:
     """The analytic estimate for a fit test of ``config`` on ``device`` (training dtype assumed), in the
     step mode it runs within ``budget_gb`` (``step_mode_for``)."""
-    mode = step_mode_for(architecture, device, config, budget_gb)
-    return memory.estimate_for_device(
-        architecture, device, batch_size=config.batch_size,
-        seq_length=memory.fit_seq_length(config.seq_length, architecture),
-        lora_rank=config.lora_rank, lora_layers=config.lora_layers, grad_checkpoint=mode.checkpointed_layers > 0,
-        checkpointed_layers=mode.checkpointed_layers, logits_chunk_tokens=mode.chunk_tokens or None,
-        fused_kernels=mode.fused_kernels, quantize=config.quantize,
-    )
+    return mode_estimate(_step_shape(architecture, device, config), step_mode_for(architecture, device, config, budget_gb))
+
+
+def _step_shape(architecture: Architecture, device: str, config: FitConfig) -> memory.StepShape:
+    return memory.StepShape(architecture, config.batch_size, memory.fit_seq_length(config.seq_length, architecture),
+                            config.lora_rank, config.lora_layers, device, config.quantize)
 
 
 def _first_line(error: BaseException) -> str:

@@ -88,7 +88,8 @@ def _model_row(name: str, device: str, config: FitConfig, budget: float) -> dict
     """The row of a given model (preset, hub id or directory), its shape read from its config (a preset not
     on this machine: the preset's); ``error`` says why a model has no estimate (not available, bad config).
     A name that is none of the three raises ``ValueError``."""
-    from your_ai.model.resolve import InvalidModelNameError, ModelResolutionError, model_shape, short_label
+    from your_ai.model.errors import InvalidModelNameError, ModelResolutionError
+    from your_ai.model.resolve import model_shape, short_label
 
     try:
         shape = model_shape(name, preset_when_missing=True)

@@ -1,10 +1,73 @@
-"""The architecture of a model read from its ``config.json``, without loading its weights."""
+"""The architecture of a model, and the one reader of a model folder's ``config.json``.
+
+``Architecture`` is a decoder-only (Llama-like) model's shape: enough for the memory estimator and to build
+a random-weight model of that shape (``build_random_model``). ``read_config_values`` reads and checks ``config.json``, naming the
+file in every error (``ModelFileError``); ``load_config`` makes transformers' config of it and
+``read_architecture`` the architecture, without reading any weights.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
-from your_ai.model.presets import Architecture
+from your_ai.files import read_json_object
+from your_ai.model.errors import ModelFileError, refused_model_file
+
+# Sizes in a model's config.json that must be positive integers.
+SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings")
+RESTORE = "restore the file (e.g. download the model again)"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    model_type: str  # "llama", "mistral", "qwen2"
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    max_position_embeddings: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def config_dict(self) -> dict[str, Any]:
+        """Keyword arguments for ``transformers.AutoConfig.for_model``."""
+        values = asdict(self)
+        if self.model_type == "qwen2":
+            values["use_sliding_window"] = False
+        return values
+
+    def parameter_count(self) -> int:
+        """Exact parameter count of the decoder (embeddings, layers, norm, head)."""
+        h, i, layers = self.hidden_size, self.intermediate_size, self.num_hidden_layers
+        kv = self.num_key_value_heads * self.head_dim
+        attention = h * h * 2 + h * kv * 2
+        if self.model_type == "qwen2":
+            attention += h + 2 * kv  # q/k/v biases
+        per_layer = attention + 3 * h * i + 2 * h
+        return self.outside_layers_parameter_count() + layers * per_layer
+
+    def outside_layers_parameter_count(self) -> int:
+        """Parameters outside the decoder layers: the input embeddings, the head unless tied to them,
+        and the final norm."""
+        h = self.hidden_size
+        return self.vocab_size * h * (1 if self.tie_word_embeddings else 2) + h
+
+    def decoder_linear_parameter_count(self) -> int:
+        """Weights of the decoder layers' linear projections (q/k/v/o, gate/up/down): what 4-bit
+        quantization turns into NF4."""
+        h, i, kv = self.hidden_size, self.intermediate_size, self.num_key_value_heads * self.head_dim
+        return self.num_hidden_layers * (h * h * 2 + h * kv * 2 + 3 * h * i)
 
 
 def architecture_from_config(config) -> Architecture:
@@ -35,40 +98,77 @@ def architecture_from_config(config) -> Architecture:
                          "estimate") from None
 
 
-def read_model_config(model_dir):
-    """A model directory's ``config.json``, nothing else read: a transformers config object when its
-    ``model_type`` is one transformers knows (``AutoConfig``), else the plain dict (a model with its own
-    code). A ``ValueError`` naming the file (and line) when it is missing or not valid JSON."""
-    import json
-    from pathlib import Path
-
+def read_config_values(model_dir) -> dict:
+    """The values of ``model_dir/config.json``: a JSON object whose sizes (``SIZE_FIELDS``) are positive
+    integers. A ``ModelFileError`` naming the file (and the line, for invalid JSON) otherwise."""
     path = Path(model_dir) / "config.json"
     try:
-        values = json.loads(path.read_text())
+        values = read_json_object(path)
     except OSError as error:
-        raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a model config is a JSON object, not {type(values).__name__}")
-    from transformers import CONFIG_MAPPING
+        raise ModelFileError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except ValueError as error:
+        line = getattr(error.__cause__, "lineno", None)
+        raise ModelFileError(f"{path}{f':{line}' if line else ''}: {error}; {RESTORE}") from None
+    bad = [f"{name}={value!r}" for name in SIZE_FIELDS if (value := values.get(name)) is not None
+           and (isinstance(value, bool) or not isinstance(value, int) or value <= 0)]
+    if bad:
+        raise ModelFileError(f"{path}: {', '.join(bad)} must be a positive integer; {RESTORE}")
+    return values
 
-    if values.get("model_type") not in CONFIG_MAPPING:
-        return values
+
+def load_config(model_dir, *, trust_remote_code: bool = False):
+    """The transformers config of a model folder (``read_config_values``, then ``AutoConfig``); a
+    ``ModelFileError`` naming its ``config.json`` when transformers refuses it too (an unknown
+    ``model_type``, a value the config refuses)."""
+    read_config_values(model_dir)
+    return _auto_config(model_dir, trust_remote_code)
+
+
+def _auto_config(model_dir, trust_remote_code: bool):
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(path.parent, local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"{path}: not a usable {values['model_type']} config ({error})") from None
+    with refused_model_file(f"{Path(model_dir) / 'config.json'}: {{reason}}; {RESTORE}"):
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
 
 
 def read_architecture(model_dir) -> Architecture:
-    """``architecture_from_config`` of ``model_dir/config.json`` (``read_model_config``); errors name the file."""
-    from pathlib import Path
+    """The architecture in ``model_dir/config.json``, no weights read: through transformers' config (its
+    attribute names and defaults) when transformers knows the ``model_type``, else from the file's values
+    (a model with its own code). A ``ModelFileError`` naming the file when it has no usable shape."""
+    from transformers import CONFIG_MAPPING
 
-    config = read_model_config(model_dir)
+    values = read_config_values(model_dir)
+    config = _auto_config(model_dir, False) if values.get("model_type") in CONFIG_MAPPING else values
     try:
         return architecture_from_config(config)
     except ValueError as error:
-        raise ValueError(f"{Path(model_dir) / 'config.json'}: {error}") from None
+        raise ModelFileError(f"{Path(model_dir) / 'config.json'}: {error}") from None
+
+
+def build_config(architecture: Architecture, extra_config: dict | None = None):
+    """The transformers config of ``architecture`` (with ``extra_config``'s values on top)."""
+    from transformers import AutoConfig
+
+    values = architecture.config_dict()
+    model_type = values.pop("model_type")
+    values.update(extra_config or {})
+    return AutoConfig.for_model(model_type, **values)
+
+
+def build_random_model(
+    architecture: Architecture,
+    *,
+    dtype=None,
+    device: str | None = None,
+    seed: int = 0,
+    extra_config: dict | None = None,
+):
+    """A model of ``architecture``'s exact shape with random weights, built on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = build_config(architecture, extra_config)
+    torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    return model

@@ -1,4 +1,4 @@
-"""LoRA through PEFT: one config builder and one way to wrap a model, used by train and the fit probe."""
+"""LoRA through PEFT: one config builder and one way to wrap a model, used by train and the fit test."""
 
 from __future__ import annotations
 
@@ -97,10 +97,6 @@ def set_full_value(parameter, full) -> None:
         full = distribute_tensor(full, parameter.device_mesh, parameter.placements, src_data_rank=None).to_local()
         parameter = parameter.to_local()
     parameter.copy_(full)
-
-
-def trainable_parameter_count(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def projection_shapes(config: dict) -> dict[str, tuple[int, int]]:

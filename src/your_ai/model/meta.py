@@ -1,16 +1,16 @@
-"""Models built without memory: parameters on the meta device, and the decoder layers of a model."""
+"""Models built without memory (parameters on the meta device), and the decoder layers of a model."""
 
 from __future__ import annotations
 
-import torch
 
-
-def decoder_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder layers inside ``module``: the blocks its Hugging Face model names as not to be split."""
+def decoder_layers(model) -> list:
+    """The decoder layers of a Hugging Face model, in order, PEFT-wrapped or not, sharded or not: the modules
+    of the blocks its model classes name as not to be split (``_no_split_modules``), subclasses included
+    (FSDP2 turns a sharded layer's class into a subclass). Empty for a model that names none."""
     names = set()
-    for inner in module.modules():
+    for inner in model.modules():
         names.update(getattr(inner, "_no_split_modules", None) or ())
-    return [inner for inner in module.modules() if type(inner).__name__ in names]
+    return [inner for inner in model.modules() if any(cls.__name__ in names for cls in type(inner).__mro__)]
 
 
 def parameters_on_meta():

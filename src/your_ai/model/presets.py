@@ -1,7 +1,7 @@
 """Model presets: hub ids, labels, and the real architecture of each model.
 
 The architecture is enough to build a random-weight model of the exact shape
-(``models.build_random_model``) without downloading anything, which is how the
+(``your_ai.model.load.build_random_model``) without downloading anything, which is how the
 benchmark's ``--synthetic`` mode and the memory estimator measure 7B-70B models.
 """
 
@@ -10,53 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Architecture:
-    model_type: str  # "llama", "mistral", "qwen2"
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int
-    max_position_embeddings: int
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    tie_word_embeddings: bool = False
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    def config_dict(self) -> dict[str, Any]:
-        """Keyword arguments for ``transformers.AutoConfig.for_model``."""
-        values = asdict(self)
-        if self.model_type == "qwen2":
-            values["use_sliding_window"] = False
-        return values
-
-    def parameter_count(self) -> int:
-        """Exact parameter count of the decoder (embeddings, layers, norm, head)."""
-        h, i, layers = self.hidden_size, self.intermediate_size, self.num_hidden_layers
-        kv = self.num_key_value_heads * self.head_dim
-        attention = h * h * 2 + h * kv * 2
-        if self.model_type == "qwen2":
-            attention += h + 2 * kv  # q/k/v biases
-        per_layer = attention + 3 * h * i + 2 * h
-        return self.outside_layers_parameter_count() + layers * per_layer
-
-    def outside_layers_parameter_count(self) -> int:
-        """Parameters outside the decoder layers: the input embeddings, the head unless tied to them,
-        and the final norm."""
-        h = self.hidden_size
-        return self.vocab_size * h * (1 if self.tie_word_embeddings else 2) + h
-
-    def decoder_linear_parameter_count(self) -> int:
-        """Weights of the decoder layers' linear projections (q/k/v/o, gate/up/down): what 4-bit
-        quantization turns into NF4."""
-        h, i, kv = self.hidden_size, self.intermediate_size, self.num_key_value_heads * self.head_dim
-        return self.num_hidden_layers * (h * h * 2 + h * kv * 2 + 3 * h * i)
+from your_ai.model.architecture import Architecture
 
 
 @dataclass(frozen=True)

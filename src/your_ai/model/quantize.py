@@ -7,8 +7,8 @@ implements FSDP2's all-gather hooks, so a quantized model can be sharded.
 
 A quantized model is never materialised in full precision: it is built on the meta device
 and each weight is created (random, for ``--synthetic``) or read from the checkpoint's
-safetensors files one tensor at a time, moved to the device and quantized there. A 70B
-model thus needs about 40 GB of GPU memory and no more host memory than one tensor.
+safetensors files one tensor at a time, moved to the device and quantized there: the host
+never holds more than one tensor, the device about a quarter of the full-precision weights.
 
 Embeddings, norms and the output head stay in the training dtype, as in QLoRA.
 """
@@ -16,8 +16,12 @@ Embeddings, norms and the output head stay in the training dtype, as in QLoRA.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+from your_ai.model.architecture import load_config
+from your_ai.model.load import weight_files
+from your_ai.model.meta import decoder_layers, parameters_on_meta
 
 QUANTIZE_BITS = (4,)
 NF4_BLOCK_SIZE = 64  # weights per NF4 block
@@ -96,8 +100,6 @@ def quantized_weight_names(model) -> set[str]:
     """Names of the weights ``--quantize`` turns into NF4: every linear layer inside the decoder layers."""
     import torch
 
-    from your_ai.model.meta import decoder_layers
-
     layer_ids = {id(layer) for layer in decoder_layers(model)}
     names = set()
     for prefix, module in model.named_modules():
@@ -126,8 +128,6 @@ def _empty_model(config, dtype):
     """The model with every parameter on the meta device (buffers real, on the CPU)."""
     from transformers import AutoModelForCausalLM
 
-    from your_ai.model.meta import parameters_on_meta
-
     with parameters_on_meta():
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
@@ -150,7 +150,7 @@ def build_quantized_random_model(config, *, dtype, device: str, seed: int = 0):
     """A random-weight model of ``config``'s shape with NF4 decoder linears, one weight at a time.
 
     Weights are drawn as ``transformers`` initialises them (``_init_weights``), so apart from the
-    4-bit rounding the model matches ``models.build_random_model``'s distribution (not its values).
+    4-bit rounding the model matches ``architecture.build_random_model``'s distribution (not its values).
     """
     import torch
 
@@ -186,8 +186,6 @@ def _checkpoint_tensors(files: list[Path], device: str) -> Iterator[tuple[str, P
 
 def load_quantized_model(model_dir: Path, *, dtype, device: str, trust_remote_code: bool = False):
     """The model in ``model_dir`` with NF4 decoder linears, read one tensor at a time to ``device``."""
-    from your_ai.model.resolve import load_config, weight_files
-
     config = load_config(model_dir, trust_remote_code=trust_remote_code)
     model = _empty_model(config, dtype)
     quantize = quantized_weight_names(model)
@@ -213,8 +211,8 @@ _compile_failed = False
 
 def _dequantize(weight, dtype):
     """``weight`` (NF4) as a dense ``dtype`` tensor: on CUDA through one compiled kernel (torchao's
-    eager dequantization takes ~6 elementwise passes, 3.5x the time of the matmul that follows it on
-    an H100), falling back to the eager path if compilation is not possible here."""
+    eager dequantization makes several elementwise passes over the weight), falling back to the eager
+    path if compilation is not possible here."""
     global _compiled_dequantize, _compile_failed
     if weight.device.type == "cuda" and not _compile_failed:
         import torch

@@ -1,4 +1,4 @@
-"""Resolve a model (preset name, hub id or local directory), load it, or build a random one.
+"""Resolve a model (preset name, hub id or local directory) into a directory, and know its shape.
 
 This is the one place where a model name becomes a directory: every command calls
 ``resolve_model``. Hub ids are looked up in the local Hugging Face cache only, through
@@ -16,48 +16,19 @@ import hashlib
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
+from your_ai.files import give_default_permissions, staging_directory
 from your_ai.model import default_model
-from your_ai.errors import UserError
-from your_ai.files import give_default_permissions, read_json_object, staging_directory
-from your_ai.model.presets import PRESETS, TINY, Architecture, Preset, params_label, preset_for_hub_id
+from your_ai.model.architecture import Architecture, build_random_model, read_architecture, read_config_values
+from your_ai.model.errors import InvalidModelNameError, ModelFileError, ModelNotAvailableError
+from your_ai.model.presets import PRESETS, TINY, Preset, params_label, preset_for_hub_id
 
 DEFAULT_MODEL = default_model.DEFAULT_PRESET  # what train, generate, evaluate and validate use without --model
 
 TINY_SEED = 0
-MODEL_FILE_NAMES = ("config.json",)
-# Sizes in a model's config.json that must be positive integers.
-SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-               "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings")
-
-
-class ModelResolutionError(UserError):
-    """A model name that cannot become a directory; the message says what to do."""
-
-
-class ModelNotAvailableError(ModelResolutionError):
-    """The model is valid but not on this machine (not in the local cache, or path missing)."""
-
-    def __init__(self, message: str, hub_id: str | None = None):
-        super().__init__(message)
-        self.hub_id = hub_id
-
-    @property
-    def download_command(self) -> str | None:
-        return f"hf download {self.hub_id}" if self.hub_id else None
-
-
-class InvalidModelNameError(ModelResolutionError):
-    """Neither a preset, nor an ``org/name`` hub id, nor an existing directory."""
-
-
-class ModelFileError(ModelResolutionError):
-    """A file of a model folder that cannot be used (config.json, weights, tokenizer); the message names it."""
 
 
 @dataclass(frozen=True)
@@ -211,13 +182,11 @@ class ModelShape:
 def model_shape(name: str, *, synthetic: bool = False, preset_when_missing: bool = False) -> ModelShape:
     """The architecture of ``name`` (preset, hub id or directory) without loading its weights: with
     ``synthetic`` the preset's own (other names are refused), else the ``config.json`` of the model on this
-    machine, read through transformers' ``AutoConfig`` (``architecture.read_architecture``).
+    machine (``read_architecture``).
 
     ``preset_when_missing``: a preset (or a preset's hub id) not on this machine gets the preset's
     architecture instead of ``ModelNotAvailableError``. Raises ``ModelResolutionError`` for a model that
-    cannot be resolved and ``ValueError`` (naming the file) for a config without a usable shape."""
-    from your_ai.model.architecture import read_architecture
-
+    cannot be resolved, a ``ModelFileError`` for a config without a usable shape."""
     if synthetic:
         if name not in PRESETS:
             raise InvalidModelNameError(f"synthetic models are built from presets; {name!r} is not one of: "
@@ -259,8 +228,8 @@ def is_causal_lm(config: dict) -> bool:
 
 def cached_causal_lms(cache_dir: str | os.PathLike | None = None) -> CachedModels:
     """The model repos of the hub cache (``huggingface_hub.scan_cache_dir``) whose ``refs/main`` snapshot has
-    a causal-LM ``config.json`` (``is_causal_lm``), by hub id; a config that is not valid JSON counts as a
-    model (its fit test reports the file). The others are counted in ``skipped``."""
+    a causal-LM ``config.json`` (``is_causal_lm``), by hub id; a config that cannot be read
+    (``read_config_values``) counts as a model (its fit test reports the file). The others are counted in ``skipped``."""
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
@@ -277,11 +246,11 @@ def cached_causal_lms(cache_dir: str | os.PathLike | None = None) -> CachedModel
             skipped.append(repo.repo_id)
             continue
         try:
-            values = json.loads(config.read_text())
-        except (OSError, ValueError):
+            values = read_config_values(config.parent)
+        except ModelFileError:
             found.append(repo.repo_id)
             continue
-        (found if isinstance(values, dict) and is_causal_lm(values) else skipped).append(repo.repo_id)
+        (found if is_causal_lm(values) else skipped).append(repo.repo_id)
     return CachedModels(cache, found, skipped)
 
 
@@ -347,169 +316,3 @@ def _tiny_token_ids(assets: Path) -> dict:
         "eos_token_id": vocab[config["eos_token"]],
         "pad_token_id": vocab[config["pad_token"]],
     }
-
-
-# ---------------------------------------------------------------------------- loading
-
-def build_config(architecture: Architecture, extra_config: dict | None = None):
-    from transformers import AutoConfig
-
-    values = architecture.config_dict()
-    model_type = values.pop("model_type")
-    values.update(extra_config or {})
-    return AutoConfig.for_model(model_type, **values)
-
-
-def build_random_model(
-    architecture: Architecture,
-    *,
-    dtype=None,
-    device: str | None = None,
-    seed: int = 0,
-    extra_config: dict | None = None,
-):
-    """A model of ``architecture``'s exact shape with random weights, built on ``device``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    config = build_config(architecture, extra_config)
-    torch.manual_seed(seed)
-    with torch.device(device or "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
-    return model
-
-
-def load_config(model_dir, *, trust_remote_code: bool = False):
-    """The transformers config of a model folder; a ``ModelFileError`` naming its ``config.json`` when that is
-    not valid JSON, not a config transformers knows, or gives a size that is not a positive integer."""
-    from transformers import AutoConfig
-
-    path = Path(model_dir) / "config.json"
-    advice = "restore the file (e.g. download the model again)"
-    try:
-        values = read_json_object(path)
-    except ValueError as error:
-        raise ModelFileError(f"{path}: {error}; {advice}") from error
-    bad = [f"{name}={value!r}" for name in SIZE_FIELDS if (value := values.get(name)) is not None
-           and (isinstance(value, bool) or not isinstance(value, int) or value <= 0)]
-    if bad:
-        raise ModelFileError(f"{path}: {', '.join(bad)} must be a positive integer; {advice}")
-    with _refused_file(f"{path}: {{reason}}; {advice}"):  # an unknown model_type, a value the config refuses
-        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
-
-
-@contextmanager
-def _refused_file(message: str) -> Iterator[None]:
-    """Turn transformers refusing a model file into a ``ModelFileError``: ``message`` with its ``{reason}``.
-    Refusals are ValueError, KeyError, huggingface_hub's strict config checks, and OSErrors of transformers'
-    own, which have no errno (those of the operating system keep theirs and pass)."""
-    try:
-        from huggingface_hub.errors import StrictDataclassError
-    except ImportError:  # huggingface_hub before strict dataclasses
-        StrictDataclassError = ValueError  # noqa: N806
-    try:
-        yield
-    except (ValueError, KeyError, OSError, StrictDataclassError) as error:
-        if isinstance(error, OSError) and error.errno is not None:
-            raise
-        raise ModelFileError(message.replace("{reason}", _first_sentence(error))) from error
-
-
-def _first_sentence(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.split(". ")[0].rstrip(" .:")
-
-
-def build_model_from_config(resolved: ResolvedModel, *, dtype=None, device: str | None = None,
-                            trust_remote_code: bool = False):
-    """The model of a resolved model's ``config.json``, built without reading its weights (its parameters
-    are the architecture's fresh initialisation; under ``distributed.parameters_on_meta``, nothing)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    config = load_config(resolved.path, trust_remote_code=trust_remote_code)
-    with torch.device(device or "cpu"):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32,
-                                                trust_remote_code=trust_remote_code)
-
-
-def load_model(resolved: ResolvedModel, *, dtype=None, device: str | None = None, trust_remote_code: bool = False):
-    """Load a resolved model's weights (safetensors only) onto ``device``; a ``ModelFileError`` naming the
-    file when its config or weights cannot be used."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    config = load_config(resolved.path, trust_remote_code=trust_remote_code)
-    weight_files(resolved.path)  # every file complete, before transformers reads them
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved.path,
-            config=config,
-            dtype=dtype or torch.float32,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-            local_files_only=True,
-        )
-    except RuntimeError as error:
-        if "ignore_mismatched_sizes" not in str(error):
-            raise
-        raise ModelFileError(f"{resolved.path}: the weights do not have the sizes its config.json gives (see the "
-                             "report above); restore config.json or download the model again") from error
-    return model.to(device) if device else model
-
-
-def weight_files(model_dir) -> list[Path]:
-    """The safetensors files holding a model directory's weights (those its index names when sharded), each
-    checked to be a complete safetensors file; a ``ModelFileError`` naming the file or directory otherwise
-    (pickled weights are never read)."""
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    single = model_dir / "model.safetensors"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = [model_dir / name for name in sorted(set(weight_map.values()))]
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise ModelFileError(f"{index}: not a safetensors index ({error}); download the model again") from error
-    elif single.is_file():
-        files = [single]
-    elif pickled := sorted(model_dir.glob("pytorch_model*.bin")):
-        raise ModelFileError(f"{model_dir}: the weights are only in {pickled[0].name} (a pickle, which your-ai "
-                             "never loads); convert them to model.safetensors, e.g. with the safetensors "
-                             "library, on a machine where you trust the file")
-    else:
-        raise ModelFileError(f"{model_dir}: no model.safetensors or model.safetensors.index.json "
-                             "(weights are read from safetensors only)")
-    for file in files:
-        _check_safetensors(file)
-    return files
-
-
-def _check_safetensors(file: Path) -> None:
-    """A ``ModelFileError`` naming ``file`` when it is missing or not a complete safetensors file (reads its header)."""
-    from safetensors import SafetensorError, safe_open
-
-    if not file.is_file():
-        raise ModelFileError(f"{file}: missing (named in model.safetensors.index.json); download the model again")
-    try:
-        with safe_open(str(file), framework="pt"):
-            pass
-    except SafetensorError as error:
-        raise ModelFileError(f"{file}: not a complete safetensors file ({error}); download it again") from error
-
-
-def load_tokenizer(resolved: ResolvedModel, *, trust_remote_code: bool = False):
-    """The model's tokenizer, with a pad token (the end-of-sequence token when it has none); a
-    ``ModelFileError`` naming the folder when its tokenizer files (or config.json) cannot be used."""
-    from transformers import AutoTokenizer
-
-    if (resolved.path / "config.json").is_file():  # the tokenizer reads it too: a broken one is named as such
-        load_config(resolved.path, trust_remote_code=trust_remote_code)
-    with _refused_file(f"{resolved.path}: its tokenizer cannot be loaded ({{reason}}); restore tokenizer.json and "
-                      "tokenizer_config.json (e.g. download the model again)"):
-        tokenizer = AutoTokenizer.from_pretrained(
-            resolved.path, trust_remote_code=trust_remote_code, local_files_only=True
-        )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer

@@ -5,7 +5,7 @@ For a chunk of logits (tokens x vocab, in the model's dtype) and each token's ta
 ``cross_entropy_rows`` makes one pass over each row for its log-sum-exp (a running max and
 sum in fp32), stores ``lse - logit[target]``, and with ``want_grad`` a second pass writes
 ``softmax - onehot`` over the row in the logits' dtype. The same numbers as the PyTorch ops in
-``your_ai.step.fast._chunk_losses`` (an fp32 copy of the chunk, logsumexp, gather, exp,
+``your_ai.step.head._chunk_losses`` (an fp32 copy of the chunk, logsumexp, gather, exp,
 scatter, a cast back), which pass over an fp32 copy six times; here the chunk is read twice and
 written once, and no fp32 copy is made.
 

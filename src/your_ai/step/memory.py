@@ -11,7 +11,8 @@ import resource
 import sys
 from dataclasses import asdict, dataclass, field
 
-from your_ai.model.presets import Architecture
+from your_ai.model.architecture import Architecture
+from your_ai.model.quantize import NF4_BYTES_PER_WEIGHT
 
 GB = 1e9  # memory figures are shown in GB (10^9 bytes), as the earlier tool did
 BUDGET_FRACTION = 0.8
@@ -72,8 +73,8 @@ def default_budget_gb(device: str) -> float:
 
 def use_expandable_segments(device: str) -> bool:
     """On CUDA, have the caching allocator grow its memory segments instead of adding new ones, so it
-    reserves about what is allocated (on an H100, 1.2 GB less reserved for the same step). A setting
-    of the user's own (PYTORCH_CUDA_ALLOC_CONF or PYTORCH_ALLOC_CONF) is kept. Returns whether set."""
+    reserves about what is allocated. A setting of the user's own (PYTORCH_CUDA_ALLOC_CONF or
+    PYTORCH_ALLOC_CONF) is kept. Returns whether set."""
     import os
 
     if not device.startswith("cuda") or "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
@@ -129,13 +130,6 @@ class PeakMemory:
             return self._mps_peak / GB
         return None
 
-    def device_peak_allocated_gb(self) -> float | None:
-        import torch
-
-        if self.device.startswith("cuda"):
-            return torch.cuda.max_memory_allocated(self.device) / GB
-        return None
-
     def peak_gb(self) -> float:
         """The figure a budget is compared against: device peak on a GPU, host peak RSS on CPU."""
         device_peak = self.device_peak_gb()
@@ -143,6 +137,34 @@ class PeakMemory:
 
 
 # ---------------------------------------------------------------------------- the estimator
+
+@dataclass(frozen=True)
+class StepShape:
+    """What a LoRA training step's memory depends on besides its step mode: the model, the batch, the
+    adapters (``lora_rank`` on the last ``lora_layers`` layers), the device (its training dtype) and the
+    weights' quantization (4: NF4 decoder linears, ``your_ai.model.quantize``)."""
+
+    architecture: Architecture
+    batch_size: int
+    seq_length: int
+    lora_rank: int
+    lora_layers: int
+    device: str
+    quantize: int | None = None
+
+    @property
+    def adapted_layers(self) -> int:
+        """The decoder layers that carry adapters: ``lora_layers``, at most the model's depth."""
+        return min(self.lora_layers, self.architecture.num_hidden_layers)
+
+    @property
+    def dtype_bytes(self) -> int:
+        return training_dtype_bytes(self.device)
+
+    def describe(self) -> str:
+        return (f"batch {self.batch_size} x {self.seq_length} tokens, LoRA rank {self.lora_rank} on "
+                f"{self.adapted_layers} layers")
+
 
 @dataclass
 class MemoryEstimate:
@@ -158,7 +180,7 @@ def training_dtype_bytes(device: str) -> int:
     """Bytes per weight in the dtype training uses on ``device``: bf16 (2) on CUDA, fp32 (4) elsewhere.
 
     Mirrors ``hardware.training_dtype`` without importing torch; a CUDA GPU without bf16 trains
-    in fp32, which the fit probe reports from the dtype it really loaded.
+    in fp32, which the fit test reports from the dtype it really loaded.
     """
     return 2 if device.startswith("cuda") else 4
 
@@ -180,15 +202,13 @@ FSDP_GATHERED_LAYERS = 4
 
 
 def sharding_saves_gb(architecture: Architecture, device: str, processes: int, quantize: int | None = None) -> float:
-    """Memory each process saves when the weights are sharded over ``processes`` as ``distributed.shard``
-    shards them (FSDP2, each decoder layer a unit): all but its 1/N share of the decoder layers'
-    weights, less the ``FSDP_GATHERED_LAYERS`` layers gathered whole at a time. The embeddings, final
+    """Memory each process saves when the weights are sharded over ``processes`` as
+    ``your_ai.train.parallel.shard`` shards them (FSDP2, each decoder layer a unit): all but its 1/N share
+    of the decoder layers' weights, less the ``FSDP_GATHERED_LAYERS`` layers gathered whole at a time. The embeddings, final
     norm and head are sharded too, but gathered from the start of the forward pass to the end of the
     backward pass, so they save nothing at the peak. Negative when sharding costs more than it saves (a
-    small model over few processes). Activations, logits and the runtime are not sharded.
-
-    On two H200s the per-GPU peaks were still above the estimates this gives: hermes-70b's fit test
-    89.8 GB against 88.3, a llama-8b `train` run 17.2 GB against 15.7 (bench/RESULTS.md)."""
+    small model over few processes). Activations, logits and the runtime are not sharded. Measured
+    per-process peaks run somewhat above the estimates this gives (bench/RESULTS.md)."""
     weights = weights_gb(architecture, device, quantize)
     layers = weights - whole_weights_gb(architecture, device)
     per_layer = layers / architecture.num_hidden_layers
@@ -204,19 +224,11 @@ def whole_weights_gb(architecture: Architecture, device: str) -> float:
 def weight_bytes_total(architecture: Architecture, dtype_bytes: float, quantize: int | None = None) -> float:
     """Bytes of the model's weights: all in ``dtype_bytes``, or the decoder linears in NF4
     (``your_ai.model.quantize``) and the rest in ``dtype_bytes`` when ``quantize`` is 4."""
-    from your_ai.model.quantize import NF4_BYTES_PER_WEIGHT
-
     total = architecture.parameter_count()
     if not quantize:
         return total * dtype_bytes
     linear = architecture.decoder_linear_parameter_count()
     return (total - linear) * dtype_bytes + linear * NF4_BYTES_PER_WEIGHT
-
-
-def estimate_for_device(architecture: Architecture, device: str, **config) -> MemoryEstimate:
-    """``estimate_training_memory`` with weights and activations in ``device``'s training dtype."""
-    nbytes = training_dtype_bytes(device)
-    return estimate_training_memory(architecture, weight_bytes=nbytes, activation_bytes=nbytes, **config)
 
 
 def lora_parameter_count(architecture: Architecture, rank: int, layers: int,
@@ -232,66 +244,49 @@ def lora_parameter_count(architecture: Architecture, rank: int, layers: int,
     return per_layer * min(layers, architecture.num_hidden_layers)
 
 
-def estimate_training_memory(
-    architecture: Architecture,
-    *,
-    batch_size: int = 2,
-    seq_length: int = 1024,
-    lora_rank: int = 64,
-    lora_layers: int = 16,
-    weight_bytes: float = 2.0,
-    activation_bytes: int = 2,
-    grad_checkpoint: bool = False,
-    overhead_gb: float = 0.5,
-    checkpointed_layers: int | None = None,
-    logits_chunk_tokens: int | None = None,
-    fused_kernels: bool = False,
-    quantize: int | None = None,
-) -> MemoryEstimate:
-    """First analytic estimate of LoRA training memory in GB.
+def estimate_training_memory(shape: StepShape, *, recomputed_layers: int = 0, logits_chunk_tokens: int | None = None,
+                             fused_kernels: bool = False, overhead_gb: float = 0.5) -> MemoryEstimate:
+    """First analytic estimate of LoRA training memory in GB, weights and activations in the device's
+    training dtype.
 
-    weights (at their dtype) + LoRA params with grads and AdamW state (fp32: 16 bytes each)
-    + activations of the adapted layers (autograd keeps nothing below the first adapter)
+    weights (NF4 decoder linears with ``shape.quantize``) + LoRA params with grads and AdamW state (fp32:
+    16 bytes each) + activations of the adapted layers (autograd keeps nothing below the first adapter)
     + logits in fp32 with their gradient + a fixed allowance for the runtime.
 
-    With ``grad_checkpoint``, ``checkpointed_layers`` adapted layers (None: all) keep only their
-    input and are recomputed in the backward pass. ``logits_chunk_tokens`` is the chunked
-    linear + cross-entropy head (``your_ai.step.fast``): one chunk of logits lives at a time, plus
-    the final hidden states and their gradient. ``fused_kernels``: fused RMSNorm / SwiGLU / RoPE
-    (Liger), which keep bf16 norm inputs and only the two MLP projections per layer, and the
-    head's Triton cross-entropy kernel, which keeps a chunk's logits and nothing more.
-    ``quantize`` 4: the decoder linears in NF4 (``weight_bytes`` for the rest), plus the workspace
-    of dequantizing the largest linear weight.
+    ``recomputed_layers`` of the adapted layers keep only their input and are recomputed in the backward
+    pass. ``logits_chunk_tokens`` is the chunked linear + cross-entropy head (``your_ai.step.head``): one
+    chunk of logits lives at a time, plus the final hidden states and their gradient. ``fused_kernels``:
+    fused RMSNorm / SwiGLU / RoPE (Liger), which keep bf16 norm inputs and only the two MLP projections
+    per layer, and the head's Triton cross-entropy kernel, which keeps a chunk's logits and nothing more.
+    With ``shape.quantize``, the workspace of dequantizing the largest linear weight is added.
     """
-    layers = min(lora_layers, architecture.num_hidden_layers)
+    architecture, nbytes, layers = shape.architecture, shape.dtype_bytes, shape.adapted_layers
     h, i = architecture.hidden_size, architecture.intermediate_size
     kv = architecture.num_key_value_heads * architecture.head_dim
-    tokens = batch_size * seq_length
+    tokens = shape.batch_size * shape.seq_length
 
-    weights = weight_bytes_total(architecture, weight_bytes, quantize)
-    if quantize:
+    weights = weight_bytes_total(architecture, nbytes, shape.quantize)
+    if shape.quantize:
         # One weight dequantized at a time (on CUDA by one compiled kernel, ``quantize._dequantize``;
         # torchao's eager path on the CPU takes up to 4 such copies).
-        weights += h * i * activation_bytes
-    lora = lora_parameter_count(architecture, lora_rank, layers) * 16
+        weights += h * i * nbytes
+    lora = lora_parameter_count(architecture, shape.lora_rank, layers) * 16
     if fused_kernels:
-        per_token_layer = (6 * h + 2 * i + 2 * kv) * activation_bytes
+        per_token_layer = (6 * h + 2 * i + 2 * kv) * nbytes
     else:
-        per_token_layer = (10 * h + 4 * i + 4 * kv) * activation_bytes
-    recomputed = 0
-    if grad_checkpoint:
-        recomputed = layers if checkpointed_layers is None else max(0, min(checkpointed_layers, layers))
-    activations = tokens * (h * activation_bytes * recomputed + per_token_layer * (layers - recomputed))
+        per_token_layer = (10 * h + 4 * i + 4 * kv) * nbytes
+    recomputed = max(0, min(recomputed_layers, layers))
+    activations = tokens * (h * nbytes * recomputed + per_token_layer * (layers - recomputed))
     if recomputed:
         activations += tokens * per_token_layer  # the layer being recomputed
     if logits_chunk_tokens:
         chunk = min(logits_chunk_tokens, tokens)
         # the chunk's logits; the PyTorch ops add an fp32 copy and the gradient, the Triton kernel
         # (``your_ai.step.head_kernel``, on CUDA with the fused kernels) writes the gradient over them
-        per_logit = activation_bytes if fused_kernels else 4 + 2 * activation_bytes
-        logits = chunk * architecture.vocab_size * per_logit + 2 * tokens * h * activation_bytes
+        per_logit = nbytes if fused_kernels else 4 + 2 * nbytes
+        logits = chunk * architecture.vocab_size * per_logit + 2 * tokens * h * nbytes
     else:
-        logits = tokens * architecture.vocab_size * (4 + 4 + activation_bytes)
+        logits = tokens * architecture.vocab_size * (4 + 4 + nbytes)
     parts = {
         "weights": weights / GB,
         "lora_params_grads_optimizer": lora / GB,
@@ -303,9 +298,9 @@ def estimate_training_memory(
         total_gb=sum(parts.values()),
         parts_gb={key: round(value, 3) for key, value in parts.items()},
         assumptions={
-            "batch_size": batch_size, "seq_length": seq_length, "lora_rank": lora_rank,
-            "lora_layers": layers, "weight_bytes": weight_bytes, "grad_checkpoint": grad_checkpoint,
+            "batch_size": shape.batch_size, "seq_length": shape.seq_length, "lora_rank": shape.lora_rank,
+            "lora_layers": layers, "weight_bytes": nbytes, "grad_checkpoint": recomputed > 0,
             "checkpointed_layers": recomputed, "logits_chunk_tokens": logits_chunk_tokens,
-            "fused_kernels": fused_kernels, "quantize": quantize,
+            "fused_kernels": fused_kernels, "quantize": shape.quantize,
         },
     )

@@ -76,26 +76,25 @@ from your_ai.objective.distrust import (
 )
 from your_ai.hardware import pick_device, training_dtype
 from your_ai.model.lora import LoraSettings, apply_lora, smallest_adapted_dimension
-from your_ai.model.resolve import (
-    InvalidModelNameError,
-    ResolvedModel,
-    build_config,
-    build_model_from_config,
-    build_random_model,
-    load_model,
-    load_tokenizer,
-    model_or_default,
-    resolve_model,
-)
+from your_ai.model.errors import InvalidModelNameError, ModelFileError
+from your_ai.model.load import build_model_from_config, load_model, load_tokenizer
+from your_ai.model.resolve import ResolvedModel, model_or_default, resolve_model
 from your_ai.model.quantize import QuantizationError, check_bits
-from your_ai.step.modes import STEP_MODES, StepMode, select_step_mode
+from your_ai.step.modes import MODE_NAMES, STEP_MODES, StepMode, resumed_mode, select_step_mode
 from your_ai.step.memory import (
     PeakMemory,
+    StepShape,
     default_budget_gb,
     sharding_saves_gb,
     use_expandable_segments,
 )
-from your_ai.model.architecture import architecture_from_config, read_architecture
+from your_ai.model.architecture import (
+    architecture_from_config,
+    build_config,
+    build_random_model,
+    read_architecture,
+    read_config_values,
+)
 from your_ai.model.meta import parameters_on_meta
 from your_ai.model.presets import PRESETS, TINY
 from your_ai.train import defaults as run_defaults
@@ -217,18 +216,19 @@ def apply_step_mode(model, requested: str, lora: LoraSettings, batch_size: int, 
     A model whose head is not a plain linear layer trains through the full logits (the reason says so).
     """
     from your_ai.step import fast as fast_step
+    from your_ai.step.head import supports_fast_head
     try:
         architecture = architecture_from_config(model.config.to_dict())
     except ValueError as error:
         raise TrainingError(f"the step mode needs the model's shape: {error}") from None
-    full_logits = not fast_step.supports_fast_head(model)
-    shape = (architecture, batch_size, seq_length, lora, device)
+    full_logits = not supports_fast_head(model)
+    shape = StepShape(architecture, batch_size, seq_length, lora.rank, lora.layers, device, quantize)
     try:
-        if kept is not None and kept.get("name") in fast_step.MODE_NAMES:
-            mode = fast_step.resumed_mode(kept, *shape, budget_gb, full_logits=full_logits, quantize=quantize)
+        if kept is not None and kept.get("name") in MODE_NAMES:
+            mode = resumed_mode(kept, shape, budget_gb, full_logits=full_logits)
         else:
-            mode = fast_step.select_step_mode(requested, *shape, budget_gb, grad_checkpoint=grad_checkpoint,
-                                              full_logits=full_logits, quantize=quantize)
+            mode = select_step_mode(requested, shape, budget_gb, grad_checkpoint=grad_checkpoint,
+                                    full_logits=full_logits)
     except ValueError as error:
         raise TrainingArgsError(str(error)) from None
     if mode.name == "plain":
@@ -290,7 +290,7 @@ def compute_loss(model, batch: dict, objective: Objective, *, fast_head: bool | 
     chunks of ``chunk_tokens`` (None: the vocabulary's default, ``StepMode.chunk_tokens``).
     """
     if fast_head:
-        from your_ai.step.fast import model_per_sample_cross_entropy
+        from your_ai.step.head import model_per_sample_cross_entropy
 
         per_sample = model_per_sample_cross_entropy(model, batch, head="auto" if fast_head is True else fast_head,
                                                     chunk_tokens=chunk_tokens)
@@ -509,7 +509,7 @@ def _flag(key: str) -> str:
 
 def default_choice(args: TrainingArgs) -> run_defaults.DefaultChoice:
     """The row of the defaults table for ``args``' model (its size) and device."""
-    from your_ai.model.resolve import ModelResolutionError
+    from your_ai.model.errors import ModelResolutionError
 
     model = model_or_default(args.model)
     if model in PRESETS:
@@ -986,9 +986,9 @@ def _check_lora_rank(args: TrainingArgs, resolved: ResolvedModel) -> None:
     """Refuse a LoRA rank above the smallest dimension of an adapted projection (read from the model's
     config.json, before any weight is loaded): the rank could not be used, only stored."""
     try:
-        config = json.loads((Path(resolved.path) / "config.json").read_text())
+        config = read_config_values(resolved.path)
         name, size = smallest_adapted_dimension(config, args.lora_settings().target_modules)
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+    except (ModelFileError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return  # loading the model reports an unreadable config
     if args.lora_rank > size:
         raise TrainingArgsError(
@@ -1007,8 +1007,8 @@ def _sharding_saves_gb(args: TrainingArgs, world, device: str, limit_gb: float, 
         return None
     architecture = read_architecture(resolved.path)
     if asked == "auto":
-        smallest = select_step_mode("auto", architecture, args.batch_size, args.max_seq_length,
-                                    args.lora_settings(), device, limit_gb, quantize=args.quantize)
+        smallest = select_step_mode("auto", StepShape(architecture, args.batch_size, args.max_seq_length,
+                                                      args.lora_rank, args.lora_layers, device, args.quantize), limit_gb)
         if distributed.pick_strategy(args.strategy, smallest.fits) != "fsdp":
             return None
         notes.append(f"--strategy auto: the whole model does not fit one device's {limit_gb:.2f} GB budget "

@@ -310,7 +310,7 @@ def load_hf_weights(module: torch.nn.Module, directory) -> int:
     import torch.distributed.checkpoint as dcp
     from safetensors import safe_open
 
-    from your_ai.model.resolve import weight_files
+    from your_ai.model.load import weight_files
 
     stored: set[str] = set()
     for file in weight_files(directory):
