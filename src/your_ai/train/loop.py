@@ -99,6 +99,7 @@ from your_ai.model.architecture import architecture_from_config, read_architectu
 from your_ai.model.meta import parameters_on_meta
 from your_ai.model.presets import PRESETS, TINY
 from your_ai.train import defaults as run_defaults
+from your_ai.train.step import MicroBatch, NonFiniteGradient, optimizer_step
 # ---------------------------------------------------------------------------- model
 
 @dataclass
@@ -814,31 +815,28 @@ def _train(args: TrainingArgs, planned: _Plan, world: distributed.World, device:
     try:
         while step < args.max_steps:
             learning_rate = scheduler.get_last_lr()[0]
-            optimizer.zero_grad(set_to_none=True)
-            for micro in range(args.grad_accum):
+            micro_batches, shares = [], []
+            for _ in range(args.grad_accum):
                 shared = sampler.next()
                 mine = distributed.rank_slice(shared, world, args.batch_size)
                 # a rank left without samples (a short last batch) takes part with zero weight
                 batch = collate([train_examples[i] for i in (mine or shared[:1])], pad_id)
                 batch = {key: value.to(device) for key, value in batch.items()}
-                with distributed.no_sync(step_loss, sync=micro == args.grad_accum - 1):
-                    total, cross_entropy, distrust_value = step_loss(batch)
-                    scale = distributed.loss_scale(len(mine), len(shared), world)
-                    (total * (scale / args.grad_accum)).backward()
-                parts = LossParts(total, cross_entropy, distrust_value)
-                tokens = int(batch["attention_mask"].sum()) if mine else 0
+                micro_batches.append(MicroBatch(batch, distributed.loss_scale(len(mine), len(shared), world)))
+                shares.append(len(mine))
+            try:
+                output = optimizer_step(step_loss, micro_batches, optimizer, scheduler, args.max_grad_norm)
+            except NonFiniteGradient as error:  # checked before the update: the adapter stays as it was
+                raise TrainingError(
+                    f"{error} at step {step + 1}; lower --learning-rate (now {args.learning_rate:g}) or --max-grad-norm"
+                ) from None
+            grad_norm = output.grad_norm
+            for parts, micro, count in zip(output.parts, micro_batches, shares):
+                tokens = int(micro.batch["attention_mask"].sum()) if count else 0
                 if world.distributed:
-                    parts, tokens = _global_parts(parts, len(mine), tokens, objective, world, device)
+                    parts, tokens = _global_parts(parts, count, tokens, objective, world, device)
                 window.add(parts, tokens, args.grad_accum)
                 tokens_seen += tokens
-            grad_norm = distributed.local_float(torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm))
-            if not math.isfinite(grad_norm):  # checked before the update: the adapter stays as it was
-                raise TrainingError(
-                    f"the loss or its gradient became {grad_norm} at step {step + 1}; lower --learning-rate "
-                    f"(now {args.learning_rate:g}) or --max-grad-norm"
-                )
-            optimizer.step()
-            scheduler.step()
             step += 1
             peak.sample()
             peak_gb = distributed.all_max(peak.peak_gb(), world, device)  # every rank stops at the same step
