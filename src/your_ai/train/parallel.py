@@ -30,12 +30,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
 
 from your_ai.model.lora import reset_adapters
 from your_ai.model.meta import decoder_layers
@@ -405,6 +399,12 @@ class Strategy:
         the model and optimizer hold their own full states."""
         if not self.sharded:
             return None, None
+        from torch.distributed.checkpoint.state_dict import (  # sharded runs only: a slow import
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
         options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
         model_state = get_model_state_dict(model, options=options)
         if optimizer is None:
@@ -424,6 +424,8 @@ class Strategy:
             return optimizer.load_state_dict
 
         def load(state_dict: dict) -> None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
             names = _parameter_names(model, optimizer)
             saved = sum(len(group["params"]) for group in state_dict["param_groups"])
             if len(names) != saved:
