@@ -25,6 +25,7 @@ from your_ai.data.records import (
 from your_ai.model.presets import PRESETS
 from your_ai.objective.distrust import DEFAULT_ALPHA, MODES, DistrustWeighting, check_alpha
 from your_ai.train.args import TrainingArgs, TrainingArgsError, TrainingError, merge_for_resume
+from your_ai.train.defaults import DEFAULTS
 from your_ai.train.outputs import (
     ADAPTER_WEIGHTS_FILE,
     SUMMARY_FILE,
@@ -46,9 +47,9 @@ class Objective:
     ``lambda_weight * sum(d)`` to the mean cross-entropy and changes no gradient.
     """
 
-    mode: str = "weighted"
+    mode: str = DEFAULTS["distrust_mode"]
     alpha: float = DEFAULT_ALPHA
-    lambda_weight: float = 1.0
+    lambda_weight: float = DEFAULTS["lambda_weight"]
     weighting: DistrustWeighting | None = None
 
     def __post_init__(self) -> None:
