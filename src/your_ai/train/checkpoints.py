@@ -235,12 +235,6 @@ def prune_checkpoints(output_dir: Path, keep_last: int) -> list[Path]:
     return removed
 
 
-def load_checkpoint(checkpoint: Path, *, model, optimizer, scheduler) -> dict:
-    """Restore adapter weights, optimizer, scheduler and RNG from ``checkpoint``; return its trainer state."""
-    load_adapter_weights(model, checkpoint)
-    return load_training_state(checkpoint, optimizer=optimizer, scheduler=scheduler)
-
-
 def load_training_state(checkpoint: Path, *, optimizer, scheduler,
                         set_optimizer_state: Callable[[dict], None] | None = None) -> dict:
     """Restore optimizer, scheduler and RNG from ``checkpoint`` (not the adapter); return its trainer state.

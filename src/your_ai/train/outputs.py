@@ -110,17 +110,6 @@ def _marker_name(output_dir: Path) -> tuple[str | None, str | None]:
     return name, None
 
 
-def find_latest_checkpoint(output_dir: Path) -> Path | None:
-    """The checkpoint ``latest`` names, or the newest complete one if the marker is missing, stale or
-    names something outside ``checkpoints/``."""
-    name, _ = _marker_name(output_dir)
-    named = checkpoints_dir(output_dir) / name if name else None
-    if named is not None and (named / TRAINER_STATE_FILE).is_file():
-        return named
-    found = list_checkpoints(output_dir)
-    return found[-1][1] if found else None
-
-
 def verify_checkpoint(checkpoint: Path) -> None:
     """Raise ``CheckpointError`` naming the file and the reason when ``checkpoint`` cannot be loaded:
     a missing file, JSON that does not parse, a safetensors file whose header or length is wrong."""
