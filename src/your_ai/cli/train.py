@@ -41,14 +41,14 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warmup steps before the cosine decay "
               f"(default: {WARMUP_FRACTION:.0%} of the steps).")
 @click.option("--max-steps", type=POSITIVE, help="Optimizer steps (default: from the epochs over the data that the model size and device give).")
-@click.option("--max-grad-norm", type=float, help=f"Gradient clipping norm (default {DEFAULTS['max_grad_norm']:g}).")
+@click.option("--max-grad-norm", type=float, help=f"Gradient clipping norm (default {DEFAULTS['max_grad_norm']}).")
 @click.option("--max-seq-length", type=click.IntRange(min=2), help="Truncate samples to N tokens (default: by model size and device).")
-@click.option("--weight-decay", type=float, help=f"AdamW weight decay (default {DEFAULTS['weight_decay']:g}).")
+@click.option("--weight-decay", type=float, help=f"AdamW weight decay (default {DEFAULTS['weight_decay']}).")
 @click.option("--distrust-mode", type=click.Choice(["weighted", "additive"]),
               help="weighted: per-sample CE weights from the distrust value (default); additive: CE + lambda * d, "
                    "which changes no gradient.")
 @click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
-@click.option("--lambda-weight", type=float, help=f"Strength of the distrust term (default {DEFAULTS['lambda_weight']:g}; "
+@click.option("--lambda-weight", type=float, help=f"Strength of the distrust term (default {DEFAULTS['lambda_weight']}; "
               "[0, 1] when weighted).")
 @click.option("--save-every", type=POSITIVE, help=f"Checkpoint every N steps (default {SAVE_EVERY}; tiny: "
               f"{DEMO_SAVE_EVERY}).")
