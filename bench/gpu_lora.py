@@ -86,7 +86,9 @@ from your_ai.step import fast as fast_step
 from your_ai.step.head import causal_lm, resolve_head
 from your_ai.step.memory import StepShape, lora_parameter_count
 from your_ai.step.modes import LIGER_PATCHES, choose_mode, liger_available, mode_with
-from your_ai.train.loop import Objective, build_optimizer, compute_loss, load_for_training
+from your_ai.train.loss import compute_loss
+from your_ai.train.plan import Objective
+from your_ai.train.setup import build_optimizer, load_for_training
 
 GB = 1e9
 

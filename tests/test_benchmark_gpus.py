@@ -17,7 +17,8 @@ import torch
 
 from your_ai.fit import sweep as optimize_module
 from your_ai.fit.benchmark import ProbeRun, probe_command, result_text, run_benchmark
-from your_ai.train.parallel import launcher_report, pick_strategy
+from your_ai.train.launch import launcher_report
+from your_ai.train.parallel import pick_strategy
 from your_ai.fit.child import FAULT_ENV, RESULT_PREFIX, FitConfig, merge_results
 
 CPU2 = ["--gpus", "2", "--device", "cpu", "--seq-length", "32", "--steps", "2", "--lora-rank", "8"]

@@ -10,24 +10,26 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from your_ai.train.checkpoints import (
-    CheckpointError,
-    find_latest_checkpoint,
-    find_resumable_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
+    load_adapter_weights,
+    load_training_state,
     optimizer_state_from_files,
     optimizer_state_to_files,
     prune_checkpoints,
-    remove_stale_temporaries,
     rng_state,
     save_adapter,
     save_checkpoint,
     set_rng_state,
-    verify_checkpoint,
     write_directory_atomically,
 )
+from your_ai.train.outputs import (
+    CheckpointError,
+    find_resumable_checkpoint,
+    list_checkpoints,
+    remove_stale_temporaries,
+    verify_checkpoint,
+)
 from your_ai.model.lora import LoraSettings
-from your_ai.train.loop import build_optimizer, load_for_training
+from your_ai.train.setup import build_optimizer, load_for_training
 
 
 def _stepped_optimizer(model, seed: int):
@@ -88,7 +90,8 @@ def test_checkpoint_restores_adapter_optimizer_and_scheduler(tmp_path, lora_mode
     other = load_for_training("tiny", LoraSettings(rank=2, layers=2), "cpu").model
     other_optimizer = build_optimizer(other, 1e-3)
     other_scheduler = torch.optim.lr_scheduler.LambdaLR(other_optimizer, lambda step: 1.0 / (1 + step))
-    state = load_checkpoint(path, model=other, optimizer=other_optimizer, scheduler=other_scheduler)
+    load_adapter_weights(other, path)
+    state = load_training_state(path, optimizer=other_optimizer, scheduler=other_scheduler)
     assert state["step"] == 2 and state["position"] == {"epoch": 1, "index": 3}
     for (name, a), (_, b) in zip(model.named_parameters(), other.named_parameters()):
         if a.requires_grad:
@@ -98,7 +101,7 @@ def test_checkpoint_restores_adapter_optimizer_and_scheduler(tmp_path, lora_mode
 
     (path / "optimizer.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete or damaged"):
-        load_checkpoint(path, model=other, optimizer=other_optimizer, scheduler=other_scheduler)
+        load_training_state(path, optimizer=other_optimizer, scheduler=other_scheduler)
 
 
 def test_latest_ignores_killed_writes_and_keep_last_prunes(tmp_path, lora_model):
@@ -112,10 +115,10 @@ def test_latest_ignores_killed_writes_and_keep_last_prunes(tmp_path, lora_model)
     dead = tmp_path / "checkpoints" / ".tmp-step-000009-abcd"
     dead.mkdir()
     (dead / "trainer_state.json").write_text("{")
-    assert find_latest_checkpoint(tmp_path).name == "step-000003"
+    assert find_resumable_checkpoint(tmp_path).checkpoint.name == "step-000003"
     # a missing or stale marker falls back to the newest complete checkpoint
     (tmp_path / "checkpoints" / "latest").write_text("step-000042\n")
-    assert find_latest_checkpoint(tmp_path).name == "step-000003"
+    assert find_resumable_checkpoint(tmp_path).checkpoint.name == "step-000003"
     assert remove_stale_temporaries(tmp_path) == [dead] and not dead.exists()
 
 
@@ -191,7 +194,6 @@ def test_latest_marker_never_leads_outside_the_run(tmp_path, lora_model):
     marker = run / "checkpoints" / "latest"
     for outside in ("../../other/checkpoints/step-000009", str(other / "checkpoints" / "step-000009")):
         marker.write_text(outside + "\n")
-        assert find_latest_checkpoint(run) == run / "checkpoints" / "step-000001"
         point = find_resumable_checkpoint(run)
         assert point.checkpoint == run / "checkpoints" / "step-000001"
         assert point.notes == [f"{marker} names {outside!r}, not a checkpoint of this run; ignored"]

@@ -19,7 +19,8 @@ from your_ai.fit.child import FitConfig, estimate_for, run_probe, step_mode_for
 from your_ai.model.presets import TINY
 from your_ai.step.memory import StepShape
 from your_ai.step.modes import check_step_mode, choose_mode, mode_with, plain_mode
-from your_ai.train.loop import MemoryLimitExceeded, TrainingArgs, TrainingArgsError, train
+from your_ai.train.args import MemoryLimitExceeded, TrainingArgs, TrainingArgsError
+from your_ai.train.loop import train
 
 
 def run(args: TrainingArgs, **kwargs):

@@ -33,7 +33,7 @@ from your_ai.files import read_json_object
 from your_ai.hardware import pick_device, training_dtype
 from your_ai.model.load import load_model, load_tokenizer
 from your_ai.model.resolve import model_or_default, resolve_model
-from your_ai.train.checkpoints import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+from your_ai.train.outputs import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 PICKLED_ADAPTER_WEIGHTS = "adapter_model.bin"
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")

@@ -235,7 +235,7 @@ def probe_command(model: str, max_memory_gb: float, device: str, config: FitConf
     if synthetic:
         arguments.append("--synthetic")
     if processes > 1:
-        from your_ai.train.parallel import launch_command
+        from your_ai.train.launch import launch_command
 
         return launch_command(processes, [*arguments, "--strategy", strategy or "auto"], "benchmark")
     return [sys.executable, "-m", "your_ai", "benchmark", *arguments]
@@ -384,7 +384,7 @@ def classify(run: ProbeRun, model, preset, device, config, synthetic, estimate_g
     reported = parse_result_line("\n".join(run.stdout_lines))
     stderr_lines, failures = run.stderr_lines, []
     if run.processes > 1:
-        from your_ai.train.parallel import launcher_report
+        from your_ai.train.launch import launcher_report
 
         stderr_lines, failures = launcher_report(run.stderr_lines)
     failed = failures[0] if failures else None
@@ -813,7 +813,7 @@ def check_processes(gpus: int, device: str | None) -> None:
     if not isinstance(gpus, int) or gpus < 1:
         raise ValueError(f"--gpus {gpus!r} must be a whole number >= 1")
     if gpus > 1:
-        from your_ai.train.parallel import DistributedError, check_gpus
+        from your_ai.train.launch import DistributedError, check_gpus
 
         try:
             check_gpus(gpus, device)

@@ -420,13 +420,9 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
     from your_ai.train import parallel as distributed
     world = world or distributed.World()
     phase("loading")
-    from your_ai.train.loop import (
-        Objective,
-        _StepLoss,
-        apply_step_mode,
-        build_optimizer,
-        load_for_training,
-    )
+    from your_ai.train.loss import StepLoss
+    from your_ai.train.plan import Objective
+    from your_ai.train.setup import apply_step_mode, build_optimizer, load_for_training
 
     loaded = time.monotonic()
     lora = LoraSettings(rank=config.lora_rank, layers=config.lora_layers)
@@ -437,7 +433,7 @@ def _fit_test(model, device, config, max_memory_gb, synthetic, trust_remote_code
         on_meta=sharded and not config.quantize,  # 4-bit weights are built whole, then sharded
     )
     net = training.model
-    step_loss = _StepLoss(net, None, False)  # the objective and the head are set below
+    step_loss = StepLoss(net, None, False)  # the objective and the head are set below
     if sharded:
         if device.startswith("cuda"):  # building the skeleton passed each empty tensor through the GPU's cache
             torch.cuda.empty_cache()
