@@ -90,8 +90,8 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     check_output("--output-dir", options["output_dir"], directory=True)
     check_output("--metrics-file", options["metrics_file"])
     from your_ai.data.records import DataError
-    from your_ai.fit import sweep as optimize
-    from your_ai.fit.benchmark import Stopped
+    from your_ai.fit import profiles, sweep as optimize
+    from your_ai.fit.runner import Stopped
     from your_ai.model.quantize import QuantizationError
     from your_ai.model.resolve import ModelResolutionError
     from your_ai.train import loop as training
@@ -108,7 +108,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
             device=options["device"], say=click.echo,
         )
         if chosen:
-            options, note = optimize.apply_profile(options, *chosen)
+            options, note = profiles.apply_profile(options, *chosen)
             click.echo(note)
     except ValueError as error:
         fail(str(error), code=1)

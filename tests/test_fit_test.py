@@ -1,4 +1,4 @@
-"""The fit probe (`benchmark --single-model`): one real LoRA run, exactly one result line."""
+"""The fit test (`benchmark --fit-test`): one real LoRA run, exactly one result line."""
 
 import json
 import os
@@ -7,18 +7,14 @@ import sys
 
 import pytest
 
-from your_ai.fit.child import (
-    FAULT_ENV,
-    RESULT_PREFIX,
-    FitConfig,
-    injected_fault,
-    params_label,
-    parse_result_line,
-)
+from your_ai.fit.faults import FAULT_ENV, injected_fault
+from your_ai.fit.plan import FitConfig
+from your_ai.fit.result import RESULT_PREFIX, FitResult, parse_result_line
+from your_ai.model.presets import params_label
 
 
-def single_model(*args, **env):
-    proc = subprocess.run([sys.executable, "-m", "your_ai", "benchmark", "--single-model", *args, "--device", "cpu"],
+def fit_test(*args, **env):
+    proc = subprocess.run([sys.executable, "-m", "your_ai", "benchmark", "--fit-test", *args, "--device", "cpu"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, **env})
     lines = proc.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith(RESULT_PREFIX), (proc.stdout, proc.stderr)
@@ -26,10 +22,10 @@ def single_model(*args, **env):
 
 
 def test_out_of_memory_error_is_reported_as_oom(tiny_model_dir):
-    proc, result = single_model("tiny", **{FAULT_ENV: "oom"})
+    proc, result = fit_test("tiny", **{FAULT_ENV: "oom"})
     assert proc.returncode == 1
     assert result["status"] == "oom" and result["success"] is False
-    assert result["error"].startswith("OutOfMemoryError: out of memory (YOUR_AI_PROBE_FAULT=oom")
+    assert result["error"].startswith("OutOfMemoryError: out of memory (YOUR_AI_FIT_TEST_FAULT=oom")
     assert result["peak_host_gb"] > 0
 
 
@@ -47,11 +43,16 @@ def test_fault_selectors():
 
 
 def test_result_line_parsing_and_config_checks():
-    assert parse_result_line("noise\nBENCHMARK_RESULT:{\"status\": \"pass\"}\nmore") == {"status": "pass"}
-    assert parse_result_line("BENCHMARK_RESULT:{broken\n") is None
+    line = RESULT_PREFIX + json.dumps({"model": "m", "preset": None, "model_name": "m", "params": None, "config": {},
+                                       "device": "cpu", "max_memory_gb": 1.0, "synthetic": False, "status": "pass",
+                                       "unknown": 1})
+    parsed = parse_result_line(f"noise\n{line}\nmore")
+    assert isinstance(parsed, FitResult) and parsed.status == "pass" and "unknown" not in parsed.to_dict()
+    assert "rank" not in parsed.to_dict() and parsed.to_dict()["exit_code"] is None  # optional fields only when set
+    assert parse_result_line(f"{RESULT_PREFIX}{{broken\n") is None
     assert parse_result_line("") is None
     assert FitConfig(seq_length=128, grad_checkpoint=True).cli_args() == [
-        "--batch-size", "2", "--lora-rank", "64", "--lora-layers", "16", "--steps", "5", "--seq-length", "128",
+        "--batch-size", "2", "--lora-rank", "64", "--lora-layers", "16", "--steps", "5", "--max-seq-length", "128",
         "--grad-checkpoint"]
     with pytest.raises(ValueError, match="batch_size=0 must be a positive integer"):
         FitConfig(batch_size=0)
