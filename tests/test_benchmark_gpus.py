@@ -168,11 +168,13 @@ def test_strategy_auto_shards_only_what_does_not_fit_one_device():
 
 
 def test_merged_results_keep_the_cause_and_the_largest_peak():
-    rank0 = {"status": "error", "error": "RuntimeError: Connection reset by peer (process 0 of 2)",
-             "peak_memory_gb": 3.0, "peak_host_gb": 3.0}
-    rank1 = {"status": "oom", "error": "OutOfMemoryError (process 1 of 2)", "peak_memory_gb": 2.0, "peak_host_gb": 4.0}
+    test = FitTest("tiny", "cpu", FitConfig(), 8.0, processes=2)
+    rank0 = test.result("error", "RuntimeError: Connection reset by peer (process 0 of 2)")
+    rank0.peak_memory_gb, rank0.peak_host_gb = 3.0, 3.0
+    rank1 = test.result("oom", "OutOfMemoryError (process 1 of 2)")
+    rank1.peak_memory_gb, rank1.peak_host_gb = 2.0, 4.0
     merged = merge_results([rank0, rank1])
-    assert merged["status"] == "oom" and merged["peak_memory_gb"] == 3.0 and merged["peak_host_gb"] == 4.0
+    assert merged.status == "oom" and merged.peak_memory_gb == 3.0 and merged.peak_host_gb == 4.0
     assert merge_results([rank0]) is rank0 and merge_results([]) is None
 
 

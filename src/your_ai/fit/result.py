@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 RESULT_PREFIX = "FIT_TEST_RESULT:"
 PHASE_PREFIX = "FIT_TEST_PHASE:"
@@ -114,7 +114,7 @@ def merge_results(results: list[FitResult]) -> FitResult | None:
     if len(results) <= 1:
         return results[0] if results else None
     order = {status: index for index, status in enumerate(MERGE_ORDER)}
-    merged = min(results, key=lambda r: order.get(r.status, len(MERGE_ORDER)))
+    merged = replace(min(results, key=lambda r: order.get(r.status, len(MERGE_ORDER))))
     for name in PEAK_FIELDS:
         values = [getattr(r, name) for r in results if getattr(r, name) is not None]
         if values:
