@@ -35,13 +35,12 @@ from your_ai.fit.plan import (
     resolve_device,
 )
 from your_ai.fit.progress import EventLog, ProgressLine, new_run_id, now_iso, printer
-from your_ai.fit.result import FitResult, processes_word, result_text, train_flags
+from your_ai.fit.result import STOPPING_STATUSES, FitResult, processes_word, result_text, train_flags
 from your_ai.fit.runner import FitTestRun, Stopped, run_in_subprocess, stop_on_signals
 from your_ai.fit.sweep import run_optimize
 
 SAFETY_ENV = "YOUR_AI_SAFETY_MIN_AVAILABLE_GB"
 SAFETY_MIN_AVAILABLE_GB = 2.0
-STOPPING_STATUSES = ("oom", "over_budget")
 
 
 def safety_min_available_gb() -> float:

@@ -4,7 +4,7 @@ and the analytic estimates (step mode, memory, strategy) it is planned with, fro
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from your_ai.model.lora import LoraSettings
 from your_ai.model.presets import PRESETS, Architecture, Preset
@@ -123,9 +123,6 @@ class FitTest:
 
             return launch_command(self.processes, [*arguments, "--strategy", self.strategy or "auto"], "benchmark")
         return [sys.executable, "-m", "your_ai", "benchmark", *arguments]
-
-    def with_config(self, config: FitConfig, **changes) -> FitTest:
-        return replace(self, config=config, **changes)
 
 
 # ---------------------------------------------------------------------------- estimates

@@ -18,6 +18,7 @@ PHASE_PREFIX = "FIT_TEST_PHASE:"
 # Which result tells what happened, most telling first: a process's own out-of-memory error is the cause,
 # the lost connection another process then reports is its symptom.
 MERGE_ORDER = ("oom", "over_budget", "not_available", "crashed", "timeout", "error", "pass")
+STOPPING_STATUSES = ("oom", "over_budget")  # a benchmark or sweep skips what is at least as large after these
 PEAK_FIELDS = ("peak_memory_gb", "peak_device_gb", "peak_host_gb")
 MIN_STEPS_FOR_SPREAD = 3
 

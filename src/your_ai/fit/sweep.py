@@ -39,6 +39,7 @@ from your_ai.fit.profiles import load_profile, profile_path
 from your_ai.fit.progress import ProgressLine, now_iso, printer
 from your_ai.fit.result import (
     MIN_STEPS_FOR_SPREAD,
+    STOPPING_STATUSES,
     processes_word,
     result_text,
     step_time_summary,
@@ -52,7 +53,6 @@ FULL_GRID = {"batch_size": (2, 4, 6, 8, 10, 12), "lora_rank": (32, 64, 96, 128),
 SAFETY_MARGIN = 0.15
 ESTIMATE_SKIP_FACTOR = 1.5
 NOISY_SPREAD = 0.25  # a tokens/s interquartile range wider than this share of the median: run the top two again
-STOPPING_STATUSES = ("oom", "over_budget")
 
 
 def fits(peak_gb: float | None, budget_gb: float) -> bool:
