@@ -134,7 +134,7 @@ def log_likelihoods(im, facts) -> list[tuple[float, float]]:
 def heldout_records(limit: int | None) -> list:
     """General text this experiment never trains on: the built-in demo corpus."""
     from your_ai.data.records import read_records
-    from your_ai.train.loop import demo_corpus_path
+    from your_ai.train.args import demo_corpus_path
 
     records = read_records(demo_corpus_path()).records
     return records[:limit] if limit else records
@@ -156,7 +156,8 @@ def train_adapter(workdir: Path, data: Path, objective: Objective, primary_versi
     """Train one adapter into a fresh folder; (TrainResult, seconds)."""
     from rich.console import Console
 
-    from your_ai.train.loop import TrainingArgs, train
+    from your_ai.train.args import TrainingArgs
+    from your_ai.train.loop import train
 
     output = workdir / f"{objective.key}-{primary_version}-primary-seed{seed}"
     started = time.perf_counter()

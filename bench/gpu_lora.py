@@ -83,7 +83,9 @@ from your_ai.objective.distrust import DistrustWeighting
 from your_ai.model.lora import LoraSettings
 from your_ai.step.memory import lora_parameter_count
 from your_ai.model.presets import get_preset
-from your_ai.train.loop import Objective, build_optimizer, compute_loss, load_for_training
+from your_ai.train.loss import compute_loss
+from your_ai.train.plan import Objective
+from your_ai.train.setup import build_optimizer, load_for_training
 
 GB = 1e9
 

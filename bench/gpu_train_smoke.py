@@ -43,7 +43,7 @@ def build_model_dir(preset_name: str, target: Path) -> float:
 
 def long_documents(path: Path, count: int) -> Path:
     """``count`` records of 12 demo-corpus texts each (well over 1024 tokens), scored as primary or consensus."""
-    from your_ai.train.loop import demo_corpus_path
+    from your_ai.train.args import demo_corpus_path
 
     texts = [json.loads(line)["text"] for line in demo_corpus_path().read_text().splitlines() if line.strip()]
     with path.open("w") as handle:

@@ -21,7 +21,8 @@ from your_ai.fit.faults import FAULT_ENV
 from your_ai.fit.plan import FitConfig, FitTest
 from your_ai.fit.result import RESULT_PREFIX, FitResult, merge_results, result_text
 from your_ai.fit.runner import FitTestRun
-from your_ai.train.parallel import launcher_report, pick_strategy
+from your_ai.train.launch import launcher_report
+from your_ai.train.parallel import pick_strategy
 
 CPU2 = ["--gpus", "2", "--device", "cpu", "--max-seq-length", "32", "--steps", "2", "--lora-rank", "8"]
 

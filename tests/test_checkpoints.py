@@ -27,7 +27,7 @@ from your_ai.train.checkpoints import (
     write_directory_atomically,
 )
 from your_ai.model.lora import LoraSettings
-from your_ai.train.loop import build_optimizer, load_for_training
+from your_ai.train.setup import build_optimizer, load_for_training
 
 
 def _stepped_optimizer(model, seed: int):

@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from test_train import write_corpus
-from your_ai.train.parallel import DistributedError, World, check_gpus, check_strategy, loss_scale, rank_slice
-from your_ai.train.loop import TrainingArgs, TrainingArgsError
+from your_ai.train.args import TrainingArgs, TrainingArgsError
+from your_ai.train.launch import check_gpus
+from your_ai.train.parallel import DistributedError, Strategy, World, check_strategy
 
 # 14 records, global batch 4: the 4th step's batch holds the epoch's last 2 samples, all on rank 0,
 # so rank 1 takes part in that step with nothing to learn from.
@@ -210,16 +211,16 @@ def test_strategies():
 
 def test_rank_slices_cover_a_global_batch_and_scale_to_its_mean():
     shared = list(range(10, 17))  # a short global batch: 7 samples for 2 ranks of 4
-    worlds = [World(rank, 2, rank) for rank in range(2)]
-    slices = [rank_slice(shared, world, 4) for world in worlds]
+    ranks = [Strategy(World(rank, 2, rank)) for rank in range(2)]
+    slices = [strategy.rank_slice(shared, 4) for strategy in ranks]
     assert slices == [[10, 11, 12, 13], [14, 15, 16]]
     # DDP averages over ranks: each rank's scaled mean loss averages to the mean over the global batch
     losses = {index: float(index) ** 2 for index in shared}
-    averaged = sum(loss_scale(len(part), len(shared), world) * sum(losses[i] for i in part) / len(part)
-                   for part, world in zip(slices, worlds)) / 2
+    averaged = sum(strategy.loss_scale(len(part), len(shared)) * sum(losses[i] for i in part) / len(part)
+                   for part, strategy in zip(slices, ranks)) / 2
     assert averaged == pytest.approx(sum(losses.values()) / len(shared))
-    assert loss_scale(0, 1, worlds[1]) == 0.0  # a rank left without samples adds nothing
-    assert loss_scale(3, 3, World()) == 1.0
+    assert ranks[1].loss_scale(0, 1) == 0.0  # a rank left without samples adds nothing
+    assert Strategy().loss_scale(3, 3) == 1.0
 
 
 def test_one_process_checkpoint_resumes_sharded_on_two_processes(runs, fsdp_run):
@@ -272,21 +273,21 @@ def test_strategy_auto_shards_only_a_model_too_large_for_one_device(tiny_model_d
     from your_ai.step.memory import sharding_saves_gb
     from your_ai.model.resolve import resolve_model
     from your_ai.model.presets import TINY
-    from your_ai.train.loop import _sharding_saves_gb
+    from your_ai.train.setup import sharding_saves
 
     resolved, two = resolve_model("tiny"), World(rank=0, size=2, backend="gloo")
     args = TrainingArgs(model="tiny", batch_size=2, max_seq_length=64, lora_rank=4).with_defaults()
     notes: list[str] = []
-    assert _sharding_saves_gb(args, two, "cpu", 50.0, resolved, notes) is None and notes == []  # fits: ddp
-    assert _sharding_saves_gb(args, World(), "cpu", 0.001, resolved, notes) is None  # one process
-    saved = _sharding_saves_gb(args, two, "cpu", 0.001, resolved, notes)
+    assert sharding_saves(args, two, "cpu", 50.0, resolved, notes) is None and notes == []  # fits: ddp
+    assert sharding_saves(args, World(), "cpu", 0.001, resolved, notes) is None  # one process
+    saved = sharding_saves(args, two, "cpu", 0.001, resolved, notes)
     assert saved == pytest.approx(sharding_saves_gb(TINY.architecture, "cpu", 2))  # < 0: 4 tiny layers gain nothing
     assert len(notes) == 1 and re.match(r"--strategy auto: the whole model does not fit one device's 0\.00 GB "
                                         r"budget \(estimated [0-9.]+ GB\), so its weights are sharded", notes[0])
     asked = TrainingArgs(model="tiny", strategy="ddp", batch_size=2, max_seq_length=64).with_defaults()
-    assert _sharding_saves_gb(asked, two, "cpu", 0.001, resolved, []) is None  # asked for: kept
+    assert sharding_saves(asked, two, "cpu", 0.001, resolved, []) is None  # asked for: kept
     asked = TrainingArgs(model="tiny", strategy="fsdp", batch_size=2, max_seq_length=64).with_defaults()
-    assert _sharding_saves_gb(asked, two, "cpu", 50.0, resolved, []) == pytest.approx(saved)
+    assert sharding_saves(asked, two, "cpu", 50.0, resolved, []) == pytest.approx(saved)
 
 
 def test_accelerate_launch_trains_as_torchrun_does(runs):

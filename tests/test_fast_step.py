@@ -19,7 +19,8 @@ from your_ai.objective.distrust import per_sample_cross_entropy
 from your_ai.model.lora import LoraSettings, apply_lora, lora_config
 from your_ai.model.resolve import build_random_model
 from your_ai.model.presets import PRESETS, TINY
-from your_ai.train.loop import Objective, compute_loss
+from your_ai.train.loss import compute_loss
+from your_ai.train.plan import Objective
 
 LORA = LoraSettings(rank=8, layers=3)  # 3 of the tiny model's 4 layers: one frozen layer below
 
@@ -200,7 +201,7 @@ def test_head_choice():
 
 def test_modes_that_recompute_take_smaller_head_chunks_and_the_prepared_step_carries_them():
     from your_ai.model.presets import PRESETS
-    from your_ai.train.loop import PreparedStep
+    from your_ai.train.setup import PreparedStep
 
     llama = PRESETS["llama-8b"].architecture
     lora = LoraSettings(rank=16, layers=32)

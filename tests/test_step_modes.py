@@ -20,7 +20,8 @@ from your_ai.model.presets import TINY
 from your_ai.fit.child import run_fit_test
 from your_ai.fit.plan import FitConfig, estimate_for, step_mode_for
 from your_ai.step.modes import choose_mode, mode_with, plain_mode
-from your_ai.train.loop import MemoryLimitExceeded, TrainingArgs, TrainingArgsError, train
+from your_ai.train.args import MemoryLimitExceeded, TrainingArgs, TrainingArgsError
+from your_ai.train.loop import train
 
 
 def run(args: TrainingArgs, **kwargs):

@@ -21,17 +21,12 @@ from your_ai.data.records import (
 )
 from your_ai.objective.distrust import IGNORE_INDEX, empirical_distrust_loss
 from your_ai.model.lora import LoraSettings
-from your_ai.train.loop import (
-    DEFAULTS,
-    Objective,
-    TrainingArgs,
-    TrainingArgsError,
-    TrainingError,
-    build_optimizer,
-    compute_loss,
-    load_for_training,
-    train,
-)
+from your_ai.train.args import TrainingArgs, TrainingArgsError, TrainingError
+from your_ai.train.defaults import DEFAULTS
+from your_ai.train.loop import train
+from your_ai.train.loss import compute_loss
+from your_ai.train.plan import Objective
+from your_ai.train.setup import build_optimizer, load_for_training
 
 SMALL = dict(model="tiny", lora_rank=4, max_seq_length=48, batch_size=2, memory_report_interval=100, tensorboard=False,
              device="cpu")  # the CPU path, also on a machine with a GPU

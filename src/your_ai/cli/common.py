@@ -40,7 +40,7 @@ def load_inference_model(model, checkpoint, device, trust_remote_code):
 def launch_processes(count: int, device: str | None, command: str) -> None:
     """Run this command again under torchrun on ``count`` processes (without ``--gpus``) and exit with its code;
     refused with check_gpus' message on a machine without ``count`` GPUs."""
-    from your_ai.train import parallel as distributed
+    from your_ai.train import launch as distributed
     try:
         distributed.check_gpus(count, device)
     except distributed.DistributedError as error:

@@ -18,7 +18,11 @@ from your_ai.cli.common import (
     print_answers,
 )
 from your_ai.files import writing
+from your_ai.step.memory import BUDGET_FRACTION
 from your_ai.step.modes import STEP_MODES
+from your_ai.train.defaults import DEFAULTS, RULES, WARMUP_FRACTION
+
+DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large", "gpu")].save_every
 
 
 @click.command()
@@ -29,24 +33,26 @@ from your_ai.step.modes import STEP_MODES
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where the adapter goes "
               "(default: models/distrust-<model>).")
 @click.option("--batch-size", type=POSITIVE, help="Samples per micro-batch (default: by model size and device, see the README).")
-@click.option("--grad-accum", type=POSITIVE, help="Micro-batches per optimizer step (default 1).")
+@click.option("--grad-accum", type=POSITIVE, help=f"Micro-batches per optimizer step (default {DEFAULTS['grad_accum']}).")
 @click.option("--lora-rank", type=POSITIVE, help="LoRA rank (default: by model size and device).")
 @click.option("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank).")
 @click.option("--lora-layers", type=POSITIVE, help="Adapt the last N decoder layers (default: by model size and device; clamped to the model).")
 @click.option("--learning-rate", type=float, help="Peak learning rate (default: by model size and device).")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warmup steps before the cosine decay "
-              "(default: 10% of the steps).")
+              f"(default: {WARMUP_FRACTION:.0%} of the steps).")
 @click.option("--max-steps", type=POSITIVE, help="Optimizer steps (default: from the epochs over the data that the model size and device give).")
-@click.option("--max-grad-norm", type=float, help="Gradient clipping norm (default 1.0).")
+@click.option("--max-grad-norm", type=float, help=f"Gradient clipping norm (default {DEFAULTS['max_grad_norm']:g}).")
 @click.option("--max-seq-length", type=click.IntRange(min=2), help="Truncate samples to N tokens (default: by model size and device).")
-@click.option("--weight-decay", type=float, help="AdamW weight decay (default 0.01).")
+@click.option("--weight-decay", type=float, help=f"AdamW weight decay (default {DEFAULTS['weight_decay']:g}).")
 @click.option("--distrust-mode", type=click.Choice(["weighted", "additive"]),
               help="weighted: per-sample CE weights from the distrust value (default); additive: CE + lambda * d, "
                    "which changes no gradient.")
 @click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
-@click.option("--lambda-weight", type=float, help="Strength of the distrust term (default 1.0; [0, 1] when weighted).")
-@click.option("--save-every", type=POSITIVE, help="Checkpoint every N steps (default 500; tiny: 20).")
-@click.option("--keep-last", type=POSITIVE, help="Checkpoints to keep (default 3).")
+@click.option("--lambda-weight", type=float, help=f"Strength of the distrust term (default {DEFAULTS['lambda_weight']:g}; "
+              "[0, 1] when weighted).")
+@click.option("--save-every", type=POSITIVE, help=f"Checkpoint every N steps (default {SAVE_EVERY}; tiny: "
+              f"{DEMO_SAVE_EVERY}).")
+@click.option("--keep-last", type=POSITIVE, help=f"Checkpoints to keep (default {DEFAULTS['keep_last']}).")
 @click.option("--save-best", is_flag=True, help="Keep the adapter with the lowest validation loss in best/ "
               "(needs val.jsonl).")
 @click.option("--eval-every", type=POSITIVE, help="Validation every N steps (default: --save-every).")
@@ -54,9 +60,10 @@ from your_ai.step.modes import STEP_MODES
 @click.option("--overwrite", is_flag=True, help="Start over in an --output-dir holding an earlier training run: "
               "its adapter, checkpoints, metrics and best/ are removed (a directory holding anything else is refused).")
 @click.option("--max-memory", type=float, help="Stop (after saving a checkpoint, exit code 4) when the measured "
-              "peak memory in GB goes above this (default: 80% of the device's memory); --step-mode auto "
+              f"peak memory in GB goes above this (default: {BUDGET_FRACTION:.0%} of the device's memory); --step-mode auto "
               "chooses for this budget.")
-@click.option("--memory-report-interval", type=POSITIVE, help="Log metrics every N steps (default 10).")
+@click.option("--memory-report-interval", type=POSITIVE, help=f"Log metrics every N steps "
+              f"(default {DEFAULTS['memory_report_interval']}).")
 @click.option("--metrics-file", type=click.Path(dir_okay=False), help="Metrics JSONL (default: <output-dir>/metrics.jsonl).")
 @click.option("--no-tensorboard", is_flag=True, help="Do not write TensorBoard events to <output-dir>/runs.")
 @click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass to save memory "
@@ -65,7 +72,7 @@ from your_ai.step.modes import STEP_MODES
               help="auto: the fastest step that fits --max-memory by the estimate (default); fast: nothing "
                    "recomputed; selective: the fewest layers recomputed that fit; small: every adapted layer "
                    "recomputed; plain: the Hugging Face forward through the full logits.")
-@click.option("--seed", type=int, help="Seed for LoRA init and data order (default 42).")
+@click.option("--seed", type=int, help=f"Seed for LoRA init and data order (default {DEFAULTS['seed']}).")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
 @click.option("--profile", "profile_file", type=click.Path(dir_okay=False),
@@ -94,9 +101,10 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     from your_ai.fit.runner import Stopped
     from your_ai.model.quantize import QuantizationError
     from your_ai.model.resolve import ModelResolutionError
-    from your_ai.train import loop as training
-    from your_ai.train import parallel as distributed
+    from your_ai.train.args import MemoryLimitExceeded, TrainingArgs, TrainingArgsError, TrainingError
     from your_ai.train.checkpoints import CheckpointError
+    from your_ai.train.loop import train as run_training
+    from your_ai.train.parallel import DistributedError
 
     if profile_file and auto_optimize:
         fail("--profile and --auto-optimize both choose the hardware profile; give one of them")
@@ -114,16 +122,16 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
         fail(str(error), code=1)
     except Stopped as stop:  # SIGINT or SIGTERM during --auto-optimize's sweep: its fit test was killed
         fail_stopped(stop)
-    args = training.TrainingArgs(tensorboard=not no_tensorboard, **options)
+    args = TrainingArgs(tensorboard=not no_tensorboard, **options)
     try:
         with writing(args.with_defaults().output_dir):
-            result = training.train(args)
-    except training.TrainingArgsError as error:
+            result = run_training(args)
+    except TrainingArgsError as error:
         fail(str(error))
-    except training.MemoryLimitExceeded as error:
+    except MemoryLimitExceeded as error:
         fail(str(error), code=4)
-    except (DataError, ModelResolutionError, CheckpointError, training.TrainingError,
-            distributed.DistributedError, QuantizationError) as error:
+    except (DataError, ModelResolutionError, CheckpointError, TrainingError, DistributedError,
+            QuantizationError) as error:
         fail(str(error), code=1)
     except ValueError as error:  # an unusable --device, a distrust input out of range
         fail(str(error))
@@ -155,7 +163,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
 def _show_demo_comparison(checkpoint, device) -> None:
     """The demo prompt answered greedily by the base model and by the adapter just trained."""
     from your_ai.eval import inference
-    from your_ai.train.loop import DEMO_PROMPT
+    from your_ai.train.args import DEMO_PROMPT
 
     im = load_inference_model(None, checkpoint, device, False)
     try:

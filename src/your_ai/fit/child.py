@@ -43,16 +43,16 @@ MAX_GRAD_NORM = 1.0
 
 @dataclass
 class _Session:
-    """A fit test under way in this process: the test (device and budget settled), the processes it runs on,
-    and the peak memory since it started."""
+    """A fit test under way in this process: the test (device and budget settled), how the processes share
+    it (``train.parallel.Strategy``: one process, ddp or fsdp), and the peak memory since it started."""
 
     test: FitTest
-    world: object  # your_ai.train.parallel.World
+    parallel: object  # your_ai.train.parallel.Strategy
     peak: memory.PeakMemory
 
     @property
     def sharded(self) -> bool:
-        return self.world.distributed and self.test.strategy == "fsdp"
+        return self.parallel.sharded
 
 
 def run_fit_test(model: str, max_memory_gb: float | None = None, device: str | None = None,
@@ -75,7 +75,7 @@ def run_fit_test(model: str, max_memory_gb: float | None = None, device: str | N
         if session is not None:
             _record_peaks(session.peak, result)
         result.duration_s = round(time.monotonic() - started, 3)
-    if session is not None and session.world.distributed:
+    if session is not None and session.parallel.distributed:
         _across_processes(session, result)
     budget = session.test.max_memory_gb if session else max_memory_gb
     if result.status == "pass" and budget is not None and result.peak_memory_gb > budget:
@@ -100,7 +100,7 @@ def _start(test: FitTest, result: FitResult) -> _Session:
         result.max_memory_gb = round(budget, 3)
     peak = memory.PeakMemory(device)
     peak.reset()  # from the start: the peak includes the model's weights
-    return _Session(replace(test, device=device, max_memory_gb=budget), world, peak)
+    return _Session(replace(test, device=device, max_memory_gb=budget), parallel.Strategy(world, device), peak)
 
 
 def _classified_run(session: _Session, result: FitResult) -> None:
@@ -136,11 +136,12 @@ def _resolve_and_train(session: _Session, result: FitResult) -> None:
     fault = injected_fault(test.model, test.config)
     if fault:
         trigger_fault(fault)
-    if session.world.distributed:
+    if session.parallel.distributed:
         architecture = model_shape(test.model, synthetic=test.synthetic).architecture
         strategy = fit_strategy(test.strategy, architecture, test.device, test.config, test.max_memory_gb,
-                                session.world.size)
+                                session.parallel.world.size)
         session.test = replace(test, strategy=strategy)
+        session.parallel = replace(session.parallel, sharded=strategy == "fsdp")
         result.strategy = strategy
     _train(session, result)
 
@@ -157,7 +158,7 @@ def _train(session: _Session, result: FitResult) -> None:
     result.status = "pass"
     result.step_time_s = round(step_time, 4)
     result.step_time_iqr_s = spread and [round(bound, 4) for bound in spread]
-    result.tokens_per_s = round(config.batch_size * session.world.size * seq_length / step_time, 1)  # all processes
+    result.tokens_per_s = round(config.batch_size * session.parallel.world.size * seq_length / step_time, 1)  # all processes
     result.step_times_s = [round(t, 4) for t in times]
     phase("done")
 
@@ -167,8 +168,8 @@ def _load(session: _Session, result: FitResult):
     loss module (its objective is set with the batch) and the model's architecture."""
     import torch
 
-    from your_ai.train import parallel
-    from your_ai.train.loop import _StepLoss, load_for_training
+    from your_ai.train.loss import StepLoss
+    from your_ai.train.setup import load_for_training
 
     test, loaded = session.test, time.monotonic()
     training = load_for_training(
@@ -177,13 +178,12 @@ def _load(session: _Session, result: FitResult):
         synthetic=test.synthetic, quantize=test.config.quantize,
         on_meta=session.sharded and not test.config.quantize,  # 4-bit weights are built whole, then sharded
     )
-    step_loss = _StepLoss(training.model, None, False)  # the objective and the head are set with the step mode
+    step_loss = StepLoss(training.model, None, False)  # the objective and the head are set with the step mode
     if session.sharded:
         if test.device.startswith("cuda"):  # building the skeleton passed each empty tensor through the GPU's cache
             torch.cuda.empty_cache()
             session.peak.reset()
-        parallel.shard_and_load(step_loss, session.world, test.device,
-                                None if test.synthetic else training.resolved.path)
+        session.parallel.load(step_loss, None if test.synthetic else training.resolved.path, seed=0)
     session.peak.sample()
     result.load_time_s = round(time.monotonic() - loaded, 3)
     architecture = architecture_from_config(training.model.config.to_dict())
@@ -201,10 +201,10 @@ def _load(session: _Session, result: FitResult):
 def _prepare_step(session: _Session, step_loss, architecture, seq_length: int, result: FitResult) -> None:
     """Choose and apply the step mode as ``train`` does, within the budget (under fsdp, plus what sharding
     saves: the mode's estimate holds the whole model); the estimate is per process."""
-    from your_ai.train.loop import apply_step_mode
+    from your_ai.train.setup import apply_step_mode
 
     test = session.test
-    saved = memory.sharding_saves_gb(architecture, test.device, session.world.size, test.config.quantize) \
+    saved = memory.sharding_saves_gb(architecture, test.device, session.parallel.world.size, test.config.quantize) \
         if session.sharded else 0.0
     prepared = apply_step_mode(step_loss.model, test.config.step_mode, test.config.lora, test.config.batch_size,
                                seq_length, test.device, test.max_memory_gb + saved,
@@ -236,15 +236,14 @@ def _run_steps(session: _Session, step_loss, batch: dict, result: FitResult) -> 
     """Run the fit test's steps through ``train``'s optimizer step; each step's seconds."""
     from transformers import get_cosine_schedule_with_warmup
 
-    from your_ai.train import parallel
-    from your_ai.train.loop import Objective, build_optimizer
+    from your_ai.train.plan import Objective
+    from your_ai.train.setup import build_optimizer
     from your_ai.train.step import MicroBatch, NonFiniteGradient, optimizer_step
 
     test, model = session.test, step_loss.model
     step_loss.objective = Objective.from_dataset("weighted", 2.7, 1.0, batch["auth_weight"].tolist(),
                                                  batch["prov_entropy"].tolist())
-    if not session.sharded:
-        step_loss = parallel.wrap(step_loss, session.world, test.device)  # several processes: DDP; one: as it is
+    step_loss = session.parallel.wrap(step_loss)  # several processes with whole models: DDP; else as it is
     optimizer = build_optimizer(model, LEARNING_RATE)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(WARMUP_STEPS, test.config.steps - 1), test.config.steps)
     times = []
@@ -276,9 +275,7 @@ def _across_processes(session: _Session, result: FitResult) -> None:
     """A fit test on several processes: a process that failed says which it is (it reports for itself; the
     others may be waiting for it in a collective). When this one passed, each peak becomes the largest of
     all processes (the per-GPU peak), which rank 0 reports; ``run_single`` then leaves the process group."""
-    from your_ai.train import parallel
-
-    world = session.world
+    world = session.parallel.world
     where = f"process {world.rank} of {world.size}"
     if result.status != "pass":
         result.error = f"{result.error} ({where})"
@@ -286,7 +283,7 @@ def _across_processes(session: _Session, result: FitResult) -> None:
     try:
         for name in PEAK_FIELDS:
             if getattr(result, name) is not None:
-                setattr(result, name, round(parallel.all_max(getattr(result, name), world, session.test.device), 3))
+                setattr(result, name, round(session.parallel.all_max(getattr(result, name)), 3))
     except Exception as error:  # noqa: BLE001 -- another process failed; its own result tells why
         result.finish("error", f"lost the other processes while gathering the peaks: "
                                f"{type(error).__name__}: {_first_line(error)} ({where})")

@@ -119,7 +119,7 @@ class FitTest:
         if self.synthetic:
             arguments.append("--synthetic")
         if self.processes > 1:
-            from your_ai.train.parallel import launch_command
+            from your_ai.train.launch import launch_command
 
             return launch_command(self.processes, [*arguments, "--strategy", self.strategy or "auto"], "benchmark")
         return [sys.executable, "-m", "your_ai", "benchmark", *arguments]
@@ -184,7 +184,7 @@ def check_processes(gpus: int, device: str | None) -> None:
     if not isinstance(gpus, int) or gpus < 1:
         raise ValueError(f"--gpus {gpus!r} must be a whole number >= 1")
     if gpus > 1:
-        from your_ai.train.parallel import DistributedError, check_gpus
+        from your_ai.train.launch import DistributedError, check_gpus
 
         try:
             check_gpus(gpus, device)

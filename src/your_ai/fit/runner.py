@@ -259,7 +259,7 @@ def classify(run: FitTestRun, timeout_s: float) -> FitResult:
     reported = parse_result_line("\n".join(run.stdout_lines))
     stderr_lines, failures = run.stderr_lines, []
     if test.processes > 1:
-        from your_ai.train.parallel import launcher_report
+        from your_ai.train.launch import launcher_report
 
         stderr_lines, failures = launcher_report(run.stderr_lines)
     failed = failures[0] if failures else None

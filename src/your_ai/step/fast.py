@@ -37,7 +37,7 @@ These make a LoRA step on a large model faster or smaller than the plain
 
 ``prepare_step(model, mode)`` applies the kernels and the recomputation to a PEFT model;
 ``model_per_sample_cross_entropy(model, batch)`` is the per-sample cross-entropy the distrust
-objective takes (``your_ai.train.loop.compute_loss(..., fast_head=True)`` uses it).
+objective takes (``your_ai.train.loss.compute_loss(..., fast_head=True)`` uses it).
 """
 
 from __future__ import annotations

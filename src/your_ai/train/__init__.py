@@ -1,0 +1,27 @@
+"""LoRA training under the Empirical Distrust objective.
+
+The package has two halves, with a seam between them.
+
+What to train (no model is loaded; another engine can take it as it is):
+
+* ``args``: ``TrainingArgs``, its validation, its defaults (``defaults`` is the one source of them, for
+  the CLI's help too) and the merge of a resumed run's settings;
+* ``plan``: the run plan (``plan_run``: output directory, the checkpoint a resumed run continues), the
+  ``Objective``, and the run's data (``read_run_data``: read, checked, scored; ``RunData.tokenize``);
+* ``step.MicroBatch``'s contents and the schedule (warm-up and cosine decay over ``--max-steps``) are
+  described by the args.
+
+How it runs (PyTorch):
+
+* ``setup``: the model loaded for training with LoRA (``load_for_training``), the step mode applied
+  (``apply_step_mode``), the optimizer;
+* ``loss``: one forward pass to the objective's parts (``compute_loss``; ``StepLoss`` as a module), and
+  ``evaluate``;
+* ``step``: the one optimizer step (``optimizer_step``), which the fit test times too;
+* ``parallel``: the ``Strategy`` for one process, DDP or FSDP (wrapping, loading, reducing, gathering,
+  which process writes); ``launch`` starts the processes;
+* ``checkpointer``: the ``Checkpointer`` that writes checkpoints, best/ and the final adapter, and resumes
+  (``checkpoints`` holds the file formats);
+* ``report``: the metrics window, the reporter, the printed plan;
+* ``loop``: ``train``, which wires these together and runs the loop.
+"""

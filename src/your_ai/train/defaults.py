@@ -1,6 +1,7 @@
-"""Training defaults that fit the model, the device and the data.
+"""Training defaults: the one source of them for ``TrainingArgs``, the CLI's help and the docs.
 
-One small table (also in the README): the model's size class x the device gives the batch
+``DEFAULTS`` holds those that depend on nothing (the distrust alpha is the objective's own,
+``your_ai.objective.distrust.DEFAULT_ALPHA``). The others fit the model, the device and the data: one small table (also in the README): the model's size class x the device gives the batch
 size, LoRA rank and layers, sequence length, learning rate and how many passes over the data
 (epochs); the steps follow from the epochs and the number of training records, the warm-up is a
 fraction of the steps. Only settings the user did not give are filled in, and ``DefaultChoice.describe``
@@ -16,6 +17,19 @@ from typing import Any
 SMALL_MODEL_PARAMETERS = 1_000_000_000  # below: the "small" class (SmolLM2-135M, ...)
 WARMUP_FRACTION = 0.1
 MIN_STEPS = 10
+
+# Defaults that do not depend on the model, the device or the data.
+DEFAULTS: dict[str, Any] = {
+    "grad_accum": 1,
+    "max_grad_norm": 1.0,
+    "weight_decay": 0.01,
+    "distrust_mode": "weighted",
+    "lambda_weight": 1.0,
+    "keep_last": 3,
+    "memory_report_interval": 10,
+    "seed": 42,
+    "step_mode": "auto",
+}
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ class DefaultChoice:
     def describe(self, given: dict[str, Any], args) -> str:
         """One line: the row used and where each defaulted value came from."""
         size = f"{self.parameters / 1e6:,.0f}M parameters, " if self.parameters else ""
-        parts = [f"{_flag(key)} {getattr(args, key):g}" for key in RULE_FIELDS if given.get(key) is None]
+        parts = [f"{flag(key)} {getattr(args, key):g}" for key in RULE_FIELDS if given.get(key) is None]
         if given.get("max_steps") is None:
             per_step = args.batch_size * args.grad_accum
             parts.append(f"--max-steps {args.max_steps} ({self.rule.epochs:g} epoch(s) over the training records "
@@ -117,5 +131,6 @@ def choose(model: str, device: str | None, parameters: int | None, builtin: bool
     return DefaultChoice(size_class, device_class, parameters, model, device or "cpu")
 
 
-def _flag(key: str) -> str:
+def flag(key: str) -> str:
+    """The CLI flag of a setting: ``lora_rank`` -> ``--lora-rank``."""
     return "--" + key.replace("_", "-")

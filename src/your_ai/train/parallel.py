@@ -1,4 +1,4 @@
-"""Data-parallel training: the process group, each rank's share of a batch, and the launcher.
+"""Data-parallel training: the process group, the parallel strategy, sharded loading.
 
 A run started by ``torchrun`` (or ``accelerate launch``, which sets the same variables) has
 ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` in its environment. ``start`` then joins the process
@@ -6,34 +6,35 @@ group (NCCL on CUDA, one GPU per process picked by ``LOCAL_RANK``; gloo on the C
 training loop runs the same steps on every rank:
 
 * every rank draws the same global batches (``--batch-size`` x world size samples) from the same
-  seeded order and trains on its own contiguous slice of each (``rank_slice``);
+  seeded order and trains on its own contiguous slice of each (``Strategy.rank_slice``);
 * gradients are averaged over ranks; each rank's loss is scaled by its share of the global batch
-  (``loss_scale``), so the update equals the one-process update on the whole global batch, also
+  (``Strategy.loss_scale``), so the update equals the one-process update on the whole global batch, also
   when an epoch's last batch does not divide evenly;
 * ``--strategy ddp`` (and ``auto``) keeps a whole copy of the model on every rank under
   ``DistributedDataParallel``; ``--strategy fsdp`` shards the frozen base weights and the LoRA
   parameters over the ranks with PyTorch's ``fully_shard`` (each decoder layer, then the root),
-  and checkpoints hold full tensors gathered to rank 0 (``full_states``), so any strategy and any
+  and checkpoints hold full tensors gathered to rank 0 (``Strategy.full_states``), so any strategy and any
   number of processes resumes them;
 * rank 0 alone prints, logs and writes files; decisions that stop the run use values that every
-  rank agrees on (``all_max``, ``all_sum``).
+  rank agrees on (``Strategy.all_max``, ``Strategy.all_sum``).
 
-``launch_command`` is what ``your-ai train --gpus N`` runs: this same command under
-``python -m torch.distributed.run --standalone --nproc_per_node N``.
+``Strategy`` gathers what differs between one process, ``ddp`` and ``fsdp`` for the training loop;
+``your_ai.train.launch`` starts the processes (``your-ai train --gpus N``).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import signal
-import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
+from your_ai.model.lora import reset_adapters
 from your_ai.model.meta import decoder_layers
+from your_ai.model.quantize import is_quantized
+from your_ai.model.resolve import weight_files
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 
@@ -102,8 +103,6 @@ def start(device: str) -> tuple[World, str]:
     world = world_from_env()
     if not world.distributed:
         return world, device
-    import torch.distributed as dist
-
     kind = device.split(":")[0]
     if kind == "mps":
         raise DistributedError("data-parallel training runs on CUDA GPUs or on the CPU (--device cpu), not on MPS")
@@ -122,70 +121,13 @@ def start(device: str) -> tuple[World, str]:
     return World(world.rank, world.size, world.local_rank, backend), device
 
 
-def stop(world: World) -> None:
-    """Leave the process group (after the last collective)."""
-    if world.distributed:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def barrier(world: World) -> None:
-    if world.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def rank_slice(indices: list[int], world: World, batch_size: int) -> list[int]:
-    """This rank's samples of a global batch: the contiguous slice ``[rank * batch_size, (rank + 1) * batch_size)``.
-
-    A short global batch (an epoch's last) leaves later ranks fewer samples or none.
-    """
-    return indices[world.rank * batch_size : (world.rank + 1) * batch_size]
-
-
-def loss_scale(mine: int, total: int, world: World) -> float:
-    """Factor on this rank's mean loss so that the average over ranks (what DDP does to gradients)
-    is the mean loss over the whole global batch of ``total`` samples (``mine`` of them here)."""
-    return mine * world.size / total if world.distributed else 1.0
-
-
-def all_sum(values: list[float], world: World, device: str) -> list[float]:
-    """Element-wise sum over ranks (float64)."""
-    if not world.distributed:
-        return list(values)
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.tolist()
-
-
 def all_max(value: float, world: World, device: str) -> float:
     """The largest ``value`` over ranks: every rank takes the same decision from it."""
     if not world.distributed:
         return value
-    import torch.distributed as dist
-
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return float(tensor.item())
-
-
-def check_same(values: dict, world: World) -> dict | None:
-    """``None`` when every rank holds the same ``values``; else the first differing rank's values."""
-    if not world.distributed:
-        return None
-    import torch.distributed as dist
-
-    gathered: list = [None] * world.size
-    dist.all_gather_object(gathered, values)
-    for rank, other in enumerate(gathered):
-        if other != values:
-            return {"rank": rank, **other}
-    return None
 
 
 def wrap(module: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
@@ -197,8 +139,6 @@ def wrap(module: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
     if not world.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
-
-    from your_ai.model.quantize import is_quantized
 
     quantized = [name for name, parameter in module.named_parameters() if is_quantized(parameter)]
     if quantized:
@@ -285,8 +225,6 @@ def shard_and_load(module: torch.nn.Module, world: World, device: str, weights_d
     shards are then allocated and filled: the base weights read from the safetensors files in ``weights_dir``
     (each rank reads its shards only; ``None``: random, ``materialize``), the LoRA adapters started by
     ``lora.reset_adapters(..., seed)`` as one process starts them. Returns the number of tensors read."""
-    from your_ai.model.lora import reset_adapters
-
     on_meta = any(parameter.is_meta for parameter in module.parameters())
     shard(module, world, device)
     if not on_meta:  # loaded whole on each rank (4-bit weights): sharding frees the other ranks' parts
@@ -310,8 +248,6 @@ def load_hf_weights(module: torch.nn.Module, directory) -> int:
     import torch.distributed.checkpoint as dcp
     from safetensors import safe_open
 
-    from your_ai.model.resolve import weight_files
-
     stored: set[str] = set()
     for file in weight_files(directory):
         with safe_open(str(file), framework="pt") as handle:
@@ -326,12 +262,6 @@ def load_hf_weights(module: torch.nn.Module, directory) -> int:
                                    f"of {directory}; use --strategy ddp")
     dcp.load(wanted, storage_reader=dcp.HuggingFaceStorageReader(str(directory)))
     return len(wanted)
-
-
-def is_sharded(module: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
 
 
 @contextmanager
@@ -355,20 +285,6 @@ def no_sync(module: torch.nn.Module, sync: bool):
     return nullcontext()
 
 
-@contextmanager
-def gathered(module: torch.nn.Module):
-    """``module``'s own sharded parameters (not its layers') gathered whole while the block runs:
-    code that uses them outside ``module``'s forward pass (an evaluation) sees full tensors."""
-    if not is_sharded(module):
-        yield
-        return
-    module.unshard()
-    try:
-        yield
-    finally:
-        module.reshard()
-
-
 def local_float(value) -> float:
     """A scalar tensor as a float; a replicated sharded-tensor value (a gradient norm) as its full value."""
     if hasattr(value, "full_tensor"):
@@ -382,123 +298,143 @@ def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
     return [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
 
 
-def full_states(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, world: World) -> tuple[dict, dict]:
-    """The full (unsharded) state dicts of a sharded ``model``'s trainable parameters (the frozen base
-    weights are never gathered) and of its optimizer, on the CPU of rank 0 (other ranks get empty dicts;
-    no ``optimizer``: its dict is empty). Every rank must call it. The
-    optimizer's state is keyed by parameter number, as ``optimizer.state_dict()`` has it, so one
-    process without sharding loads it as it is."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+# ---------------------------------------------------------------------------- the strategy
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-    model_state = get_model_state_dict(model, options=options)
-    if optimizer is None:
-        return model_state, {}
-    by_name = get_optimizer_state_dict(model, optimizer, options=options)
-    if not world.main:
-        return {}, {}
-    number = {name: index for index, name in enumerate(_parameter_names(model, optimizer))}
-    groups = [{**group, "params": [number[name] for name in group["params"]]} for group in by_name["param_groups"]]
-    state = {number[name]: values for name, values in by_name["state"].items()}
-    return model_state, {"state": state, "param_groups": groups}
+@dataclass(frozen=True)
+class Strategy:
+    """How the training processes share a run: one process, ``ddp`` (a whole model on every process under
+    ``DistributedDataParallel``) or ``fsdp`` (``sharded``: the weights sharded over the processes).
 
+    It owns what differs between them: loading and wrapping the model, this process's share of a
+    batch, the values every process agrees on, the full states gathered for saving, and which process
+    writes (``is_writer``)."""
 
-def set_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
-    """Load a full optimizer state dict (keyed by parameter number, read by every rank) into the
-    optimizer of a sharded ``model``: each rank keeps its shard."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_optimizer_state_dict,
-    )
+    world: World = World()
+    device: str = "cpu"
+    sharded: bool = False
 
-    names = _parameter_names(model, optimizer)
-    if len(names) != sum(len(group["params"]) for group in state_dict["param_groups"]):
-        raise ValueError(f"the saved optimizer state holds {sum(len(g['params']) for g in state_dict['param_groups'])} "
-                         f"parameters; this model trains {len(names)}")
-    by_name = {
-        "state": {names[number]: values for number, values in state_dict["state"].items()},
-        "param_groups": [{**group, "params": [names[number] for number in group["params"]]}
-                         for group in state_dict["param_groups"]],
-    }
-    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+    @property
+    def name(self) -> str:
+        return "fsdp" if self.sharded else "ddp" if self.world.distributed else "single"
 
+    @property
+    def distributed(self) -> bool:
+        return self.world.distributed
 
-# ---------------------------------------------------------------------------- the launcher
+    @property
+    def is_writer(self) -> bool:
+        """The one process that prints, logs and writes files."""
+        return self.world.main
 
-def check_gpus(count: int, device: str | None) -> None:
-    """Refuse ``--gpus count`` on a machine that cannot run it; ``--device cpu`` runs CPU processes."""
-    if count < 1:
-        raise DistributedError(f"--gpus must be a whole number >= 1 (got {count})")
-    if world_from_env().distributed:
-        raise DistributedError("--gpus starts the processes itself; under torchrun or accelerate launch leave it out")
-    kind = (device or "").split(":")[0]
-    if kind == "cpu":
-        return
-    if kind == "mps":
-        raise DistributedError("--gpus needs CUDA GPUs; MPS cannot be shared by several processes")
-    if ":" in (device or ""):
-        raise DistributedError(f"--gpus {count} picks one GPU per process; pass --device cuda, not {device}")
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if available < count:
-        raise DistributedError(
-            f"--gpus {count}: PyTorch sees {available} CUDA GPU(s) here; pass --gpus {available} or fewer"
-            if available else
-            f"--gpus {count}: PyTorch sees no CUDA GPU here (--device cpu runs {count} CPU processes instead)"
+    @property
+    def evaluates(self) -> bool:
+        """Whether this process runs validation: the writer; sharded, every process (layers are gathered together)."""
+        return self.is_writer or self.sharded
+
+    def load(self, module: torch.nn.Module, weights_dir, seed: int) -> int:
+        """Sharded: shard ``module`` and read this process's shards (``shard_and_load``); returns the tensors read."""
+        return shard_and_load(module, self.world, self.device, weights_dir, seed) if self.sharded else 0
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` as the step runs it: under DDP with a whole model on several processes, else as it is."""
+        return module if self.sharded else wrap(module, self.world, self.device)
+
+    def rank_slice(self, indices: list[int], batch_size: int) -> list[int]:
+        """This process's samples of a global batch: the contiguous slice ``[rank * batch_size, (rank + 1) *
+        batch_size)``. A short global batch (an epoch's last) leaves later processes fewer samples or none."""
+        return indices[self.world.rank * batch_size : (self.world.rank + 1) * batch_size]
+
+    def loss_scale(self, mine: int, total: int) -> float:
+        """Factor on this process's mean loss so that the average over processes (what DDP does to gradients)
+        is the mean loss over the whole global batch of ``total`` samples (``mine`` of them here)."""
+        return mine * self.world.size / total if self.world.distributed else 1.0
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over processes (float64)."""
+        if not self.world.distributed:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.tolist()
+
+    def all_max(self, value: float) -> float:
+        """The largest ``value`` over processes: every process takes the same decision from it."""
+        return all_max(value, self.world, self.device)
+
+    def check_same(self, values: dict) -> dict | None:
+        """``None`` when every process holds the same ``values``; else the first differing rank's values."""
+        if not self.world.distributed:
+            return None
+        gathered: list = [None] * self.world.size
+        dist.all_gather_object(gathered, values)
+        return next(({"rank": rank, **other} for rank, other in enumerate(gathered) if other != values), None)
+
+    def barrier(self) -> None:
+        if self.world.distributed:
+            dist.barrier()
+
+    def stop(self) -> None:
+        """Leave the process group (after the last collective)."""
+        if self.world.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+    @contextmanager
+    def gathered(self, module: torch.nn.Module):
+        """Sharded: ``module``'s own parameters (not its layers') gathered whole while the block runs, so
+        code that uses them outside ``module``'s forward pass (an evaluation) sees full tensors."""
+        if not self.sharded:
+            yield
+            return
+        module.unshard()
+        try:
+            yield
+        finally:
+            module.reshard()
+
+    def full_states(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+                    ) -> tuple[dict | None, dict | None]:
+        """Sharded: the full state dicts of ``model``'s trainable parameters (the frozen base weights are
+        never gathered) and of ``optimizer`` (keyed by parameter number, as ``optimizer.state_dict()`` has
+        it), on the writer's CPU (empty dicts elsewhere); every process must call it. Else ``(None, None)``:
+        the model and optimizer hold their own full states."""
+        if not self.sharded:
+            return None, None
+        from torch.distributed.checkpoint.state_dict import (  # sharded runs only: a slow import
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
         )
 
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        model_state = get_model_state_dict(model, options=options)
+        if optimizer is None:
+            return model_state, {}
+        by_name = get_optimizer_state_dict(model, optimizer, options=options)
+        if not self.is_writer:
+            return {}, {}
+        number = {name: index for index, name in enumerate(_parameter_names(model, optimizer))}
+        groups = [{**group, "params": [number[name] for name in group["params"]]} for group in by_name["param_groups"]]
+        state = {number[name]: values for name, values in by_name["state"].items()}
+        return model_state, {"state": state, "param_groups": groups}
 
-def launch_command(count: int, arguments: list[str], command: str = "train") -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node count -m your_ai <command> ...``
-    (``train``, or ``benchmark`` for a fit test on ``count`` processes)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(count),
-            "-m", "your_ai", command, *arguments]
+    def optimizer_state_loader(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        """What loads a full optimizer state dict (keyed by parameter number) into ``optimizer``: sharded,
+        each process keeps its shard; else ``optimizer.load_state_dict``."""
+        if not self.sharded:
+            return optimizer.load_state_dict
 
+        def load(state_dict: dict) -> None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-_LOG_LINE = re.compile(r"^[WIEF]\d{4} \d\d:\d\d:\d\d")  # torch's own log lines (torchrun's warnings)
+            names = _parameter_names(model, optimizer)
+            saved = sum(len(group["params"]) for group in state_dict["param_groups"])
+            if len(names) != saved:
+                raise ValueError(f"the saved optimizer state holds {saved} parameters; this model trains {len(names)}")
+            by_name = {
+                "state": {names[number]: values for number, values in state_dict["state"].items()},
+                "param_groups": [{**group, "params": [names[number] for number in group["params"]]}
+                                 for group in state_dict["param_groups"]],
+            }
+            set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
-
-def launcher_report(stderr_lines: list[str]) -> tuple[list[str], list[dict]]:
-    """Split torchrun's stderr into the processes' own lines and the failures its report lists.
-
-    When a process fails, torchrun stops the others and ends with a ``ChildFailedError`` report
-    naming each failed process: ``rank``, ``exitcode`` (negative: killed by that signal) and
-    whether it is the root cause (the first failure). Returns (the processes' lines, without
-    torchrun's traceback and log lines; the failures as ``{"rank", "exit_code", "signal",
-    "root_cause"}``, the root cause first). No report: all lines and ``[]``.
-    """
-    start = len(stderr_lines)
-    for index, line in enumerate(stderr_lines):
-        if line.startswith("Traceback (most recent call last):") and any(
-                "torch/distributed/run.py" in later for later in stderr_lines[index + 1:index + 8]):
-            start = index
-    own = [line for line in stderr_lines[:start] if not _LOG_LINE.match(line)]
-    failures: list[dict] = []
-    root = False
-    for line in stderr_lines[start:]:
-        text = line.strip()
-        if text.startswith("Root Cause"):
-            root = True
-        elif text.startswith("rank") and ":" in text:
-            found = re.match(r"rank\s*:\s*(\d+)", text)
-            if found:
-                failures.append({"rank": int(found.group(1)), "exit_code": None, "signal": None, "root_cause": root})
-        elif text.startswith("exitcode") and failures:
-            found = re.match(r"exitcode\s*:\s*(-?\d+)", text)
-            if found:
-                code = int(found.group(1))
-                failures[-1]["exit_code"] = code if code >= 0 else None
-                failures[-1]["signal"] = _signal_name(-code) if code < 0 else None
-    failures.sort(key=lambda failure: not failure["root_cause"])
-    return own, failures
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
+        return load

@@ -1,0 +1,253 @@
+"""What a training run is asked to do: ``TrainingArgs``, its validation and defaults, and resuming.
+
+Every setting left ``None`` is filled by ``with_defaults`` from ``your_ai.train.defaults`` (the one
+source of defaults, also for the CLI's help). A resumed run takes the settings that shape its numbers
+from its checkpoint (``merge_for_resume``). Nothing here loads a model.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from your_ai.data.records import read_records, training_files
+from your_ai.hardware import pick_device
+from your_ai.model.architecture import read_architecture
+from your_ai.model.lora import LoraSettings
+from your_ai.model.presets import PRESETS, TINY
+from your_ai.model.quantize import QuantizationError, check_bits
+from your_ai.model.resolve import ModelResolutionError, model_or_default, resolve_model
+from your_ai.objective.distrust import DEFAULT_ALPHA, MODES, check_alpha
+from your_ai.step.modes import STEP_MODES
+from your_ai.train import defaults as run_defaults
+from your_ai.train.defaults import DEFAULTS, flag
+from your_ai.train.parallel import check_strategy
+
+
+RUN_SHAPE_FIELDS = (
+    "model", "data", "batch_size", "lora_rank", "lora_alpha", "lora_layers", "learning_rate",
+    "warmup_steps", "max_steps", "grad_accum", "max_grad_norm", "max_seq_length", "weight_decay",
+    "distrust_mode", "alpha", "lambda_weight", "seed", "quantize",
+)
+
+
+class TrainingArgsError(ValueError):
+    """A training setting that cannot work; the message names the flag."""
+
+
+class TrainingError(Exception):
+    """Training cannot start or go on; the message says what to do."""
+
+
+class MemoryLimitExceeded(Exception):
+    """The measured peak went above ``--max-memory``; a checkpoint was saved first."""
+
+    def __init__(self, peak_gb: float, limit_gb: float, step: int, checkpoint: Path):
+        self.peak_gb, self.limit_gb, self.step, self.checkpoint = peak_gb, limit_gb, step, checkpoint
+        super().__init__(
+            f"peak memory {peak_gb:.2f} GB went above --max-memory {limit_gb:.2f} GB at step {step}; "
+            f"saved checkpoint {checkpoint}. Lower --batch-size, --max-seq-length or --lora-rank, "
+            f"or add --grad-checkpoint, then continue with --resume"
+        )
+
+
+@dataclass
+class TrainingArgs:
+    """Everything a training run needs. ``None`` means the default (``DEFAULTS``, and the table of
+    ``your_ai.train.defaults`` for the model, the device and the data); ``with_defaults()`` fills them in."""
+
+    model: str | None = None  # preset, hub id or directory; None: models.DEFAULT_MODEL
+    data: str | None = None  # JSONL file, or directory with train.jsonl (+ val.jsonl); None: the demo corpus
+    output_dir: str | None = None  # None: models/distrust-<preset or model name>
+    batch_size: int | None = None
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # None: 2 * rank
+    lora_layers: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    max_steps: int | None = None
+    grad_accum: int | None = None
+    max_grad_norm: float | None = None
+    max_seq_length: int | None = None
+    weight_decay: float | None = None
+    distrust_mode: str | None = None
+    alpha: float | None = None
+    lambda_weight: float | None = None
+    save_every: int | None = None
+    keep_last: int | None = None
+    eval_every: int | None = None  # None: save_every
+    memory_report_interval: int | None = None
+    seed: int | None = None
+    max_memory: float | None = None  # GB; None: 80% of the device's memory
+    metrics_file: str | None = None  # None: <output_dir>/metrics.jsonl
+    save_best: bool = False
+    resume: bool = False
+    tensorboard: bool = True
+    grad_checkpoint: bool = False
+    step_mode: str | None = None  # auto | fast | selective | small | plain (your_ai.step.modes); None: auto
+    device: str | None = None
+    trust_remote_code: bool = False
+    strategy: str | None = None  # data-parallel strategy under torchrun: auto | ddp | fsdp
+    quantize: int | None = None  # 4: QLoRA, the base model's decoder linears in NF4 (your_ai.model.quantize)
+    overwrite: bool = False  # a new run may replace an earlier run's files in output_dir
+
+    def with_defaults(self) -> "TrainingArgs":
+        model = model_or_default(self.model)
+        values = asdict(self)
+        values["model"] = model
+        for key, value in {**DEFAULTS, "alpha": DEFAULT_ALPHA}.items():
+            if values[key] is None:
+                values[key] = value
+        if values["data"] is None:
+            values["data"] = str(demo_corpus_path())
+        table_fields = (*run_defaults.RULE_FIELDS, "max_steps", "warmup_steps")
+        if not self.resume and any(values[key] is None for key in table_fields):  # resumed: the checkpoint's
+            data = values["data"]
+            values.update(default_choice(self).values(values, lambda: count_training_records(data)))
+        if values["output_dir"] is None:
+            values["output_dir"] = default_output_dir(model)
+        if values["eval_every"] is None:
+            values["eval_every"] = values["save_every"]
+        return TrainingArgs(**values)
+
+    def validate(self) -> None:
+        """Raise ``TrainingArgsError`` naming the first flag with a value that cannot work."""
+        for key in ("batch_size", "lora_rank", "lora_layers", "max_steps", "grad_accum", "save_every",
+                    "keep_last", "eval_every", "memory_report_interval"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise TrainingArgsError(f"{flag(key)} must be a whole number >= 1 (got {value!r})")
+        if self.max_seq_length is not None and (not isinstance(self.max_seq_length, int) or self.max_seq_length < 2):
+            raise TrainingArgsError(f"--max-seq-length must be a whole number >= 2 (got {self.max_seq_length!r})")
+        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+            raise TrainingArgsError(f"--warmup-steps must be a whole number >= 0 (got {self.warmup_steps!r})")
+        for key in ("learning_rate", "max_grad_norm", "lora_alpha", "max_memory"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise TrainingArgsError(f"{flag(key)} must be a positive number (got {value!r})")
+        if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise TrainingArgsError(f"--weight-decay must be a number >= 0 (got {self.weight_decay!r})")
+        if self.step_mode is not None and self.step_mode not in STEP_MODES:
+            raise TrainingArgsError(f"--step-mode {self.step_mode!r} must be one of {', '.join(STEP_MODES)}")
+        if self.overwrite and self.resume:
+            raise TrainingArgsError("--overwrite starts the run over and --resume continues it; give one of them")
+        if self.grad_checkpoint and self.step_mode in ("fast", "selective"):
+            raise TrainingArgsError(f"--grad-checkpoint recomputes every layer; it cannot go with --step-mode "
+                                    f"{self.step_mode} (use auto, small or plain)")
+        try:
+            check_strategy(self.strategy)
+        except ValueError as error:
+            raise TrainingArgsError(str(error)) from None
+        try:
+            check_bits(self.quantize)
+        except QuantizationError as error:
+            raise TrainingArgsError(str(error)) from None
+        if self.distrust_mode is not None and self.distrust_mode not in MODES:
+            raise TrainingArgsError(f"--distrust-mode {self.distrust_mode!r} must be one of {', '.join(MODES)}")
+        if self.alpha is not None:
+            try:
+                check_alpha(self.alpha)
+            except ValueError as error:
+                raise TrainingArgsError(f"--alpha: {error}") from None
+        if self.lambda_weight is not None:
+            high = 1.0 if (self.distrust_mode or DEFAULTS["distrust_mode"]) == "weighted" else math.inf
+            if not (0.0 <= self.lambda_weight <= high):
+                bound = "in [0, 1] in weighted mode" if high == 1.0 else ">= 0"
+                raise TrainingArgsError(f"--lambda-weight must be {bound} (got {self.lambda_weight!r})")
+
+    def lora_settings(self) -> LoraSettings:
+        return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, layers=self.lora_layers)
+
+
+def default_choice(args: TrainingArgs) -> run_defaults.DefaultChoice:
+    """The row of the defaults table for ``args``' model (its size) and device."""
+    model = model_or_default(args.model)
+    if model in PRESETS:
+        parameters = PRESETS[model].architecture.parameter_count()
+    else:
+        try:
+            parameters = read_architecture(resolve_model(model).path).parameter_count()
+        except (ModelResolutionError, ValueError, OSError):  # reported where the model is loaded
+            parameters = None
+    try:
+        device = pick_device(args.device)
+    except ValueError:  # an unusable --device is reported where the run starts
+        device = None
+    return run_defaults.choose(model, device, parameters, builtin=model in (TINY.name, TINY.hub_id))
+
+
+def count_training_records(data: str) -> int:
+    """The number of training records in ``data`` (a file, or a directory's train.jsonl)."""
+    return len(read_records(training_files(data).train).records)
+
+
+DEMO_PROMPT = "Which is the better evidence for how a machine worked: its 1923 patent or a modern encyclopedia summary?"
+
+
+def demo_corpus_path() -> Path:
+    return Path(str(resources.files("your_ai") / "assets" / "demo_corpus.jsonl"))
+
+
+def default_output_dir(model: str) -> str:
+    """``models/distrust-<preset name, or the last part of a hub id or directory>``."""
+    name = model if model in PRESETS else Path(model.rstrip("/\\")).name
+    return str(Path("models") / f"distrust-{name}")
+
+
+def merge_for_resume(given: TrainingArgs, saved: dict, output_dir: Path) -> TrainingArgs:
+    """The checkpoint's settings; this invocation may change only those that do not shape the numbers."""
+    values = {key: saved.get(key) for key in RUN_SHAPE_FIELDS}
+    for key in RUN_SHAPE_FIELDS:
+        value = getattr(given, key)
+        if value is None or value == values[key]:
+            continue
+        if key == "data" and Path(value).resolve() == Path(values[key]).resolve():
+            continue
+        if key == "model" and resolve_model(value).path == resolve_model(values[key]).path:
+            continue
+        raise TrainingArgsError(
+            f"{flag(key)} {value!r} differs from the checkpoint's {values[key]!r}: a resumed run keeps its "
+            f"settings (start a new run with another --output-dir to change it)"
+        )
+    for key, value in asdict(given).items():
+        if key not in RUN_SHAPE_FIELDS:  # given here, else as the run had it (switches: as given here)
+            values[key] = value if value is not None else saved.get(key)
+    values["step_mode"] = _resumed_step_mode(given, saved.get("step_mode"))
+    values["output_dir"] = str(output_dir)  # where the checkpoint was found
+    return TrainingArgs(**values).with_defaults()
+
+
+def _resumed_step_mode(given: TrainingArgs, saved: str | None) -> str:
+    """The step mode of a resumed run. The loss path (the plain step or the fast step) stays as the
+    run started. Within the fast step, ``--step-mode`` or ``--grad-checkpoint`` given now changes
+    only what is recomputed, which changes no number; otherwise the checkpoint's mode is kept."""
+    saved = saved or "plain"  # a run saved before step modes existed took the plain step
+    wanted = given.step_mode
+    if wanted is not None and (wanted == "plain") != (saved == "plain"):
+        raise TrainingArgsError(
+            f"--step-mode {wanted!r} differs from the checkpoint's {saved!r}: a resumed run keeps its loss path "
+            f"(the plain step or the fast step); start a new run with another --output-dir to change it"
+        )
+    if wanted is not None:
+        return wanted
+    if given.grad_checkpoint and saved != "plain":
+        return "small"
+    return saved
+
+
+def resume_command(args: TrainingArgs, world_size: int = 1) -> str:
+    """The command that continues this run: its model and output directory, ``--resume``, and the
+    switches that apply as given (a resumed run takes every other setting from its checkpoint)."""
+    words = ["your-ai", "train", "--model", args.model, "--output-dir", str(args.output_dir), "--resume"]
+    if world_size > 1:
+        words += ["--gpus", str(world_size)]
+    if args.device:
+        words += ["--device", args.device]
+    for switch, given in (("--save-best", args.save_best), ("--no-tensorboard", not args.tensorboard),
+                        ("--grad-checkpoint", args.grad_checkpoint), ("--trust-remote-code", args.trust_remote_code)):
+        if given:
+            words.append(switch)
+    return shlex.join(words)

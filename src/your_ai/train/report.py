@@ -1,0 +1,154 @@
+"""What a run reports: the loss parts and tokens since the last report (``MetricsWindow``), the progress bar,
+log lines, metrics JSONL and TensorBoard (``Reporter``; ``QuietReporter`` on the processes that do not
+write), and the plan printed before the first step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from your_ai.objective.distrust import LossParts
+from your_ai.train.args import TrainingArgs
+from your_ai.train.checkpoints import METRICS_FILE, TENSORBOARD_DIR
+
+
+class MetricsWindow:
+    """Loss parts and tokens since the last report."""
+
+    def __init__(self) -> None:
+        self.total = self.cross_entropy = self.distrust = 0.0
+        self.tokens, self.steps = 0, 0.0
+        self.started = time.perf_counter()
+
+    def add(self, parts: LossParts, tokens: int, grad_accum: int) -> None:
+        self.total += float(parts.total.detach()) / grad_accum
+        self.cross_entropy += float(parts.cross_entropy) / grad_accum
+        self.distrust += float(parts.distrust) / grad_accum
+        self.tokens += tokens
+        self.steps += 1.0 / grad_accum
+
+    def loss(self) -> float:
+        return self.total / max(self.steps, 1e-9)
+
+    def metrics(self) -> dict[str, float]:
+        steps = max(self.steps, 1e-9)
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        return {
+            "loss": self.total / steps,
+            "cross_entropy": self.cross_entropy / steps,
+            "distrust": self.distrust / steps,
+            "tokens_per_second": self.tokens / seconds,
+        }
+
+
+class QuietReporter:
+    """The reporter of a process that does not write: it reports nothing."""
+
+    def train(self, *values) -> None:
+        pass
+
+    def eval(self, *values) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Reporter:
+    """Progress bar and log lines on the console, the metrics JSONL file, TensorBoard."""
+
+    def __init__(self, console, output_dir: Path, args: TrainingArgs, start_step: int):
+        self.console = console
+        self.metrics_path = Path(args.metrics_file) if args.metrics_file else output_dir / METRICS_FILE
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        self.metrics = open(self.metrics_path, "a", encoding="utf-8")
+        self.writer = None
+        if args.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR), purge_step=start_step or None)
+        self.progress = Progress(
+            TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"), console=console, transient=True,
+        )
+        self.task = self.progress.add_task("train", total=args.max_steps, completed=start_step, status="")
+        self.max_steps = args.max_steps
+        self.step_mode = args.step_mode
+        self.progress.start()
+
+    def _write(self, record: dict) -> None:
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+
+    def train(self, step, epoch, window: MetricsWindow, learning_rate, grad_norm, peak_gb, elapsed) -> None:
+        values = window.metrics()
+        record = {"kind": "train", "step": step, "epoch": epoch, **values, "learning_rate": learning_rate,
+                  "grad_norm": grad_norm, "peak_memory_gb": peak_gb, "elapsed_s": elapsed, "step_mode": self.step_mode}
+        self._write(record)
+        if self.writer is not None:
+            for key in ("loss", "cross_entropy", "distrust", "learning_rate", "grad_norm", "tokens_per_second",
+                        "peak_memory_gb"):
+                self.writer.add_scalar(f"train/{key}", record[key], step)
+            self.writer.flush()
+        line = (f"step {step}/{self.max_steps} | loss {values['loss']:.4f} | ce {values['cross_entropy']:.4f} | "
+                f"distrust {values['distrust']:.2f} | lr {learning_rate:.2e} | grad norm {grad_norm:.3f} | "
+                f"{values['tokens_per_second']:.0f} tok/s | peak {peak_gb:.2f} GB")
+        self.progress.console.print(line, highlight=False)
+        self.progress.update(self.task, completed=step, status=f"loss {values['loss']:.4f}")
+
+    def eval(self, step: int, values: dict, saved_best: bool) -> None:
+        self._write({"kind": "eval", "step": step, **values})
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"val/{key[4:]}", value, step)
+            self.writer.flush()
+        best = " (best so far, saved to best/)" if saved_best else ""
+        self.progress.console.print(
+            f"step {step}: val loss {values['val_loss']:.4f} | val ce {values['val_cross_entropy']:.4f}{best}",
+            highlight=False,
+        )
+
+    def close(self) -> None:
+        self.progress.stop()
+        self.metrics.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def print_plan(console, args: TrainingArgs, loaded, device: str, data, notes: list[str], resumed_from: int | None,
+               limit_gb: float, step_mode) -> None:
+    """What the run will do, before its first step: model, data, LoRA and batch, objective, memory, step mode."""
+    parameters = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
+    files, objective = data.files, data.objective
+    n_train, n_val = len(data.train_examples), len(data.val_examples)
+    console.print(f"Model: {args.model} ({loaded.architecture_name}, {str(loaded.dtype).replace('torch.', '')} on {device})",
+                  highlight=False)
+    console.print(f"Data: {files.train} ({n_train} records)" + (f", validation {files.val} ({n_val})" if files.val else ""),
+                  highlight=False)
+    console.print(
+        f"LoRA: rank {args.lora_rank}, alpha {args.lora_settings().effective_alpha:g}, last {args.lora_layers} layers, "
+        f"{parameters:,} trainable parameters | batch {args.batch_size} x {args.grad_accum}, seq {args.max_seq_length}, "
+        f"lr {args.learning_rate:g}, {args.max_steps} steps",
+        highlight=False,
+    )
+    if objective.weighting is not None:
+        console.print(
+            f"Objective: weighted (lambda {objective.lambda_weight:g}, alpha {objective.alpha:g}); normaliser "
+            f"d_bar = {objective.weighting.normaliser:.4f} (mean distrust value over {n_train} training records)",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"Objective: additive (CE + {objective.lambda_weight:g} * sum d): the distrust term is a constant and "
+            f"changes no gradient", highlight=False,
+        )
+    console.print(f"Memory limit: {limit_gb:.2f} GB | output: {args.output_dir}", highlight=False)
+    console.print(f"Step mode: {step_mode.reason}", highlight=False)
+    if resumed_from is not None:
+        console.print(f"Resuming from step {resumed_from}", highlight=False)
+    for note in notes:
+        console.print(f"Note: {note}", highlight=False)
