@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from test_train import write_corpus
-from your_ai.train.args import TrainingArgs, TrainingArgsError
+from your_ai.train.args import TrainingArgs, TrainingArgsError, check_strategy
 from your_ai.train.launch import check_gpus
-from your_ai.train.parallel import DistributedError, Strategy, World, check_strategy
+from your_ai.train.parallel import DistributedError, Strategy, World
 
 # 14 records, global batch 4: the 4th step's batch holds the epoch's last 2 samples, all on rank 0,
 # so rank 1 takes part in that step with nothing to learn from.

@@ -24,7 +24,6 @@ from your_ai.objective.distrust import DEFAULT_ALPHA, MODES, check_alpha
 from your_ai.step.modes import STEP_MODES
 from your_ai.train import defaults as run_defaults
 from your_ai.train.defaults import DEFAULTS, flag
-from your_ai.train.parallel import check_strategy
 
 
 RUN_SHAPE_FIELDS = (
@@ -32,6 +31,8 @@ RUN_SHAPE_FIELDS = (
     "warmup_steps", "max_steps", "grad_accum", "max_grad_norm", "max_seq_length", "weight_decay",
     "distrust_mode", "alpha", "lambda_weight", "seed", "quantize",
 )
+
+STRATEGIES = ("auto", "ddp", "fsdp")  # data-parallel strategies (your_ai.train.parallel)
 
 
 class TrainingArgsError(ValueError):
@@ -251,3 +252,13 @@ def resume_command(args: TrainingArgs, world_size: int = 1) -> str:
         if given:
             words.append(switch)
     return shlex.join(words)
+
+
+def check_strategy(strategy: str | None) -> str:
+    """The data-parallel strategy asked for: ``ddp`` replicates the model on every rank, ``fsdp`` shards it
+    over the ranks; ``auto`` reads as ``ddp`` here (``pick_strategy`` turns it into ``fsdp`` when the
+    model does not fit one device)."""
+    strategy = strategy or "auto"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {strategy!r} must be one of {', '.join(STRATEGIES)}")
+    return "fsdp" if strategy == "fsdp" else "ddp"

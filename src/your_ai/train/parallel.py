@@ -35,8 +35,7 @@ from your_ai.model.lora import reset_adapters
 from your_ai.model.meta import decoder_layers
 from your_ai.model.quantize import is_quantized
 from your_ai.model.resolve import weight_files
-
-STRATEGIES = ("auto", "ddp", "fsdp")
+from your_ai.train.args import check_strategy
 
 
 class DistributedError(Exception):
@@ -82,16 +81,6 @@ def world_from_env() -> World:
     if size < 1 or rank >= size:
         raise DistributedError(f"RANK={rank} does not fit WORLD_SIZE={size}")
     return World(rank=rank, size=size, local_rank=local_rank)
-
-
-def check_strategy(strategy: str | None) -> str:
-    """The data-parallel strategy asked for: ``ddp`` replicates the model on every rank, ``fsdp`` shards it
-    over the ranks; ``auto`` reads as ``ddp`` here (``pick_strategy`` turns it into ``fsdp`` when the
-    model does not fit one device)."""
-    strategy = strategy or "auto"
-    if strategy not in STRATEGIES:
-        raise ValueError(f"--strategy {strategy!r} must be one of {', '.join(STRATEGIES)}")
-    return "fsdp" if strategy == "fsdp" else "ddp"
 
 
 def start(device: str) -> tuple[World, str]:
