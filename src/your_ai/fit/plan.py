@@ -15,7 +15,7 @@ from your_ai.fit.result import FitResult
 
 DEFAULT_STEPS = 5  # training steps of a benchmark's fit test
 SWEEP_STEPS = 15  # training steps of each config of the optimize sweep
-DEFAULT_TIMEOUT_S = 1800.0  # per fit test
+DEFAULT_TIMEOUT_S = 1800  # seconds per fit test
 DEFAULT_LOG = "benchmark_log.jsonl"
 LEARNING_RATE = 1e-4
 
