@@ -10,21 +10,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from your_ai.train.checkpoints import (
-    CheckpointError,
-    find_latest_checkpoint,
-    find_resumable_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     optimizer_state_from_files,
     optimizer_state_to_files,
     prune_checkpoints,
-    remove_stale_temporaries,
     rng_state,
     save_adapter,
     save_checkpoint,
     set_rng_state,
-    verify_checkpoint,
     write_directory_atomically,
+)
+from your_ai.train.outputs import (
+    CheckpointError,
+    find_latest_checkpoint,
+    find_resumable_checkpoint,
+    list_checkpoints,
+    remove_stale_temporaries,
+    verify_checkpoint,
 )
 from your_ai.model.lora import LoraSettings
 from your_ai.train.setup import build_optimizer, load_for_training

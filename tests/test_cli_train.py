@@ -148,7 +148,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_gives_the_uninterrupted_adapter(t
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_does_not_cut_the_checkpoint_short(tmp_path, tiny_model_dir):
-    from your_ai.train.checkpoints import find_resumable_checkpoint
+    from your_ai.train.outputs import find_resumable_checkpoint
 
     write_corpus(tmp_path / "corpus.jsonl")
     process = start_train("--data", "corpus.jsonl", "--output-dir", "run", "--max-steps", "40", "--save-every",

@@ -102,7 +102,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     from your_ai.model.quantize import QuantizationError
     from your_ai.model.resolve import ModelResolutionError
     from your_ai.train.args import MemoryLimitExceeded, TrainingArgs, TrainingArgsError, TrainingError
-    from your_ai.train.checkpoints import CheckpointError
+    from your_ai.train.outputs import CheckpointError
     from your_ai.train.loop import train as run_training
     from your_ai.train.parallel import DistributedError
 

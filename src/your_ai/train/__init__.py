@@ -2,12 +2,14 @@
 
 The package has two halves, with a seam between them.
 
-What to train (no model is loaded; another engine can take it as it is):
+What to train (no model is loaded and no tensor made; PyTorch is imported only by the objective's
+maths; another engine can take it as it is):
 
 * ``args``: ``TrainingArgs``, its validation, its defaults (``defaults`` is the one source of them, for
   the CLI's help too) and the merge of a resumed run's settings;
 * ``plan``: the run plan (``plan_run``: output directory, the checkpoint a resumed run continues), the
   ``Objective``, and the run's data (``read_run_data``: read, checked, scored; ``RunData.tokenize``);
+* ``outputs``: the output directory's layout, what an earlier run left there, where to resume;
 * ``step.MicroBatch``'s contents and the schedule (warm-up and cosine decay over ``--max-steps``) are
   described by the args.
 
@@ -21,7 +23,7 @@ How it runs (PyTorch):
 * ``parallel``: the ``Strategy`` for one process, DDP or FSDP (wrapping, loading, reducing, gathering,
   which process writes); ``launch`` starts the processes;
 * ``checkpointer``: the ``Checkpointer`` that writes checkpoints, best/ and the final adapter, and resumes
-  (``checkpoints`` holds the file formats);
+  (``checkpoints`` reads and writes the files);
 * ``report``: the metrics window, the reporter, the printed plan;
 * ``loop``: ``train``, which wires these together and runs the loop.
 """

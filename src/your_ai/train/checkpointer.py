@@ -14,15 +14,17 @@ from typing import Callable
 from your_ai.data.records import DataPosition
 from your_ai.files import write_json_atomic
 from your_ai.train.checkpoints import (
-    SUMMARY_FILE,
-    checkpoints_dir,
     load_adapter_weights,
     load_training_state,
-    remove_run_entries,
-    remove_stale_temporaries,
     save_adapter,
     save_best,
     save_checkpoint,
+)
+from your_ai.train.outputs import (
+    SUMMARY_FILE,
+    checkpoints_dir,
+    remove_run_entries,
+    remove_stale_temporaries,
     set_aside_damaged,
     step_dir_name,
 )

@@ -25,7 +25,7 @@ from your_ai.data.records import (
 from your_ai.model.presets import PRESETS
 from your_ai.objective.distrust import DEFAULT_ALPHA, MODES, DistrustWeighting, check_alpha
 from your_ai.train.args import TrainingArgs, TrainingArgsError, TrainingError, merge_for_resume
-from your_ai.train.checkpoints import (
+from your_ai.train.outputs import (
     ADAPTER_WEIGHTS_FILE,
     SUMMARY_FILE,
     CheckpointError,

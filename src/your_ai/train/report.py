@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from your_ai.objective.distrust import LossParts
 from your_ai.train.args import TrainingArgs
-from your_ai.train.checkpoints import METRICS_FILE, TENSORBOARD_DIR
+from your_ai.train.outputs import METRICS_FILE, TENSORBOARD_DIR
 
 
 class MetricsWindow:

@@ -80,30 +80,10 @@ def load_for_training(
             raise QuantizationError("--quantize 4 builds its 4-bit weights whole on each process; it cannot start "
                                     "from sharded weights")
         nf4.check_available()
-    if synthetic:
-        if model not in PRESETS:
-            raise InvalidModelNameError(
-                f"synthetic models are built from presets; {model!r} is not one of: {', '.join(PRESETS)}"
-            )
-        architecture = PRESETS[model].architecture
-        tokenizer, resolved = None, None
-    else:
-        resolved = resolve_model(model)
-        tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
-    with parameters_on_meta() if on_meta else nullcontext():
-        if synthetic and quantize:
-            base = nf4.build_quantized_random_model(build_config(architecture), dtype=dtype, device=device)
-        elif synthetic:
-            base = build_random_model(architecture, dtype=dtype, device=device)
-        elif quantize:
-            base = nf4.load_quantized_model(resolved.path, dtype=dtype, device=device,
-                                            trust_remote_code=trust_remote_code)
-        elif on_meta:
-            base = build_model_from_config(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        else:
-            base = load_model(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    if on_meta:  # tying inside the meta block makes a new tensor of the head: tie it to the embeddings again
-        base.tie_weights()
+    resolved = None if synthetic else resolve_model(model)
+    tokenizer = None if synthetic else load_tokenizer(resolved, trust_remote_code=trust_remote_code)
+    base = _base_model(model, resolved, dtype, device, quantize=quantize, on_meta=on_meta,
+                       trust_remote_code=trust_remote_code)
     if quantize:
         if device.startswith("cuda"):
             nf4.use_compiled_dequantization(base)
@@ -128,6 +108,31 @@ def load_for_training(
         dtype=dtype,
         notes=notes,
     )
+
+
+def _base_model(model: str, resolved: ResolvedModel | None, dtype: torch.dtype, device: str, *,
+                quantize: int | None, on_meta: bool, trust_remote_code: bool):
+    """The base model: read from ``resolved``, or (``resolved`` None) a random-weight copy of preset ``model``;
+    in 4-bit NF4 when ``quantize``; with its parameters on the meta device when ``on_meta``."""
+    if resolved is None and model not in PRESETS:
+        raise InvalidModelNameError(f"synthetic models are built from presets; {model!r} is not one of: "
+                                    f"{', '.join(PRESETS)}")
+    with parameters_on_meta() if on_meta else nullcontext():
+        if resolved is None and quantize:
+            base = nf4.build_quantized_random_model(build_config(PRESETS[model].architecture), dtype=dtype,
+                                                    device=device)
+        elif resolved is None:
+            base = build_random_model(PRESETS[model].architecture, dtype=dtype, device=device)
+        elif quantize:
+            base = nf4.load_quantized_model(resolved.path, dtype=dtype, device=device,
+                                            trust_remote_code=trust_remote_code)
+        elif on_meta:
+            base = build_model_from_config(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        else:
+            base = load_model(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if on_meta:  # tying inside the meta block makes a new tensor of the head: tie it to the embeddings again
+        base.tie_weights()
+    return base
 
 
 @dataclass
