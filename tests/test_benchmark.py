@@ -2,7 +2,7 @@
 
 The tiny model is placed in a hub cache under the presets' hub ids (it has 4 layers, so the
 fit test's 16 LoRA layers are clamped). Failures are provoked with the test-only
-YOUR_AI_PROBE_FAULT variable; each benchmark run checks several things at once.
+YOUR_AI_FIT_TEST_FAULT variable; each benchmark run checks several things at once.
 """
 
 import io
@@ -13,16 +13,24 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import psutil
 import pytest
 from hub_cache import add_snapshot, fake_commit
 
-from your_ai.fit.benchmark import SAFETY_ENV, benchmark_candidates, candidate, result_text, run_benchmark
+from your_ai.fit.benchmark import (
+    SAFETY_ENV,
+    benchmark_candidates,
+    candidate,
+    run_benchmark,
+)
+from your_ai.fit.faults import FAULT_ENV
+from your_ai.fit.plan import FitConfig, FitTest
+from your_ai.fit.result import result_text
 from your_ai.model.presets import PRESETS
-from your_ai.fit.child import FAULT_ENV, FitConfig
 
-FAST = ["--device", "cpu", "--seq-length", "64", "--steps", "2"]
+FAST = ["--device", "cpu", "--max-seq-length", "64", "--steps", "2"]
 FAST_CONFIG = FitConfig(seq_length=64, steps=2)
 
 
@@ -145,12 +153,12 @@ def test_event_log(run_a):
         "optimize_start", "optimize_complete", "benchmark_complete"]
     success = events[3]
     assert success["preset"] == "hermes-mistral-7b" and success["exit_code"] == 0 and success["last_phase"] == "done"
-    assert len(success["stdout_head"]) == 1 and success["stdout_head"][0].startswith("BENCHMARK_RESULT:{")
+    assert len(success["stdout_head"]) == 1 and success["stdout_head"][0].startswith("FIT_TEST_RESULT:{")
     failed = [r for r in events if r["event"] == "subprocess_failed"]
     assert [(r["preset"], r["status"], r["signal"]) for r in failed] == [
         ("dolphin-8b", "crashed", "SIGSEGV"), ("llama-8b", "not_available", None), ("r1-distill-14b", "oom", "SIGKILL")]
     assert failed[1]["exit_code"] == 1 and failed[0]["exit_code"] is None
-    assert failed[2]["last_phase"] == "resolving"  # the probe's phase lines reached the parent
+    assert failed[2]["last_phase"] == "resolving"  # the fit test's phase lines reached the parent
     complete = events[-1]
     assert (complete["tested"], complete["passed"], complete["failed"], complete["skipped"]) == (4, 1, 3, 1)
 
@@ -166,7 +174,7 @@ def test_errors_do_not_stop_but_over_budget_does(tmp_path, tiny_model_dir):
     out = proc.stdout
     assert proc.returncode == 1, proc.stderr
     assert line_for(out, "hermes-mistral-7b").startswith(
-        "[1/4] hermes-mistral-7b    (7B  ) ... ✗ Error: RuntimeError: injected failure (YOUR_AI_PROBE_FAULT=error")
+        "[1/4] hermes-mistral-7b    (7B  ) ... ✗ Error: RuntimeError: injected failure (YOUR_AI_FIT_TEST_FAULT=error")
     # no result line and a non-zero exit: the child's last stderr line is the message
     assert line_for(out, "dolphin-8b").startswith(
         "[2/4] dolphin-8b           (8B  ) ... ✗ Error: injected exit with code 3")
@@ -324,8 +332,9 @@ def test_cached_tests_every_causal_lm_in_the_cache(tmp_path, hub_cache):
 
 
 def test_result_text_for_synthetic_and_other_statuses():
-    base = {"estimate_gb": 15.14, "synthetic": True, "peak_memory_gb": 27.83, "error": "boom", "download_command": None}
-    assert result_text({**base, "status": "pass"}) == "✓ Pass (27.8 GB peak) [est 15.1 GB, synthetic]"
-    assert result_text({**base, "status": "error", "synthetic": False}) == "✗ Error: boom [est 15.1 GB]"
-    assert result_text({**base, "status": "not_available", "download_command": "hf download a/b"}) == (
+    base = FitTest("m", "cpu", FitConfig(), 8.0, synthetic=True, estimate_gb=15.14).result("pass")
+    base.peak_memory_gb, base.error = 27.83, "boom"
+    assert result_text(base) == "✓ Pass (27.8 GB peak) [est 15.1 GB, synthetic]"
+    assert result_text(replace(base, status="error", synthetic=False)) == "✗ Error: boom [est 15.1 GB]"
+    assert result_text(replace(base, status="not_available", download_command="hf download a/b")) == (
         "✗ Model not available — would need ~15 GB; `hf download a/b`")

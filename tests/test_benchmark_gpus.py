@@ -2,7 +2,7 @@
 
 On this CPU machine the processes are gloo CPU processes (`--device cpu`), as `train --gpus N --device cpu`
 runs them: real torchrun, real exit codes and signals, real files. A fault is injected on one process only
-(YOUR_AI_PROBE_FAULT=...@process=1) to check that the benchmark names the real cause.
+(YOUR_AI_FIT_TEST_FAULT=...@process=1) to check that the benchmark names the real cause.
 """
 
 import io
@@ -16,12 +16,15 @@ import pytest
 import torch
 
 from your_ai.fit import sweep as optimize_module
-from your_ai.fit.benchmark import ProbeRun, probe_command, result_text, run_benchmark
+from your_ai.fit.benchmark import run_benchmark
+from your_ai.fit.faults import FAULT_ENV
+from your_ai.fit.plan import FitConfig, FitTest
+from your_ai.fit.result import RESULT_PREFIX, FitResult, merge_results, result_text
+from your_ai.fit.runner import FitTestRun
 from your_ai.train.launch import launcher_report
 from your_ai.train.parallel import pick_strategy
-from your_ai.fit.child import FAULT_ENV, RESULT_PREFIX, FitConfig, merge_results
 
-CPU2 = ["--gpus", "2", "--device", "cpu", "--seq-length", "32", "--steps", "2", "--lora-rank", "8"]
+CPU2 = ["--gpus", "2", "--device", "cpu", "--max-seq-length", "32", "--steps", "2", "--lora-rank", "8"]
 
 
 def run_cli(args, cwd, **env):
@@ -30,7 +33,8 @@ def run_cli(args, cwd, **env):
 
 
 def result_lines(stdout):
-    return [json.loads(line[len(RESULT_PREFIX):]) for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    return [FitResult.from_dict(json.loads(line[len(RESULT_PREFIX):])) for line in stdout.splitlines()
+            if line.startswith(RESULT_PREFIX)]
 
 
 def model_line(stdout):
@@ -70,29 +74,30 @@ def test_a_process_killed_by_sigkill_is_out_of_memory_not_a_crash(tmp_path):
     assert model["exit_code"] == 1  # torchrun's own code: the cause comes from its report
 
 
-def test_single_model_on_two_processes_prints_one_line(tmp_path):
-    result = run_cli(["benchmark", "--single-model", "tiny", "--synthetic", "--strategy", "fsdp", *CPU2], tmp_path)
+def test_fit_test_on_two_processes_prints_one_line(tmp_path):
+    result = run_cli(["benchmark", "--fit-test", "tiny", "--synthetic", "--strategy", "fsdp", *CPU2], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     (line,) = result_lines(result.stdout)  # rank 0 alone reports a pass
-    assert line["status"] == "pass" and line["processes"] == 2 and line["strategy"] == "fsdp" and line["rank"] == 0
-    assert line["synthetic"] is True and line["config"]["seq_length"] == 32
+    assert line.status == "pass" and line.processes == 2 and line.strategy == "fsdp" and line.rank == 0
+    assert line.synthetic is True and line.config["seq_length"] == 32
 
 
 def test_sharded_fit_test_in_4_bits(tmp_path):
-    result = run_cli(["benchmark", "--single-model", "tiny", "--synthetic", "--strategy", "fsdp", "--quantize", "4",
+    result = run_cli(["benchmark", "--fit-test", "tiny", "--synthetic", "--strategy", "fsdp", "--quantize", "4",
                       *CPU2], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     (line,) = result_lines(result.stdout)
-    assert line["status"] == "pass" and line["strategy"] == "fsdp" and line["config"]["quantize"] == 4
-    assert any(note.startswith("QLoRA: ") for note in line["notes"])
+    assert line.status == "pass" and line.strategy == "fsdp" and line.config["quantize"] == 4
+    assert any(note.startswith("QLoRA: ") for note in line.notes)
 
 
-def test_single_model_out_of_memory_on_one_process_is_reported_by_that_process(tmp_path, tiny_model_dir):
+def test_fit_test_out_of_memory_on_one_process_is_reported_by_that_process(tmp_path, tiny_model_dir):
+    # --single-model: the old name of --fit-test
     result = run_cli(["benchmark", "--single-model", "tiny", *CPU2], tmp_path, **{FAULT_ENV: "oom@process=1"})
     assert result.returncode != 0
     merged = merge_results(result_lines(result.stdout))
-    assert merged["status"] == "oom" and merged["rank"] == 1
-    assert merged["error"].endswith("injected for testing) (process 1 of 2)")
+    assert merged.status == "oom" and merged.rank == 1
+    assert merged.error.endswith("injected for testing) (process 1 of 2)")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA GPUs")
@@ -102,7 +107,7 @@ def test_gpus_without_gpus_is_refused_with_check_gpus_message(tmp_path, monkeypa
     from your_ai.cli import main
 
     monkeypatch.chdir(tmp_path)
-    for command in (["benchmark", "--models", "tiny"], ["benchmark", "--single-model", "tiny"],
+    for command in (["benchmark", "--models", "tiny"], ["benchmark", "--fit-test", "tiny"],
                     ["optimize", "--model", "tiny"]):
         result = CliRunner().invoke(main, [*command, "--gpus", "2"])
         assert result.exit_code == 2, command
@@ -132,26 +137,27 @@ def test_over_budget_precheck_divides_the_weights_by_the_processes_under_fsdp(tm
 def test_optimize_runs_each_config_on_the_processes_and_records_them(tmp_path, monkeypatch):
     calls = []
 
-    def fake_probe(model, budget, device, config, **options):
-        calls.append(options)
-        result = {"status": "pass", "error": None, "peak_memory_gb": 0.5, "step_time_s": 0.1, "step_times_s": [0.3, 0.1],
-                  "tokens_per_s": 2 * 64 * config.batch_size / 0.1, "config": {"seq_length": 64}, "strategy": "ddp"}
-        return ProbeRun(result=result, command=[], exit_code=0, processes=options["processes"])
+    def fake_run(test, **options):  # stands in for the subprocess: a pass at a known speed
+        calls.append(test)
+        result = test.result("pass")
+        result.peak_memory_gb, result.step_time_s, result.step_times_s = 0.5, 0.1, [0.3, 0.1]
+        result.tokens_per_s, result.config["seq_length"], result.strategy = 2 * 64 * test.config.batch_size / 0.1, 64, "ddp"
+        return FitTestRun(test, [], result=result, exit_code=0)
 
-    monkeypatch.setattr(optimize_module, "run_probe_subprocess", fake_probe)
+    monkeypatch.setattr(optimize_module, "run_in_subprocess", fake_run)
     outcome = optimize_module.run_optimize("tiny", max_memory_gb=8.0, device="cpu", quick=True, steps=2,
                                            seq_length=64, gpus=2, output=tmp_path / "p.json", say=lambda *_: None)
-    assert calls and all(c["processes"] == 2 and c["strategy"] == "ddp" for c in calls)
+    assert calls and all(c.processes == 2 and c.strategy == "ddp" for c in calls)
     profile = json.loads((tmp_path / "p.json").read_text())
     assert profile["gpus"] == 2 and profile["strategy"] == "ddp" and profile["batch_size"] == 8
     assert all(row["processes"] == 2 for row in outcome["results"])
 
 
-def test_probe_command_on_several_processes_runs_under_torchrun():
-    command = probe_command("tiny", 8.0, "cuda", FitConfig(), synthetic=True, processes=4, strategy="fsdp")
+def test_fit_test_command_on_several_processes_runs_under_torchrun():
+    command = FitTest("tiny", "cuda", FitConfig(), 8.0, synthetic=True, processes=4, strategy="fsdp").command()
     assert command[1:8] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m", "your_ai"]
-    assert command[8:11] == ["benchmark", "--single-model", "tiny"] and command[-2:] == ["--strategy", "fsdp"]
-    assert probe_command("tiny", 8.0, "cuda", FitConfig(), synthetic=False)[1:4] == ["-m", "your_ai", "benchmark"]
+    assert command[8:11] == ["benchmark", "--fit-test", "tiny"] and command[-2:] == ["--strategy", "fsdp"]
+    assert FitTest("tiny", "cuda", FitConfig(), 8.0).command()[1:4] == ["-m", "your_ai", "benchmark"]
 
 
 def test_strategy_auto_shards_only_what_does_not_fit_one_device():
@@ -163,11 +169,13 @@ def test_strategy_auto_shards_only_what_does_not_fit_one_device():
 
 
 def test_merged_results_keep_the_cause_and_the_largest_peak():
-    rank0 = {"status": "error", "error": "RuntimeError: Connection reset by peer (process 0 of 2)",
-             "peak_memory_gb": 3.0, "peak_host_gb": 3.0}
-    rank1 = {"status": "oom", "error": "OutOfMemoryError (process 1 of 2)", "peak_memory_gb": 2.0, "peak_host_gb": 4.0}
+    test = FitTest("tiny", "cpu", FitConfig(), 8.0, processes=2)
+    rank0 = test.result("error", "RuntimeError: Connection reset by peer (process 0 of 2)")
+    rank0.peak_memory_gb, rank0.peak_host_gb = 3.0, 3.0
+    rank1 = test.result("oom", "OutOfMemoryError (process 1 of 2)")
+    rank1.peak_memory_gb, rank1.peak_host_gb = 2.0, 4.0
     merged = merge_results([rank0, rank1])
-    assert merged["status"] == "oom" and merged["peak_memory_gb"] == 3.0 and merged["peak_host_gb"] == 4.0
+    assert merged.status == "oom" and merged.peak_memory_gb == 3.0 and merged.peak_host_gb == 4.0
     assert merge_results([rank0]) is rank0 and merge_results([]) is None
 
 
@@ -200,6 +208,6 @@ def test_launcher_report_names_the_root_cause():
 
 
 def test_pass_text_on_several_gpus():
-    result = {"status": "pass", "peak_memory_gb": 41.23, "estimate_gb": 40.0, "processes": 2, "strategy": "fsdp",
-              "device": "cuda"}
+    result = FitTest("m", "cuda", FitConfig(), 80.0, estimate_gb=40.0).result("pass")
+    result.peak_memory_gb, result.processes, result.strategy = 41.23, 2, "fsdp"
     assert result_text(result) == "✓ Pass (41.2 GB peak per GPU, 2 GPUs) [est 40.0 GB, fsdp]"

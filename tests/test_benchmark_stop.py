@@ -1,6 +1,6 @@
 """Stopping `benchmark` and `optimize` leaves no fit test behind: SIGINT, SIGTERM and SIGKILL of the parent.
 
-Real processes on the tiny model: the fit test is made to hang with the test-only YOUR_AI_PROBE_FAULT=sleep:...,
+Real processes on the tiny model: the fit test is made to hang with the test-only YOUR_AI_FIT_TEST_FAULT=sleep:...,
 the parent is signalled once its child is running, and the child (every process under it, with torchrun) must be
 gone within a few seconds.
 """
@@ -15,10 +15,10 @@ import time
 import psutil
 import pytest
 
-from your_ai.fit.child import FAULT_ENV
+from your_ai.fit.faults import FAULT_ENV
 
 HANG = {FAULT_ENV: "sleep:300", "OMP_NUM_THREADS": "1"}
-FIT = ["--models", "tiny", "--synthetic", "--device", "cpu", "--seq-length", "32", "--steps", "2"]
+FIT = ["--models", "tiny", "--synthetic", "--device", "cpu", "--max-seq-length", "32", "--steps", "2"]
 GONE_WITHIN_S = 5.0
 
 
@@ -101,7 +101,7 @@ def test_sigkill_of_benchmark_still_ends_the_fit_test(tmp_path):
 def test_sigterm_to_optimize_kills_the_fit_test(tmp_path):
     output = tmp_path / "profile.json"
     proc = start(["optimize", "--model", "tiny", "--synthetic", "--quick", "--device", "cpu", "--seq-length", "32",
-                  "--steps", "2", "--output", str(output)], tmp_path)
+                  "--steps", "2", "--output", str(output)], tmp_path)  # --seq-length: the old name of --max-seq-length
     child = wait_for(lambda: psutil.Process(proc.pid).children(), "the fit test", proc)[0].pid
     wait_for(lambda: alive(child) and psutil.Process(child).num_threads() >= 2, "the child's watchdog", proc)
     proc.terminate()

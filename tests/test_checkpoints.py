@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from your_ai.model.lora import LoraSettings
 from your_ai.train.checkpoints import (
     load_adapter_weights,
     load_training_state,
@@ -28,7 +29,6 @@ from your_ai.train.outputs import (
     remove_stale_temporaries,
     verify_checkpoint,
 )
-from your_ai.model.lora import LoraSettings
 from your_ai.train.setup import build_optimizer, load_for_training
 
 

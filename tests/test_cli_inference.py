@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from test_inference import make_adapter
 
 

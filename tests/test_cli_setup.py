@@ -1,4 +1,4 @@
-"""`your-ai --help`, `setup` and the hardware profile, through the real CLI."""
+"""`your-ai --help`, `setup` and the machine info, through the real CLI."""
 
 import json
 import os
@@ -31,11 +31,11 @@ def test_console_script_names_are_declared():
     assert scripts.get("your_ai") == "your_ai.cli:main"
 
 
-def test_setup_detects_and_saves_a_profile(tmp_path):
+def test_setup_detects_and_saves_the_machine_info(tmp_path):
     result = run_cli("setup", "--json", env={"YOUR_AI_CONFIG_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
-    saved = tmp_path / "hardware_profile.json"
-    assert f"Saved hardware profile to {saved}" in result.stdout
+    saved = tmp_path / "machine.json"
+    assert f"Saved machine info to {saved}" in result.stdout
     profile = json.loads(saved.read_text())
     assert profile["memory_gb"] == round(psutil.virtual_memory().total / 1e9, 2)
     assert profile["cpu_threads"] == os.cpu_count()
@@ -43,12 +43,12 @@ def test_setup_detects_and_saves_a_profile(tmp_path):
     import torch
 
     assert len(profile["gpus"]) == (torch.cuda.device_count() if torch.cuda.is_available() else len(profile["gpus"]))
-    printed = json.loads(result.stdout.split("Saved hardware profile")[0])
+    printed = json.loads(result.stdout.split("Saved machine info")[0])
     assert printed == profile
 
 
 def test_setup_readable_output_and_explicit_path(tmp_path):
-    target = tmp_path / "nested" / "profile.json"
+    target = tmp_path / "nested" / "machine.json"
     result = run_cli("setup", "--output", str(target))
     assert result.returncode == 0, result.stderr
     assert "Memory:" in result.stdout and "Device:" in result.stdout

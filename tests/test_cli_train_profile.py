@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from your_ai.fit.sweep import apply_profile, profile_path
+from your_ai.fit.profiles import apply_profile, profile_path
 
 PROFILE = {"model": "tiny", "batch_size": 2, "lora_rank": 4, "lora_alpha": 8, "lora_layers": 2, "seq_length": 32}
 

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from your_ai.data.records import PREFIX_CHARS_PER_TOKEN, DataError, Record, check_record, iter_records, tokenize_record
+from your_ai.data.records import (
+    PREFIX_CHARS_PER_TOKEN,
+    DataError,
+    Record,
+    check_record,
+    iter_records,
+    tokenize_record,
+)
 
 LINES, BAD_LINE = 2000, 1000
 

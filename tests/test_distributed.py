@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_train import write_corpus
+
 from your_ai.train.args import TrainingArgs, TrainingArgsError, check_strategy
 from your_ai.train.launch import check_gpus
 from your_ai.train.parallel import DistributedError, Strategy, World
@@ -251,8 +251,8 @@ def test_sharded_loading_keeps_a_head_tied_to_the_embeddings(tmp_path, tiny_mode
     """A model whose head shares the input embeddings (one tensor in its safetensors file) trains sharded
     as it trains in one process: allocating the shards must not untie the head."""
     from your_ai.model.architecture import build_random_model
-    from your_ai.model.resolve import _tiny_token_ids, tiny_assets_dir
     from your_ai.model.presets import TINY
+    from your_ai.model.resolve import _tiny_token_ids, tiny_assets_dir
 
     model = build_random_model(TINY.architecture, seed=1,
                                extra_config={**_tiny_token_ids(tiny_assets_dir()), "tie_word_embeddings": True})
@@ -273,9 +273,9 @@ def test_sharded_loading_keeps_a_head_tied_to_the_embeddings(tmp_path, tiny_mode
 
 
 def test_strategy_auto_shards_only_a_model_too_large_for_one_device(tiny_model_dir):
-    from your_ai.step.memory import sharding_saves_gb
-    from your_ai.model.resolve import resolve_model
     from your_ai.model.presets import TINY
+    from your_ai.model.resolve import resolve_model
+    from your_ai.step.memory import sharding_saves_gb
     from your_ai.train.setup import sharding_saves
 
     resolved, two = resolve_model("tiny"), World(rank=0, size=2, backend="gloo")

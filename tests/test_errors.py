@@ -94,12 +94,12 @@ def test_the_tokenizer_names_a_broken_config_or_tokenizer_file(tiny_model_dir, t
 
 @pytest.mark.slow
 def test_the_fit_test_of_a_broken_model_reports_an_error_result(tiny_model_dir, tmp_path):
-    from your_ai.fit.child import parse_result_line
+    from your_ai.fit.result import parse_result_line
 
     folder, named, words = broken_model(tiny_model_dir, tmp_path, "truncated weights")
     result = run_cli("benchmark", "--single-model", folder, "--steps", "1", "--device", "cpu")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    fit = parse_result_line(result.stdout)
+    fit = parse_result_line(result.stdout).to_dict()
     assert fit["status"] == "error" and f"{named}: {words}" in fit["error"]
 
 

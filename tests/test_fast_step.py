@@ -20,7 +20,12 @@ from your_ai.objective.distrust import per_sample_cross_entropy
 from your_ai.step import fast as fast_step
 from your_ai.step import fused_lora, head, head_kernel
 from your_ai.step.memory import StepShape, estimate_training_memory
-from your_ai.step.modes import choose_mode, default_chunk_tokens, liger_available, mode_with
+from your_ai.step.modes import (
+    choose_mode,
+    default_chunk_tokens,
+    liger_available,
+    mode_with,
+)
 from your_ai.train.loss import compute_loss
 from your_ai.train.plan import Objective
 
@@ -204,7 +209,6 @@ def test_head_choice():
 
 
 def test_modes_that_recompute_take_smaller_head_chunks_and_the_prepared_step_carries_them():
-    from your_ai.model.presets import PRESETS
     from your_ai.train.setup import PreparedStep
 
     fast = mode_with(LLAMA_STEP, 0, fused_kernels=True)

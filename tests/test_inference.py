@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from your_ai.eval import inference, likelihood
 from your_ai.data.records import check_record
+from your_ai.eval import inference, likelihood
 from your_ai.eval.export import merge_adapter
 from your_ai.eval.inference import InferenceError
 from your_ai.model.errors import ModelNotAvailableError
@@ -20,8 +20,8 @@ from your_ai.model.errors import ModelNotAvailableError
 def make_adapter(directory: Path, base_name: str = "tiny", seed: int = 1) -> Path:
     """A real PEFT adapter folder for the tiny model whose LoRA B weights are non-zero, so it
     changes the model's outputs; ``adapter_config.json`` names ``base_name`` as its base."""
-    from your_ai.model.lora import LoraSettings, apply_lora
     from your_ai.model.load import load_model, load_tokenizer
+    from your_ai.model.lora import LoraSettings, apply_lora
     from your_ai.model.resolve import resolve_model
 
     resolved = resolve_model("tiny")
@@ -110,8 +110,7 @@ def test_bad_checkpoint_folders_are_named_with_the_missing_file(adapter_dir, tmp
 
 
 def test_an_adapter_on_a_base_of_another_shape_is_refused(adapter_dir, tmp_path):
-    from your_ai.model.architecture import build_random_model
-    from your_ai.model.architecture import Architecture
+    from your_ai.model.architecture import Architecture, build_random_model
     from your_ai.model.presets import TINY
 
     wider = Architecture("llama", 128, 344, 4, 4, 2, 2048, 1024, rope_theta=10000.0)

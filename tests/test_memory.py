@@ -8,7 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from your_ai.model.architecture import Architecture, build_random_model, read_architecture
+from your_ai.model.architecture import (
+    Architecture,
+    build_random_model,
+    read_architecture,
+)
 from your_ai.model.errors import ModelFileError
 from your_ai.model.lora import LoraSettings, apply_lora
 from your_ai.model.presets import PRESETS, TINY

@@ -9,7 +9,12 @@ import pytest
 from hub_cache import fake_commit
 
 from your_ai.model.architecture import build_config, build_random_model
-from your_ai.model.errors import InvalidModelNameError, ModelFileError, ModelNotAvailableError, ModelResolutionError
+from your_ai.model.errors import (
+    InvalidModelNameError,
+    ModelFileError,
+    ModelNotAvailableError,
+    ModelResolutionError,
+)
 from your_ai.model.load import load_model, load_tokenizer, weight_files
 from your_ai.model.presets import BENCHMARK_PRESETS, PRESETS, TINY, get_preset
 from your_ai.model.resolve import cached_causal_lms, model_shape, resolve_model

@@ -9,25 +9,25 @@ import sys
 
 import pytest
 
+from your_ai.fit.faults import FAULT_ENV
+from your_ai.fit.profiles import load_profile, profile_path
+from your_ai.fit.result import step_time_summary
 from your_ai.fit.sweep import (
     FULL_GRID,
     fits,
     format_table,
     grid_configs,
-    load_profile,
-    profile_path,
     noisy,
     ranking_within_noise,
     run_optimize,
 )
 from your_ai.model.presets import PRESETS, TINY
-from your_ai.fit.child import FAULT_ENV, step_time_summary
 
 
 def test_sweep_stops_a_dimension_at_oom_and_saves_the_fastest_fit(tmp_path, tiny_model_dir):
     output = tmp_path / "profile.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "your_ai", "optimize", "--model", "tiny", "--quick", "--steps", "4", "--seq-length", "32",
+        [sys.executable, "-m", "your_ai", "optimize", "--model", "tiny", "--quick", "--steps", "4", "--max-seq-length", "32",
          "--device", "cpu", "--max-memory", "8", "--output", str(output), "--synthetic"],
         capture_output=True, text=True, timeout=600, env={**os.environ, FAULT_ENV: "oom@batch=4"},
     )

@@ -228,8 +228,8 @@ def test_benchmark_over_budget_check_counts_4_bit_weights(tmp_path):
 
 
 def test_recommend_and_optimize_profiles_know_4_bit_weights():
+    from your_ai.fit.profiles import apply_profile
     from your_ai.fit.recommend import recommend_presets
-    from your_ai.fit.sweep import apply_profile
 
     full = recommend_presets(memory_gb=80, device="cuda")
     nf4 = recommend_presets(memory_gb=80, device="cuda", quantize=4)

@@ -1,4 +1,4 @@
-"""`your-ai recommend`: every preset's estimate against 80% of the memory."""
+"""`your-ai recommend`: every preset's estimate, in the run `train` makes of it, against 80% of the memory."""
 
 import json
 import os
@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from your_ai.model.presets import PRESETS
 from your_ai.fit.recommend import format_recommendation, recommend_presets
+from your_ai.model.presets import PRESETS
+from your_ai.train.defaults import RULES
 
 
 def test_fits_eighty_percent_of_the_memory():
@@ -35,7 +36,7 @@ def test_cpu_trains_in_fp32_and_small_memory_fits_nothing():
     assert "No preset fits 0.8 GB" in text and "fp32 weights" in text
     for row in cpu["presets"]:
         assert f"  {row['preset']:<20}" in text
-    bigger_batch = recommend_presets(memory_gb=1, device="cuda", batch_size=8)
+    bigger_batch = recommend_presets(memory_gb=1, device="cuda", batch_size=16)
     assert bigger_batch["presets"][0]["estimate_gb"] > cuda["presets"][0]["estimate_gb"]
     with pytest.raises(ValueError, match="memory=-1 must be a positive number of GB"):
         recommend_presets(memory_gb=-1, device="cpu")
@@ -47,7 +48,29 @@ def test_recommend_command():
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["memory_gb"] == 40 and report["budget_gb"] == 32 and report["memory_source"] == "given"
-    assert report["config"] == {"batch_size": 2, "lora_rank": 64, "lora_layers": 16, "seq_length": 1024, "quantize": None}
+    assert report["config"] == {"batch_size": None, "lora_rank": None, "lora_layers": None, "seq_length": None,
+                                "quantize": None}  # nothing given: train's defaults for each model
+    rows = {row["preset"]: row for row in report["presets"]}
+    device_class = "cpu" if report["device"] == "cpu" else "gpu"
+    large, small = RULES[("large", device_class)], RULES[("small", device_class)]
+    assert rows["hermes-mistral-7b"]["config"] == {"batch_size": large.batch_size, "lora_rank": large.lora_rank,
+                                                   "lora_layers": large.lora_layers, "seq_length": large.max_seq_length}
+    assert rows["smollm2-135m"]["config"]["lora_rank"] == small.lora_rank
+    given = json.loads(subprocess.run([sys.executable, "-m", "your_ai", "recommend", "--memory", "40", "--json",
+                                       "--lora-rank", "64", "--max-seq-length", "512"], capture_output=True, text=True,
+                                      timeout=300, env=dict(os.environ)).stdout)
+    assert all(row["config"]["lora_rank"] == 64 and row["config"]["seq_length"] == 512 for row in given["presets"])
+
+
+def test_the_estimate_is_of_the_run_train_makes():
+    default_run = recommend_presets(memory_gb=40, device="cpu")  # a 7B model: train's rank 128 does not fit
+    assert not default_run["presets"][1]["fits"] and default_run["largest_fit"] == "smollm2-135m"
+    text = format_recommendation(default_run)
+    assert "Estimated LoRA training memory of `your-ai train --model MODEL` on cpu" in text
+    assert "  hermes-mistral-7b        7B    32.2 GB  no    batch 2, rank 128 on 16 layers, 1024 tokens" in text
+    lower_rank = recommend_presets(memory_gb=40, device="cpu", lora_rank=64)
+    assert lower_rank["largest_fit"] == "hermes-mistral-7b"
+    assert "`your-ai train --model MODEL --lora-rank 64` on cpu" in format_recommendation(lower_rank)
 
 
 def test_recommend_a_hub_id_gives_a_verdict_with_its_estimate(hub_cache):
@@ -76,7 +99,7 @@ def test_a_larger_preset_in_4_bits_is_named_beside_the_small_one_that_fits():
     assert report["quantized"]["largest_fit"] == "dolphin-8b" and "hermes-mistral-7b" in report["quantized"]["fitting"]
     text = format_recommendation(report)
     assert ("With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) a larger preset fits: dolphin-8b "
-            "(estimated 12.4 GB)") in text
+            f"(estimated {report['quantized']['estimate_gb']:.1f} GB)") in text
     assert "your-ai train --quantize 4 --model dolphin-8b" in text
     assert "--batch-size" not in text and "tiny" not in text
 
@@ -99,8 +122,8 @@ def test_a_smaller_batch_is_advised_only_when_the_weights_fit():
 
 
 def test_a_larger_preset_in_4_bits_is_named_next_to_the_largest_fit():
-    text = format_recommendation(recommend_presets(memory_gb=40, device="cpu"))
+    text = format_recommendation(recommend_presets(memory_gb=40, device="cpu", lora_rank=64))
     assert "Largest that fits: hermes-mistral-7b" in text
     assert "With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) a larger preset fits: " in text
-    quantized = recommend_presets(memory_gb=40, device="cpu", quantize=4)
+    quantized = recommend_presets(memory_gb=40, device="cpu", quantize=4, lora_rank=64)
     assert quantized["quantized"] is None and f"fits: {quantized['largest_fit']} (estimated" in text

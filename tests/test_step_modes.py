@@ -15,7 +15,8 @@ from rich.console import Console
 from safetensors.torch import load_file
 from test_train import SMALL, write_corpus
 
-from your_ai.fit.child import FitConfig, estimate_for, run_probe, step_mode_for
+from your_ai.fit.child import run_fit_test
+from your_ai.fit.plan import FitConfig, estimate_for, step_mode_for
 from your_ai.model.presets import TINY
 from your_ai.step.memory import StepShape
 from your_ai.step.modes import check_step_mode, choose_mode, mode_with, plain_mode
@@ -111,7 +112,7 @@ def test_one_check_of_a_step_mode_with_grad_checkpoint():
 
 def test_probe_reports_the_mode_its_reason_and_its_estimate(tiny_model_dir):
     config = FitConfig(lora_rank=4, steps=1, seq_length=32)
-    auto = run_probe("tiny", 8.0, "cpu", config, synthetic=True)
+    auto = run_fit_test("tiny", 8.0, "cpu", config, synthetic=True).to_dict()
     assert auto["status"] == "pass" and auto["config"]["step_mode"] == "fast"
     expected = step_mode_for(TINY.architecture, "cpu", config, 8.0)
     assert auto["estimate_gb"] == expected.estimate_gb == round(estimate_for(TINY.architecture, "cpu", config, 8.0)
@@ -119,7 +120,7 @@ def test_probe_reports_the_mode_its_reason_and_its_estimate(tiny_model_dir):
     assert f"step mode {expected.reason}" in auto["notes"]
 
     plain_config = FitConfig(lora_rank=4, steps=1, seq_length=32, step_mode="plain")
-    plain = run_probe("tiny", 8.0, "cpu", plain_config, synthetic=True)
+    plain = run_fit_test("tiny", 8.0, "cpu", plain_config, synthetic=True).to_dict()
     assert plain["status"] == "pass" and plain["config"]["step_mode"] == "plain"
     assert plain["estimate_gb"] == plain_mode(StepShape(TINY.architecture, 2, 32, 4, 16, "cpu")).estimate_gb
 
@@ -149,6 +150,6 @@ def test_cli_says_the_mode_and_passes_it_to_the_probe(tmp_path, tiny_model_dir):
                                       "--steps", "1", "--seq-length", "32", "--lora-rank", "4", "--max-memory", "8",
                                       "--step-mode", "small"])
     assert probe.exit_code == 0, probe.output
-    reported = json.loads(probe.stdout.split("BENCHMARK_RESULT:", 1)[1])
+    reported = json.loads(probe.stdout.split("FIT_TEST_RESULT:", 1)[1])
     assert reported["config"]["step_mode"] == "small"
     assert any(note.startswith("step mode small: 4 of 4 adapted layers recomputed") for note in reported["notes"])

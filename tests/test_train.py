@@ -19,8 +19,8 @@ from your_ai.data.records import (
     tokenize_record,
 )
 from your_ai.data.scores import record_scores
-from your_ai.objective.distrust import IGNORE_INDEX, empirical_distrust_loss
 from your_ai.model.lora import LoraSettings
+from your_ai.objective.distrust import IGNORE_INDEX, empirical_distrust_loss
 from your_ai.train.args import TrainingArgs, TrainingArgsError, TrainingError
 from your_ai.train.defaults import DEFAULTS
 from your_ai.train.loop import train

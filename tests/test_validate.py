@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from your_ai.eval import inference, likelihood
+from your_ai.eval import inference, likelihood, rules, truthfulqa
 from your_ai.eval import report as reporting
-from your_ai.eval import rules, truthfulqa
 from your_ai.eval import suite as suite_file
 from your_ai.eval import validate as v
+
 FIXTURE = Path(__file__).parent / "fixtures" / "truthfulqa_sample.csv"
 RULES = suite_file.Rules()  # 100 characters, 2 keywords, 2 skepticism indicators
 

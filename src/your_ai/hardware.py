@@ -1,8 +1,9 @@
-"""What machine is this: OS, CPU, memory, GPUs; which device and dtype to train on; the saved profile."""
+"""What machine is this: OS, CPU, memory, GPUs (``setup`` saves it as the machine info, ``machine.json``);
+which device and dtype to train on. (A hardware profile is something else: the best config ``optimize``
+measured for a model, ``your_ai.fit.profiles``.)"""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -22,8 +23,8 @@ def config_dir() -> Path:
     return Path(base) / "your-ai"
 
 
-def hardware_profile_path() -> Path:
-    return config_dir() / "hardware_profile.json"
+def machine_info_path() -> Path:
+    return config_dir() / "machine.json"
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -106,8 +107,8 @@ def detect_gpus() -> list[dict]:
     return gpus
 
 
-def detect_hardware() -> dict:
-    """A hardware profile: OS, CPU, memory, GPUs, the device training would use."""
+def detect_machine() -> dict:
+    """The machine info: OS, CPU, memory, GPUs, the device training would use."""
     import psutil
     import torch
 
@@ -132,24 +133,14 @@ def detect_hardware() -> dict:
     }
 
 
-def save_hardware_profile(profile: dict, path: str | os.PathLike | None = None) -> Path:
-    """Write the profile as JSON (atomically); returns the path."""
+def save_machine_info(info: dict, path: str | os.PathLike | None = None) -> Path:
+    """Write the machine info as JSON (atomically); returns the path."""
     from your_ai.files import write_json_atomic
 
-    return write_json_atomic(Path(path) if path else hardware_profile_path(), profile)
+    return write_json_atomic(Path(path) if path else machine_info_path(), info)
 
 
-def load_hardware_profile(path: str | os.PathLike | None = None) -> dict | None:
-    target = Path(path) if path else hardware_profile_path()
-    if not target.is_file():
-        return None
-    try:
-        return json.loads(target.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{target}:{error.lineno}: not valid JSON ({error.msg})") from None
-
-
-def format_hardware_profile(profile: dict) -> str:
+def format_machine_info(profile: dict) -> str:
     lines = [
         f"OS:       {profile['os']} ({profile['machine']})",
         f"CPU:      {profile['cpu']} - {profile['cpu_cores']} cores / {profile['cpu_threads']} threads",

@@ -14,37 +14,38 @@ from your_ai.cli.common import (
     fail_stopped,
     launch_processes,
 )
+from your_ai.fit.plan import DEFAULT_LOG, DEFAULT_STEPS, DEFAULT_TIMEOUT_S, SWEEP_STEPS, FitConfig
 from your_ai.step.modes import STEP_MODES
 
 
 @click.command()
-@click.option("--output", type=click.Path(dir_okay=False), help="Where to save the profile (default: config dir).")
-@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Where to save the machine info (default: <config dir>/machine.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the machine info as JSON.")
 def setup(output, as_json):
-    """Detect this machine's hardware and save a hardware profile."""
+    """Detect this machine's hardware (OS, CPU, memory, GPUs, training device) and save it as machine info."""
     from your_ai import hardware
     check_output("--output", output)
-    profile = hardware.detect_hardware()
-    path = hardware.save_hardware_profile(profile, output)
-    if as_json:
-        click.echo(json.dumps(profile, indent=2))
-    else:
-        click.echo(hardware.format_hardware_profile(profile))
-    click.echo(f"Saved hardware profile to {path}")
+    info = hardware.detect_machine()
+    path = hardware.save_machine_info(info, output)
+    click.echo(json.dumps(info, indent=2) if as_json else hardware.format_machine_info(info))
+    click.echo(f"Saved machine info to {path}")
 
 
 @click.command()
 @click.option("--memory", type=float, help="Memory in GB to plan for (default: the detected device's memory).")
-@click.option("--batch-size", type=int, default=2, show_default=True)
-@click.option("--lora-rank", type=int, default=64, show_default=True)
-@click.option("--lora-layers", type=int, default=16, show_default=True)
-@click.option("--max-seq-length", type=int, default=1024, show_default=True)
+@click.option("--batch-size", type=POSITIVE, help="Samples per step (default: train's default for each model).")
+@click.option("--lora-rank", type=POSITIVE, help="LoRA rank (default: train's default for each model).")
+@click.option("--lora-layers", type=POSITIVE, help="Adapted layers (default: train's default for each model).")
+@click.option("--max-seq-length", type=click.IntRange(min=2),
+              help="Tokens per sample (default: train's default for each model).")
 @click.option("--quantize", type=int, help="4: estimate QLoRA, the decoder linear weights in 4-bit NF4.")
 @click.option("--model", "models", multiple=True, help="Estimate this model instead of the presets: a preset, a hub "
               "id (from the local cache) or a model directory; repeat it or give a comma-separated list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, models, as_json):
-    """List the presets (or the given models) whose estimated LoRA training memory fits 80% of MEMORY.
+    """List the presets (or the given models) whose estimated LoRA training memory fits 80% of MEMORY, each in
+    the run `your-ai train --model MODEL` makes with the same flags.
 
     Exit code 1 when a given model has no estimate (not available, unreadable config)."""
     from your_ai.fit import recommend as recommend_module
@@ -69,8 +70,9 @@ def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quanti
 def _fit_options(function):
     """The fit-test config options shared by ``benchmark`` and ``optimize``."""
     for option in reversed((
-        click.option("--seq-length", type=click.IntRange(min=2), help="Tokens per sample (default 1024, or the "
-                     "model's context if smaller)."),
+        click.option("--max-seq-length", "--seq-length", "seq_length", type=click.IntRange(min=2),
+                     help="Tokens per sample, as `train --max-seq-length` (default 1024, or the model's context if "
+                          "smaller)."),
         click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass."),
         click.option("--step-mode", type=click.Choice(STEP_MODES),
                      default="auto", show_default=True,
@@ -79,7 +81,8 @@ def _fit_options(function):
         click.option("--device", help="cuda, mps or cpu (default: the best available)."),
         click.option("--synthetic", is_flag=True, help="Random-weight models of each preset's exact architecture: "
                      "measures the fit without downloading anything."),
-        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1800, show_default=True,
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT_S,
+                     show_default=True,
                      help="Seconds per fit test before its process group is killed."),
         click.option("--gpus", type=POSITIVE, default=1, show_default=True,
                      help="Run each fit test on N GPUs of this machine through torchrun (with --device cpu: N CPU "
@@ -101,41 +104,40 @@ def _fit_options(function):
               "and model directories, mixed (default: the five benchmark presets).")
 @click.option("--cached", is_flag=True, help="Test every causal language model in the local Hugging Face cache "
               "($HF_HUB_CACHE) instead of the presets.")
-@click.option("--single-model", help="Run one fit test in this process and print one BENCHMARK_RESULT line "
-              "(what the benchmark runs in each subprocess).")
+@click.option("--fit-test", "--single-model", "fit_test", metavar="MODEL", help="Run one fit test of MODEL in this "
+              "process and print one FIT_TEST_RESULT line (what the benchmark runs in each subprocess).")
 @click.option("--optimize", is_flag=True, help="Sweep batch x rank x layers for each model that passes.")
 @click.option("--quick", is_flag=True, help="With --optimize: the quick grid (12 configs) instead of the full one (96).")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the results as JSON to FILE.")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False), default="benchmark_log.jsonl", show_default=True,
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=DEFAULT_LOG, show_default=True,
               help="Append every event to this JSONL file.")
 @click.option("--force", is_flag=True, help="Skip the safety checks (available memory, weights over the budget).")
-@click.option("--batch-size", type=POSITIVE, default=2, show_default=True, help="Fit-test batch size.")
-@click.option("--lora-rank", type=POSITIVE, default=64, show_default=True, help="Fit-test LoRA rank.")
-@click.option("--lora-layers", type=POSITIVE, default=16, show_default=True,
+@click.option("--batch-size", type=POSITIVE, default=FitConfig.batch_size, show_default=True,
+              help="Fit-test batch size.")
+@click.option("--lora-rank", type=POSITIVE, default=FitConfig.lora_rank, show_default=True, help="Fit-test LoRA rank.")
+@click.option("--lora-layers", type=POSITIVE, default=FitConfig.lora_layers, show_default=True,
               help="Fit-test LoRA layers (the last N, clamped to the model).")
-@click.option("--steps", type=POSITIVE, default=5, show_default=True, help="Training steps per fit test.")
+@click.option("--steps", type=POSITIVE, default=DEFAULT_STEPS, show_default=True, help="Training steps per fit test.")
 @_fit_options
-def benchmark(max_memory, models, cached, single_model, optimize, quick, output, log_path, force, batch_size,
+def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log_path, force, batch_size,
               lora_rank, lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus,
               strategy, quantize):
     """Empirically test which models fit this machine, one subprocess per model.
 
     Exit code 0 when at least one model passed, 1 when none did.
     """
-    from your_ai.fit.child import FitConfig
-
     try:
         config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=steps,
                            seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
                            quantize=quantize)
     except ValueError as error:  # --grad-checkpoint with --step-mode fast or selective, --quantize 8
         fail(str(error))
-    if single_model:
+    if fit_test:
         from your_ai.fit.child import run_single
 
         if gpus > 1:  # the same fit test on N processes, under torchrun
             launch_processes(gpus, device, "benchmark")
-        sys.exit(run_single(single_model, max_memory, device, config, synthetic=synthetic, strategy=strategy))
+        sys.exit(run_single(fit_test, max_memory, device, config, synthetic=synthetic, strategy=strategy))
 
     if quick and not optimize:
         fail("--quick picks the quick grid of --optimize; add --optimize")
@@ -143,7 +145,8 @@ def benchmark(max_memory, models, cached, single_model, optimize, quick, output,
         fail(f"--cached tests the models in the local cache; leave out {'--models' if models else '--synthetic'}")
     check_output("--log", log_path)
     check_output("--output", output)
-    from your_ai.fit.benchmark import Stopped, run_benchmark
+    from your_ai.fit.benchmark import run_benchmark
+    from your_ai.fit.runner import Stopped
 
     names = [name.strip() for name in models.split(",") if name.strip()] if models else None
     try:
@@ -164,7 +167,7 @@ def benchmark(max_memory, models, cached, single_model, optimize, quick, output,
 @click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
               help="Budget in GB (default: 80% of the device's memory).")
 @click.option("--quick", is_flag=True, help="The quick grid: batch {2,4,8} x rank {64,128} x layers {16,24}.")
-@click.option("--steps", type=POSITIVE, default=15, show_default=True, help="Training steps per config.")
+@click.option("--steps", type=POSITIVE, default=SWEEP_STEPS, show_default=True, help="Training steps per config.")
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
 @_fit_options
@@ -175,7 +178,7 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
     Exit code 0 when a config fits, 1 when none does or the model is not available.
     """
     check_output("--output", output)
-    from your_ai.fit.benchmark import Stopped
+    from your_ai.fit.runner import Stopped
     from your_ai.fit.sweep import run_optimize
     from your_ai.model.errors import ModelResolutionError
 

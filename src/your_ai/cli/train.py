@@ -97,8 +97,8 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     check_output("--output-dir", options["output_dir"], directory=True)
     check_output("--metrics-file", options["metrics_file"])
     from your_ai.data.records import DataError
-    from your_ai.fit import sweep as optimize
-    from your_ai.fit.benchmark import Stopped
+    from your_ai.fit import profiles, sweep as optimize
+    from your_ai.fit.runner import Stopped
     from your_ai.model.quantize import QuantizationError
     from your_ai.model.errors import ModelResolutionError
     from your_ai.train.args import MemoryLimitExceeded, TrainingArgs, TrainingArgsError, TrainingError
@@ -116,7 +116,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
             device=options["device"], say=click.echo,
         )
         if chosen:
-            options, note = optimize.apply_profile(options, *chosen)
+            options, note = profiles.apply_profile(options, *chosen)
             click.echo(note)
     except ValueError as error:
         fail(str(error), code=1)

@@ -1,35 +1,53 @@
 """Which presets (or given models) should fit a memory budget, from the analytic estimate (no model
-is loaded: a given model's shape comes from its config, ``models.model_shape``).
+is loaded: a given model's shape comes from its config, ``model.resolve.model_shape``).
 
-The budget is 80% of the memory given (or of the training device's memory: the GPU's own
-memory on CUDA, system memory elsewhere). Estimates assume the device's training dtype
-(bf16 on CUDA, fp32 elsewhere). ``your-ai benchmark`` measures what really fits.
+Each model is estimated in the run ``your-ai train --model MODEL`` makes on this device: train's defaults
+for the model's size and the device (``train.defaults``: batch size, LoRA rank and layers, sequence length),
+each replaced by the flag given. The budget is 80% of the memory given (or of the training device's memory:
+the GPU's own memory on CUDA, system memory elsewhere). Estimates assume the device's training dtype (bf16 on
+CUDA, fp32 elsewhere). ``your-ai benchmark`` measures what really fits.
 
-When nothing fits, the advice says what would: 4-bit weights (``--quantize 4``) when a preset
-fits that way, a smaller batch or sequence only when the weights themselves fit, else the
-built-in ``tiny`` model.
+When nothing fits, the advice says what would: 4-bit weights (``--quantize 4``) when a preset fits that way,
+a smaller batch or sequence only when the weights themselves fit, else the built-in ``tiny`` model.
 """
 
 from __future__ import annotations
 
-from your_ai.step import memory
+from your_ai.fit.plan import FitConfig, estimate_for
+from your_ai.model.architecture import Architecture
 from your_ai.model.presets import PRESETS, TINY
-from your_ai.fit.child import FitConfig, estimate_for
+from your_ai.step import memory
+from your_ai.train.defaults import choose
+
+CONFIG_KEYS = ("batch_size", "lora_rank", "lora_layers", "seq_length")
+TRAIN_FLAGS = {"batch_size": "--batch-size", "lora_rank": "--lora-rank", "lora_layers": "--lora-layers",
+               "seq_length": "--max-seq-length", "quantize": "--quantize"}
+
+
+def train_config(name: str, architecture: Architecture, device: str, given: dict, quantize: int | None) -> FitConfig:
+    """The config ``your-ai train --model NAME`` runs on ``device``: train's defaults for the model's size and
+    the device, with the values in ``given`` (None: not given) instead."""
+    rule = choose(name, device, architecture.parameter_count(), builtin=name == TINY.name).rule
+    defaults = {"batch_size": rule.batch_size, "lora_rank": rule.lora_rank, "lora_layers": rule.lora_layers,
+                "seq_length": rule.max_seq_length}
+    values = {key: defaults[key] if given.get(key) is None else given[key] for key in CONFIG_KEYS}
+    return FitConfig(**values, steps=1, quantize=quantize)
 
 
 def recommend_presets(
     memory_gb: float | None = None,
-    batch_size: int = 2,
-    lora_rank: int = 64,
-    lora_layers: int = 16,
-    seq_length: int = 1024,
+    batch_size: int | None = None,
+    lora_rank: int | None = None,
+    lora_layers: int | None = None,
+    seq_length: int | None = None,
     device: str | None = None,
     quantize: int | None = None,
     models: list[str] | None = None,
 ) -> dict:
-    """Every preset (smallest first) with its estimate and whether it fits 80% of ``memory_gb``;
-    ``quantize`` 4: with the decoder linears in 4-bit NF4 (QLoRA). ``models``: instead of the presets, these
-    (presets, hub ids, directories), in ``report["models"]``, each with ``error`` when it has no estimate."""
+    """Every preset (smallest first) with its estimate and whether it fits 80% of ``memory_gb``, each in the
+    run ``train`` makes of it (``train_config``: its defaults, or the values given); ``quantize`` 4: with the
+    decoder linears in 4-bit NF4 (QLoRA). ``models``: instead of the presets, these (presets, hub ids,
+    directories), in ``report["models"]``, each with ``error`` when it has no estimate."""
     if memory_gb is not None and not memory_gb > 0:
         raise ValueError(f"memory={memory_gb!r} must be a positive number of GB")
     if device is None:
@@ -40,8 +58,7 @@ def recommend_presets(
     if memory_gb is None:
         memory_gb = memory.device_memory_gb(device)
         source = f"detected {'GPU' if device.startswith('cuda') else 'system'} memory"
-    config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=1,
-                       seq_length=seq_length, quantize=quantize)
+    given = {"batch_size": batch_size, "lora_rank": lora_rank, "lora_layers": lora_layers, "seq_length": seq_length}
     budget = memory.BUDGET_FRACTION * memory_gb
     report = {
         "memory_gb": round(memory_gb, 2),
@@ -50,22 +67,13 @@ def recommend_presets(
         "budget_gb": round(budget, 2),
         "device": device,
         "weight_bytes": memory.training_dtype_bytes(device),
-        "config": {"batch_size": batch_size, "lora_rank": lora_rank, "lora_layers": lora_layers,
-                   "seq_length": seq_length, "quantize": quantize},
+        "config": {**given, "quantize": quantize},  # as given; None: train's default for each model
     }
     if models:
-        return {**report, "models": [_model_row(name, device, config, budget) for name in models]}
-    rows = []
-    for preset in sorted((p for p in PRESETS.values() if p is not TINY), key=lambda p: p.architecture.parameter_count()):
-        rows.append({
-            "preset": preset.name,
-            "hub_id": preset.hub_id,
-            "params": preset.params,
-            "tier": preset.tier,
-            "recommended": preset.recommended,
-            **_estimate(preset.architecture, device, config, budget),
-            "warnings": list(preset.warnings),
-        })
+        return {**report, "models": [_model_row(name, device, given, quantize, budget) for name in models]}
+    rows = [_preset_row(preset, device, given, quantize, budget)
+            for preset in sorted((p for p in PRESETS.values() if p is not TINY),
+                                 key=lambda p: p.architecture.parameter_count())]
     fitting = [row["preset"] for row in rows if row["fits"]]
     quantized = None
     if quantize is None:  # what 4-bit weights would fit, for the advice
@@ -77,14 +85,27 @@ def recommend_presets(
             "quantized": quantized}
 
 
-def _estimate(architecture, device: str, config: FitConfig, budget: float) -> dict:
-    """A row's estimate, in the step mode train would pick, and whether it fits ``budget``."""
+def _preset_row(preset, device: str, given: dict, quantize: int | None, budget: float) -> dict:
+    return {
+        "preset": preset.name,
+        "hub_id": preset.hub_id,
+        "params": preset.params,
+        "tier": preset.tier,
+        "recommended": preset.recommended,
+        **_estimate(preset.name, preset.architecture, device, given, quantize, budget),
+        "warnings": list(preset.warnings),
+    }
+
+
+def _estimate(name: str, architecture, device: str, given: dict, quantize: int | None, budget: float) -> dict:
+    """A row's config and estimate, in the step mode train would pick, and whether it fits ``budget``."""
+    config = train_config(name, architecture, device, given, quantize)
     estimate = estimate_for(architecture, device, config, budget)
-    return {"estimate_gb": round(estimate.total_gb, 2), "parts_gb": estimate.parts_gb,
-            "fits": estimate.total_gb <= budget}
+    return {"config": {key: getattr(config, key) for key in CONFIG_KEYS}, "estimate_gb": round(estimate.total_gb, 2),
+            "parts_gb": estimate.parts_gb, "fits": estimate.total_gb <= budget}
 
 
-def _model_row(name: str, device: str, config: FitConfig, budget: float) -> dict:
+def _model_row(name: str, device: str, given: dict, quantize: int | None, budget: float) -> dict:
     """The row of a given model (preset, hub id or directory), its shape read from its config (a preset not
     on this machine: the preset's); ``error`` says why a model has no estimate (not available, bad config).
     A name that is none of the three raises ``ValueError``."""
@@ -97,32 +118,40 @@ def _model_row(name: str, device: str, config: FitConfig, budget: float) -> dict
         raise ValueError(f"--model {name}: {error}") from None
     except (ModelResolutionError, ValueError) as error:
         return {"model": name, "label": short_label(name), "preset": None, "model_name": name, "params": None,
-                "parameter_count": None, "estimate_gb": None, "parts_gb": None, "fits": None, "error": str(error)}
+                "parameter_count": None, "config": None, "estimate_gb": None, "parts_gb": None, "fits": None,
+                "error": str(error)}
     return {"model": name, "label": shape.label, "preset": shape.preset.name if shape.preset else None,
             "model_name": shape.model_name, "params": shape.params, "parameter_count": shape.parameter_count,
-            **_estimate(shape.architecture, device, config, budget), "error": None}
+            **_estimate(name, shape.architecture, device, given, quantize, budget), "error": None}
+
+
+def config_text(config: dict) -> str:
+    """"batch 2, rank 128 on 16 layers, 1024 tokens"."""
+    return (f"batch {config['batch_size']}, rank {config['lora_rank']} on {config['lora_layers']} layers, "
+            f"{config['seq_length']} tokens")
 
 
 def format_recommendation(report: dict) -> str:
     """The report as a table with the largest preset that fits; with given models, a verdict for each."""
-    config = report["config"]
     dtype = "bf16" if report["weight_bytes"] == 2 else "fp32"
     weights = f"{dtype} weights"
-    if config.get("quantize"):
+    if report["config"].get("quantize"):
         weights = f"decoder linear weights in 4-bit NF4, the rest in {dtype}"
+    flags = "".join(f" {TRAIN_FLAGS[key]} {value}" for key, value in report["config"].items() if value is not None)
     lines = [
         f"Memory: {report['memory_gb']:.1f} GB ({report['memory_source']}, {report['device']}); "
         f"budget {report['budget_gb']:.1f} GB ({report['budget_fraction']:.0%})",
-        f"Estimated LoRA training memory: batch {config['batch_size']}, rank {config['lora_rank']} on the last "
-        f"{config['lora_layers']} layers, sequence {config['seq_length']}, {weights}",
+        f"Estimated LoRA training memory of `your-ai train --model MODEL{flags}` on "
+        f"{report['device']} (train's defaults for each model where no flag is given), {weights}",
         "",
     ]
     if "models" in report:
         return "\n".join(lines + _model_verdicts(report))
-    lines.append(f"  {'Preset':<20} {'Params':>6} {'Estimate':>10}  Fits")
+    lines.append(f"  {'Preset':<20} {'Params':>6} {'Estimate':>10}  {'Fits':<4}  Config")
     for row in report["presets"]:
         mark = "yes" if row["fits"] else "no"
-        lines.append(f"  {row['preset']:<20} {row['params']:>6} {row['estimate_gb']:>7.1f} GB  {mark}")
+        lines.append(f"  {row['preset']:<20} {row['params']:>6} {row['estimate_gb']:>7.1f} GB  {mark:<4}  "
+                     f"{config_text(row['config'])}")
     lines.append("")
     if report["largest_fit"]:
         lines.append(f"Largest that fits: {report['largest_fit']}")
@@ -134,7 +163,7 @@ def format_recommendation(report: dict) -> str:
 
 
 def _model_verdicts(report: dict) -> list[str]:
-    """One verdict line per given model: fits or not with its estimate, or why there is none."""
+    """One verdict line per given model: fits or not with its estimate and config, or why there is none."""
     budget = report["budget_gb"]
     lines = []
     for row in report["models"]:
@@ -142,9 +171,11 @@ def _model_verdicts(report: dict) -> list[str]:
         if row["error"]:
             lines.append(f"  {name}: no estimate: {row['error']}")
         elif row["fits"]:
-            lines.append(f"  {name}: fits, estimated {row['estimate_gb']:.1f} GB of the {budget:.1f} GB budget")
+            lines.append(f"  {name}: fits, estimated {row['estimate_gb']:.1f} GB of the {budget:.1f} GB budget "
+                         f"({config_text(row['config'])})")
         else:
-            lines.append(f"  {name}: does not fit, estimated {row['estimate_gb']:.1f} GB > the {budget:.1f} GB budget")
+            lines.append(f"  {name}: does not fit, estimated {row['estimate_gb']:.1f} GB > the {budget:.1f} GB budget "
+                         f"({config_text(row['config'])})")
     names = ",".join(row["model"] for row in report["models"])
     return [*lines, "", f"These are estimates; `your-ai benchmark --models {names}` measures the real peak."]
 

@@ -1,62 +1,59 @@
-"""The optimizer sweep: batch size x LoRA rank x LoRA layers, measured -> a hardware profile.
+"""The optimize sweep: batch size x LoRA rank x LoRA layers, measured -> a hardware profile.
 
-Each config runs in its own subprocess through the same fit probe as the benchmark
-(``your_ai.fit.benchmark.run_probe_subprocess``), ~15 real training steps, lightest first by
-the analytic estimate. A config fits when its measured peak plus a 15% safety margin is
-within the budget. Configs whose estimate is over 1.5x the budget are not run; once a
-config runs out of memory (or over the budget), every config at least as heavy in all three
-dimensions is skipped. The best config is the fastest (tokens/s) that fits; it is saved as
-a hardware profile that ``train --profile`` applies.
+Each config runs in its own subprocess as the same fit test as the benchmark's (``your_ai.fit.runner``),
+``SWEEP_STEPS`` real training steps, lightest first by the analytic estimate. A config fits when its measured
+peak plus a 15% safety margin is within the budget. Configs whose estimate is over 1.5x the budget are not
+run; once a config runs out of memory (or over the budget), every config at least as heavy in all three
+dimensions is skipped. The best config is the fastest (tokens/s) that fits; it is saved as a hardware profile
+that ``train --profile`` applies (``your_ai.fit.profiles``).
 
-Speed is the median of the timed steps (the first step warms up), with the tokens/s of their
-interquartile range. When the two fastest configs' ranges overlap, or either range is wider than
-25% of its median, both run once more and their steps are pooled; if they still overlap the
-ranking is within noise, and the output says so (or that the timing is still noisy).
+Speed is the median of the timed steps (the first step warms up), with the tokens/s of their interquartile
+range. When the two fastest configs' ranges overlap, or either range is wider than 25% of its median, both
+run once more and their steps are pooled; if they still overlap the ranking is within noise, and the output
+says so (or that the timing is still noisy).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TextIO
 
-from your_ai.step import memory
-from your_ai.fit.benchmark import (
-    DEFAULT_TIMEOUT_S,
-    STOPPING_STATUSES,
-    ProgressLine,
-    Stopped,
-    check_processes,
-    now_iso,
-    processes_word,
-    resolve_device,
-    result_text,
-    run_probe_subprocess,
-    stop_on_signals,
-    train_flags,
-)
 from your_ai.files import write_json_atomic
-from your_ai.model.presets import PRESETS
-from your_ai.fit.child import (
-    MIN_STEPS_FOR_SPREAD,
+from your_ai.fit.plan import (
+    DEFAULT_TIMEOUT_S,
+    SWEEP_STEPS,
     FitConfig,
+    FitTest,
+    check_processes,
     fit_strategy,
     per_process_estimate_gb,
+    resolve_device,
+)
+from your_ai.fit.profiles import load_profile, profile_path
+from your_ai.fit.progress import ProgressLine, now_iso, printer
+from your_ai.fit.result import (
+    MIN_STEPS_FOR_SPREAD,
+    STOPPING_STATUSES,
+    processes_word,
+    result_text,
     step_time_summary,
     timed_steps,
+    train_flags,
 )
+from your_ai.fit.runner import Stopped, run_in_subprocess, stop_on_signals
+from your_ai.model.architecture import Architecture
+from your_ai.model.presets import Preset
+from your_ai.step import memory
 
 QUICK_GRID = {"batch_size": (2, 4, 8), "lora_rank": (64, 128), "lora_layers": (16, 24)}
 FULL_GRID = {"batch_size": (2, 4, 6, 8, 10, 12), "lora_rank": (32, 64, 96, 128), "lora_layers": (8, 16, 24, 32)}
-DEFAULT_STEPS = 15
 SAFETY_MARGIN = 0.15
 ESTIMATE_SKIP_FACTOR = 1.5
 NOISY_SPREAD = 0.25  # a tokens/s interquartile range wider than this share of the median: run the top two again
-PROFILE_KEYS = ("batch_size", "lora_rank", "lora_alpha", "lora_layers")
 
 
 def fits(peak_gb: float | None, budget_gb: float) -> bool:
@@ -69,8 +66,8 @@ def grid_configs(architecture, device: str, *, quick: bool, steps: int, seq_leng
                  budget_gb: float | None = None, gpus: int = 1,
                  strategy: str | None = None, quantize: int | None = None) -> tuple[list[tuple[FitConfig, float]], list[str]]:
     """The grid's distinct configs for this model, lightest first, with their estimates (GB): each in the
-    step mode its fit test runs within ``budget_gb`` (``probe.step_mode_for``); on ``gpus`` > 1 per process,
-    in the strategy ``probe.fit_strategy`` picks for the config.
+    step mode its fit test runs within ``budget_gb`` (``plan.step_mode_for``); on ``gpus`` > 1 per process,
+    in the strategy ``plan.fit_strategy`` picks for the config.
 
     Layer counts above the model's depth are clamped; configs that become identical are kept once.
     """
@@ -79,10 +76,9 @@ def grid_configs(architecture, device: str, *, quick: bool, steps: int, seq_leng
     seen: dict[tuple, FitConfig] = {}
     notes = []
     for batch, rank, layers in itertools.product(grid["batch_size"], grid["lora_rank"], grid["lora_layers"]):
-        used = min(layers, depth)
-        key = (batch, rank, used)
+        key = (batch, rank, min(layers, depth))
         if key not in seen:
-            seen[key] = FitConfig(batch_size=batch, lora_rank=rank, lora_layers=used, steps=steps,
+            seen[key] = FitConfig(batch_size=batch, lora_rank=rank, lora_layers=key[2], steps=steps,
                                   seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
                                   quantize=quantize)
     clamped = sorted({layers for layers in grid["lora_layers"] if layers > depth})
@@ -101,10 +97,107 @@ def _dominates(config: FitConfig, failed: FitConfig) -> bool:
             and config.lora_layers >= failed.lora_layers)
 
 
-def _describe(config: FitConfig | dict) -> str:
-    """"batch B, rank R, layers L" of a config or a result row."""
-    values = config if isinstance(config, dict) else vars(config)
-    return f"batch {values['batch_size']}, rank {values['lora_rank']}, layers {values['lora_layers']}"
+def _describe(row: dict) -> str:
+    """"batch B, rank R, layers L" of a result row."""
+    return f"batch {row['batch_size']}, rank {row['lora_rank']}, layers {row['lora_layers']}"
+
+
+@dataclass
+class _Sweep:
+    """A sweep under way: how each config is measured, and the rows so far."""
+
+    model: str
+    architecture: Architecture
+    preset: Preset | None
+    device: str
+    max_memory_gb: float
+    gpus: int
+    strategy: str | None
+    timeout_s: float
+    synthetic: bool
+    stream: TextIO
+    say: Callable[[str], None]
+    results: list[dict] = field(default_factory=list)
+    failed: list[FitConfig] = field(default_factory=list)
+    measured: dict[int, FitTest] = field(default_factory=dict)  # id of a fitting row -> its test, to run it again
+    stop_reason: str | None = None
+
+    def run_all(self, configs: list[tuple[FitConfig, float]]) -> None:
+        total = len(configs)
+        for index, (config, estimate) in enumerate(configs, start=1):
+            prefix = f"[{index:{len(str(total))}}/{total}] {config.describe():32} ... "
+            row = {"batch_size": config.batch_size, "lora_rank": config.lora_rank, "lora_layers": config.lora_layers,
+                   "estimate_gb": round(estimate, 3), "status": "skipped", "fits": False, "peak_memory_gb": None,
+                   "step_time_s": None, "tokens_per_s": None, "error": self._skip_reason(config, estimate)}
+            if row["error"]:
+                self.say(f"{prefix}- Skipped ({row['error']})")
+            else:
+                self._measure_row(row, config, estimate, prefix)
+            self.results.append(row)
+
+    def _skip_reason(self, config: FitConfig, estimate: float) -> str | None:
+        heavier_than = next((f for f in self.failed if _dominates(config, f)), None)
+        if self.stop_reason:
+            return self.stop_reason
+        if heavier_than:
+            return f"at least as heavy as {heavier_than.describe()}, which did not fit"
+        if estimate > ESTIMATE_SKIP_FACTOR * self.max_memory_gb:
+            return f"estimate {estimate:.1f} GB is over {ESTIMATE_SKIP_FACTOR:g}x the {self.max_memory_gb:.2f} GB budget"
+        return None
+
+    def _measure(self, test: FitTest, progress: ProgressLine):
+        try:
+            return run_in_subprocess(test, timeout_s=self.timeout_s, on_tick=progress.update)
+        except Stopped as stop:  # SIGINT or SIGTERM: the fit test was killed; no profile is saved
+            stop.model, stop.detail = self.model, test.config.describe()
+            progress.finish(f"✗ Stopped by {stop.signal_name}")
+            raise
+
+    def _measure_row(self, row: dict, config: FitConfig, estimate: float, prefix: str) -> None:
+        progress = ProgressLine(self.stream, prefix)
+        progress.start()
+        strategy = fit_strategy(self.strategy, self.architecture, self.device, config, self.max_memory_gb, self.gpus)
+        test = FitTest(self.model, self.device, config, self.max_memory_gb, self.synthetic, self.preset,
+                       round(estimate, 3), self.gpus, strategy)
+        run = self._measure(test, progress)
+        result = run.result
+        row.update(status=result.status, error=result.error, peak_memory_gb=result.peak_memory_gb,
+                   step_time_s=result.step_time_s, tokens_per_s=result.tokens_per_s,
+                   seq_length=result.config.get("seq_length"), step_mode=result.config.get("step_mode"),
+                   exit_code=run.exit_code, signal=run.signal)
+        if self.gpus > 1:
+            row.update(processes=self.gpus, strategy=result.strategy or strategy)
+        if row["status"] == "pass" and not fits(row["peak_memory_gb"], self.max_memory_gb):
+            row["status"] = "over_budget"
+            row["error"] = (f"peak {row['peak_memory_gb']:.2f} GB + {SAFETY_MARGIN:.0%} margin = "
+                            f"{row['peak_memory_gb'] * (1 + SAFETY_MARGIN):.2f} GB > {self.max_memory_gb:.2f} GB budget")
+        row["fits"] = row["status"] == "pass"
+        if row["fits"]:
+            _set_speed(row, timed_steps(result.step_times_s), config.batch_size * self.gpus * row["seq_length"])
+            self.measured[id(row)] = test
+            progress.finish(f"✓ fits: {row['peak_memory_gb']:.2f} GB peak, {row['step_time_s']:.3f} s/step, "
+                            f"{_speed_text(row)}")
+        else:
+            result.status, result.error, result.estimate_gb = row["status"], row["error"], row["estimate_gb"]
+            progress.finish(result_text(result))
+        if row["status"] in STOPPING_STATUSES:
+            self.failed.append(config)
+        if row["status"] == "not_available":
+            self.stop_reason = "the model is not available"
+
+    def measure_again(self, row: dict) -> None:
+        """Run a fitting row's config once more and pool its timed steps with the first run's."""
+        test = self.measured[id(row)]
+        progress = ProgressLine(self.stream, f"  again: {test.config.describe():32} ... ")
+        progress.start()
+        result = self._measure(test, progress).result
+        if result.status != "pass":
+            progress.finish(f"{result_text(result)}; kept the first run's timing")
+            return
+        _set_speed(row, row["step_times_s"] + timed_steps(result.step_times_s),
+                   test.config.batch_size * self.gpus * row["seq_length"])
+        row["runs"] += 1
+        progress.finish(f"✓ {_speed_text(row)} (both runs' steps)")
 
 
 @stop_on_signals()
@@ -114,7 +207,7 @@ def run_optimize(
     max_memory_gb: float | None = None,
     device: str | None = None,
     quick: bool = False,
-    steps: int = DEFAULT_STEPS,
+    steps: int = SWEEP_STEPS,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     synthetic: bool = False,
     seq_length: int | None = None,
@@ -136,143 +229,67 @@ def run_optimize(
     Returns ``{"best": {...} or None, "results": [...], "profile": {...} or None, "path": str or None}``.
     Raises ``ModelNotAvailableError`` / ``InvalidModelNameError`` for a model that cannot be resolved.
     """
-    stream = stream or sys.stdout
-    if say is None:
-        def say(text: str = "") -> None:
-            stream.write(text + "\n")
-            stream.flush()
-    check_processes(gpus, device)
     from your_ai.model.resolve import model_shape
 
+    stream = stream or sys.stdout
+    say = say or printer(stream)
+    check_processes(gpus, device)
     shape = model_shape(model, synthetic=synthetic)
-    architecture, model_name, preset = shape.architecture, shape.model_name, shape.preset
     device = resolve_device(device)
     if max_memory_gb is None:
         max_memory_gb = memory.default_budget_gb(device)
-    configs, notes = grid_configs(architecture, device, quick=quick, steps=steps, seq_length=seq_length,
+    configs, notes = grid_configs(shape.architecture, device, quick=quick, steps=steps, seq_length=seq_length,
                                   grad_checkpoint=grad_checkpoint, step_mode=step_mode, budget_gb=max_memory_gb,
                                   gpus=gpus, strategy=strategy, quantize=quantize)
-    seq_used = memory.fit_seq_length(seq_length, architecture)
+    seq_used = memory.fit_seq_length(seq_length, shape.architecture)
     on = f"{device}, {gpus} {processes_word(device, gpus)} (strategy {strategy or 'auto'})" if gpus > 1 else device
     say(f"Sweeping {len(configs)} configs of {model} ({'quick' if quick else 'full'} grid) on {on}: "
         f"budget {max_memory_gb:.2f} GB, {SAFETY_MARGIN:.0%} safety margin, {steps} steps each, sequence {seq_used}")
     for note in notes:
         say(f"Note: {note}")
-
-    results: list[dict] = []
-    failed: list[FitConfig] = []
-    measured: dict[int, tuple] = {}  # id of a fitting row -> (config, estimate, strategy), to run it again
-    stop_reason = None
-    total = len(configs)
-
-    def measure(config: FitConfig, estimate: float, config_strategy: str | None, progress: ProgressLine):
-        try:
-            return run_probe_subprocess(model, max_memory_gb, device, config, timeout_s=timeout_s,
-                                        synthetic=synthetic, preset=preset, estimate_gb=round(estimate, 3),
-                                        on_tick=progress.update, processes=gpus, strategy=config_strategy)
-        except Stopped as stop:  # SIGINT or SIGTERM: the fit test was killed; no profile is saved
-            stop.model, stop.detail = model, _describe(config)
-            progress.finish(f"✗ Stopped by {stop.signal_name}")
-            raise
-
-    def measure_again(row: dict) -> None:
-        config, estimate, config_strategy = measured[id(row)]
-        progress = ProgressLine(stream, f"  again: {_describe(config):32} ... ")
-        progress.start()
-        result = measure(config, estimate, config_strategy, progress).result
-        if result["status"] != "pass":
-            progress.finish(f"{result_text(result)}; kept the first run's timing")
-            return
-        _set_speed(row, row["step_times_s"] + timed_steps(result["step_times_s"]),
-                   config.batch_size * gpus * row["seq_length"])
-        row["runs"] += 1
-        progress.finish(f"✓ {_speed_text(row)} (both runs' steps)")
-    for index, (config, estimate) in enumerate(configs, start=1):
-        prefix = f"[{index:{len(str(total))}}/{total}] {_describe(config):32} ... "
-        row = {"batch_size": config.batch_size, "lora_rank": config.lora_rank, "lora_layers": config.lora_layers,
-               "estimate_gb": round(estimate, 3), "status": "skipped", "fits": False, "peak_memory_gb": None,
-               "step_time_s": None, "tokens_per_s": None, "error": None}
-        heavier_than = next((f for f in failed if _dominates(config, f)), None)
-        if stop_reason:
-            row["error"] = stop_reason
-        elif heavier_than:
-            row["error"] = f"at least as heavy as {_describe(heavier_than)}, which did not fit"
-        elif estimate > ESTIMATE_SKIP_FACTOR * max_memory_gb:
-            row["error"] = (f"estimate {estimate:.1f} GB is over {ESTIMATE_SKIP_FACTOR:g}x "
-                            f"the {max_memory_gb:.2f} GB budget")
-        else:
-            progress = ProgressLine(stream, prefix)
-            progress.start()
-            config_strategy = fit_strategy(strategy, architecture, device, config, max_memory_gb, gpus)
-            run = measure(config, estimate, config_strategy, progress)
-            result = run.result
-            row.update(status=result["status"], error=result.get("error"), peak_memory_gb=result.get("peak_memory_gb"),
-                       step_time_s=result.get("step_time_s"), tokens_per_s=result.get("tokens_per_s"),
-                       seq_length=result["config"].get("seq_length"), step_mode=result["config"].get("step_mode"),
-                       exit_code=run.exit_code, signal=run.signal)
-            if gpus > 1:
-                row.update(processes=gpus, strategy=result.get("strategy") or config_strategy)
-            if row["status"] == "pass" and not fits(row["peak_memory_gb"], max_memory_gb):
-                row["status"] = "over_budget"
-                row["error"] = (f"peak {row['peak_memory_gb']:.2f} GB + {SAFETY_MARGIN:.0%} margin = "
-                                f"{row['peak_memory_gb'] * (1 + SAFETY_MARGIN):.2f} GB > {max_memory_gb:.2f} GB budget")
-            row["fits"] = row["status"] == "pass"
-            if row["fits"]:
-                _set_speed(row, timed_steps(result["step_times_s"]), config.batch_size * gpus * row["seq_length"])
-                measured[id(row)] = (config, estimate, config_strategy)
-                progress.finish(f"✓ fits: {row['peak_memory_gb']:.2f} GB peak, {row['step_time_s']:.3f} s/step, "
-                                f"{_speed_text(row)}")
-            else:
-                progress.finish(result_text({**result, **row, "estimate_gb": round(estimate, 3)}))
-            if row["status"] in STOPPING_STATUSES:
-                failed.append(config)
-            if row["status"] == "not_available":
-                stop_reason = "the model is not available"
-            results.append(row)
-            continue
-        say(f"{prefix}- Skipped ({row['error']})")
-        results.append(row)
-
-    winners = [r for r in results if r["fits"]]
-    ranking = _check_ranking(winners, measure_again, say)
-    best = None
-    if winners:
-        top = max(winners, key=_speed_order)
-        best = {
-            "batch_size": top["batch_size"], "lora_rank": top["lora_rank"], "lora_alpha": 2 * top["lora_rank"],
-            "lora_layers": top["lora_layers"], "seq_length": top.get("seq_length", seq_used),
-            "peak_memory_gb": top["peak_memory_gb"],
-            "peak_with_margin_gb": round(top["peak_memory_gb"] * (1 + SAFETY_MARGIN), 3),
-            "step_time_s": top["step_time_s"], "tokens_per_s": top["tokens_per_s"],
-            "tokens_per_s_iqr": top["tokens_per_s_iqr"],
-            "gpus": gpus, "strategy": top.get("strategy"), "quantize": quantize,
-        }
+    sweep = _Sweep(model, shape.architecture, shape.preset, device, max_memory_gb, gpus, strategy, timeout_s,
+                   synthetic, stream, say)
+    sweep.run_all(configs)
+    winners = [r for r in sweep.results if r["fits"]]
+    ranking = _check_ranking(winners, sweep.measure_again, say)
+    best = _best(max(winners, key=_speed_order), seq_used, gpus, quantize) if winners else None
     say()
-    say(format_table(results))
+    say(format_table(sweep.results))
     say()
-    outcome = {"best": best, "results": results, "ranking": ranking, "profile": None, "path": None}
+    outcome = {"best": best, "results": sweep.results, "ranking": ranking, "profile": None, "path": None}
     if best is None:
         say(f"No config fits {max_memory_gb:.2f} GB with the {SAFETY_MARGIN:.0%} safety margin; no profile saved.")
         return outcome
     profile = {
-        "model": model, "model_name": model_name, "preset": preset.name if preset else None,
-        **{key: best[key] for key in ("batch_size", "lora_rank", "lora_alpha", "lora_layers", "seq_length",
-                                      "peak_memory_gb", "peak_with_margin_gb", "step_time_s", "tokens_per_s",
-                                      "tokens_per_s_iqr", "gpus", "strategy", "quantize")},
-        "ranking": ranking,
-        "device": device, "synthetic": synthetic, "max_memory_gb": round(max_memory_gb, 3),
+        "model": model, "model_name": shape.model_name, "preset": shape.preset.name if shape.preset else None,
+        **best, "ranking": ranking, "device": device, "synthetic": synthetic, "max_memory_gb": round(max_memory_gb, 3),
         "safety_margin": SAFETY_MARGIN, "grid": "quick" if quick else "full", "steps": steps,
-        "results": results, "created_at": now_iso(),
+        "results": sweep.results, "created_at": now_iso(),
     }
     path = write_json_atomic(output or profile_path(model), profile)
+    _print_best(best, model, path, device, max_memory_gb, say)
+    outcome.update(profile=profile, path=str(path))
+    return outcome
+
+
+def _best(top: dict, seq_used: int, gpus: int, quantize: int | None) -> dict:
+    """The profile's values from the fastest fitting row."""
+    return {
+        "batch_size": top["batch_size"], "lora_rank": top["lora_rank"], "lora_alpha": 2 * top["lora_rank"],
+        "lora_layers": top["lora_layers"], "seq_length": top.get("seq_length", seq_used),
+        "peak_memory_gb": top["peak_memory_gb"], "peak_with_margin_gb": round(top["peak_memory_gb"] * (1 + SAFETY_MARGIN), 3),
+        "step_time_s": top["step_time_s"], "tokens_per_s": top["tokens_per_s"],
+        "tokens_per_s_iqr": top["tokens_per_s_iqr"], "gpus": gpus, "strategy": top.get("strategy"), "quantize": quantize,
+    }
+
+
+def _print_best(best: dict, model: str, path, device: str, max_memory_gb: float, say) -> None:
     say(f"Best: batch {best['batch_size']}, LoRA rank {best['lora_rank']} (alpha {best['lora_alpha']}) on the last "
         f"{best['lora_layers']} layers: {best['tokens_per_s']:.0f} tokens/s, {best['peak_memory_gb']:.2f} GB peak "
         f"({best['peak_with_margin_gb']:.2f} GB with the margin; budget {max_memory_gb:.2f} GB)")
     say(f"Saved hardware profile to {path}")
-    flags = train_flags({"processes": gpus, "device": device, "strategy": best["strategy"], "quantize": quantize})
+    flags = train_flags(processes=best["gpus"], device=device, strategy=best["strategy"], quantize=best["quantize"])
     say(f"Apply it with: your-ai train {flags}--model {model} --profile {path}")
-    outcome.update(profile=profile, path=str(path))
-    return outcome
 
 
 def _set_speed(row: dict, times: list[float], tokens_per_step: int) -> None:
@@ -326,6 +343,13 @@ def _check_ranking(winners: list[dict], measure_again: Callable[[dict], None], s
         best, runner_up = sorted(winners, key=_speed_order, reverse=True)[:2]
         within = ranking_within_noise(best, runner_up)
     still_noisy = noisy(best) or noisy(runner_up)
+    _say_ranking(best, runner_up, within, still_noisy, say)
+    keys = ("batch_size", "lora_rank", "lora_layers", "tokens_per_s", "tokens_per_s_iqr", "runs")
+    return {"within_noise": within, "noisy": still_noisy,
+            **{name: {key: row[key] for key in keys} for name, row in (("best", best), ("runner_up", runner_up))}}
+
+
+def _say_ranking(best: dict, runner_up: dict, within: bool | None, still_noisy: bool, say) -> None:
     if within:
         say(f"Ranking within noise: {_describe(best)} at {_speed_text(best)} is not faster than "
             f"{_describe(runner_up)} at {_speed_text(runner_up)} beyond the spread of their step times; "
@@ -336,9 +360,6 @@ def _check_ranking(winners: list[dict], measure_again: Callable[[dict], None], s
     elif within is None:
         say(f"Note: the step-time spread is not measured with fewer than {MIN_STEPS_FOR_SPREAD} timed steps "
             f"(--steps {MIN_STEPS_FOR_SPREAD + 1} or more); the ranking is not checked against noise")
-    keys = ("batch_size", "lora_rank", "lora_layers", "tokens_per_s", "tokens_per_s_iqr", "runs")
-    return {"within_noise": within, "noisy": still_noisy,
-            **{name: {key: row[key] for key in keys} for name, row in (("best", best), ("runner_up", runner_up))}}
 
 
 def format_table(results: list[dict]) -> str:
@@ -364,73 +385,7 @@ def _iqr_cell(iqr: list[float] | None) -> str:
     return f"{iqr[0]:.0f}-{iqr[1]:.0f}" if iqr else "-"
 
 
-# ---------------------------------------------------------------------------- profiles
-
-def profile_path(model: str) -> Path:
-    """``<config dir>/profiles/<model>.json`` (hub ids as org--name, directories by their name)."""
-    from your_ai.hardware import config_dir
-
-    from your_ai.model.resolve import looks_like_path
-
-    if model in PRESETS:
-        stem = model
-    elif looks_like_path(model):
-        stem = Path(model).expanduser().resolve().name
-    else:
-        stem = model.replace("/", "--")
-    return config_dir() / "profiles" / f"{stem}.json"
-
-
-def load_profile(path: str | os.PathLike) -> dict:
-    """A saved hardware profile, checked: ``model`` and positive ``batch_size``, ``lora_rank``,
-    ``lora_alpha``, ``lora_layers``. Errors name the file and the value."""
-    target = Path(path)
-    if not target.is_file():
-        raise ValueError(f"hardware profile {str(target)!r} does not exist (create one with: your-ai optimize --model M)")
-    try:
-        profile = json.loads(target.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{target}:{error.lineno}: not valid JSON ({error.msg})") from None
-    if not isinstance(profile, dict):
-        raise ValueError(f"{target}: a hardware profile is a JSON object, not {type(profile).__name__}")
-    if not isinstance(profile.get("model"), str) or not profile["model"]:
-        raise ValueError(f"{target}: model={profile.get('model')!r} must be a model name")
-    for key in PROFILE_KEYS:
-        value = profile.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
-                key != "lora_alpha" and not float(value).is_integer()):
-            kind = "a positive number" if key == "lora_alpha" else "a positive integer"
-            raise ValueError(f"{target}: {key}={value!r} must be {kind}")
-        if key != "lora_alpha":
-            profile[key] = int(value)
-    return profile
-
-
-def apply_profile(options: dict, profile: dict, source: str) -> tuple[dict, str]:
-    """Fill ``train`` options from a hardware profile; flags the user gave explicitly win.
-
-    Returns the new options and a line saying what was applied. A profile made for another
-    model than ``options['model']`` is refused.
-    """
-    model = options.get("model")
-    if model and model != profile["model"]:
-        raise ValueError(f"{source}: profile is for model {profile['model']!r}, not {model!r}")
-    applied = dict(options)
-    applied["model"] = model or profile["model"]
-    taken = []
-    for key in PROFILE_KEYS:
-        if applied.get(key) is None:
-            applied[key] = profile[key]
-            taken.append(f"{key.replace('_', '-')} {profile[key]:g}")
-    if applied.get("max_seq_length") is None and profile.get("seq_length"):
-        applied["max_seq_length"] = int(profile["seq_length"])
-        taken.append(f"max-seq-length {applied['max_seq_length']}")
-    if applied.get("quantize") is None and profile.get("quantize"):  # measured with 4-bit weights
-        applied["quantize"] = int(profile["quantize"])
-        taken.append(f"quantize {applied['quantize']}")
-    note = f"Applied hardware profile {source}: {', '.join(taken) or 'nothing (all set by flags)'}"
-    return applied, note
-
+# ---------------------------------------------------------------------------- for train
 
 def profile_for_training(model: str | None, *, profile: str | None, auto: bool, max_memory_gb: float | None,
                          device: str | None, say: Callable[[str], None]) -> tuple[dict, str] | None:
