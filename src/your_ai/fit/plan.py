@@ -14,8 +14,8 @@ from your_ai.model.quantize import check_bits
 from your_ai.step import memory
 from your_ai.step.modes import (
     PLAIN_HEAD_MODEL_TYPES,
-    STEP_MODES,
     StepMode,
+    check_step_mode,
     mode_estimate,
     select_step_mode,
 )
@@ -47,11 +47,7 @@ class FitConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.seq_length is not None and self.seq_length < 2:
             raise ValueError(f"seq_length={self.seq_length!r} must be at least 2")
-        if self.step_mode not in STEP_MODES:
-            raise ValueError(f"step_mode={self.step_mode!r} must be one of {', '.join(STEP_MODES)}")
-        if self.grad_checkpoint and self.step_mode in ("fast", "selective"):
-            raise ValueError(f"--grad-checkpoint recomputes every layer; it cannot go with --step-mode "
-                             f"{self.step_mode} (use auto, small or plain)")
+        check_step_mode(self.step_mode, self.grad_checkpoint)
         check_bits(self.quantize)
 
     @property

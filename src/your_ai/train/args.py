@@ -22,7 +22,7 @@ from your_ai.model.presets import PRESETS, TINY
 from your_ai.model.quantize import QuantizationError, check_bits
 from your_ai.model.resolve import model_or_default, resolve_model
 from your_ai.objective.distrust import DEFAULT_ALPHA, MODES, check_alpha
-from your_ai.step.modes import STEP_MODES
+from your_ai.step.modes import check_step_mode
 from your_ai.train import defaults as run_defaults
 from your_ai.train.defaults import DEFAULTS, flag
 
@@ -131,13 +131,12 @@ class TrainingArgs:
                 raise TrainingArgsError(f"{flag(key)} must be a positive number (got {value!r})")
         if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise TrainingArgsError(f"--weight-decay must be a number >= 0 (got {self.weight_decay!r})")
-        if self.step_mode is not None and self.step_mode not in STEP_MODES:
-            raise TrainingArgsError(f"--step-mode {self.step_mode!r} must be one of {', '.join(STEP_MODES)}")
+        try:
+            check_step_mode(self.step_mode or "auto", self.grad_checkpoint)
+        except ValueError as error:
+            raise TrainingArgsError(str(error)) from None
         if self.overwrite and self.resume:
             raise TrainingArgsError("--overwrite starts the run over and --resume continues it; give one of them")
-        if self.grad_checkpoint and self.step_mode in ("fast", "selective"):
-            raise TrainingArgsError(f"--grad-checkpoint recomputes every layer; it cannot go with --step-mode "
-                                    f"{self.step_mode} (use auto, small or plain)")
         try:
             check_strategy(self.strategy)
         except ValueError as error:

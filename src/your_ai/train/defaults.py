@@ -1,7 +1,7 @@
 """Training defaults: the one source of them for ``TrainingArgs``, the CLI's help and the docs.
 
 ``DEFAULTS`` holds those that depend on nothing (the distrust alpha is the objective's own,
-``your_ai.objective.distrust.DEFAULT_ALPHA``). The others fit the model, the device and the data: one small table (also in the README): the model's size class x the device gives the batch
+``your_ai.objective.distrust.DEFAULT_ALPHA``). The others fit the model, the device and the data: one small table (shown in docs/training.md, from ``defaults_table``): the model's size class x the device gives the batch
 size, LoRA rank and layers, sequence length, learning rate and how many passes over the data
 (epochs); the steps follow from the epochs and the number of training records, the warm-up is a
 fraction of the steps. Only settings the user did not give are filled in, and ``DefaultChoice.describe``
@@ -55,6 +55,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("large", "gpu"): Rule(2, 128, 16, 1024, 5e-5, 1.0, 500),
 }
 
+SIZE_LABELS = {"demo": "`tiny` (demo)", "small": "small (< 1B parameters)", "large": "large (>= 1B)"}
+
 RULE_FIELDS = ("batch_size", "lora_rank", "lora_layers", "max_seq_length", "learning_rate", "save_every")
 
 
@@ -99,6 +101,19 @@ class DefaultChoice:
             return ""
         return (f"defaults for a {self.size_class} model ({size}{self.model}) on {self.device}: "
                 + ", ".join(parts))
+
+
+def defaults_table() -> str:
+    """``RULES`` as a Markdown table, one row per size class and device (``any`` when both devices share a
+    rule): what docs/training.md shows."""
+    lines = ["| model | device | batch | LoRA rank | LoRA layers | seq length | learning rate | epochs | save every |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for size, label in SIZE_LABELS.items():
+        cpu, gpu = RULES[(size, "cpu")], RULES[(size, "gpu")]
+        for device, rule in ([("any", cpu)] if cpu == gpu else [("CPU", cpu), ("GPU (CUDA, MPS)", gpu)]):
+            lines.append(f"| {label} | {device} | {rule.batch_size} | {rule.lora_rank} | {rule.lora_layers} | "
+                         f"{rule.max_seq_length} | {rule.learning_rate:g} | {rule.epochs:g} | {rule.save_every} |")
+    return "\n".join(lines)
 
 
 def steps_for(epochs: float, records: int, batch: int) -> int:
