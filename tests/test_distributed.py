@@ -344,3 +344,38 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path, 
     assert f"Stopped by SIGTERM at step {stopped} of 40" in out
     assert "Continue with: your-ai train --model tiny --output-dir run --resume --gpus 2 --device cpu" in out
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the processes through /proc")
+def test_killing_the_launcher_ends_every_training_process(tmp_path, tiny_model_dir):
+    """torchrun killed with SIGKILL cannot stop its processes; they notice and end, keeping their checkpoints."""
+    write_corpus(tmp_path / "corpus.jsonl", RECORDS)
+    args = [*RUN, "--max-steps", "100000", "--save-every", "2", "--batch-size", "2", "--output-dir", "run",
+            "--no-tensorboard"]
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "2", "-m", "your_ai", "train", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=child_env())
+    workers = [_worker_of_rank(launcher, rank) for rank in (0, 1)]
+    deadline = time.monotonic() + 180
+    while not list((tmp_path / "run").glob("checkpoints/step-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "State:\tZ" not in _status(pid) for pid in workers) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "State:\tZ" not in _status(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "training processes outlived their launcher"
+    saved = sorted(path for path in (tmp_path / "run" / "checkpoints").iterdir() if re.fullmatch(r"step-\d+", path.name))
+    assert saved and (saved[-1] / "trainer_state.json").exists()
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return "State:\tZ"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from your_ai.lifeline import end_with_parent, launched_by_agent
 from your_ai.model.load import weight_files
 from your_ai.model.lora import reset_adapters
 from your_ai.model.meta import decoder_layers
@@ -92,6 +93,8 @@ def start(device: str) -> tuple[World, str]:
     world = world_from_env()
     if not world.distributed:
         return world, device
+    if launched_by_agent():  # the launcher killed: this process ends too, instead of waiting for its peers forever
+        end_with_parent()
     kind = device.split(":")[0]
     if kind == "mps":
         raise DistributedError("data-parallel training runs on CUDA GPUs or on the CPU (--device cpu), not on MPS")
