@@ -1,4 +1,4 @@
-"""Step modes in `train` and the fit probe: the mode chosen for the budget, said, recorded, kept on
+"""Step modes in `train` and the fit test: the mode chosen for the budget, said, recorded, kept on
 resume; the fast step trains the adapter the plain step trains."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_one_check_of_a_step_mode_with_grad_checkpoint():
         check_step_mode("quick")
 
 
-def test_probe_reports_the_mode_its_reason_and_its_estimate(tiny_model_dir):
+def test_fit_test_reports_the_mode_its_reason_and_its_estimate(tiny_model_dir):
     config = FitConfig(lora_rank=4, steps=1, seq_length=32)
     auto = run_fit_test("tiny", 8.0, "cpu", config, synthetic=True).to_dict()
     assert auto["status"] == "pass" and auto["config"]["step_mode"] == "fast"
@@ -129,7 +129,7 @@ def test_probe_reports_the_mode_its_reason_and_its_estimate(tiny_model_dir):
         FitConfig(grad_checkpoint=True, step_mode="fast")
 
 
-def test_cli_says_the_mode_and_passes_it_to_the_probe(tmp_path, tiny_model_dir):
+def test_cli_says_the_mode_and_passes_it_to_the_fit_test(tmp_path, tiny_model_dir):
     write_corpus(tmp_path / "corpus.jsonl", 4)
     result = subprocess.run(
         [sys.executable, "-m", "your_ai", "train", "--model", "tiny", "--data", "corpus.jsonl", "--max-steps", "1", "--lora-rank", "4",
@@ -146,10 +146,10 @@ def test_cli_says_the_mode_and_passes_it_to_the_probe(tmp_path, tiny_model_dir):
 
     from your_ai.cli import main
 
-    probe = CliRunner().invoke(main, ["benchmark", "--single-model", "tiny", "--synthetic", "--device", "cpu",
+    fit_test = CliRunner().invoke(main, ["benchmark", "--fit-test", "tiny", "--synthetic", "--device", "cpu",
                                       "--steps", "1", "--seq-length", "32", "--lora-rank", "4", "--max-memory", "8",
                                       "--step-mode", "small"])
-    assert probe.exit_code == 0, probe.output
-    reported = json.loads(probe.stdout.split("FIT_TEST_RESULT:", 1)[1])
+    assert fit_test.exit_code == 0, fit_test.output
+    reported = json.loads(fit_test.stdout.split("FIT_TEST_RESULT:", 1)[1])
     assert reported["config"]["step_mode"] == "small"
     assert any(note.startswith("step mode small: 4 of 4 adapted layers recomputed") for note in reported["notes"])

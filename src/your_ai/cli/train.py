@@ -32,7 +32,7 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
               "(default: the built-in demo corpus).")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where the adapter goes "
               "(default: models/distrust-<model>).")
-@click.option("--batch-size", type=POSITIVE, help="Samples per micro-batch (default: by model size and device, see the README).")
+@click.option("--batch-size", type=POSITIVE, help="Samples per micro-batch (default: by model size and device, see docs/training.md).")
 @click.option("--grad-accum", type=POSITIVE, help=f"Micro-batches per optimizer step (default {DEFAULTS['grad_accum']}).")
 @click.option("--lora-rank", type=POSITIVE, help="LoRA rank (default: by model size and device).")
 @click.option("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank).")

@@ -49,9 +49,9 @@ from your_ai.fit.watchdog import watch_parent
 from your_ai.model.architecture import architecture_from_config
 from your_ai.model.presets import PRESETS, params_label
 from your_ai.step import memory
+from your_ai.train.defaults import DEFAULTS
 
 WARMUP_STEPS = 1
-MAX_GRAD_NORM = 1.0
 
 
 @dataclass
@@ -264,7 +264,7 @@ def _run_steps(session: _Session, step_loss, batch: dict, result: FitResult) -> 
         phase(f"step {step}/{test.config.steps}")
         began = time.perf_counter()
         try:
-            optimizer_step(step_loss, [MicroBatch(batch)], optimizer, scheduler, MAX_GRAD_NORM)
+            optimizer_step(step_loss, [MicroBatch(batch)], optimizer, scheduler, DEFAULTS["max_grad_norm"])
         except NonFiniteGradient as error:
             result.notes.append(f"step {step}: {error}")
         _synchronize(test.device)

@@ -1,7 +1,7 @@
 """Model presets: hub ids, labels, and the real architecture of each model.
 
 The architecture is enough to build a random-weight model of the exact shape
-(``your_ai.model.load.build_random_model``) without downloading anything, which is how the
+(``your_ai.model.architecture.build_random_model``) without downloading anything, which is how the
 benchmark's ``--synthetic`` mode and the memory estimator measure 7B-70B models.
 """
 

@@ -1,11 +1,12 @@
 """Training defaults: the one source of them for ``TrainingArgs``, the CLI's help and the docs.
 
 ``DEFAULTS`` holds those that depend on nothing (the distrust alpha is the objective's own,
-``your_ai.objective.distrust.DEFAULT_ALPHA``). The others fit the model, the device and the data: one small table (shown in docs/training.md, from ``defaults_table``): the model's size class x the device gives the batch
-size, LoRA rank and layers, sequence length, learning rate and how many passes over the data
-(epochs); the steps follow from the epochs and the number of training records, the warm-up is a
-fraction of the steps. Only settings the user did not give are filled in, and ``DefaultChoice.describe``
-says where each one came from.
+``your_ai.objective.distrust.DEFAULT_ALPHA``). The others fit the model, the device and the data: one
+small table (docs/training.md shows it, from ``defaults_table``): the model's size class x the device gives
+the batch size, LoRA rank and layers, sequence length, learning rate and how many passes over the data
+(epochs); the steps follow from the epochs and the number of training records, the warm-up is a fraction
+of the steps. Only settings the user did not give are filled in, and ``DefaultChoice.describe`` says where
+each one came from.
 """
 
 from __future__ import annotations

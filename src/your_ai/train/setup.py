@@ -35,6 +35,7 @@ from your_ai.step.head import supports_fast_head
 from your_ai.step.memory import StepShape, sharding_saves_gb
 from your_ai.step.modes import MODE_NAMES, StepMode, resumed_mode, select_step_mode
 from your_ai.train.args import TrainingArgs, TrainingArgsError, TrainingError
+from your_ai.train.defaults import DEFAULTS
 from your_ai.train.parallel import World, pick_strategy
 
 
@@ -190,7 +191,7 @@ def _enable_checkpointing(base) -> None:
     base.enable_input_require_grads()
 
 
-def build_optimizer(model, learning_rate: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+def build_optimizer(model, learning_rate: float, weight_decay: float = DEFAULTS["weight_decay"]) -> torch.optim.AdamW:
     """AdamW (betas 0.9/0.999, eps 1e-8) over the trainable (LoRA) parameters only; on CUDA and the CPU
     its fused implementation (one kernel for all parameters, faster than the default multi-tensor path)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
