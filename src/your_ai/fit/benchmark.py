@@ -43,7 +43,13 @@ from your_ai.fit.result import (
 from your_ai.fit.runner import FitTestRun, Stopped, run_in_subprocess, stop_on_signals
 from your_ai.fit.sweep import run_optimize
 from your_ai.model.architecture import Architecture
+from your_ai.model.errors import (
+    InvalidModelNameError,
+    ModelNotAvailableError,
+    ModelResolutionError,
+)
 from your_ai.model.presets import BENCHMARK_PRESETS, PRESETS, Preset
+from your_ai.model.resolve import cached_causal_lms, model_shape, short_label
 from your_ai.step import memory
 
 SAFETY_ENV = "YOUR_AI_SAFETY_MIN_AVAILABLE_GB"
@@ -69,7 +75,6 @@ def safety_min_available_gb() -> float:
 @dataclass(frozen=True)
 class Candidate:
     """A model the benchmark tests: the name given, how its line shows it, and its shape when known."""
-
     name: str  # preset name, hub id or directory, as given (what `train --model` takes)
     label: str  # the preset's name, a hub id's name part or a directory's name
     params: str  # 7B, 135M; "?" when the shape is unknown
@@ -106,9 +111,6 @@ def candidate(name: str, synthetic: bool = False) -> Candidate:
     weights (``model.resolve.model_shape``; a preset that is not on this machine: the preset's shape). A model
     that is not available or whose config has no usable shape becomes a candidate with its ``problem``;
     a name that is none of the three raises ``ValueError``."""
-    from your_ai.model.errors import InvalidModelNameError, ModelResolutionError
-    from your_ai.model.resolve import model_shape, short_label
-
     try:
         shape = model_shape(name, synthetic=synthetic, preset_when_missing=True)
     except InvalidModelNameError as error:
@@ -133,7 +135,6 @@ def benchmark_candidates(names: Sequence[str] | None, synthetic: bool = False) -
 @dataclass
 class _Run:
     """A benchmark under way: how each model is tested, and what was found so far."""
-
     device: str
     max_memory_gb: float
     config: FitConfig
@@ -278,8 +279,6 @@ class _Run:
 
 def _problem_result(found: Candidate, test: FitTest) -> FitResult:
     """The result of a model that cannot be tested: not available (with the download command), or an error."""
-    from your_ai.model.errors import ModelNotAvailableError
-
     missing = isinstance(found.problem, ModelNotAvailableError)
     result = test.result("not_available" if missing else "error", str(found.problem))
     result.download_command = found.problem.download_command if missing else None
@@ -314,8 +313,6 @@ def run_benchmark(
     peaks are per GPU."""
     found = None
     if cached:
-        from your_ai.model.resolve import cached_causal_lms
-
         found = cached_causal_lms()
         models = found.hub_ids
     candidates = benchmark_candidates(models, synthetic) if models or not cached else []
@@ -397,8 +394,6 @@ def _report(run: _Run, found) -> dict:
 
 def _untested_cached(results: list[FitResult]) -> list[str]:
     """The causal LMs in the local cache that were not among ``results`` (what ``--cached`` would test)."""
-    from your_ai.model.resolve import cached_causal_lms
-
     tested = {r.model_name for r in results}
     return [hub_id for hub_id in cached_causal_lms().hub_ids if hub_id not in tested]
 

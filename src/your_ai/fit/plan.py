@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from your_ai.fit.result import FitResult
+from your_ai.hardware import pick_device
 from your_ai.model.architecture import Architecture
 from your_ai.model.lora import LoraSettings
 from your_ai.model.presets import PRESETS, Preset
@@ -30,7 +31,6 @@ LEARNING_RATE = 1e-4
 @dataclass(frozen=True)
 class FitConfig:
     """What one fit test trains: the benchmark's fixed conservative config by default."""
-
     batch_size: int = 2
     lora_rank: int = 64
     lora_layers: int = 16
@@ -91,7 +91,6 @@ class FitConfig:
 class FitTest:
     """One fit test the parent asks for: the model, where, with what config and budget, and what it knows of
     the model beforehand (its preset, the estimate). The same for every outcome of that test."""
-
     model: str  # preset, hub id or directory, as given
     device: str
     config: FitConfig
@@ -198,6 +197,5 @@ def resolve_device(device: str | None) -> str:
     """The training device (cuda > mps > cpu, or the one asked for)."""
     if device == "cpu":
         return device
-    from your_ai.hardware import pick_device
 
     return pick_device(device)

@@ -9,14 +9,13 @@ from pathlib import Path
 
 from your_ai.hardware import config_dir
 from your_ai.model.presets import PRESETS
+from your_ai.model.resolve import looks_like_path
 
 PROFILE_KEYS = ("batch_size", "lora_rank", "lora_alpha", "lora_layers")
 
 
 def profile_path(model: str) -> Path:
     """``<config dir>/profiles/<model>.json`` (hub ids as org--name, directories by their name)."""
-    from your_ai.model.resolve import looks_like_path
-
     if model in PRESETS:
         stem = model
     elif looks_like_path(model):

@@ -14,8 +14,11 @@ a smaller batch or sequence only when the weights themselves fit, else the built
 from __future__ import annotations
 
 from your_ai.fit.plan import FitConfig, estimate_for
+from your_ai.hardware import pick_device
 from your_ai.model.architecture import Architecture
+from your_ai.model.errors import InvalidModelNameError, ModelResolutionError
 from your_ai.model.presets import PRESETS, TINY
+from your_ai.model.resolve import model_shape, short_label
 from your_ai.step import memory
 from your_ai.train.defaults import choose
 
@@ -51,8 +54,6 @@ def recommend_presets(
     if memory_gb is not None and not memory_gb > 0:
         raise ValueError(f"memory={memory_gb!r} must be a positive number of GB")
     if device is None:
-        from your_ai.hardware import pick_device
-
         device = pick_device()
     source = "given"
     if memory_gb is None:
@@ -109,9 +110,6 @@ def _model_row(name: str, device: str, given: dict, quantize: int | None, budget
     """The row of a given model (preset, hub id or directory), its shape read from its config (a preset not
     on this machine: the preset's); ``error`` says why a model has no estimate (not available, bad config).
     A name that is none of the three raises ``ValueError``."""
-    from your_ai.model.errors import InvalidModelNameError, ModelResolutionError
-    from your_ai.model.resolve import model_shape, short_label
-
     try:
         shape = model_shape(name, preset_when_missing=True)
     except InvalidModelNameError as error:

@@ -47,6 +47,7 @@ from your_ai.fit.result import (
 from your_ai.fit.runner import Stopped, run_in_subprocess, stop_on_signals
 from your_ai.model.architecture import Architecture
 from your_ai.model.presets import Preset
+from your_ai.model.resolve import model_or_default, model_shape
 from your_ai.step import memory
 
 QUICK_GRID = {"batch_size": (2, 4, 8), "lora_rank": (64, 128), "lora_layers": (16, 24)}
@@ -105,7 +106,6 @@ def _describe(row: dict) -> str:
 @dataclass
 class _Sweep:
     """A sweep under way: how each config is measured, and the rows so far."""
-
     model: str
     architecture: Architecture
     preset: Preset | None
@@ -229,8 +229,6 @@ def run_optimize(
     Returns ``{"best": {...} or None, "results": [...], "profile": {...} or None, "path": str or None}``.
     Raises ``ModelNotAvailableError`` / ``InvalidModelNameError`` for a model that cannot be resolved.
     """
-    from your_ai.model.resolve import model_shape
-
     stream = stream or sys.stdout
     say = say or printer(stream)
     check_processes(gpus, device)
@@ -395,7 +393,6 @@ def profile_for_training(model: str | None, *, profile: str | None, auto: bool, 
         return load_profile(profile), profile
     if not auto:
         return None
-    from your_ai.model.resolve import model_or_default
 
     model = model_or_default(model)
     target = profile_path(model)
