@@ -138,8 +138,37 @@ def test_train_engine_mlx_through_the_command_line(tmp_path, tiny_model_dir):
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_train_engine_mlx_on_the_default_model(default_model_snapshot, tmp_path):
+    import torch
+
+    from your_ai.model.load import load_model
+
+    resolved, ids = resolve_model("smollm2-135m"), np.array([[1, 17, 42, 99, 7, 300, 5, 11, 900, 1000]])
+    with torch.no_grad():  # the same model in both engines (its RoPE settings included)
+        expected = load_model(resolved)(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.array(load_mlx_model(resolved).model(mx.array(ids))), expected, atol=1e-3)
     result = train(TrainingArgs(engine="mlx", max_steps=2, batch_size=1, max_seq_length=64, lora_rank=8,
                                 lora_layers=2, output_dir=str(tmp_path / "out"), tensorboard=False, device="cpu"))
     assert result.steps == 2 and math.isfinite(result.final_loss) and result.final_loss < 10
     weights = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
     assert "base_model.model.model.layers.29.self_attn.q_proj.lora_A.weight" in weights
+
+
+def test_sigterm_finishes_the_step_and_saves_a_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    import signal
+
+    import your_ai.mlx_engine.loop as mlx_loop
+
+    real_step, calls = mlx_loop.optimizer_step, []
+
+    def step_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)  # during step 2: it finishes, is saved, and the run stops
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(mlx_loop, "optimizer_step", step_then_signal)
+    common = dict(MLX_SMALL, data=str(write_corpus(tmp_path / "train.jsonl", 4)), max_steps=5, save_every=10)
+    result = train(TrainingArgs(output_dir=str(tmp_path / "out"), **common))
+    assert (result.stopped_by, result.steps, result.exit_code) == ("SIGTERM", 2, 143)
+    assert (tmp_path / "out" / "checkpoints" / "latest").read_text().strip() == "step-000002"
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
