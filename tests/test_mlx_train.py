@@ -91,7 +91,7 @@ def test_the_same_loss_as_the_torch_engine_on_the_same_batch(tiny_mlx, tiny_mode
 def test_a_resumed_run_ends_with_the_adapter_of_an_uninterrupted_one(tmp_path, tiny_model_dir):
     common = dict(MLX_SMALL, data=str(write_corpus(tmp_path / "train.jsonl", 6)), max_steps=4, save_every=1,
                   grad_accum=2, keep_last=2)
-    whole = train(TrainingArgs(output_dir=str(tmp_path / "whole"), **common))
+    train(TrainingArgs(output_dir=str(tmp_path / "whole"), **common))
     stopped = train(TrainingArgs(output_dir=str(tmp_path / "part"), **common), stop_after=2)
     assert stopped.stopped_early and stopped.steps == 2 and "--resume" in stopped.resume_command
     assert sorted(path.name for path in (tmp_path / "part" / "checkpoints").iterdir()) == [
