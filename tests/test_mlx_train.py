@@ -172,3 +172,19 @@ def test_sigterm_finishes_the_step_and_saves_a_checkpoint(tmp_path, tiny_model_d
     assert (result.stopped_by, result.steps, result.exit_code) == ("SIGTERM", 2, 143)
     assert (tmp_path / "out" / "checkpoints" / "latest").read_text().strip() == "step-000002"
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_validation_and_the_best_adapter(tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_corpus(data / "train.jsonl", 6)
+    write_corpus(data / "val.jsonl", 3)
+    result = train(TrainingArgs(output_dir=str(tmp_path / "out"), data=str(data), max_steps=2, save_every=1,
+                                save_best=True, **{k: v for k, v in MLX_SMALL.items() if k != "data"}))
+    evals = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert [record["step"] for record in evals] == [1, 2] and result.best_val_loss == min(
+        record["val_loss"] for record in evals)
+    best = json.loads((tmp_path / "out" / "best" / "best.json").read_text())
+    assert best["val_loss"] == result.best_val_loss
+    assert (tmp_path / "out" / "best" / "adapter_model.safetensors").is_file()
