@@ -26,7 +26,7 @@ from your_ai.model.load import load_tokenizer  # noqa: E402
 from your_ai.model.lora import LoraSettings  # noqa: E402
 from your_ai.model.resolve import resolve_model  # noqa: E402
 from your_ai.objective.distrust import empirical_distrust_loss  # noqa: E402
-from your_ai.train.args import TrainingArgs, TrainingArgsError  # noqa: E402
+from your_ai.train.args import MemoryLimitExceeded, TrainingArgs, TrainingArgsError  # noqa: E402
 from your_ai.train.loop import train  # noqa: E402
 from your_ai.train.plan import Objective  # noqa: E402
 
@@ -124,7 +124,7 @@ def test_train_engine_mlx_through_the_command_line(tmp_path, tiny_model_dir):
     data = write_corpus(tmp_path / "train.jsonl", 8)
     result = run_cli("train", "--engine", "mlx", "--model", "tiny", "--data", str(data), "--max-steps", "3",
                      "--lora-rank", "4", "--max-seq-length", "48", "--batch-size", "2", "--output-dir", "out",
-                     "--quantize", "4", cwd=tmp_path)
+                     "--quantize", "4", "--grad-checkpoint", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "on the CPU (MLX)" in result.stdout and "step 3/3 | loss" in result.stdout
     assert "quantized to 4 bits (MLX affine, group size 64)" in result.stdout
@@ -188,3 +188,11 @@ def test_validation_and_the_best_adapter(tmp_path, tiny_model_dir):
     best = json.loads((tmp_path / "out" / "best" / "best.json").read_text())
     assert best["val_loss"] == result.best_val_loss
     assert (tmp_path / "out" / "best" / "adapter_model.safetensors").is_file()
+
+
+def test_a_peak_above_max_memory_stops_the_run_with_a_checkpoint(tmp_path, tiny_model_dir):
+    common = dict(MLX_SMALL, data=str(write_corpus(tmp_path / "train.jsonl", 4)), max_steps=3, max_memory=0.001)
+    with pytest.raises(MemoryLimitExceeded) as stopped:
+        train(TrainingArgs(output_dir=str(tmp_path / "out"), **common))
+    assert stopped.value.step == 1 and stopped.value.checkpoint.name == "step-000001"
+    assert (stopped.value.checkpoint / "optimizer.safetensors").is_file()
