@@ -12,6 +12,8 @@ from pathlib import Path
 
 GB = 1e9  # figures in GB (10^9 bytes), as everywhere in your-ai
 DEVICES = ("cuda", "mps", "cpu")
+ENGINES = ("auto", "torch", "mlx")  # how a model runs: PyTorch (CUDA, MPS, CPU) or MLX (Apple Silicon; CPU)
+MLX_INSTALL = "pip install 'your-ai[mlx]'"
 
 
 def config_dir() -> Path:
@@ -45,6 +47,30 @@ def pick_device(requested: str | None = None) -> str:
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def is_apple_silicon() -> bool:
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
+def mlx_available() -> bool:
+    """Whether MLX and mlx-lm can be imported here."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("mlx", "mlx_lm"))
+
+
+def pick_engine(requested: str | None = None) -> str:
+    """The engine a command runs on: ``torch`` or ``mlx`` as asked; ``auto`` (or None) is ``mlx`` on Apple
+    Silicon when MLX is installed, else ``torch``. ``ValueError`` naming the flag when it cannot be used."""
+    requested = requested or "auto"
+    if requested not in ENGINES:
+        raise ValueError(f"--engine {requested!r} is not one of {', '.join(ENGINES)}")
+    if requested == "mlx" and not mlx_available():
+        raise ValueError(f"--engine mlx needs MLX and mlx-lm, which are not installed: {MLX_INSTALL}")
+    if requested == "auto":
+        return "mlx" if is_apple_silicon() and mlx_available() else "torch"
+    return requested
 
 
 def training_dtype(device: str):
