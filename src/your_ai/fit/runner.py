@@ -266,8 +266,10 @@ def classify(run: FitTestRun, timeout_s: float) -> FitResult:
     result = _classified(run, reported, stderr_lines, failed, timeout_s)
     if result.estimate_gb is None:
         result.estimate_gb = test.estimate_gb
-    if run.host_peak_gb is not None:
+    if run.host_peak_gb is not None:  # the process's whole life, measured by this one when it ended
         result.peak_host_gb = max(result.peak_host_gb or 0.0, run.host_peak_gb)
+        if result.peak_device_gb is None and result.peak_memory_gb is not None:  # no device: the host's peak
+            result.peak_memory_gb = result.peak_host_gb
     result.exit_code, result.signal = run.exit_code, run.signal
     if test.processes > 1:
         result.processes, result.strategy = test.processes, result.strategy or test.strategy
