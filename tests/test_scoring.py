@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -362,3 +363,19 @@ def test_score_file_with_no_records_is_an_error(tmp_path):
     path.write_text("\n\n", encoding="utf-8")
     rows, errors = score_file(path)
     assert rows == [] and [str(error) for error in errors] == [f"{path}:0: no records: the file is empty (or holds only blank lines)"]
+
+
+# ----------------------------------------------------------------------------- pinned scores
+
+
+SAMPLE = Path(__file__).parent / "fixtures" / "scores_sample.json"
+
+
+def test_scores_of_a_fixed_sample_are_pinned():
+    """The full score (w, H, distrust and every breakdown component) of 69 documents: demo corpus
+    records, synthetic raw documents and edge cases of every rule table, recorded once."""
+    sample = json.loads(SAMPLE.read_text(encoding="utf-8"))
+    assert len(sample) >= 50
+    for item in sample:
+        got = json.loads(json.dumps(score_document(item["text"], item["metadata"]).to_dict()))
+        assert got == item["score"], item["text"][:80]
