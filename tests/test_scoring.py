@@ -379,3 +379,23 @@ def test_scores_of_a_fixed_sample_are_pinned():
     for item in sample:
         got = json.loads(json.dumps(score_document(item["text"], item["metadata"]).to_dict()))
         assert got == item["score"], item["text"][:80]
+
+
+def test_markers_are_found_through_the_letters_that_case_folding_maps_to_ascii():
+    """The scorer skips a pattern whose literal parts are absent from the text; the four
+    non-ASCII letters that match ASCII letters case-insensitively must not hide a marker."""
+    score = score_document("The \u017fcanned page (\u0130bid) of the \u212aodak PATENT.")
+    assert score.breakdown["entropy"]["scan"]["found"] == ["scan"]
+    assert score.breakdown["authority"]["primary_markers"]["found"] == ["patent", "scan"]
+    assert score.breakdown["authority"]["citations"]["kinds"]["ibid"] == 1
+
+
+def test_needles_are_literals_every_match_contains():
+    from your_ai.objective.scoring_patterns import folded, needles
+
+    assert needles(r"\bpatent(?:s|ed)?\b") == ("patent",)
+    assert needles(r"\bletters?\b|\bdiar(?:y|ies)\b") == ("diar", "letter")
+    assert needles(r"(?<![\d.,])\d+") is None
+    who = r"\bWHO\b|\bWorld Health Organi[sz]ation\b"
+    for match in ("WHO", "World Health Organisation", "World Health Organization"):
+        assert any(needle in folded(match) for needle in needles(who))
