@@ -136,6 +136,8 @@ def print_plan(console, args: TrainingArgs, loaded, device: str, data, notes: li
                   highlight=False)
     console.print(f"Data: {files.train} ({n_train} records)" + (f", validation {files.val} ({n_val})" if files.val else ""),
                   highlight=False)
+    for use in data.token_caches:
+        console.print(f"Tokenized cache {use.status}: {use.path}", highlight=False)
     console.print(
         f"LoRA: rank {args.lora_rank}, alpha {args.lora_settings().effective_alpha:g}, last {args.lora_layers} layers, "
         f"{parameters:,} trainable parameters | batch {args.batch_size} x {args.grad_accum}, seq {args.max_seq_length}, "
