@@ -23,6 +23,7 @@ sizes and the offsets; an entry that fails a check is removed and built again, n
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -221,12 +222,13 @@ def _write_entry(directory: Path, key: str, chunks: Iterator[list[tuple[list[int
         for chunk in chunks:
             lengths = np.fromiter((len(ids) for ids, _, _ in chunk), dtype=np.int64, count=len(chunk))
             handles["offsets"].write((tokens + np.cumsum(lengths)).astype(ARRAYS["offsets"]).tobytes())
-            for ids, labels, exact in chunk:
-                handles["input_ids"].write(np.asarray(ids, dtype=ARRAYS["input_ids"]).tobytes())
-                handles["labels"].write(np.asarray(labels, dtype=ARRAYS["labels"]).tobytes())
-                inexact += not exact
+            count = int(lengths.sum())
+            for index, name in enumerate(("input_ids", "labels")):
+                values = itertools.chain.from_iterable(result[index] for result in chunk)
+                handles[name].write(np.fromiter(values, dtype=ARRAYS[name], count=count).tobytes())
+            inexact += sum(1 for _, _, exact in chunk if not exact)
             records += len(chunk)
-            tokens += int(lengths.sum())
+            tokens += count
         for handle in handles.values():
             handle.flush()
             os.fsync(handle.fileno())
