@@ -128,3 +128,26 @@ def test_a_build_killed_midway_leaves_no_entry(tmp_path, tiny_model_dir):
     tokens, use = cached_tokens(cache_dir, path, records, tokenizer_of(tiny_model_dir), 64)
     assert use.status == "built" and use.note is None and len(tokens) == len(records)
     assert [entry.name for entry in cache_dir.iterdir()] == [use.path.name]  # the dead build's staging removed
+
+
+def test_a_run_uses_the_cache_and_tokenizes_in_memory_where_it_cannot_be_written(tmp_path, tiny_model_dir):
+    from your_ai.data.records import TrainingFiles
+    from your_ai.train.plan import Objective, RunData
+
+    path, tokenizer = corpus(tmp_path), tokenizer_of(tiny_model_dir)
+    records = read_records(path).records
+    weights, entropies, _ = record_scores(records)
+    expected, _ = tokenize_records(records, weights, entropies, tokenizer, 64)
+
+    def run_data() -> RunData:
+        return RunData(TrainingFiles(path, None), "", Objective(), records, [], (weights, entropies), ([], []))
+
+    cached, notes = run_data(), []
+    cached.tokenize(tokenizer, 64, notes, cache_dir=tmp_path / "cache")
+    assert [use.status for use in cached.token_caches] == ["built"]
+    assert list(cached.train_examples) == expected and cached.val_examples == []
+    (tmp_path / "not-a-folder").write_text("")
+    in_memory, notes = run_data(), []
+    in_memory.tokenize(tokenizer, 64, notes, cache_dir=tmp_path / "not-a-folder" / "tokens")
+    assert in_memory.token_caches == [] and in_memory.train_examples == expected
+    assert any("cannot be written" in note and "tokenized in memory" in note for note in notes)
