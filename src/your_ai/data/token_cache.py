@@ -22,6 +22,7 @@ sizes and the offsets; an entry that fails a check is removed and built again, n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -30,9 +31,9 @@ import os
 import shutil
 import tempfile
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -215,9 +216,9 @@ def remove_entry(path: Path) -> None:
 
 
 def _write_entry(directory: Path, key: str, chunks: Iterator[list[tuple[list[int], list[int], bool]]]) -> None:
-    handles = {name: open(directory / f"{name}.bin", "wb") for name in ARRAYS}
     records = tokens = inexact = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        handles = {name: stack.enter_context(open(directory / f"{name}.bin", "wb")) for name in ARRAYS}
         handles["offsets"].write(np.zeros(1, dtype=ARRAYS["offsets"]).tobytes())
         for chunk in chunks:
             lengths = np.fromiter((len(ids) for ids, _, _ in chunk), dtype=np.int64, count=len(chunk))
@@ -232,9 +233,6 @@ def _write_entry(directory: Path, key: str, chunks: Iterator[list[tuple[list[int
         for handle in handles.values():
             handle.flush()
             os.fsync(handle.fileno())
-    finally:
-        for handle in handles.values():
-            handle.close()
     header = {"format": FORMAT, "key": key, "records": records, "tokens": tokens, "inexact": inexact,
               "dtypes": {name: np.dtype(dtype).name for name, dtype in ARRAYS.items()},
               "tokenization_version": TOKENIZATION_VERSION}

@@ -54,10 +54,22 @@ from __future__ import annotations
 import datetime
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from your_ai.objective.distrust import AUTHORITY_MAX, AUTHORITY_MIN, DEFAULT_ALPHA, empirical_distrust_loss
+from your_ai.objective.distrust import (
+    AUTHORITY_MAX,
+    AUTHORITY_MIN,
+    DEFAULT_ALPHA,
+    empirical_distrust_loss,
+)
+from your_ai.objective.scoring_patterns import (
+    Pattern,
+    compile_pattern,
+    compile_patterns,
+    folded,
+)
 from your_ai.objective.scoring_rules import (
     AGE_AUTHORITY,
     AGE_BASE_ENTROPY,
@@ -93,8 +105,6 @@ from your_ai.objective.scoring_rules import (
     UNEDITABLE_MARKERS,
     YEAR_IN_TEXT,
 )
-from your_ai.objective.scoring_patterns import Pattern, compile_pattern, compile_patterns, folded
-
 
 
 def _phrase_pattern(phrase: str) -> str:
@@ -124,7 +134,7 @@ class _Text:
     years: list[str]
 
     @classmethod
-    def of(cls, text: str) -> "_Text":
+    def of(cls, text: str) -> _Text:
         return cls(text, folded(text), _YEAR.findall(text))
 
 

@@ -17,8 +17,8 @@ always found in the folded text.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 try:  # Python 3.11+
     from re import _parser as _sre_parse
@@ -68,7 +68,7 @@ def needles(pattern: str, flags: int = 0) -> tuple[str, ...] | None:
     """Lower-case ASCII strings one of which every match of ``pattern`` contains, or ``None``."""
     try:
         found = _sequence_needles(list(_sre_parse.parse(pattern, flags)))
-    except Exception:  # an unreadable parse tree only costs speed: the pattern always runs
+    except Exception:  # noqa: BLE001 - an unreadable parse tree only costs speed: the pattern always runs
         return None
     if not found:
         return None

@@ -228,7 +228,6 @@ class RunData:
         if empty:
             notes.append(f"{empty} training record(s) have nothing to learn within --max-seq-length {max_seq_length}")
 
-
     def _examples(self, file: Path, records: list, scores: tuple[list, list], tokenizer, max_seq_length: int,
                   cache_dir: Path, notes: list[str]) -> tuple[list[Example], int, int]:
         """(examples, chat records learned whole, records with nothing to learn) of one data file."""
