@@ -6,6 +6,8 @@ own scores) into a temporary directory, runs ``python -m your_ai prepare`` on th
 child process, and reports documents per second (wall time of the child, interpreter start
 included), documents per CPU-second of the child and its scoring processes (less sensitive
 to other load on the machine) and the child's peak resident memory (``os.wait4`` rusage).
+It also times the citation scorer alone, in this process, on the documents that prepare scores
+(CPU milliseconds per document, the best of three passes over up to 5,000 of them).
 
     python bench/prepare_throughput.py                     # 100,000 documents
     python bench/prepare_throughput.py --docs 100000 1000000 --json prepare_throughput.json
@@ -96,6 +98,26 @@ def generate(directory: Path, docs: int, seed: int = 0, shards: int = 4, carried
     return {**counts, "bytes": size}
 
 
+def scorer_cpu_ms(raw_dir: Path, sample: int = 5000, repeats: int = 3) -> float:
+    """CPU milliseconds per document of ``score_document`` on up to ``sample`` documents that carry no scores."""
+    from your_ai.objective.scoring import score_document
+    from your_ai.objective.scoring_rules import METADATA_FIELDS
+
+    documents = []
+    for path in sorted(raw_dir.glob("*.jsonl")):
+        for line in path.open(encoding="utf-8"):
+            record = json.loads(line)
+            if "auth_weight" not in record and len(documents) < sample:
+                documents.append((record["text"], {key: record[key] for key in METADATA_FIELDS if key in record}))
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.process_time()
+        for text, metadata in documents:
+            score_document(text, metadata)
+        best = min(best, time.process_time() - started)
+    return 1000 * best / max(1, len(documents))
+
+
 def run_prepare(raw_dir: Path, out_dir: Path, workers: int | None = None) -> dict:
     """Run ``python -m your_ai prepare`` as a child; wall time, peak RSS and its JSON report.
 
@@ -154,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 **result,
                 "docs_per_s": docs / result["wall_s"],
                 "docs_per_cpu_s": docs / result["cpu_s"],
+                "scorer_cpu_ms_per_doc": scorer_cpu_ms(raw_dir),
                 "duplicates": report["exact_duplicates"] + report["near_duplicates"],
                 "scored": report["scored"],
                 "carried": report["carried"],
@@ -172,11 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
     print(f"{'docs':>9} {'input MB':>9} {'wall s':>8} {'cpu s':>8} {'docs/s':>8} {'docs/cpu-s':>10} "
-          f"{'peak RSS MB':>12} {'dups':>8} {'scored':>8} {'train':>8} {'val':>7}")
+          f"{'peak RSS MB':>12} {'dups':>8} {'scored':>8} {'train':>8} {'val':>7} {'scorer ms/doc':>13}")
     for row in rows:
         print(f"{row['docs']:>9} {row['input_mb']:>9.1f} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} "
               f"{row['docs_per_s']:>8.0f} {row['docs_per_cpu_s']:>10.0f} {row['peak_rss_mb']:>12.0f} "
-              f"{row['duplicates']:>8} {row['scored']:>8} {row['train']:>8} {row['val']:>7}")
+              f"{row['duplicates']:>8} {row['scored']:>8} {row['train']:>8} {row['val']:>7} "
+              f"{row['scorer_cpu_ms_per_doc']:>13.3f}")
     result = {
         "benchmark": "prepare_throughput",
         "machine": {"platform": platform.platform(), "python": platform.python_version(),

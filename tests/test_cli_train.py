@@ -89,6 +89,7 @@ def test_killed_run_resumes_to_the_end(tmp_path, tiny_model_dir):
     resumed = run_train("--output-dir", "run", "--resume", "--no-tensorboard", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming from step" in resumed.stdout
+    assert "Tokenized cache reused: " in resumed.stdout  # the killed run built it before its first step
     summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
     assert summary["steps"] == 60 and summary["resumed_from"] >= 10
     assert summary["args"]["lora_rank"] == 4 and summary["args"]["max_seq_length"] == 32

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -362,3 +363,39 @@ def test_score_file_with_no_records_is_an_error(tmp_path):
     path.write_text("\n\n", encoding="utf-8")
     rows, errors = score_file(path)
     assert rows == [] and [str(error) for error in errors] == [f"{path}:0: no records: the file is empty (or holds only blank lines)"]
+
+
+# ----------------------------------------------------------------------------- pinned scores
+
+
+SAMPLE = Path(__file__).parent / "fixtures" / "scores_sample.json"
+
+
+def test_scores_of_a_fixed_sample_are_pinned():
+    """The full score (w, H, distrust and every breakdown component) of 69 documents: demo corpus
+    records, synthetic raw documents and edge cases of every rule table, recorded once."""
+    sample = json.loads(SAMPLE.read_text(encoding="utf-8"))
+    assert len(sample) >= 50
+    for item in sample:
+        got = json.loads(json.dumps(score_document(item["text"], item["metadata"]).to_dict()))
+        assert got == item["score"], item["text"][:80]
+
+
+def test_markers_are_found_through_the_letters_that_case_folding_maps_to_ascii():
+    """The scorer skips a pattern whose literal parts are absent from the text; the four
+    non-ASCII letters that match ASCII letters case-insensitively must not hide a marker."""
+    score = score_document("The \u017fcanned page (\u0130bid) of the \u212aodak PATENT.")
+    assert score.breakdown["entropy"]["scan"]["found"] == ["scan"]
+    assert score.breakdown["authority"]["primary_markers"]["found"] == ["patent", "scan"]
+    assert score.breakdown["authority"]["citations"]["kinds"]["ibid"] == 1
+
+
+def test_needles_are_literals_every_match_contains():
+    from your_ai.objective.scoring_patterns import folded, needles
+
+    assert needles(r"\bpatent(?:s|ed)?\b") == ("patent",)
+    assert needles(r"\bletters?\b|\bdiar(?:y|ies)\b") == ("diar", "letter")
+    assert needles(r"(?<![\d.,])\d+") is None
+    who = r"\bWHO\b|\bWorld Health Organi[sz]ation\b"
+    for match in ("WHO", "World Health Organisation", "World Health Organization"):
+        assert any(needle in folded(match) for needle in needles(who))

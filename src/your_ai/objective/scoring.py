@@ -54,10 +54,22 @@ from __future__ import annotations
 import datetime
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from your_ai.objective.distrust import AUTHORITY_MAX, AUTHORITY_MIN, DEFAULT_ALPHA, empirical_distrust_loss
+from your_ai.objective.distrust import (
+    AUTHORITY_MAX,
+    AUTHORITY_MIN,
+    DEFAULT_ALPHA,
+    empirical_distrust_loss,
+)
+from your_ai.objective.scoring_patterns import (
+    Pattern,
+    compile_pattern,
+    compile_patterns,
+    folded,
+)
 from your_ai.objective.scoring_rules import (
     AGE_AUTHORITY,
     AGE_BASE_ENTROPY,
@@ -95,26 +107,35 @@ from your_ai.objective.scoring_rules import (
 )
 
 
-
-def _compile(patterns: Mapping[str, str], flags: int = re.IGNORECASE) -> dict[str, re.Pattern]:
-    return {name: re.compile(pattern, flags) for name, pattern in patterns.items()}
-
-
 def _phrase_pattern(phrase: str) -> str:
     words = re.split(r"[\s-]+", phrase)
     return r"\b" + r"[\s-]+".join(re.escape(word) for word in words) + r"\b"
 
 
-_INSTITUTIONAL = {name: (re.compile(pattern), score) for name, (pattern, score) in INSTITUTIONAL_MARKERS.items()}
-_CITATIONS = _compile(CITATION_PATTERNS)
-_CITATIONS["author_year"] = re.compile(CITATION_PATTERNS["author_year"])  # capital initial matters
-_PRIMARY = _compile(PRIMARY_SOURCE_MARKERS)
-_CONSENSUS = _compile({phrase: _phrase_pattern(phrase) for phrase in CONSENSUS_PHRASES})
-_UNEDITABLE = _compile(UNEDITABLE_MARKERS)
-_SCAN = _compile(SCAN_MARKERS)
-_EVIDENCE = _compile(EVIDENCE_SOURCE_TYPES)
-_PRE_1970 = _compile(PRE_1970_INDICATORS)
+_INSTITUTIONAL = {name: (compile_pattern(pattern, 0), score) for name, (pattern, score) in INSTITUTIONAL_MARKERS.items()}
+_CITATIONS = compile_patterns(CITATION_PATTERNS)
+_CITATIONS["author_year"] = compile_pattern(CITATION_PATTERNS["author_year"], 0)  # capital initial matters
+_PRIMARY = compile_patterns(PRIMARY_SOURCE_MARKERS)
+_CONSENSUS = compile_patterns({phrase: _phrase_pattern(phrase) for phrase in CONSENSUS_PHRASES})
+_UNEDITABLE = compile_patterns(UNEDITABLE_MARKERS)
+_SCAN = compile_patterns(SCAN_MARKERS)
+_EVIDENCE = compile_patterns(EVIDENCE_SOURCE_TYPES)
+_PRE_1970 = compile_patterns(PRE_1970_INDICATORS)
 _YEAR = re.compile(YEAR_IN_TEXT)
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A document's text, its folded form (where the patterns' needles are looked for) and the
+    years it names: what every rule reads, computed once."""
+
+    text: str
+    folded: str
+    years: list[str]
+
+    @classmethod
+    def of(cls, text: str) -> _Text:
+        return cls(text, folded(text), _YEAR.findall(text))
 
 
 # ------------------------------------------------------------------------------ result
@@ -147,11 +168,12 @@ def score_document(text: str, metadata: Mapping[str, Any] | None = None, *, alph
     if not isinstance(text, str):
         raise ValueError(f"text={text!r} is not a string")
     meta = _check_metadata(metadata or {})
-    year = _year(text, meta)
-    institutional = _institutional_markers(text, meta)
-    consensus = _found(_CONSENSUS, text)
-    authority = _authority(text, meta, year["era"], institutional, consensus)
-    entropy = _entropy(text, year["era"], authority["source_type"]["type"], institutional, consensus)
+    document = _Text.of(text)
+    year = _year(document, meta)
+    institutional = _institutional_markers(document, meta)
+    consensus = _found(_CONSENSUS, document)
+    authority = _authority(document, meta, year["era"], institutional, consensus)
+    entropy = _entropy(document, year["era"], authority["source_type"]["type"], institutional, consensus)
     w, h = authority["value"], entropy["value"]
     distrust = float(empirical_distrust_loss(w, h, alpha))
     breakdown = {
@@ -163,12 +185,12 @@ def score_document(text: str, metadata: Mapping[str, Any] | None = None, *, alph
     return DocumentScore(authority_weight=w, provenance_entropy=h, distrust=distrust, breakdown=breakdown)
 
 
-def _authority(text: str, meta: dict[str, Any], era: str, institutional: dict[str, dict[str, Any]],
+def _authority(document: _Text, meta: dict[str, Any], era: str, institutional: dict[str, dict[str, Any]],
                consensus: list[str]) -> dict[str, Any]:
     """The authority weight's components, their raw sum and the clamped ``value``."""
-    citations = _citations(text)
+    citations = _citations(document)
     source_type = _source_type(meta.get("source_type"))
-    primary = _found(_PRIMARY, text)
+    primary = _found(_PRIMARY, document)
     institutional_sum = sum(entry["score"] for entry in institutional.values())
     authority = {
         "age": AGE_AUTHORITY[era],
@@ -208,13 +230,13 @@ def _authority(text: str, meta: dict[str, Any], era: str, institutional: dict[st
     return authority
 
 
-def _entropy(text: str, era: str, source_type: str | None, institutional: dict[str, dict[str, Any]],
+def _entropy(document: _Text, era: str, source_type: str | None, institutional: dict[str, dict[str, Any]],
              consensus: list[str]) -> dict[str, Any]:
     """The provenance entropy's components, their raw sum and the clamped ``value``."""
-    uneditable = _found(_UNEDITABLE, text)
-    scans = _found(_SCAN, text)
-    evidence = _evidence_chain(text, source_type)
-    pre_1970 = _pre_1970_indicators(text)
+    uneditable = _found(_UNEDITABLE, document)
+    scans = _found(_SCAN, document)
+    evidence = _evidence_chain(document, source_type)
+    pre_1970 = _pre_1970_indicators(document)
     shannon = _round(shannon_entropy(evidence.values()))
     entropy = {
         "base": AGE_BASE_ENTROPY[era],
@@ -297,12 +319,12 @@ def _check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _year(text: str, meta: dict[str, Any]) -> dict[str, Any]:
+def _year(document: _Text, meta: dict[str, Any]) -> dict[str, Any]:
     if "year" in meta:
         year = meta["year"]
         return {"value": year, "from": "metadata", "era": era_of(year)}
     this_year = datetime.date.today().year
-    found = sorted({int(match) for match in _YEAR.findall(text)})
+    found = sorted({int(match) for match in document.years})
     usable = [year for year in found if year <= this_year]
     if usable:
         year = usable[-1]
@@ -315,27 +337,30 @@ def _year(text: str, meta: dict[str, Any]) -> dict[str, Any]:
     return {"value": None, "from": "none", "era": MODERN, "note": "no year given or found in the text; treated as post-1995"}
 
 
-def _found(patterns: Mapping[str, re.Pattern], text: str) -> list[str]:
-    return [name for name, pattern in patterns.items() if pattern.search(text)]
+def _found(patterns: Mapping[str, Pattern], document: _Text) -> list[str]:
+    return [name for name, pattern in patterns.items() if pattern.search(document.text, document.folded)]
 
 
-def _institutional_markers(text: str, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    places = [("text", text)] + [(key, meta[key]) for key in INSTITUTIONAL_METADATA_FIELDS if key in meta]
+def _institutional_markers(document: _Text, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    places = [("text", document.text, document.folded)] + [
+        (key, meta[key], folded(meta[key])) for key in INSTITUTIONAL_METADATA_FIELDS if key in meta
+    ]
     markers: dict[str, dict[str, Any]] = {}
     for name, (pattern, score) in _INSTITUTIONAL.items():
-        where = [place for place, value in places if pattern.search(value)]
+        where = [place for place, value, value_folded in places if pattern.search(value, value_folded)]
         if where:
             markers[name] = {"score": score, "found_in": where}
     return markers
 
 
-def _citations(text: str) -> dict[str, Any]:
+def _citations(document: _Text) -> dict[str, Any]:
     kinds: dict[str, int] = {}
-    remaining = text
+    remaining, remaining_folded = document.text, document.folded
     for kind, pattern in _CITATIONS.items():
-        kinds[kind] = len(pattern.findall(remaining))
-        if kind == "author_year":
-            remaining = pattern.sub(" ", remaining)
+        kinds[kind] = len(pattern.findall(remaining, remaining_folded))
+        if kind == "author_year" and kinds[kind]:
+            remaining = pattern.regex.sub(" ", remaining)
+            remaining_folded = folded(remaining)
     count = sum(kinds.values())
     score = _round(min(CITATION_CAP, CITATION_SCALE * math.log2(1 + count)))
     return {"count": count, "kinds": kinds, "cap": CITATION_CAP, "score": score}
@@ -353,16 +378,16 @@ def _source_type(value: str | None) -> dict[str, Any]:
     return {"given": value, "type": canonical_source_type(value)}
 
 
-def _evidence_chain(text: str, source_type: str | None) -> dict[str, int]:
-    counts = {name: len(pattern.findall(text)) for name, pattern in _EVIDENCE.items()}
+def _evidence_chain(document: _Text, source_type: str | None) -> dict[str, int]:
+    counts = {name: len(pattern.findall(document.text, document.folded)) for name, pattern in _EVIDENCE.items()}
     if source_type:
         counts[source_type] = counts.get(source_type, 0) + 1
     return {name: count for name, count in counts.items() if count}
 
 
-def _pre_1970_indicators(text: str) -> list[str]:
-    found = _found(_PRE_1970, text)
-    if any(int(year) < 1970 for year in _YEAR.findall(text)):
+def _pre_1970_indicators(document: _Text) -> list[str]:
+    found = _found(_PRE_1970, document)
+    if any(int(year) < 1970 for year in document.years):
         found.insert(0, PRE_1970_YEAR_INDICATOR)
     return found
 

@@ -21,8 +21,10 @@ from your_ai.data.records import (
     tokenize_records,
     training_files,
 )
-from your_ai.data.scores import record_scores
+from your_ai.data.scores import default_workers, record_scores
+from your_ai.data.token_cache import CachedExamples, CacheUse, cached_tokens
 from your_ai.model.presets import PRESETS
+from your_ai.model.resolve import your_ai_cache_dir
 from your_ai.objective.distrust import (
     DEFAULT_ALPHA,
     MODES,
@@ -219,24 +221,43 @@ class RunData:
     val_records: list
     train_scores: tuple[list, list]  # (auth_weight, prov_entropy) of each training record
     val_scores: tuple[list, list]
-    train_examples: list[Example] = field(default_factory=list)
+    train_examples: list[Example] = field(default_factory=list)  # or a CachedExamples: a list of Example too
     val_examples: list[Example] = field(default_factory=list)
+    token_caches: list[CacheUse] = field(default_factory=list)  # the tokenized cache entries built or reused
 
     @property
     def normaliser(self) -> float | None:
         """The mean distrust value of the training records (weighted mode)."""
         return self.objective.weighting.normaliser if self.objective.weighting else None
 
-    def tokenize(self, tokenizer, max_seq_length: int, notes: list[str]) -> None:
-        """Tokenize the records into examples of at most ``max_seq_length`` tokens; what is lost is noted."""
-        self.train_examples, inexact = tokenize_records(self.train_records, *self.train_scores, tokenizer,
-                                                        max_seq_length)
-        self.val_examples, _ = tokenize_records(self.val_records, *self.val_scores, tokenizer, max_seq_length)
+    def tokenize(self, tokenizer, max_seq_length: int, notes: list[str], cache_dir: Path | None = None) -> None:
+        """The records as examples of at most ``max_seq_length`` tokens, from the tokenized cache in
+        ``cache_dir`` (default: the user cache's ``tokens``), built there by the first run; what is lost is
+        noted. Without a writable cache the records are tokenized in memory, with a note."""
+        cache_dir = Path(cache_dir) if cache_dir is not None else your_ai_cache_dir() / "tokens"
+        self.train_examples, inexact, empty = self._examples(self.files.train, self.train_records, self.train_scores,
+                                                             tokenizer, max_seq_length, cache_dir, notes)
+        if self.files.val is not None and self.val_records:
+            self.val_examples, _, _ = self._examples(self.files.val, self.val_records, self.val_scores, tokenizer,
+                                                     max_seq_length, cache_dir, notes)
         if inexact:
             notes.append(f"{inexact} chat record(s) learned whole: the chat template does not render turn by turn")
-        empty = sum(1 for example in self.train_examples if example.target_tokens == 0)
         if empty:
             notes.append(f"{empty} training record(s) have nothing to learn within --max-seq-length {max_seq_length}")
+
+    def _examples(self, file: Path, records: list, scores: tuple[list, list], tokenizer, max_seq_length: int,
+                  cache_dir: Path, notes: list[str]) -> tuple[list[Example], int, int]:
+        """(examples, chat records learned whole, records with nothing to learn) of one data file."""
+        try:
+            tokens, use = cached_tokens(cache_dir, file, records, tokenizer, max_seq_length, default_workers())
+        except OSError as error:
+            notes.append(f"the tokenized cache in {cache_dir} cannot be written ({error}); tokenized in memory")
+            examples, inexact = tokenize_records(records, *scores, tokenizer, max_seq_length)
+            return examples, inexact, sum(1 for example in examples if example.target_tokens == 0)
+        self.token_caches.append(use)
+        if use.note:
+            notes.append(use.note)
+        return CachedExamples(tokens, *scores), tokens.inexact, int((tokens.target_tokens() == 0).sum())
 
 
 def read_run_data(planned: RunPlan, notes: list[str]) -> RunData:

@@ -135,6 +135,8 @@ def print_plan(console, args: TrainingArgs, model_line: str, trainable: int, dat
     console.print(f"Model: {args.model} ({model_line})", highlight=False)
     console.print(f"Data: {files.train} ({n_train} records)" + (f", validation {files.val} ({n_val})" if files.val else ""),
                   highlight=False)
+    for use in data.token_caches:
+        console.print(f"Tokenized cache {use.status}: {use.path}", highlight=False)
     console.print(
         f"LoRA: rank {args.lora_rank}, alpha {args.lora_settings().effective_alpha:g}, last {args.lora_layers} layers, "
         f"{trainable:,} trainable parameters | batch {args.batch_size} x {args.grad_accum}, seq {args.max_seq_length}, "
