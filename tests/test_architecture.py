@@ -17,7 +17,7 @@ LAYERS = [
     {"data"},
     {"model"},
     {"step"},
-    {"train"},
+    {"train", "mlx_engine"},
     {"fit"},
     {"eval"},
     {"cli", "__main__"},

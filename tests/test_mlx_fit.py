@@ -28,14 +28,14 @@ def test_pick_engine(monkeypatch):
         hardware.pick_engine("jax")
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
     monkeypatch.setattr(platform, "machine", lambda: "arm64")
-    monkeypatch.setattr(hardware, "mlx_importable", lambda: True)
+    monkeypatch.setattr(hardware, "mlx_available", lambda: True)
     assert hardware.pick_engine("auto") == "mlx" and hardware.pick_engine(None) == "mlx"
-    monkeypatch.setattr(hardware, "mlx_importable", lambda: False)
+    monkeypatch.setattr(hardware, "mlx_available", lambda: False)
     assert hardware.pick_engine("auto") == "torch"
     with pytest.raises(ValueError, match=r"pip install 'your-ai\[mlx\]'"):
         hardware.pick_engine("mlx")
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(hardware, "mlx_importable", lambda: True)
+    monkeypatch.setattr(hardware, "mlx_available", lambda: True)
     assert hardware.pick_engine("auto") == "torch"
 
 

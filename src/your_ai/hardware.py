@@ -12,7 +12,7 @@ from pathlib import Path
 
 GB = 1e9  # figures in GB (10^9 bytes), as everywhere in your-ai
 DEVICES = ("cuda", "mps", "cpu")
-ENGINES = ("auto", "torch", "mlx")
+ENGINES = ("auto", "torch", "mlx")  # how a model runs: PyTorch (CUDA, MPS, CPU) or MLX (Apple Silicon; CPU)
 MLX_INSTALL = "pip install 'your-ai[mlx]'"
 
 
@@ -53,25 +53,23 @@ def is_apple_silicon() -> bool:
     return platform.system() == "Darwin" and platform.machine() == "arm64"
 
 
-def mlx_importable() -> bool:
-    try:
-        import mlx.core  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def mlx_available() -> bool:
+    """Whether MLX and mlx-lm can be imported here."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("mlx", "mlx_lm"))
 
 
 def pick_engine(requested: str | None = None) -> str:
-    """The engine that runs training and inference: ``torch`` or ``mlx``. ``auto`` (or None): mlx on Apple
-    Silicon when MLX is installed, else torch. ``mlx`` without MLX installed is a ``ValueError`` naming the
-    install command."""
+    """The engine a command runs on: ``torch`` or ``mlx`` as asked; ``auto`` (or None) is ``mlx`` on Apple
+    Silicon when MLX is installed, else ``torch``. ``ValueError`` naming the flag when it cannot be used."""
     requested = requested or "auto"
     if requested not in ENGINES:
         raise ValueError(f"--engine {requested!r} is not one of {', '.join(ENGINES)}")
+    if requested == "mlx" and not mlx_available():
+        raise ValueError(f"--engine mlx needs MLX and mlx-lm, which are not installed: {MLX_INSTALL}")
     if requested == "auto":
-        return "mlx" if is_apple_silicon() and mlx_importable() else "torch"
-    if requested == "mlx" and not mlx_importable():
-        raise ValueError(f"--engine mlx needs MLX, which is not installed here: {MLX_INSTALL}")
+        return "mlx" if is_apple_silicon() and mlx_available() else "torch"
     return requested
 
 

@@ -73,19 +73,32 @@ def reset_adapters(model, seed: int) -> int:
     (it is started once allocated). Returns the number of parameters set."""
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
+    adapted = [(name, parameter) for name, parameter in model.named_parameters()
+               if "lora_A" in name or "lora_B" in name]
+    starts = initial_adapter_values([(name, tuple(parameter.shape)) for name, parameter in adapted], seed)
     count = 0
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_A" not in name and "lora_B" not in name:
-                continue
-            full = torch.zeros(parameter.shape)
-            if "lora_A" in name:
-                torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=generator)
+        for (name, parameter), full in zip(adapted, starts):
             if not parameter.is_meta:
                 set_full_value(parameter, full)
                 count += 1
     return count
+
+
+def initial_adapter_values(named_shapes: list[tuple[str, tuple[int, ...]]], seed: int) -> list:
+    """The starting value of each LoRA parameter (PEFT's names and shapes, in the model's parameter order):
+    ``lora_A`` kaiming-uniform with a = sqrt(5) drawn in turn from one CPU fp32 generator seeded with
+    ``seed``, ``lora_B`` zero. Every engine starts its adapters from these values."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for name, shape in named_shapes:
+        full = torch.zeros(shape)
+        if "lora_A" in name:
+            torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=generator)
+        values.append(full)
+    return values
 
 
 def set_full_value(parameter, full) -> None:

@@ -1,0 +1,108 @@
+"""LoRA adapters of an MLX model in PEFT's format, so that either engine (and ``export``, ``generate``)
+uses an adapter the other trained.
+
+On disk (PEFT): ``adapter_config.json`` (the ``LoraConfig`` the torch engine writes) and
+``adapter_model.safetensors`` with ``base_model.model.<path>.lora_A.weight`` of shape (r, in) and
+``lora_B.weight`` (out, r), scaling alpha / r. In MLX (mlx-lm's ``LoRALinear``): ``<path>.lora_a`` (in, r)
+and ``lora_b`` (r, out), ``scale`` alpha / r. Saving and loading transpose between the two.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from your_ai.mlx_engine.model import MlxModel, add_lora, peft_name
+from your_ai.model.lora import LoraSettings, lora_config
+from your_ai.train.outputs import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    CheckpointError,
+)
+
+
+class AdapterFormatError(CheckpointError):
+    """An adapter the MLX engine cannot use; the message names the file."""
+
+
+def adapter_tensors(loaded: MlxModel) -> dict[str, np.ndarray]:
+    """The adapter's weights under PEFT's names and layouts, as fp32 numpy arrays."""
+    tensors = {}
+    for path, module in loaded.adapted_modules():
+        tensors[peft_name(path, "lora_A")] = np.ascontiguousarray(np.array(module.lora_a.astype(mx.float32)).T)
+        tensors[peft_name(path, "lora_B")] = np.ascontiguousarray(np.array(module.lora_b.astype(mx.float32)).T)
+    return tensors
+
+
+def write_adapter(loaded: MlxModel, directory: Path, *, base_model: str, tokenizer=None) -> None:
+    """The adapter (PEFT's config and safetensors weights) into ``directory`` (which must exist), the
+    tokenizer beside it: the files the torch engine's adapter has."""
+    directory = Path(directory)
+    config, _ = lora_config(loaded.lora, len(loaded.model.layers))
+    config.base_model_name_or_path = base_model
+    config.save_pretrained(str(directory))
+    save_file(adapter_tensors(loaded), str(directory / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def read_adapter_settings(directory: Path) -> tuple[LoraSettings, list[int]]:
+    """The LoRA settings and adapted layers of a PEFT adapter's ``adapter_config.json``."""
+    path = Path(directory) / ADAPTER_CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+        rank, alpha = int(config["r"]), float(config["lora_alpha"])
+        targets = config["target_modules"]
+        layers = config.get("layers_to_transform")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise AdapterFormatError(f"{path}: cannot be read as a LoRA adapter config ({error})") from None
+    if config.get("use_rslora") or config.get("use_dora"):
+        raise AdapterFormatError(f"{path}: rsLoRA and DoRA adapters are not supported by the MLX engine")
+    layers = [layers] if isinstance(layers, int) else sorted(layers or [])
+    settings = LoraSettings(rank=rank, alpha=alpha, layers=max(1, len(layers)),
+                            target_modules=tuple(sorted(targets) if isinstance(targets, list) else [targets]))
+    return settings, layers
+
+
+def load_adapter(loaded: MlxModel, directory: Path) -> MlxModel:
+    """Put the PEFT adapter in ``directory`` on ``loaded`` (a model without LoRA): its layers and settings
+    from ``adapter_config.json``, its weights transposed into mlx-lm's layout."""
+    settings, layers = read_adapter_settings(directory)
+    count = len(loaded.model.layers)
+    if layers and layers != list(range(count - len(layers), count)):
+        raise AdapterFormatError(f"{Path(directory) / ADAPTER_CONFIG_FILE}: adapts layers {layers}; the MLX engine "
+                                 f"takes adapters on the last layers of the model ({count} layers)")
+    if not layers:
+        settings = LoraSettings(rank=settings.rank, alpha=settings.alpha, layers=count,
+                                target_modules=settings.target_modules)
+    add_lora(loaded, settings)
+    load_adapter_weights(loaded, directory)
+    return loaded
+
+
+def load_adapter_weights(loaded: MlxModel, directory: Path) -> None:
+    """The weights of a PEFT adapter into ``loaded``'s LoRA layers (names and shapes must match)."""
+    path = Path(directory) / ADAPTER_WEIGHTS_FILE
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type, and OSError
+        raise AdapterFormatError(f"{path}: cannot be read ({str(error).splitlines()[0]})") from None
+    tensors = {name.replace(".default.", "."): value for name, value in tensors.items()}
+    expected = set()
+    for module_path, module in loaded.adapted_modules():
+        for part, attribute in (("lora_A", "lora_a"), ("lora_B", "lora_b")):
+            name = peft_name(module_path, part)
+            expected.add(name)
+            current = getattr(module, attribute)
+            if name not in tensors or tensors[name].T.shape != current.shape:
+                found = tensors[name].shape if name in tensors else "missing"
+                raise AdapterFormatError(f"{path}: {name} is {found}; the model needs {current.shape[::-1]}")
+            setattr(module, attribute, mx.array(tensors[name].T.astype(np.float32)))
+    unexpected = sorted(set(tensors) - expected)
+    if unexpected:
+        raise AdapterFormatError(f"{path} does not match the model's adapters (unexpected: {unexpected[:3]})")
+    mx.eval(loaded.model.trainable_parameters())
