@@ -18,6 +18,7 @@ from your_ai.cli.common import (
     print_answers,
 )
 from your_ai.files import writing
+from your_ai.hardware import ENGINES, MLX_INSTALL
 from your_ai.step.memory import BUDGET_FRACTION
 from your_ai.step.modes import STEP_MODES
 from your_ai.train.defaults import DEFAULTS, RULES, WARMUP_FRACTION
@@ -74,6 +75,10 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
                    "recomputed; plain: the Hugging Face forward through the full logits.")
 @click.option("--seed", type=int, help=f"Seed for LoRA init and data order (default {DEFAULTS['seed']}).")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--engine", type=click.Choice(ENGINES),
+              help="torch: PyTorch (CUDA, MPS, CPU); mlx: MLX through mlx-lm, for Apple Silicon "
+                   f"({MLX_INSTALL}); auto (default): mlx on Apple Silicon when MLX is installed, else torch. "
+                   "A resumed run keeps its engine.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
 @click.option("--profile", "profile_file", type=click.Path(dir_okay=False),
               help="Apply a hardware profile saved by `your-ai optimize` (batch, rank, alpha, layers).")

@@ -14,13 +14,13 @@ from importlib import resources
 from pathlib import Path
 
 from your_ai.data.records import read_records, training_files
-from your_ai.hardware import pick_device
-from your_ai.model.architecture import read_architecture
-from your_ai.model.errors import ModelResolutionError
-from your_ai.model.lora import LoraSettings
+from your_ai.hardware import ENGINES, pick_device, pick_engine
+from your_ai.model.architecture import read_architecture, read_config_values
+from your_ai.model.errors import ModelFileError, ModelResolutionError
+from your_ai.model.lora import LoraSettings, smallest_adapted_dimension
 from your_ai.model.presets import PRESETS, TINY
 from your_ai.model.quantize import QuantizationError, check_bits
-from your_ai.model.resolve import model_or_default, resolve_model
+from your_ai.model.resolve import ResolvedModel, model_or_default, resolve_model
 from your_ai.objective.distrust import DEFAULT_ALPHA, MODES, check_alpha
 from your_ai.step.modes import check_step_mode
 from your_ai.train import defaults as run_defaults
@@ -94,6 +94,7 @@ class TrainingArgs:
     strategy: str | None = None  # data-parallel strategy under torchrun: auto | ddp | fsdp
     quantize: int | None = None  # 4: QLoRA, the base model's decoder linears in NF4 (your_ai.model.quantize)
     overwrite: bool = False  # a new run may replace an earlier run's files in output_dir
+    engine: str | None = None  # auto | torch | mlx (your_ai.hardware.pick_engine); None: auto
 
     def with_defaults(self) -> "TrainingArgs":
         model = model_or_default(self.model)
@@ -112,6 +113,8 @@ class TrainingArgs:
             values["output_dir"] = default_output_dir(model)
         if values["eval_every"] is None:
             values["eval_every"] = values["save_every"]
+        if not self.resume or values["engine"] is not None:  # resumed: the checkpoint's (merge_for_resume)
+            values["engine"] = pick_engine(values["engine"])
         return TrainingArgs(**values)
 
     def validate(self) -> None:
@@ -135,6 +138,7 @@ class TrainingArgs:
             check_step_mode(self.step_mode or "auto", self.grad_checkpoint)
         except ValueError as error:
             raise TrainingArgsError(str(error)) from None
+        self._check_engine()
         if self.overwrite and self.resume:
             raise TrainingArgsError("--overwrite starts the run over and --resume continues it; give one of them")
         try:
@@ -158,8 +162,45 @@ class TrainingArgs:
                 bound = "in [0, 1] in weighted mode" if high == 1.0 else ">= 0"
                 raise TrainingArgsError(f"--lambda-weight must be {bound} (got {self.lambda_weight!r})")
 
+    def _check_engine(self) -> None:
+        """An engine that can run here, and settings it takes (MLX: one process, the plain step)."""
+        if self.engine is not None and self.engine not in ENGINES:
+            raise TrainingArgsError(f"--engine {self.engine!r} must be one of {', '.join(ENGINES)}")
+        if self.engine in (None, "auto") and self.resume:
+            return  # the checkpoint's engine, checked when merged
+        try:
+            engine = pick_engine(self.engine)
+        except ValueError as error:
+            raise TrainingArgsError(str(error)) from None
+        if engine != "mlx":
+            return
+        if self.step_mode not in (None, "auto", "plain"):
+            raise TrainingArgsError(f"--step-mode {self.step_mode} is a step of the torch engine; --engine mlx takes "
+                                    f"the plain step (add --grad-checkpoint to recompute the layers)")
+        if self.strategy not in (None, "auto"):
+            raise TrainingArgsError(f"--strategy {self.strategy} is for data-parallel training with --engine torch; "
+                                    f"--engine mlx trains in one process")
+        if self.device not in (None, "cpu", "mps"):
+            raise TrainingArgsError(f"--device {self.device} is not an MLX device; --engine mlx runs on the Apple "
+                                    f"GPU (--device mps, the default on a Mac) or --device cpu")
+
     def lora_settings(self) -> LoraSettings:
         return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, layers=self.lora_layers)
+
+
+def check_lora_rank(args: TrainingArgs, resolved: ResolvedModel) -> None:
+    """Refuse a LoRA rank above the smallest dimension of an adapted projection (read from the model's
+    config.json, before any weight is loaded): the rank could not be used, only stored."""
+    try:
+        config = read_config_values(resolved.path)
+        name, size = smallest_adapted_dimension(config, args.lora_settings().target_modules)
+    except (ModelFileError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return  # loading the model reports an unreadable config
+    if args.lora_rank > size:
+        raise TrainingArgsError(
+            f"--lora-rank {args.lora_rank} is larger than the smallest adapted dimension ({name} {size} of model "
+            f"{args.model}); use at most {size}"
+        )
 
 
 def default_choice(args: TrainingArgs) -> run_defaults.DefaultChoice:
@@ -216,6 +257,7 @@ def merge_for_resume(given: TrainingArgs, saved: dict, output_dir: Path) -> Trai
         if key not in RUN_SHAPE_FIELDS:  # given here, else as the run had it (switches: as given here)
             values[key] = value if value is not None else saved.get(key)
     values["step_mode"] = _resumed_step_mode(given, saved.get("step_mode"))
+    values["engine"] = _resumed_engine(given, saved.get("engine"))
     values["output_dir"] = str(output_dir)  # where the checkpoint was found
     return TrainingArgs(**values).with_defaults()
 
@@ -235,6 +277,15 @@ def _resumed_step_mode(given: TrainingArgs, saved: str | None) -> str:
         return wanted
     if given.grad_checkpoint and saved != "plain":
         return "small"
+    return saved
+
+
+def _resumed_engine(given: TrainingArgs, saved: str | None) -> str:
+    """A checkpoint resumes on the engine that wrote it (its optimizer state is that engine's)."""
+    saved = saved or "torch"  # a run saved before engines existed ran on PyTorch
+    if given.engine not in (None, "auto") and given.engine != saved:
+        raise TrainingArgsError(f"--engine {given.engine} differs from the checkpoint's {saved!r}: a run resumes on "
+                                f"the engine that wrote its checkpoints (start a new run with another --output-dir)")
     return saved
 
 

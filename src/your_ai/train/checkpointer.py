@@ -7,7 +7,7 @@ Under a sharded strategy every process takes part in gathering the full states; 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -20,28 +20,10 @@ from your_ai.train.checkpoints import (
     save_best,
     save_checkpoint,
 )
-from your_ai.train.outputs import (
-    SUMMARY_FILE,
-    checkpoints_dir,
-    remove_run_entries,
-    remove_stale_temporaries,
-    set_aside_damaged,
-    step_dir_name,
-)
+from your_ai.train.outputs import SUMMARY_FILE, checkpoints_dir, step_dir_name
 from your_ai.train.parallel import Strategy
-from your_ai.train.plan import RunPlan, names_of
-
-
-@dataclass
-class Progress:
-    """How far a run got: what a checkpoint keeps beside the adapter, the optimizer and the schedule."""
-
-    step: int = 0
-    position: DataPosition = field(default_factory=DataPosition)  # where the next global batch starts
-    best_val_loss: float | None = None
-    tokens_seen: int = 0
-    elapsed_before: float = 0.0  # seconds trained by earlier invocations (a resumed run)
-    resumed_from: int | None = None  # the step of the checkpoint this invocation started from
+from your_ai.train.plan import RunPlan, prepare_output_dir
+from your_ai.train.run import Progress
 
 
 class Checkpointer:
@@ -57,17 +39,8 @@ class Checkpointer:
     def prepare(self, planned: RunPlan, notes: list[str]) -> None:
         """Before the first write: ``--overwrite`` removes the earlier run's files; a resumed run sets its
         damaged checkpoints aside (renamed, not deleted); unfinished temporary writes are removed."""
-        if not self.strategy.is_writer:
-            return
-        if planned.replaced is not None:
-            removed = remove_run_entries(planned.replaced)
-            notes.append(f"--overwrite: removed the earlier run's {names_of(removed, shown=len(removed))} "
-                         f"from {planned.output_dir}")
-        for path in planned.damaged:
-            if path.exists():
-                set_aside_damaged(path)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.output_dir)
+        if self.strategy.is_writer:
+            prepare_output_dir(planned, notes)
 
     def resume(self, checkpoint: Path) -> Progress:
         """The adapter, optimizer, schedule and random states of ``checkpoint``; returns its progress."""

@@ -92,13 +92,20 @@ def write_adapter(model, directory: Path, *, base_model: str, tokenizer=None, st
 
 
 def save_adapter(model, output_dir: Path, *, base_model: str, tokenizer=None, state_dict: dict | None = None) -> Path:
-    """The final adapter into ``output_dir`` itself: written to a temporary directory, then each
-    file moved into place with ``os.replace`` (files from an earlier run are replaced, not mixed)."""
+    """The final adapter into ``output_dir`` itself (``replace_files``: files from an earlier run are
+    replaced, not mixed)."""
+    return replace_files(output_dir, lambda staging: write_adapter(model, staging, base_model=base_model,
+                                                                   tokenizer=tokenizer, state_dict=state_dict))
+
+
+def replace_files(output_dir: Path, fill: Callable[[Path], None]) -> Path:
+    """Files written by ``fill`` into a temporary directory, then each moved into ``output_dir`` with
+    ``os.replace``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}adapter-", dir=output_dir))
     try:
-        write_adapter(model, staging, base_model=base_model, tokenizer=tokenizer, state_dict=state_dict)
+        fill(staging)
         give_default_permissions(staging)
         _fsync_tree(staging)
         for path in sorted(staging.iterdir()):

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import io
 import random
-import signal
-import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,12 +20,11 @@ from your_ai.hardware import pick_device
 from your_ai.model.load import load_tokenizer
 from your_ai.model.resolve import resolve_model
 from your_ai.step.memory import PeakMemory, default_budget_gb, use_expandable_segments
-from your_ai.train import defaults as run_defaults
 from your_ai.train.args import (
     MemoryLimitExceeded,
     TrainingArgs,
     TrainingError,
-    default_choice,
+    check_lora_rank,
     resume_command,
 )
 from your_ai.train.checkpointer import Checkpointer, Progress
@@ -36,42 +32,22 @@ from your_ai.train.loss import StepLoss, evaluate, global_loss_parts
 from your_ai.train.parallel import Strategy, World, start
 from your_ai.train.plan import RunData, RunPlan, plan_run, read_run_data
 from your_ai.train.report import MetricsWindow, QuietReporter, Reporter, print_plan
+from your_ai.train.run import (
+    StopOnSignal,
+    TrainResult,
+    due,
+    finished_result,
+    settings_notes,
+)
 from your_ai.train.setup import (
     PreparedStep,
     TrainingModel,
     apply_step_mode,
     build_optimizer,
-    check_lora_rank,
     load_for_training,
     sharding_saves,
 )
 from your_ai.train.step import MicroBatch, NonFiniteGradient, StepOutput, optimizer_step
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path  # the final adapter and tokenizer are here
-    steps: int
-    final_loss: float | None
-    best_val_loss: float | None
-    peak_memory_gb: float
-    elapsed_s: float
-    resumed_from: int | None  # step of the checkpoint a resumed run started from
-    stopped_early: bool  # ``stop_after`` was reached before max_steps
-    normaliser: float | None  # mean distrust value of the training set (weighted mode)
-    notes: list[str] = field(default_factory=list)
-    step_mode: dict | None = None  # the StepMode the run used (your_ai.step.modes), with its reason
-    world_size: int = 1  # training processes (data-parallel under torchrun)
-    rank: int = 0  # this process's rank; only rank 0 prints and writes
-    max_steps: int | None = None
-    stopped_by: str | None = None  # "SIGINT" / "SIGTERM": stopped after a step, with a checkpoint
-    resume_command: str | None = None  # the command that continues a stopped run
-    already_finished: bool = False  # --resume of a run that had done all its steps: nothing was done
-
-    @property
-    def exit_code(self) -> int:
-        """0; 128 + the signal's number for a run stopped by SIGINT (130) or SIGTERM (143)."""
-        return 128 + signal.Signals[self.stopped_by].value if self.stopped_by else 0
 
 
 def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) -> TrainResult:
@@ -87,7 +63,13 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     """
     planned = plan_run(args)  # first: a resumed run trains on the device its checkpoint names (--device)
     if planned.finished:
-        return _finished_result(planned)
+        return finished_result(planned)
+    if planned.args.engine == "mlx":
+        from your_ai.mlx_engine.loop import (
+            train as train_in_mlx,  # imports MLX: only when it was chosen
+        )
+
+        return train_in_mlx(args, planned, stop_after=stop_after, console=console)
     world, device = start(pick_device(planned.args.device))
     use_expandable_segments(device)
     try:
@@ -96,15 +78,6 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
         return _finish(run, final_loss, stopped_early, stopped_by)
     finally:
         Strategy(world, device).stop()
-
-
-def _finished_result(planned: RunPlan) -> TrainResult:
-    """``--resume`` of a run that already did all its steps: nothing loaded, nothing written."""
-    state = planned.state
-    return TrainResult(output_dir=planned.output_dir, steps=state["step"], final_loss=None,
-                       best_val_loss=state.get("best_val_loss"), peak_memory_gb=0.0, elapsed_s=0.0,
-                       resumed_from=state["step"], stopped_early=False, normaliser=state.get("normaliser"),
-                       max_steps=planned.args.max_steps, already_finished=True)
 
 
 @dataclass
@@ -142,7 +115,7 @@ def _set_up(given: TrainingArgs, planned: RunPlan, world: World, device: str, co
     model and its step, the optimizer and schedule, a resumed run's state; the plan is printed last."""
     started = time.perf_counter()
     console = (console or Console(soft_wrap=True)) if world.main else Console(file=io.StringIO())  # rank 0 reports
-    args, notes = planned.args, [*planned.notes, *_settings_notes(given, planned)]
+    args, notes = planned.args, [*planned.notes, *settings_notes(given, planned)]
     data = read_run_data(planned, notes)
     _check_processes_agree(data, Strategy(world, device), args)
     resolved = resolve_model(args.model)
@@ -168,7 +141,10 @@ def _set_up(given: TrainingArgs, planned: RunPlan, world: World, device: str, co
     checkpointer.prepare(planned, notes)
     peak = PeakMemory(device)
     peak.reset()
-    print_plan(console, args, loaded, device, data, notes, progress.resumed_from, limit_gb, prepared.mode)
+    model_line = f"{loaded.architecture_name}, {str(loaded.dtype).replace('torch.', '')} on {device}"
+    trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
+    print_plan(console, args, model_line, trainable, data, notes, progress.resumed_from, limit_gb,
+               prepared.mode.reason)
     return _Run(args, planned, data, strategy, loaded, prepared, strategy.wrap(step_loss), optimizer, scheduler,
                 checkpointer, progress, peak, limit_gb, console, tokenizer.pad_token_id,
                 started, notes)
@@ -201,19 +177,6 @@ def _build_model(given: TrainingArgs, planned: RunPlan, strategy: Strategy, data
     notes.extend(prepared.notes)
     loaded.model.train()
     return loaded, prepared, step_loss
-
-
-def _settings_notes(given: TrainingArgs, planned: RunPlan) -> list[str]:
-    """Where the defaulted settings of a new run came from; a warm-up as long as the run."""
-    notes = []
-    if planned.checkpoint is None:
-        explained = default_choice(given).describe(asdict(given), planned.args)
-        if explained:
-            notes.append(explained)
-    warning = run_defaults.warmup_warning(planned.args.warmup_steps, planned.args.max_steps)
-    if warning:
-        notes.append(warning)
-    return notes
 
 
 def _check_processes_agree(data: RunData, strategy: Strategy, args: TrainingArgs) -> None:
@@ -260,19 +223,19 @@ def _loop(run: _Run, stop_after: int | None) -> tuple[float | None, bool, str | 
             step = progress.step
             run.peak.sample()
             peak_gb = strategy.all_max(run.peak.peak_gb())  # every process stops at the same step
-            if step == 1 or _due(step, args.memory_report_interval, args.max_steps):
+            if step == 1 or due(step, args.memory_report_interval, args.max_steps):
                 final_loss = window.loss()
                 reporter.train(step, progress.position.epoch, window, learning_rate, output.grad_norm, peak_gb,
                                run.elapsed())
                 window = MetricsWindow()
-            if strategy.evaluates and run.data.val_examples and _due(step, args.eval_every, args.max_steps):
+            if strategy.evaluates and run.data.val_examples and due(step, args.eval_every, args.max_steps):
                 _validate(run, reporter)
             if peak_gb > run.limit_gb:
                 raise MemoryLimitExceeded(peak_gb, run.limit_gb, step, run.save())
-            if _due(step, args.save_every, args.max_steps):
+            if due(step, args.save_every, args.max_steps):
                 run.save()
                 last_saved = step
-            stopped_by = stop.agreed(strategy) if step < args.max_steps else None
+            stopped_by = stop.agreed(strategy.all_max) if step < args.max_steps else None
             if stopped_by or (stop_after is not None and stop_after <= step < args.max_steps):
                 if last_saved != step:
                     run.save()
@@ -284,11 +247,6 @@ def _loop(run: _Run, stop_after: int | None) -> tuple[float | None, bool, str | 
     if final_loss is None and window.steps:
         final_loss = window.loss()
     return final_loss, stopped_early, stopped_by
-
-
-def _due(step: int, every: int, max_steps: int) -> bool:
-    """Every ``every`` steps, and at the last step."""
-    return step % every == 0 or step == max_steps
 
 
 def _draw_micro_batches(run: _Run, sampler: BatchSampler) -> tuple[list[MicroBatch], list[int]]:
@@ -362,46 +320,3 @@ def _finish(run: _Run, final_loss: float | None, stopped_early: bool, stopped_by
         run.checkpointer.save_summary({**asdict(result), "output_dir": str(output_dir), "args": asdict(args),
                                        "base_model": run.checkpointer.base_model})
     return result
-
-
-class StopOnSignal:
-    """SIGINT (Ctrl-C) and SIGTERM (a cluster's preemption) during the loop: the step in progress
-    finishes, a checkpoint is written and the run stops. Further signals are ignored until the process
-    exits, so a second Ctrl-C cannot cut the checkpoint (or the message after it) short. Installed from
-    the main thread only."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, quiet: bool = False):
-        self.received = 0  # the first signal's number
-        self.quiet = quiet
-        self.previous: dict = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
-
-    def restore(self) -> None:
-        """The handlers as they were, unless a signal came: then the run is stopping and stays deaf to
-        further signals (the caller exits; the CLI ignores them while the interpreter shuts down)."""
-        if self.received:
-            return
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        self.previous = {}
-
-    def _handle(self, number: int, frame) -> None:
-        name = signal.Signals(number).name
-        if not self.received:
-            self.received = number
-            message = f"{name}: finishing this step, then saving a checkpoint and stopping"
-        else:
-            message = f"{name} ignored: the run is saving its checkpoint and stopping"
-        if not self.quiet:
-            print(f"\n{message}", file=sys.stderr, flush=True)
-
-    def agreed(self, strategy: Strategy) -> str | None:
-        """The signal's name when any process received one (every process takes part and gets the
-        same answer, so all stop at the same step); ``None`` otherwise."""
-        number = int(strategy.all_max(float(self.received)))
-        return signal.Signals(number).name if number else None

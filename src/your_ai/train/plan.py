@@ -46,6 +46,9 @@ from your_ai.train.outputs import (
     inspect_output_dir,
     list_checkpoints,
     read_trainer_state,
+    remove_run_entries,
+    remove_stale_temporaries,
+    set_aside_damaged,
 )
 
 
@@ -115,6 +118,20 @@ def plan_run(given: TrainingArgs) -> RunPlan:
     args = merge_for_resume(given, state["args"], output_dir)
     args.validate()
     return RunPlan(args, output_dir, point.checkpoint, state, point.notes, [path for path, _ in point.damaged])
+
+
+def prepare_output_dir(planned: RunPlan, notes: list[str]) -> None:
+    """Before a run's first write: ``--overwrite`` removes the earlier run's files; a resumed run sets its
+    damaged checkpoints aside (renamed, not deleted); unfinished temporary writes are removed."""
+    if planned.replaced is not None:
+        removed = remove_run_entries(planned.replaced)
+        notes.append(f"--overwrite: removed the earlier run's {names_of(removed, shown=len(removed))} "
+                     f"from {planned.output_dir}")
+    for path in planned.damaged:
+        if path.exists():
+            set_aside_damaged(path)
+    planned.output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(planned.output_dir)
 
 
 def _check_new_run_dir(output_dir: Path, overwrite: bool) -> OutputDirContents | None:

@@ -32,7 +32,7 @@ class MetricsWindow:
         self.started = time.perf_counter()
 
     def add(self, parts: LossParts, tokens: int, grad_accum: int) -> None:
-        self.total += float(parts.total.detach()) / grad_accum
+        self.total += float(parts.total) / grad_accum
         self.cross_entropy += float(parts.cross_entropy) / grad_accum
         self.distrust += float(parts.distrust) / grad_accum
         self.tokens += tokens
@@ -126,19 +126,18 @@ class Reporter:
             self.writer.close()
 
 
-def print_plan(console, args: TrainingArgs, loaded, device: str, data, notes: list[str], resumed_from: int | None,
-               limit_gb: float, step_mode) -> None:
-    """What the run will do, before its first step: model, data, LoRA and batch, objective, memory, step mode."""
-    parameters = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
+def print_plan(console, args: TrainingArgs, model_line: str, trainable: int, data, notes: list[str],
+               resumed_from: int | None, limit_gb: float, step_mode_reason: str) -> None:
+    """What the run will do, before its first step: model (``model_line``: its architecture, dtype and device),
+    data, LoRA (``trainable`` parameters) and batch, objective, memory, step mode."""
     files, objective = data.files, data.objective
     n_train, n_val = len(data.train_examples), len(data.val_examples)
-    console.print(f"Model: {args.model} ({loaded.architecture_name}, {str(loaded.dtype).replace('torch.', '')} on {device})",
-                  highlight=False)
+    console.print(f"Model: {args.model} ({model_line})", highlight=False)
     console.print(f"Data: {files.train} ({n_train} records)" + (f", validation {files.val} ({n_val})" if files.val else ""),
                   highlight=False)
     console.print(
         f"LoRA: rank {args.lora_rank}, alpha {args.lora_settings().effective_alpha:g}, last {args.lora_layers} layers, "
-        f"{parameters:,} trainable parameters | batch {args.batch_size} x {args.grad_accum}, seq {args.max_seq_length}, "
+        f"{trainable:,} trainable parameters | batch {args.batch_size} x {args.grad_accum}, seq {args.max_seq_length}, "
         f"lr {args.learning_rate:g}, {args.max_steps} steps",
         highlight=False,
     )
@@ -154,7 +153,7 @@ def print_plan(console, args: TrainingArgs, loaded, device: str, data, notes: li
             f"changes no gradient", highlight=False,
         )
     console.print(f"Memory limit: {limit_gb:.2f} GB | output: {args.output_dir}", highlight=False)
-    console.print(f"Step mode: {step_mode.reason}", highlight=False)
+    console.print(f"Step mode: {step_mode_reason}", highlight=False)
     if resumed_from is not None:
         console.print(f"Resuming from step {resumed_from}", highlight=False)
     for note in notes:

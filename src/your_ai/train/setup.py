@@ -21,11 +21,10 @@ from your_ai.model.architecture import (
     build_config,
     build_random_model,
     read_architecture,
-    read_config_values,
 )
-from your_ai.model.errors import InvalidModelNameError, ModelFileError
+from your_ai.model.errors import InvalidModelNameError
 from your_ai.model.load import build_model_from_config, load_model, load_tokenizer
-from your_ai.model.lora import LoraSettings, apply_lora, smallest_adapted_dimension
+from your_ai.model.lora import LoraSettings, apply_lora
 from your_ai.model.meta import parameters_on_meta
 from your_ai.model.presets import PRESETS
 from your_ai.model.quantize import QuantizationError
@@ -201,21 +200,6 @@ def build_optimizer(model, learning_rate: float, weight_decay: float = DEFAULTS[
     return torch.optim.AdamW(
         parameters, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay, fused=fused
     )
-
-
-def check_lora_rank(args: TrainingArgs, resolved: ResolvedModel) -> None:
-    """Refuse a LoRA rank above the smallest dimension of an adapted projection (read from the model's
-    config.json, before any weight is loaded): the rank could not be used, only stored."""
-    try:
-        config = read_config_values(resolved.path)
-        name, size = smallest_adapted_dimension(config, args.lora_settings().target_modules)
-    except (ModelFileError, ValueError, KeyError, TypeError, ZeroDivisionError):
-        return  # loading the model reports an unreadable config
-    if args.lora_rank > size:
-        raise TrainingArgsError(
-            f"--lora-rank {args.lora_rank} is larger than the smallest adapted dimension ({name} {size} of model "
-            f"{args.model}); use at most {size}"
-        )
 
 
 def sharding_saves(args: TrainingArgs, world: World, device: str, limit_gb: float, resolved: ResolvedModel,
