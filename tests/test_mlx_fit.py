@@ -1,12 +1,17 @@
 """The MLX engine's side of what fits: the engine chosen, the estimator's MLX mode and budget, MPS's dtype,
 and a fit test through `benchmark --engine mlx` on the CPU."""
 
+import json
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from your_ai import hardware
+from your_ai.fit.faults import FAULT_ENV
 from your_ai.fit.plan import FitConfig, estimate_for, fit_device, step_mode_for
 from your_ai.model.presets import PRESETS
 from your_ai.step import memory
@@ -74,3 +79,40 @@ def test_mlx_fit_plan_is_the_plain_step_within_the_mlx_budget():
     assert fit_device(None, "mlx") == "mlx" and fit_device("cpu", "torch") == "cpu"
     with pytest.raises(ValueError, match="--device cuda is a device of the torch engine"):
         fit_device("cuda", "mlx")
+
+
+def _benchmark(tmp_path, *args, fault=""):
+    env = {**os.environ, FAULT_ENV: fault}
+    return subprocess.run([sys.executable, "-m", "your_ai", "benchmark", "--engine", "mlx", "--synthetic", "--steps",
+                           "3", "--max-seq-length", "64", "--log", str(tmp_path / "log.jsonl"), *args],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_benchmark_engine_mlx_synthetic_passes_with_a_measured_peak(tmp_path):
+    pytest.importorskip("mlx.core")
+    output = tmp_path / "results.json"
+    proc = _benchmark(tmp_path, "--models", "tiny", "--output", str(output))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = json.loads(output.read_text())["models"]
+    assert result["status"] == "pass" and result["device"] == "mlx"
+    assert result["config"]["step_mode"] == "plain" and result["config"]["dtype"] in ("float32", "bfloat16")
+    assert result["peak_device_gb"] > 0 and result["peak_memory_gb"] == result["peak_device_gb"]
+    assert result["step_time_s"] > 0 and len(result["step_times_s"]) == 3 and result["tokens_per_s"] > 0
+    assert result["estimate_gb"] > 0 and "--engine mlx" in proc.stdout
+
+
+@pytest.mark.parametrize("fault,message", [("metal-oom", "[metal::malloc]"), ("metal-abort", "Insufficient Memory")])
+def test_metal_out_of_memory_is_oom_not_error(tmp_path, fault, message):
+    pytest.importorskip("mlx.core")
+    output = tmp_path / "results.json"
+    proc = _benchmark(tmp_path, "--models", "tiny", "--output", str(output), fault=fault)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (result,) = json.loads(output.read_text())["models"]
+    assert result["status"] == "oom" and message in result["error"], result
+
+
+def test_benchmark_engine_mlx_refuses_a_torch_device_in_one_line(tmp_path):
+    pytest.importorskip("mlx.core")
+    proc = _benchmark(tmp_path, "--models", "tiny", "--device", "cuda")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "--device cuda is a device of the torch engine" in proc.stderr
