@@ -61,13 +61,14 @@ def test_result_line_parsing_and_config_checks():
 
 
 def test_the_fit_test_times_the_optimizer_step_train_runs(monkeypatch, tiny_model_dir):
-    from your_ai.fit.child import MAX_GRAD_NORM, run_fit_test
+    from your_ai.fit.child import run_fit_test
     from your_ai.train import step
+    from your_ai.train.defaults import DEFAULTS
 
     calls, real = [], step.optimizer_step
     monkeypatch.setattr(step, "optimizer_step", lambda *args: calls.append(args) or real(*args))  # counts, then runs
     result = run_fit_test("tiny", 8.0, "cpu", FitConfig(lora_rank=4, steps=3, seq_length=32), synthetic=True)
     assert result.status == "pass" and len(result.step_times_s) == 3 and len(calls) == 3
     _, micro_batches, optimizer, scheduler, max_grad_norm = calls[0]
-    assert len(micro_batches) == 1 and scheduler is not None and max_grad_norm == MAX_GRAD_NORM
+    assert len(micro_batches) == 1 and scheduler is not None and max_grad_norm == DEFAULTS["max_grad_norm"]
     assert scheduler.get_last_lr()[0] < optimizer.defaults["lr"]  # warmed up, then decayed over the steps
