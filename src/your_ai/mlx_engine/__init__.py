@@ -8,6 +8,7 @@ and runs it in MLX through mlx-lm:
   quantized for QLoRA, LoRA on the last layers started as the torch engine starts it;
 * ``adapters``: the adapter in PEFT's format, read and written, so either engine uses the other's;
 * ``loss``: the per-sample cross-entropy and the distrust objective in MLX;
+* ``memory``: MLX's own peak and the default budget;
 * ``checkpoints``: checkpoints that resume exactly, in the torch engine's layout;
 * ``loop``: ``train``, the run.
 

@@ -44,6 +44,7 @@ def write_adapter(loaded: MlxModel, directory: Path, *, base_model: str, tokeniz
     directory = Path(directory)
     config, _ = lora_config(loaded.lora, len(loaded.model.layers))
     config.base_model_name_or_path = base_model
+    config.inference_mode = True  # as PEFT saves it
     config.save_pretrained(str(directory))
     save_file(adapter_tensors(loaded), str(directory / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
     if tokenizer is not None:

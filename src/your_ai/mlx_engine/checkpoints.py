@@ -1,8 +1,9 @@
 """Checkpoints of the MLX engine, in the torch engine's layout (``your_ai.train.outputs``), written as it
 writes them (atomically, ``latest`` updated last, keep-last, best/): the adapter in PEFT's format, the
 optimizer's state (``optimizer.safetensors``: AdamW's moments and step under the adapter's parameter paths;
-``optimizer.json``: its settings), the random states (``rng.safetensors``: MLX's key; Python's in
-``trainer_state.json``) and the trainer state. A checkpoint resumes exactly.
+``optimizer.json``: its settings), the random states (``rng.safetensors``: MLX's key, kept for the record:
+MLX cannot set it back, and the step draws no random numbers; Python's, in ``trainer_state.json``,
+restored) and the trainer state. A checkpoint resumes exactly.
 """
 
 from __future__ import annotations
@@ -77,7 +78,6 @@ class MlxCheckpointer:
         try:
             saved = mx.load(str(checkpoint / "optimizer.safetensors"))
             self.optimizer.state = tree_unflatten(list(saved.items()))
-            mx.random.state[0] = mx.load(str(checkpoint / "rng.safetensors"))["mlx_key"]
             version, internal, gauss = state["rng"]["python"]
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise CheckpointError(f"checkpoint {checkpoint} is incomplete or damaged: {error}") from None

@@ -24,13 +24,30 @@ from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda
 
 from your_ai.data.records import BatchSampler, DataPosition
 from your_ai.mlx_engine.checkpoints import MlxCheckpointer
-from your_ai.mlx_engine.loss import MlxBatch, batch_loss, evaluate, loss_parts, make_batch
-from your_ai.mlx_engine.memory import default_budget_gb, on_apple_gpu, peak_gb, reset_peak
+from your_ai.mlx_engine.loss import (
+    MlxBatch,
+    batch_loss,
+    evaluate,
+    loss_parts,
+    make_batch,
+)
+from your_ai.mlx_engine.memory import (
+    default_budget_gb,
+    on_apple_gpu,
+    peak_gb,
+    reset_peak,
+)
 from your_ai.mlx_engine.model import MlxModel, add_lora, load_mlx_model, quantize_base
 from your_ai.model.load import load_tokenizer
 from your_ai.model.resolve import resolve_model
 from your_ai.objective.distrust import LossParts
-from your_ai.train.args import MemoryLimitExceeded, TrainingArgs, TrainingError, check_lora_rank, resume_command
+from your_ai.train.args import (
+    MemoryLimitExceeded,
+    TrainingArgs,
+    TrainingError,
+    check_lora_rank,
+    resume_command,
+)
 from your_ai.train.plan import RunData, RunPlan, prepare_output_dir, read_run_data
 from your_ai.train.report import MetricsWindow, Reporter, print_plan
 from your_ai.train.run import Progress, StopOnSignal, TrainResult, due, settings_notes

@@ -17,7 +17,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import _get_classes, load_model
 
-from your_ai.model.architecture import Architecture
+from your_ai.model.architecture import Architecture, read_config_values
 from your_ai.model.load import weight_files
 from your_ai.model.lora import (
     DEFAULT_TARGET_MODULES,
@@ -65,8 +65,21 @@ def load_mlx_model(resolved: ResolvedModel, *, dtype: mx.Dtype | None = None, tr
                    ) -> MlxModel:
     """A resolved model's weights (safetensors, checked as the torch engine checks them) in mlx-lm."""
     weight_files(resolved.path)
-    model, config = load_model(Path(resolved.path), trust_remote_code=trust_remote_code)
+    model, config = load_model(Path(resolved.path), model_config=rope_settings(read_config_values(resolved.path)),
+                               trust_remote_code=trust_remote_code)
     return _in_dtype(MlxModel(model, config, dtype or engine_dtype()))
+
+
+def rope_settings(config: dict) -> dict:
+    """RoPE's settings where mlx-lm reads them (``rope_theta``, ``rope_scaling``) from a config that keeps
+    them in ``rope_parameters`` (as transformers 5 writes them); nothing when they are there already."""
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict) or "rope_theta" in config:
+        return {}
+    settings = {"rope_theta": rope.get("rope_theta", 10000.0)}
+    if rope.get("rope_type", "default") != "default":
+        settings["rope_scaling"] = {key: value for key, value in rope.items() if key != "rope_theta"}
+    return settings
 
 
 def random_mlx_model(architecture: Architecture, *, seed: int = 0, dtype: mx.Dtype | None = None) -> MlxModel:

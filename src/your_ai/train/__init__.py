@@ -10,6 +10,8 @@ maths; another engine can take it as it is):
 * ``plan``: the run plan (``plan_run``: output directory, the checkpoint a resumed run continues), the
   ``Objective``, and the run's data (``read_run_data``: read, checked, scored; ``RunData.tokenize``);
 * ``outputs``: the output directory's layout, what an earlier run left there, where to resume;
+* ``run``: what a run is whichever engine runs it (``Progress``, ``TrainResult``, the stop on a signal);
+* ``report``: the metrics window, the reporter, the printed plan;
 * ``step.MicroBatch``'s contents and the schedule (warm-up and cosine decay over ``--max-steps``) are
   described by the args.
 
@@ -24,6 +26,6 @@ How it runs (PyTorch):
   which process writes); ``launch`` starts the processes;
 * ``checkpointer``: the ``Checkpointer`` that writes checkpoints, best/ and the final adapter, and resumes
   (``checkpoints`` reads and writes the files);
-* ``report``: the metrics window, the reporter, the printed plan;
-* ``loop``: ``train``, which wires these together and runs the loop.
+* ``loop``: ``train``, which wires these together and runs the loop; with ``--engine mlx`` it hands the
+  planned run to ``your_ai.mlx_engine`` (imported only then), which runs it in MLX.
 """

@@ -60,6 +60,9 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     Started by torchrun (``WORLD_SIZE`` > 1 in the environment), every process runs this loop
     data-parallel (``your_ai.train.parallel``): each trains on its slice of global batches of
     ``batch_size`` x world size samples, and rank 0 alone prints and writes.
+
+    With ``engine`` "mlx" (``--engine``, or a resumed run's checkpoint) the planned run is trained in MLX
+    (``your_ai.mlx_engine.loop.train``).
     """
     planned = plan_run(args)  # first: a resumed run trains on the device its checkpoint names (--device)
     if planned.finished:

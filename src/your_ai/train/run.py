@@ -1,6 +1,7 @@
-"""What a training run is, whichever engine runs it: how far it got (``Progress``), its result (``TrainResult``), the answer to a
-``--resume`` of a finished run, the notes on the defaulted settings, the rule for periodic work, and the
-stop on SIGINT / SIGTERM. Nothing here loads a model or imports an engine.
+"""What a training run is, whichever engine runs it: how far it got (``Progress``), its result
+(``TrainResult``), the answer to a ``--resume`` of a finished run, the notes on the defaulted settings,
+the rule for periodic work, and the stop on SIGINT / SIGTERM. Nothing here loads a model or imports an
+engine.
 """
 
 from __future__ import annotations
