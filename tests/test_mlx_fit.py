@@ -81,10 +81,11 @@ def test_mlx_fit_plan_is_the_plain_step_within_the_mlx_budget():
         fit_device("cuda", "mlx")
 
 
-def _benchmark(tmp_path, *args, fault=""):
+def _benchmark(tmp_path, *args, fault="", synthetic=True):
     env = {**os.environ, FAULT_ENV: fault}
-    return subprocess.run([sys.executable, "-m", "your_ai", "benchmark", "--engine", "mlx", "--synthetic", "--steps",
-                           "3", "--max-seq-length", "64", "--log", str(tmp_path / "log.jsonl"), *args],
+    return subprocess.run([sys.executable, "-m", "your_ai", "benchmark", "--engine", "mlx", "--steps", "3",
+                           "--max-seq-length", "64", "--log", str(tmp_path / "log.jsonl"),
+                           *(["--synthetic"] if synthetic else []), *args],
                           capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -116,3 +117,33 @@ def test_benchmark_engine_mlx_refuses_a_torch_device_in_one_line(tmp_path):
     proc = _benchmark(tmp_path, "--models", "tiny", "--device", "cuda")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "--device cuda is a device of the torch engine" in proc.stderr
+
+
+def test_the_mac_figures_in_the_docs_are_the_estimators():
+    from pathlib import Path
+
+    from your_ai.fit.plan import mlx_step_mode
+    from your_ai.model.presets import BENCHMARK_PRESETS
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "mlx.md").read_text(encoding="utf-8")
+    for preset in BENCHMARK_PRESETS:
+        figures = []
+        for quantize in (None, 4):
+            for recompute in (False, True):
+                shape = memory.StepShape(preset.architecture, 2, 1024, 64, 16, "mlx", quantize, weight_bytes=2)
+                mode = mlx_step_mode(shape, FitConfig(grad_checkpoint=recompute), None)
+                figures.append(f"{mode.estimate_gb:.1f} GB")
+        assert f"| {preset.name} | {preset.params} | {' | '.join(figures)} |" in page, preset.name
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_benchmark_engine_mlx_on_the_default_model(default_model_snapshot, tmp_path):
+    pytest.importorskip("mlx.core")
+    output = tmp_path / "results.json"
+    proc = _benchmark(tmp_path, "--models", "smollm2-135m", "--output", str(output), "--steps", "2",
+                      "--max-seq-length", "32", synthetic=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = json.loads(output.read_text())["models"]
+    assert result["status"] == "pass" and result["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert not result["synthetic"] and result["peak_device_gb"] > 0.5  # the 135M fp32 weights are in the peak
