@@ -67,3 +67,21 @@ def test_cli_generate_and_evaluate_with_engine_mlx(adapter, tmp_path):
     result = runner.invoke(main, ["generate", "--model", "tiny", "--prompt", "Hi", "--engine", "mlx",
                                   "--device", "cuda"])
     assert result.exit_code == 2 and "--device cuda is a device of the torch engine" in result.output
+
+
+def test_validate_engine_mlx_scores_as_the_torch_engine(adapter, tmp_path):
+    from click.testing import CliRunner
+
+    from your_ai.cli import main
+
+    reports = {}
+    for engine in ("torch", "mlx"):
+        output = tmp_path / f"{engine}.json"
+        result = CliRunner().invoke(main, ["validate", "--checkpoint", str(adapter), "--engine", engine, "--limit", "1",
+                                           "--max-tokens", "6", "--output", str(output)]
+                                    + (["--device", "cpu"] if engine == "torch" else []))
+        assert result.exit_code == 0, result.output
+        reports[engine] = json.loads(output.read_text())
+    answers = {engine: [(t["id"], t.get("response"), t.get("score"), t.get("passed")) for t in report["tests"]]
+               for engine, report in reports.items()}
+    assert answers["mlx"] == answers["torch"] and answers["mlx"]
