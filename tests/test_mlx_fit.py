@@ -147,3 +147,16 @@ def test_benchmark_engine_mlx_on_the_default_model(default_model_snapshot, tmp_p
     (result,) = json.loads(output.read_text())["models"]
     assert result["status"] == "pass" and result["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert not result["synthetic"] and result["peak_device_gb"] > 0.5  # the 135M fp32 weights are in the peak
+
+
+def test_auto_optimize_sweeps_on_the_engine_train_runs(monkeypatch, tmp_path):
+    pytest.importorskip("mlx.core")
+    from your_ai.fit import sweep
+
+    asked = []
+    monkeypatch.setattr(sweep, "run_optimize", lambda model, **options: asked.append(options["device"]) or {
+        "profile": {"model": model}, "path": str(tmp_path / "profile.json")})
+    for engine, device in (("mlx", "mlx"), ("torch", "cpu")):
+        sweep.profile_for_training("tiny", profile=None, auto=True, max_memory_gb=None, device="cpu", say=print,
+                                   engine=engine)
+        assert asked[-1] == device
