@@ -62,8 +62,8 @@ def test_result_line_parsing_and_config_checks():
 
 def test_the_fit_test_times_the_optimizer_step_train_runs(monkeypatch, tiny_model_dir):
     from your_ai.fit.child import run_fit_test
-    from your_ai.train.defaults import DEFAULTS
     from your_ai.train import step
+    from your_ai.train.defaults import DEFAULTS
 
     calls, real = [], step.optimizer_step
     monkeypatch.setattr(step, "optimizer_step", lambda *args: calls.append(args) or real(*args))  # counts, then runs

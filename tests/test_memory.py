@@ -48,7 +48,8 @@ def test_estimate_parts():
     bigger = memory.estimate_training_memory(replace(on_cuda, batch_size=4))
     assert bigger.parts_gb["activations"] == pytest.approx(2 * cuda.parts_gb["activations"], rel=1e-3)
     assert memory.weights_gb(arch, "cuda") == pytest.approx(cuda.parts_gb["weights"], abs=1e-3)
-    assert memory.training_dtype_bytes("cuda:1") == 2 and memory.training_dtype_bytes("mps") == 4
+    assert memory.training_dtype_bytes("cuda:1") == 2 and memory.training_dtype_bytes("mps") == 2
+    assert memory.training_dtype_bytes("cpu") == 4
 
 
 def test_architecture_from_a_saved_config(tiny_model_dir, tmp_path):

@@ -1,5 +1,5 @@
 """What machine is this: OS, CPU, memory, GPUs (``setup`` saves it as the machine info, ``machine.json``);
-which device and dtype to train on. (A hardware profile is something else: the best config ``optimize``
+which engine, device and dtype to train on. (A hardware profile is something else: the best config ``optimize``
 measured for a model, ``your_ai.fit.profiles``.)"""
 
 from __future__ import annotations
@@ -73,13 +73,35 @@ def pick_engine(requested: str | None = None) -> str:
     return requested
 
 
-def training_dtype(device: str):
-    """bf16 on CUDA GPUs that support it, fp32 elsewhere (MPS and CPU train in fp32)."""
+def training_dtype(device: str, supports_bf16: bool | None = None):
+    """bf16 on CUDA and MPS devices that support it, fp32 elsewhere (the CPU trains in fp32).
+
+    ``supports_bf16`` None: ask the device (``device_supports_bf16``)."""
     import torch
 
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    kind = device.split(":")[0]
+    if kind not in ("cuda", "mps"):
+        return torch.float32
+    if supports_bf16 is None:
+        supports_bf16 = device_supports_bf16(device)
+    return torch.bfloat16 if supports_bf16 else torch.float32
+
+
+def device_supports_bf16(device: str) -> bool:
+    """Whether ``device`` computes in bf16: a CUDA GPU that says so; MPS where a bf16 matmul runs (macOS 14
+    and later)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    if device == "mps":
+        try:
+            ones = torch.ones(2, 2, dtype=torch.bfloat16, device="mps")
+            (ones @ ones).cpu()
+        except (RuntimeError, TypeError):
+            return False
+        return True
+    return False
 
 
 def _cpu_name() -> str:

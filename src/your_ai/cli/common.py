@@ -28,12 +28,12 @@ def check_output(flag: str, path: str | None, directory: bool = False) -> None:
         check_writable(path, directory=directory, shown_as=f"{flag} {path}")
 
 
-def load_inference_model(model, checkpoint, device, trust_remote_code):
+def load_inference_model(model, checkpoint, device, trust_remote_code, engine=None):
     from your_ai.eval.inference import load_for_inference
 
     try:
-        return load_for_inference(model, checkpoint, device, trust_remote_code)
-    except ValueError as error:  # an unusable --device
+        return load_for_inference(model, checkpoint, device, trust_remote_code, engine)
+    except ValueError as error:  # an unusable --device or --engine
         fail(str(error))
 
 

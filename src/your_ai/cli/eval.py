@@ -19,7 +19,12 @@ from your_ai.cli.common import (
 )
 from your_ai.eval.suite import SuiteError, load_suite
 from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
+from your_ai.hardware import ENGINES
 
+ENGINE_OPTION = click.option(
+    "--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+    help="torch, or mlx (Apple's MLX, on Metal; the CPU elsewhere); auto: mlx on Apple Silicon when MLX is installed, "
+         "else torch.")
 MODEL_HELP = ("Preset, hub id or model directory (default: the checkpoint's base model, else smollm2-135m, "
                "SmolLM2-135M-Instruct; `tiny` is a random-weight model for tests).")
 
@@ -37,8 +42,10 @@ MODEL_HELP = ("Preset, hub id or model directory (default: the checkpoint's base
               "has one; fails when it has none).")
 @click.option("--compare", is_flag=True, help="Print the base model's and the fine-tuned model's output.")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@ENGINE_OPTION
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
-def generate(model, prompt, checkpoint, max_tokens, temperature, seed, raw, chat, compare, device, trust_remote_code):
+def generate(model, prompt, checkpoint, max_tokens, temperature, seed, raw, chat, compare, device, engine,
+             trust_remote_code):
     """Generate text from a model, optionally with a fine-tuned LoRA adapter.
 
     The prompt goes through the tokenizer's chat template as a user turn when it has one.
@@ -49,7 +56,7 @@ def generate(model, prompt, checkpoint, max_tokens, temperature, seed, raw, chat
         raise click.UsageError("--raw and --chat contradict each other; pass one of them")
     from your_ai.eval import inference
     chat = False if raw else (True if chat else None)
-    im = load_inference_model(model, checkpoint, device, trust_remote_code)
+    im = load_inference_model(model, checkpoint, device, trust_remote_code, engine)
     try:
         if compare:
             answers = comparison(im, inference.compare(im, prompt, max_tokens, temperature, seed, chat), temperature)
@@ -67,9 +74,10 @@ def generate(model, prompt, checkpoint, max_tokens, temperature, seed, raw, chat
 @click.option("--max-seq-length", type=click.IntRange(min=2), default=1024, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@ENGINE_OPTION
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, with a score per record.")
-def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, trust_remote_code, as_json):
+def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, engine, trust_remote_code, as_json):
     """Cross-entropy and perplexity of a model (with an optional adapter) over a JSONL data set."""
     from your_ai.data.records import DataError, no_records, read_records
     from your_ai.eval.inference import InferenceError
@@ -85,7 +93,7 @@ def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, trust_
         for error in read.errors:
             click.echo(str(error), err=True)
         fail(f"{len(read.errors)} bad line(s) in {data}; nothing evaluated", code=1)
-    im = load_inference_model(model, checkpoint, device, trust_remote_code)
+    im = load_inference_model(model, checkpoint, device, trust_remote_code, engine)
     try:
         result = evaluate_records(im, read.records, max_seq_length, batch_size)
     except (InferenceError, DataError) as error:
@@ -134,9 +142,10 @@ def export(checkpoint, output, model, force, device, trust_remote_code):
 @click.option("--raw", "--no-chat", "raw", is_flag=True,
               help="Send prompts as plain text even when the tokenizer has a chat template.")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@ENGINE_OPTION
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
 def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, limit, suite_path, batch_size,
-             raw, device, trust_remote_code):
+             raw, device, engine, trust_remote_code):
     """Run the censorship and authority-bias suite (and TruthfulQA MC1) on a model.
 
     Exits 0 when the run completes, whatever the scores; 1 for a bad file, model or checkpoint.
@@ -157,7 +166,7 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
     from your_ai.eval.inference import InferenceError
     from your_ai.eval.validate import validate as run_validation
 
-    im = load_inference_model(model, checkpoint, device, trust_remote_code)
+    im = load_inference_model(model, checkpoint, device, trust_remote_code, engine)
     started = time.monotonic()
     with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
         def progress(description, total):

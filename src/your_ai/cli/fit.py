@@ -14,7 +14,8 @@ from your_ai.cli.common import (
     fail_stopped,
     launch_processes,
 )
-from your_ai.fit.plan import DEFAULT_LOG, DEFAULT_STEPS, DEFAULT_TIMEOUT_S, SWEEP_STEPS, FitConfig
+from your_ai.fit.plan import DEFAULT_LOG, DEFAULT_STEPS, DEFAULT_TIMEOUT_S, SWEEP_STEPS, FitConfig, fit_device
+from your_ai.hardware import ENGINES
 from your_ai.step.modes import STEP_MODES
 
 
@@ -78,7 +79,10 @@ def _fit_options(function):
                      default="auto", show_default=True,
                      help="The training step of each fit test, as `train --step-mode`: auto is the fastest that "
                           "fits --max-memory by the estimate."),
-        click.option("--device", help="cuda, mps or cpu (default: the best available)."),
+        click.option("--device", help="cuda, mps or cpu (default: the best available; the torch engine)."),
+        click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+                     help="torch, or mlx (Apple's MLX, on Metal; the CPU elsewhere); auto: mlx on Apple Silicon "
+                          "when MLX is installed, else torch."),
         click.option("--synthetic", is_flag=True, help="Random-weight models of each preset's exact architecture: "
                      "measures the fit without downloading anything."),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT_S,
@@ -120,8 +124,8 @@ def _fit_options(function):
 @click.option("--steps", type=POSITIVE, default=DEFAULT_STEPS, show_default=True, help="Training steps per fit test.")
 @_fit_options
 def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log_path, force, batch_size,
-              lora_rank, lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, synthetic, timeout, gpus,
-              strategy, quantize):
+              lora_rank, lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, engine, synthetic, timeout,
+              gpus, strategy, quantize):
     """Empirically test which models fit this machine, one subprocess per model.
 
     Exit code 0 when at least one model passed, 1 when none did.
@@ -130,7 +134,8 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
         config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=steps,
                            seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
                            quantize=quantize)
-    except ValueError as error:  # --grad-checkpoint with --step-mode fast or selective, --quantize 8
+        device = fit_device(device, engine)
+    except ValueError as error:  # --grad-checkpoint with --step-mode fast or selective, --quantize 8, --engine
         fail(str(error))
     if fit_test:
         from your_ai.fit.child import run_single
@@ -171,8 +176,8 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
 @_fit_options
-def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, step_mode, device, synthetic,
-             timeout, gpus, strategy, quantize):
+def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, step_mode, device, engine,
+             synthetic, timeout, gpus, strategy, quantize):
     """Sweep batch size x LoRA rank x layers for the fastest config that fits; save a hardware profile.
 
     Exit code 0 when a config fits, 1 when none does or the model is not available.
@@ -183,6 +188,7 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
     from your_ai.model.errors import ModelResolutionError
 
     try:
+        device = fit_device(device, engine)
         outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
                                timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
                                grad_checkpoint=grad_checkpoint, step_mode=step_mode, output=output, gpus=gpus,

@@ -118,7 +118,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     try:
         chosen = optimize.profile_for_training(
             options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
-            device=options["device"], say=click.echo,
+            device=options["device"], say=click.echo, engine=options["engine"],
         )
         if chosen:
             options, note = profiles.apply_profile(options, *chosen)

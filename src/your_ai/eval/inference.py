@@ -1,7 +1,9 @@
 """Use a model, with or without a LoRA adapter: load it, and generate.
 
 ``load_for_inference`` is the one way a base model and an adapter folder (PEFT format:
-``adapter_config.json`` + ``adapter_model.safetensors``) become a model ready to use.
+``adapter_config.json`` + ``adapter_model.safetensors``) become a model ready to use, on the torch
+engine or on the MLX engine (``engine``; the model is then an ``eval.mlx_inference.MlxRunner`` and the
+device "mlx").
 An adapter folder names its base model in ``adapter_config.json``
 (``base_model_name_or_path``: a preset, a hub id or a directory), so ``--checkpoint``
 alone is enough; ``--model`` overrides it.
@@ -30,9 +32,10 @@ import torch
 
 from your_ai.errors import UserError
 from your_ai.files import read_json_object
-from your_ai.hardware import pick_device, training_dtype
+from your_ai.hardware import pick_device, pick_engine, training_dtype
 from your_ai.model.load import load_model, load_tokenizer
-from your_ai.model.resolve import model_or_default, resolve_model
+from your_ai.model.resolve import ResolvedModel, model_or_default, resolve_model
+from your_ai.step.memory import MLX_DEVICE
 from your_ai.train.outputs import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 PICKLED_ADAPTER_WEIGHTS = "adapter_model.bin"
@@ -46,7 +49,8 @@ class InferenceError(UserError):
 
 @dataclass
 class InferenceModel:
-    """A model in eval mode on its device; ``model`` is a ``PeftModel`` when a checkpoint is loaded."""
+    """A model in eval mode on its device; ``model`` is a ``PeftModel`` when a checkpoint is loaded, an
+    ``MlxRunner`` on the MLX engine (``device`` "mlx")."""
 
     model: Any
     tokenizer: Any
@@ -61,6 +65,17 @@ class InferenceModel:
     @property
     def label(self) -> str:
         return f"{self.base_name} + {self.checkpoint}" if self.checkpoint else self.base_name
+
+    @property
+    def on_mlx(self) -> bool:
+        return self.device == MLX_DEVICE
+
+    def logits(self, input_ids, attention_mask):
+        """The logits of a batch (right-padded token ids and their mask, torch tensors) on either engine."""
+        if self.on_mlx:
+            return self.model.logits(input_ids, attention_mask)
+        return self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                          use_cache=False).logits
 
 
 # ---------------------------------------------------------------------------- loading
@@ -107,13 +122,15 @@ def load_for_inference(
     checkpoint: str | os.PathLike | None = None,
     device: str | None = None,
     trust_remote_code: bool = False,
+    engine: str | None = None,
 ) -> InferenceModel:
     """Load ``model`` (default: the checkpoint's base model, else ``models.DEFAULT_MODEL``) and, if given, the
-    LoRA adapter in ``checkpoint``; bf16 on CUDA, fp32 elsewhere; eval mode.
+    LoRA adapter in ``checkpoint``; in the training dtype (``hardware.training_dtype``); eval mode. On the MLX
+    engine (``engine``: ``hardware.pick_engine``) through ``eval.mlx_inference``, ``device`` unused.
 
     Raises ``InferenceError`` for a bad checkpoint, ``ModelResolutionError`` (its subclass
     ``ModelNotAvailableError`` says how to download) for a base model that cannot be found,
-    ``ValueError`` for an unusable ``device``.
+    ``ValueError`` for an unusable ``device`` or ``engine``.
     """
     checkpoint_path = Path(checkpoint).expanduser().resolve() if checkpoint is not None else None
     if checkpoint_path is not None:
@@ -122,10 +139,11 @@ def load_for_inference(
     else:
         base_name = model_or_default(model)
     resolved = resolve_model(base_name)
+    if pick_engine(engine) == "mlx":
+        return _load_on_mlx(resolved, base_name, checkpoint_path, device, trust_remote_code)
     device = pick_device(device)
     dtype = training_dtype(device)
     network = load_model(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    tokenizer_source = resolved
     if checkpoint_path is not None:
         from peft import PeftModel  # here: checking a checkpoint folder does not wait for peft to import
 
@@ -139,11 +157,32 @@ def load_for_inference(
                 f"{str(error).strip().splitlines()[0]}"
             ) from None
         network.to(device)
-        if any((checkpoint_path / name).is_file() for name in TOKENIZER_FILES):
-            tokenizer_source = dataclasses.replace(resolved, path=checkpoint_path)
-    tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(_tokenizer_source(resolved, checkpoint_path), trust_remote_code=trust_remote_code)
     network.eval()
     return InferenceModel(network, tokenizer, base_name, checkpoint_path, device)
+
+
+def _tokenizer_source(resolved: ResolvedModel, checkpoint: Path | None) -> ResolvedModel:
+    """Where the tokenizer is read: the adapter folder when it holds one, else the base model."""
+    if checkpoint is not None and any((checkpoint / name).is_file() for name in TOKENIZER_FILES):
+        return dataclasses.replace(resolved, path=checkpoint)
+    return resolved
+
+
+def _load_on_mlx(resolved: ResolvedModel, base_name: str, checkpoint: Path | None, device: str | None,
+                 trust_remote_code: bool) -> InferenceModel:
+    if device not in (None, MLX_DEVICE):
+        raise ValueError(f"--device {device} is a device of the torch engine; the MLX engine runs on Metal (the CPU "
+                         f"where there is no Metal): leave out --device or use --engine torch")
+    from your_ai.eval.mlx_inference import load_mlx_runner
+    from your_ai.mlx_engine.adapters import AdapterFormatError
+
+    try:
+        runner = load_mlx_runner(resolved, checkpoint, trust_remote_code)
+    except AdapterFormatError as error:
+        raise InferenceError(f"the adapter in {checkpoint} does not fit the base model {base_name!r}: {error}") from None
+    tokenizer = load_tokenizer(_tokenizer_source(resolved, checkpoint), trust_remote_code=trust_remote_code)
+    return InferenceModel(runner, tokenizer, base_name, checkpoint, MLX_DEVICE)
 
 
 # ---------------------------------------------------------------------------- generation
@@ -252,7 +291,9 @@ def generate_batch(
     encoded = [prompt_token_ids(im.tokenizer, prompt, chat) for prompt in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     texts: list[str] = [""] * len(encoded)
-    if seed is not None:
+    if seed is not None and im.on_mlx:
+        im.model.seed(seed)
+    elif seed is not None:
         torch.manual_seed(seed)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -282,10 +323,12 @@ def _decode(im: InferenceModel, prompts: list[list[int]], max_tokens: int, tempe
     answers' lengths rather than its longest answer times its size. An answer ends before its
     end token; an end token is never part of it.
     """
+    ends = _end_tokens(im)
+    if im.on_mlx:
+        return im.model.decode(prompts, max_tokens, temperature, ends)
     from transformers import DynamicCache  # here: transformers loads with a model, not with this module
 
     device = im.device
-    ends = _end_tokens(im)
     width = max(len(ids) for ids in prompts)
     input_ids = torch.tensor([[_pad_token(im.tokenizer)] * (width - len(ids)) + ids for ids in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)

@@ -61,12 +61,8 @@ def _batched_scores(im: InferenceModel, examples: Sequence[tuple[list[int], list
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             batch = collate([Example(list(examples[i][0]), list(examples[i][1]), 0.0, 0.0) for i in chunk], pad)
-            logits = im.model(
-                input_ids=batch["input_ids"].to(im.device),
-                attention_mask=batch["attention_mask"].to(im.device),
-                use_cache=False,
-            ).logits
-            labels = batch["labels"].to(im.device)
+            logits = im.logits(batch["input_ids"], batch["attention_mask"])
+            labels = batch["labels"].to(logits.device)
             ce = per_sample_cross_entropy(logits, labels).double().cpu()
             counts = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
             for row, index in enumerate(chunk):

@@ -320,8 +320,7 @@ def run_benchmark(
     device = resolve_device(device)
     budget_source = "--max-memory"
     if max_memory_gb is None:
-        max_memory_gb = memory.default_budget_gb(device)
-        budget_source = f"80% of {memory.device_memory_gb(device):.1f} GB"
+        max_memory_gb, budget_source = memory.default_budget(device)
     run = _Run(device, max_memory_gb, config, timeout_s, synthetic, force, gpus, strategy,
                EventLog(log_path, new_run_id()), stream or sys.stdout)
     started = time.monotonic()

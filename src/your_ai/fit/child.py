@@ -41,9 +41,9 @@ from your_ai.fit.result import (
     PEAK_FIELDS,
     FitResult,
     emit_result,
+    mlx_out_of_memory,
     phase,
-    step_time_summary,
-    timed_steps,
+    record_step_times,
 )
 from your_ai.fit.watchdog import watch_parent
 from your_ai.model.architecture import architecture_from_config
@@ -78,6 +78,19 @@ def run_fit_test(model: str, max_memory_gb: float | None = None, device: str | N
     started = time.monotonic()
     test = FitTest(model, device, config, max_memory_gb, synthetic, strategy=strategy)
     result = test.result()
+    if device == memory.MLX_DEVICE:
+        budget = _run_on_mlx(test, result)
+    else:
+        budget = _run_on_torch(test, result)
+    result.duration_s = round(time.monotonic() - started, 3)
+    if result.status == "pass" and budget is not None and result.peak_memory_gb > budget:
+        result.finish("over_budget", f"peak {result.peak_memory_gb:.2f} GB is over the {budget:.2f} GB budget")
+    result.success = result.status == "pass"
+    return result
+
+
+def _run_on_torch(test: FitTest, result: FitResult) -> float | None:
+    """The fit test on the torch engine (under torchrun: this process's part); its budget."""
     session = None
     try:
         session = _start(test, result)
@@ -87,14 +100,36 @@ def run_fit_test(model: str, max_memory_gb: float | None = None, device: str | N
     finally:
         if session is not None:
             _record_peaks(session.peak, result)
-        result.duration_s = round(time.monotonic() - started, 3)
     if session is not None and session.parallel.distributed:
         _across_processes(session, result)
-    budget = session.test.max_memory_gb if session else max_memory_gb
-    if result.status == "pass" and budget is not None and result.peak_memory_gb > budget:
-        result.finish("over_budget", f"peak {result.peak_memory_gb:.2f} GB is over the {budget:.2f} GB budget")
-    result.success = result.status == "pass"
-    return result
+    return session.test.max_memory_gb if session else test.max_memory_gb
+
+
+def _run_on_mlx(test: FitTest, result: FitResult) -> float:
+    """The fit test on the MLX engine (``fit.mlx_child``): MLX's peak from the start, Metal's (or the CPU
+    build's) allocation failures classified as oom; its budget."""
+    from your_ai.fit.mlx_child import train_on_mlx
+    from your_ai.model.errors import ModelNotAvailableError
+
+    budget = test.max_memory_gb
+    if budget is None:
+        budget = memory.default_budget_gb(memory.MLX_DEVICE)
+        result.max_memory_gb = round(budget, 3)
+    test = replace(test, max_memory_gb=budget)
+    peak = memory.PeakMemory(memory.MLX_DEVICE)
+    peak.reset()
+    try:
+        train_on_mlx(test, result, peak)
+    except ModelNotAvailableError as error:
+        _not_available(test, result, error)
+    except Exception as error:  # noqa: BLE001 -- any other failure is reported with its real message
+        if isinstance(error, MemoryError) or mlx_out_of_memory(str(error)):
+            result.finish("oom", f"{type(error).__name__}: {_first_line(error)}")
+        else:
+            result.finish("error", f"{type(error).__name__}: {error}")
+    finally:
+        _record_peaks(peak, result)
+    return budget
 
 
 def _start(test: FitTest, result: FitResult) -> _Session:
@@ -125,9 +160,7 @@ def _classified_run(session: _Session, result: FitResult) -> None:
     try:
         _resolve_and_train(session, result)
     except ModelNotAvailableError as error:
-        result.finish("not_available", str(error))
-        result.download_command = error.download_command
-        _estimate_from_preset(session.test, result)
+        _not_available(session.test, result, error)
     except (torch.OutOfMemoryError, MemoryError) as error:
         result.finish("oom", f"{type(error).__name__}: {_first_line(error)}")
     except RuntimeError as error:
@@ -166,13 +199,7 @@ def _train(session: _Session, result: FitResult) -> None:
     seq_length = session.test.config.seq_length_for(architecture)
     _prepare_step(session, step_loss, architecture, seq_length, result)
     times = _run_steps(session, step_loss, _random_batch(session.test, architecture.vocab_size, seq_length), result)
-    step_time, spread = step_time_summary(timed_steps(times))
-    config = session.test.config
-    result.status = "pass"
-    result.step_time_s = round(step_time, 4)
-    result.step_time_iqr_s = spread and [round(bound, 4) for bound in spread]
-    result.tokens_per_s = round(config.batch_size * session.parallel.world.size * seq_length / step_time, 1)  # all processes
-    result.step_times_s = [round(t, 4) for t in times]
+    record_step_times(result, times, session.test.config.batch_size * session.parallel.world.size * seq_length)
     phase("done")
 
 
@@ -312,6 +339,12 @@ def _record_peaks(peak: memory.PeakMemory, result: FitResult) -> None:
     result.peak_device_gb = None if device_peak is None else round(device_peak, 3)
     result.peak_host_gb = round(host_peak, 3)
     result.peak_memory_gb = round(device_peak if device_peak is not None else host_peak, 3)
+
+
+def _not_available(test: FitTest, result: FitResult, error) -> None:
+    result.finish("not_available", str(error))
+    result.download_command = error.download_command
+    _estimate_from_preset(test, result)
 
 
 def _estimate_from_preset(test: FitTest, result: FitResult) -> None:

@@ -11,7 +11,9 @@ import time
 from your_ai.fit.plan import FitConfig
 
 FAULT_ENV = "YOUR_AI_FIT_TEST_FAULT"
-FAULT_KINDS = ("segfault", "sigkill", "oom", "error", "exit", "sleep")
+FAULT_KINDS = ("segfault", "sigkill", "oom", "metal-oom", "metal-abort", "error", "exit", "sleep")
+METAL_OUT_OF_MEMORY = ("[METAL] Command buffer execution failed: Insufficient Memory "
+                       "(00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)")
 
 
 def injected_fault(model: str, config: FitConfig, environ=os.environ) -> str | None:
@@ -20,6 +22,8 @@ def injected_fault(model: str, config: FitConfig, environ=os.environ) -> str | N
     The value is a comma-separated list of ``FAULT`` or ``FAULT@SELECTOR``; the first entry
     whose selector matches applies. FAULT: ``segfault`` (die by SIGSEGV), ``sigkill`` (die by
     SIGKILL, as the OS out-of-memory killer does), ``oom`` (raise ``torch.OutOfMemoryError``),
+    ``metal-oom`` (raise MLX's ``RuntimeError`` for a failed Metal allocation), ``metal-abort`` (write
+    Metal's out-of-memory message to stderr and abort, as MLX does when a command buffer fails),
     ``error`` (raise ``RuntimeError``), ``exit:CODE`` (write to stderr and exit without a result
     line), ``sleep:SECONDS`` (hang). SELECTOR: the model name as
     given, or ``batch=N`` / ``rank=N`` / ``layers=N`` (the requested values), or ``process=N``
@@ -34,7 +38,8 @@ def injected_fault(model: str, config: FitConfig, environ=os.environ) -> str | N
         kind, _, argument = fault.partition(":")
         if kind not in FAULT_KINDS or (kind in ("sleep", "exit")) != bool(argument):
             raise ValueError(
-                f"{FAULT_ENV}={spec!r}: entry {entry!r} is not one of segfault, sigkill, oom, error, exit:CODE, "
+                f"{FAULT_ENV}={spec!r}: entry {entry!r} is not one of segfault, sigkill, oom, metal-oom, "
+                f"metal-abort, error, exit:CODE, "
                 f"sleep:SECONDS (optionally @MODEL or @batch=N / @rank=N / @layers=N / @process=N)"
             )
         try:
@@ -73,6 +78,13 @@ def trigger_fault(fault: str) -> None:
         import torch
 
         raise torch.OutOfMemoryError(f"out of memory ({FAULT_ENV}={fault}, injected for testing)")
+    elif kind == "metal-oom":
+        raise RuntimeError(f"[metal::malloc] Attempting to allocate 68719476736 bytes which is greater than the "
+                           f"maximum allowed buffer size ({FAULT_ENV}={fault}, injected for testing)")
+    elif kind == "metal-abort":
+        print(f"libc++abi: terminating due to uncaught exception of type std::runtime_error: {METAL_OUT_OF_MEMORY}",
+              file=sys.stderr, flush=True)
+        os.abort()
     elif kind == "error":
         raise RuntimeError(f"injected failure ({FAULT_ENV}={fault}, for testing)")
     elif kind == "exit":

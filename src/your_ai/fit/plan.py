@@ -4,7 +4,7 @@ and the analytic estimates (step mode, memory, strategy) it is planned with, fro
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from your_ai.fit.result import FitResult
 from your_ai.hardware import pick_device
@@ -18,8 +18,11 @@ from your_ai.step.modes import (
     StepMode,
     check_step_mode,
     mode_estimate,
+    plain_mode,
     select_step_mode,
 )
+
+MLX_STEP_MODES = ("auto", "plain")  # the MLX engine's step: mlx-lm's forward through the full logits
 
 DEFAULT_STEPS = 5  # training steps of a benchmark's fit test
 SWEEP_STEPS = 15  # training steps of each config of the optimize sweep
@@ -116,8 +119,9 @@ class FitTest:
     def command(self) -> list[str]:
         """``your-ai benchmark --fit-test MODEL ...``; on several processes the same under torchrun
         (``parallel.launch_command``) with ``--strategy``."""
-        arguments = ["--fit-test", self.model, "--max-memory", repr(float(self.max_memory_gb)), "--device",
-                     self.device, *self.config.cli_args()]
+        where = ["--engine", "mlx"] if self.device == memory.MLX_DEVICE else ["--device", self.device]
+        arguments = ["--fit-test", self.model, "--max-memory", repr(float(self.max_memory_gb)), *where,
+                     *self.config.cli_args()]
         if self.synthetic:
             arguments.append("--synthetic")
         if self.processes > 1:
@@ -132,11 +136,28 @@ class FitTest:
 def step_mode_for(architecture: Architecture, device: str, config: FitConfig,
                   budget_gb: float | None = None) -> StepMode:
     """The step mode a fit test of ``config`` runs on ``device`` within ``budget_gb`` (None: no budget), as
-    the fit test chooses it (``step.modes.select_step_mode``), from the architecture alone."""
+    the fit test chooses it (``step.modes.select_step_mode``), from the architecture alone. On MLX it is the
+    plain step (``mlx_step_mode``)."""
+    if device == memory.MLX_DEVICE:
+        return mlx_step_mode(step_shape(architecture, device, config), config, budget_gb)
     return select_step_mode(
         config.step_mode, step_shape(architecture, device, config), budget_gb,
         grad_checkpoint=config.grad_checkpoint, full_logits=architecture.model_type not in PLAIN_HEAD_MODEL_TYPES,
     )
+
+
+def mlx_step_mode(shape: memory.StepShape, config: FitConfig, budget_gb: float | None) -> StepMode:
+    """The MLX engine's step: the forward through the full logits, every layer recomputed in the backward
+    pass with ``--grad-checkpoint``; ``--step-mode`` auto or plain."""
+    if config.step_mode not in MLX_STEP_MODES:
+        raise ValueError(f"--step-mode {config.step_mode} is a step of the torch engine; the MLX engine runs "
+                         f"{' or '.join(MLX_STEP_MODES)}")
+    mode = plain_mode(shape, grad_checkpoint=config.grad_checkpoint, budget_gb=budget_gb)
+    recomputed = ", every layer recomputed (--grad-checkpoint)" if config.grad_checkpoint else ""
+    within = "" if budget_gb is None else (
+        f", {'within' if mode.fits else 'above'} the {budget_gb:.2f} GB budget")
+    return replace(mode, reason=f"plain: the MLX forward through the full logits{recomputed}; {shape.describe()} "
+                                f"is estimated at {mode.estimate_gb:.2f} GB{within}")
 
 
 def estimate_for(architecture: Architecture, device: str, config: FitConfig,
@@ -181,9 +202,12 @@ def per_process_estimate_gb(architecture: Architecture, device: str, config: Fit
 
 def check_processes(gpus: int, device: str | None) -> None:
     """``--gpus N`` (N > 1) is refused, with ``parallel.check_gpus``' message as a ValueError, on a machine
-    that cannot run N processes (fewer CUDA GPUs, MPS); ``device`` "cpu" runs N CPU processes."""
+    that cannot run N processes (fewer CUDA GPUs, MPS, the MLX engine); ``device`` "cpu" runs N CPU
+    processes."""
     if not isinstance(gpus, int) or gpus < 1:
         raise ValueError(f"--gpus {gpus!r} must be a whole number >= 1")
+    if gpus > 1 and device == memory.MLX_DEVICE:
+        raise ValueError(f"--gpus {gpus} runs the torch engine under torchrun; the MLX engine runs one process")
     if gpus > 1:
         from your_ai.train.launch import DistributedError, check_gpus
 
@@ -193,9 +217,23 @@ def check_processes(gpus: int, device: str | None) -> None:
             raise ValueError(str(error)) from None
 
 
+def fit_device(device: str | None, engine: str | None = None) -> str | None:
+    """Where the fit tests run, before the device is resolved: "mlx" when ``engine`` (``--engine``, None:
+    auto, ``hardware.pick_engine``) is the MLX engine, which runs on its own device (``--device`` is then
+    refused), else ``device`` as given."""
+    from your_ai.hardware import pick_engine
+
+    if pick_engine(engine) != "mlx":
+        return device
+    if device not in (None, memory.MLX_DEVICE):
+        raise ValueError(f"--device {device} is a device of the torch engine; the MLX engine runs on Metal "
+                         f"(the CPU where there is no Metal): leave out --device or use --engine torch")
+    return memory.MLX_DEVICE
+
+
 def resolve_device(device: str | None) -> str:
-    """The training device (cuda > mps > cpu, or the one asked for)."""
-    if device == "cpu":
+    """The training device (cuda > mps > cpu, or the one asked for; "mlx": the MLX engine)."""
+    if device in ("cpu", memory.MLX_DEVICE):
         return device
 
     return pick_device(device)

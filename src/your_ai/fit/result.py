@@ -12,6 +12,8 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from your_ai.step.memory import MLX_DEVICE
+
 RESULT_PREFIX = "FIT_TEST_RESULT:"
 PHASE_PREFIX = "FIT_TEST_PHASE:"
 
@@ -21,6 +23,9 @@ MERGE_ORDER = ("oom", "over_budget", "not_available", "crashed", "timeout", "err
 STOPPING_STATUSES = ("oom", "over_budget")  # a benchmark or sweep skips what is at least as large after these
 PEAK_FIELDS = ("peak_memory_gb", "peak_device_gb", "peak_host_gb")
 MIN_STEPS_FOR_SPREAD = 3
+# How MLX says an allocation failed: Metal's buffer and command-buffer errors, the CPU build's malloc.
+MLX_OUT_OF_MEMORY_MARKERS = ("[metal::malloc]", "Insufficient Memory", "kIOGPUCommandBufferCallbackErrorOutOfMemory",
+                             "[malloc] Unable to allocate")
 
 
 @dataclass
@@ -123,7 +128,23 @@ def merge_results(results: list[FitResult]) -> FitResult | None:
     return merged
 
 
+def mlx_out_of_memory(text: str) -> bool:
+    """Whether ``text`` (an error message, a line of stderr) is MLX failing to allocate memory."""
+    return any(marker in text for marker in MLX_OUT_OF_MEMORY_MARKERS)
+
+
 # ---------------------------------------------------------------------------- speed
+
+def record_step_times(result: FitResult, times: list[float], tokens_per_step: int) -> None:
+    """A fit test that ran its steps: passed, with the median step time (the first step left out,
+    ``timed_steps``), its spread, the tokens per second of ``tokens_per_step`` and every step's seconds."""
+    step_time, spread = step_time_summary(timed_steps(times))
+    result.status = "pass"
+    result.step_time_s = round(step_time, 4)
+    result.step_time_iqr_s = spread and [round(bound, 4) for bound in spread]
+    result.tokens_per_s = round(tokens_per_step / step_time, 1)
+    result.step_times_s = [round(t, 4) for t in times]
+
 
 def timed_steps(times: list[float]) -> list[float]:
     """The steps that count for speed: all but the first, which includes one-off warm-up (unless it is alone)."""
@@ -181,8 +202,11 @@ def processes_word(device: str | None, count: int = 1) -> str:
 def train_flags(*, processes: int = 1, device: str | None = None, strategy: str | None = None,
                 quantize: int | None = None) -> str:
     """The ``train`` flags that reproduce how a fit test held the model: ``--gpus N [--strategy fsdp] ``
-    when it ran on several processes, ``--quantize 4 `` when quantized; else nothing."""
+    when it ran on several processes, ``--quantize 4 `` when quantized, ``--engine mlx `` on MLX; else
+    nothing."""
     flags = f"--quantize {quantize} " if quantize else ""
+    if device == MLX_DEVICE:
+        flags = f"--engine mlx {flags}"
     if processes <= 1:
         return flags
     on_cpu = " --device cpu" if not (device or "").startswith("cuda") else ""

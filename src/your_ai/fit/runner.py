@@ -3,9 +3,9 @@
 The parent starts ``your-ai benchmark --fit-test MODEL`` in its own process group, reads its one
 ``FIT_TEST_RESULT:`` line (``your_ai.fit.result``), reaps it with ``os.wait4`` (so even a killed child has a
 measured peak RSS) and classifies what the child could not report itself from facts: killed by SIGKILL (most
-likely the operating system's out-of-memory killer) -> ``oom``; killed by another signal -> ``crashed``; no
-result line -> ``error`` with the child's last stderr lines; no result within the timeout -> the whole process
-group is killed -> ``timeout``.
+likely the operating system's out-of-memory killer), or by a signal after MLX said it ran out of memory ->
+``oom``; killed by another signal -> ``crashed``; no result line -> ``error`` with the child's last stderr
+lines; no result within the timeout -> the whole process group is killed -> ``timeout``.
 
 No child outlives the run: SIGINT or SIGTERM to the parent (``stop_on_signals``) kills the running child's
 process group and raises ``Stopped``; when the parent itself is killed (SIGKILL), the child notices its
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from your_ai.fit.plan import DEFAULT_TIMEOUT_S, FitTest
-from your_ai.fit.result import PHASE_PREFIX, FitResult, parse_result_line
+from your_ai.fit.result import PHASE_PREFIX, FitResult, mlx_out_of_memory, parse_result_line
 from your_ai.fit.watchdog import PARENT_ENV
 from your_ai.step import memory
 
@@ -250,7 +250,8 @@ def _kill_group(pgid: int) -> None:
 # ---------------------------------------------------------------------------- classifying the end
 
 def classify(run: FitTestRun, timeout_s: float) -> FitResult:
-    """The child's own result if it printed one, else what the facts of its end say.
+    """The child's own result if it printed one, else what the facts of its end say (killed by SIGKILL, or
+ended by a signal after MLX's out-of-memory message: oom).
 
     On several processes (torchrun) the results of the processes are merged (``result.merge_results``) and
     the facts are those of the process torchrun names as the root cause of the failure: a process killed by
@@ -292,6 +293,9 @@ def _classified(run: FitTestRun, reported: FitResult | None, stderr_lines: list[
     if died == "SIGKILL":
         return run.test.result("oom", f"killed by SIGKILL, most likely by the operating system's out-of-memory "
                                       f"killer (peak resident memory {run.host_peak_gb:.2f} GB){where}")
+    metal = [line.strip() for line in stderr_lines if mlx_out_of_memory(line)]
+    if died and metal:  # MLX aborts when a Metal command buffer runs out of memory
+        return run.test.result("oom", f"{metal[-1]} (ended by {died}){where}")
     if died:
         last = _last_lines(stderr_lines, 1)
         return run.test.result("crashed", f"crashed with {died}{where}" + (f": {last}" if last else ""))

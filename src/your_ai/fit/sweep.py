@@ -386,9 +386,11 @@ def _iqr_cell(iqr: list[float] | None) -> str:
 # ---------------------------------------------------------------------------- for train
 
 def profile_for_training(model: str | None, *, profile: str | None, auto: bool, max_memory_gb: float | None,
-                         device: str | None, say: Callable[[str], None]) -> tuple[dict, str] | None:
+                         device: str | None, say: Callable[[str], None],
+                         engine: str | None = None) -> tuple[dict, str] | None:
     """The profile ``train`` should apply: ``--profile FILE``, or with ``--auto-optimize`` the saved
-    profile of this model, measured now with the quick sweep when there is none. None otherwise."""
+    profile of this model, measured now with the quick sweep when there is none (on the MLX engine when
+    ``engine``, ``hardware.pick_engine``'s choice, is mlx). None otherwise."""
     if profile:
         return load_profile(profile), profile
     if not auto:
@@ -399,6 +401,10 @@ def profile_for_training(model: str | None, *, profile: str | None, auto: bool, 
     if target.is_file():
         return load_profile(target), str(target)
     say(f"No hardware profile for {model} yet: running the quick optimize sweep first.")
+    from your_ai.hardware import pick_engine
+
+    if pick_engine(engine) == "mlx":
+        device = memory.MLX_DEVICE
     outcome = run_optimize(model, quick=True, max_memory_gb=max_memory_gb, device=device, say=say)
     if outcome["profile"] is None:
         raise ValueError(f"--auto-optimize: no configuration of {model} fits the memory budget")

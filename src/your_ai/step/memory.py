@@ -1,8 +1,13 @@
 """Memory: what the system has, what a run really peaked at, and what LoRA training should need.
 
 Peaks are peaks: the device's high-water mark (CUDA ``max_memory_reserved``; MPS driver memory,
-sampled) and the process's peak resident set size from the OS (``ru_maxrss``) -- never the
-memory read after the work is done.
+sampled; MLX's own peak-memory counter) and the process's peak resident set size from the OS
+(``ru_maxrss``) -- never the memory read after the work is done.
+
+The device ``"mlx"`` (``MLX_DEVICE``) is the MLX engine on its default device (Metal on Apple Silicon,
+the CPU elsewhere): the estimator's MLX mode (bf16, the full logits, MLX's own 4-bit quantization, no
+CUDA context or caching allocator) and its budget (the recommended working-set size of Metal, else 80%
+of the system memory).
 """
 
 from __future__ import annotations
@@ -16,6 +21,13 @@ from your_ai.model.quantize import NF4_BYTES_PER_WEIGHT
 
 GB = 1e9  # memory figures are shown in GB (10^9 bytes), as the earlier tool did
 BUDGET_FRACTION = 0.8
+MLX_DEVICE = "mlx"  # the MLX engine, on Metal where there is one, else on the CPU
+MLX_GROUP_SIZE = 64  # MLX's 4-bit quantization: a bf16 scale and bias per group of 64 weights
+MLX_Q4_BYTES_PER_WEIGHT = 0.5 + 2 * 2 / MLX_GROUP_SIZE
+# The runtime's allowance: a CUDA context and its caching allocator on torch; MLX's peak counts only
+# its own buffers.
+RUNTIME_OVERHEAD_GB = 0.5
+MLX_RUNTIME_OVERHEAD_GB = 0.1
 
 
 def system_memory_gb() -> tuple[float, float]:
@@ -27,7 +39,8 @@ def system_memory_gb() -> tuple[float, float]:
 
 
 def device_memory_gb(device: str) -> float:
-    """Memory the training device can use: the GPU's own memory on CUDA, system memory elsewhere.
+    """Memory the training device can use: the GPU's own memory on CUDA, the unified memory on MLX,
+    system memory elsewhere.
 
     On CUDA it asks ``nvidia-smi`` first, so that a process that only plans (the benchmark's
     parent, ``recommend``) does not create a CUDA context and hold GPU memory while its fit
@@ -41,7 +54,22 @@ def device_memory_gb(device: str) -> float:
         if total is None:
             total = torch.cuda.get_device_properties(index).total_memory
         return total / GB
+    if device == MLX_DEVICE:
+        size = mlx_device_info().get("memory_size")
+        if size:
+            return size / GB
     return system_memory_gb()[0]
+
+
+def mlx_device_info() -> dict:
+    """MLX's description of its default device (on Metal: ``memory_size``,
+    ``max_recommended_working_set_size``, ...); empty when MLX cannot say."""
+    import mlx.core as mx
+
+    if not mx.metal.is_available():
+        return {}
+    info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+    return dict(info)
 
 
 def _nvidia_smi_total_bytes(index: int) -> int | None:
@@ -67,8 +95,19 @@ def _nvidia_smi_total_bytes(index: int) -> int | None:
 
 
 def default_budget_gb(device: str) -> float:
-    """80% of the device's memory: the default ``--max-memory``."""
-    return BUDGET_FRACTION * device_memory_gb(device)
+    """The default ``--max-memory``: on MLX the recommended working-set size of Metal when there is one;
+    else 80% of the device's memory."""
+    return default_budget(device)[0]
+
+
+def default_budget(device: str) -> tuple[float, str]:
+    """The default budget in GB and where it comes from, in words."""
+    if device == MLX_DEVICE:
+        working_set = mlx_device_info().get("max_recommended_working_set_size")
+        if working_set:
+            return working_set / GB, "Metal's recommended working set"
+    total = device_memory_gb(device)
+    return BUDGET_FRACTION * total, f"{BUDGET_FRACTION:.0%} of {total:.1f} GB"
 
 
 def use_expandable_segments(device: str) -> bool:
@@ -104,6 +143,11 @@ class PeakMemory:
         self._mps_peak = 0
 
     def reset(self) -> None:
+        if self.device == MLX_DEVICE:
+            import mlx.core as mx
+
+            mx.reset_peak_memory()
+            return
         import torch
 
         if self.device.startswith("cuda"):
@@ -119,7 +163,11 @@ class PeakMemory:
             self._mps_peak = max(self._mps_peak, torch.mps.driver_allocated_memory())
 
     def device_peak_gb(self) -> float | None:
-        """Peak device memory in GB (CUDA reserved, MPS driver); None on CPU (see host peak)."""
+        """Peak device memory in GB (CUDA reserved, MPS driver, MLX's peak); None on CPU (see host peak)."""
+        if self.device == MLX_DEVICE:
+            import mlx.core as mx
+
+            return mx.get_peak_memory() / GB
         import torch
 
         if self.device.startswith("cuda"):
@@ -151,6 +199,7 @@ class StepShape:
     lora_layers: int
     device: str
     quantize: int | None = None
+    weight_bytes: int | None = None  # the training dtype's bytes per weight; None: the device's
 
     @property
     def adapted_layers(self) -> int:
@@ -159,7 +208,7 @@ class StepShape:
 
     @property
     def dtype_bytes(self) -> int:
-        return training_dtype_bytes(self.device)
+        return self.weight_bytes or training_dtype_bytes(self.device)
 
     def describe(self) -> str:
         return (f"batch {self.batch_size} x {self.seq_length} tokens, LoRA rank {self.lora_rank} on "
@@ -177,12 +226,15 @@ class MemoryEstimate:
 
 
 def training_dtype_bytes(device: str) -> int:
-    """Bytes per weight in the dtype training uses on ``device``: bf16 (2) on CUDA, fp32 (4) elsewhere.
+    """Bytes per weight in the dtype training uses on ``device``: bf16 (2) on CUDA, MPS and MLX on Metal,
+    fp32 (4) on the CPU (MLX's too).
 
-    Mirrors ``hardware.training_dtype`` without importing torch; a CUDA GPU without bf16 trains
-    in fp32, which the fit test reports from the dtype it really loaded.
+    Mirrors ``hardware.training_dtype`` and the MLX engine's dtype without importing torch; a GPU without
+    bf16 trains in fp32, which the fit test reports from the dtype it really loaded.
     """
-    return 2 if device.startswith("cuda") else 4
+    if device == MLX_DEVICE:
+        return 2 if mlx_device_info() else 4
+    return 2 if device.startswith("cuda") or device == "mps" else 4
 
 
 def fit_seq_length(requested: int | None, architecture: Architecture, default: int = 1024) -> int:
@@ -193,7 +245,7 @@ def fit_seq_length(requested: int | None, architecture: Architecture, default: i
 def weights_gb(architecture: Architecture, device: str, quantize: int | None = None) -> float:
     """Memory the weights alone take in ``device``'s training dtype (decoder linears in NF4 with
     ``quantize=4``)."""
-    return weight_bytes_total(architecture, training_dtype_bytes(device), quantize) / GB
+    return weight_bytes_total(architecture, training_dtype_bytes(device), quantize, device) / GB
 
 
 # Decoder layers whose full weights an FSDP process holds at once during a step: the layer running
@@ -221,14 +273,18 @@ def whole_weights_gb(architecture: Architecture, device: str) -> float:
     return architecture.outside_layers_parameter_count() * training_dtype_bytes(device) / GB
 
 
-def weight_bytes_total(architecture: Architecture, dtype_bytes: float, quantize: int | None = None) -> float:
-    """Bytes of the model's weights: all in ``dtype_bytes``, or the decoder linears in NF4
-    (``your_ai.model.quantize``) and the rest in ``dtype_bytes`` when ``quantize`` is 4."""
+def weight_bytes_total(architecture: Architecture, dtype_bytes: float, quantize: int | None = None,
+                       device: str = "") -> float:
+    """Bytes of the model's weights: all in ``dtype_bytes``, or with ``quantize`` 4 the quantized ones in
+    4 bits and the rest in ``dtype_bytes``: the decoder linears, in NF4 on torch (``your_ai.model.quantize``),
+    in MLX's affine 4-bit layout (a scale and a bias per group of ``MLX_GROUP_SIZE``) on MLX (``device``
+    "mlx")."""
     total = architecture.parameter_count()
     if not quantize:
         return total * dtype_bytes
     linear = architecture.decoder_linear_parameter_count()
-    return (total - linear) * dtype_bytes + linear * NF4_BYTES_PER_WEIGHT
+    per_weight = MLX_Q4_BYTES_PER_WEIGHT if device == MLX_DEVICE else NF4_BYTES_PER_WEIGHT
+    return (total - linear) * dtype_bytes + linear * per_weight
 
 
 def lora_parameter_count(architecture: Architecture, rank: int, layers: int,
@@ -245,7 +301,7 @@ def lora_parameter_count(architecture: Architecture, rank: int, layers: int,
 
 
 def estimate_training_memory(shape: StepShape, *, recomputed_layers: int = 0, logits_chunk_tokens: int | None = None,
-                             fused_kernels: bool = False, overhead_gb: float = 0.5) -> MemoryEstimate:
+                             fused_kernels: bool = False, overhead_gb: float | None = None) -> MemoryEstimate:
     """First analytic estimate of LoRA training memory in GB, weights and activations in the device's
     training dtype.
 
@@ -259,14 +315,22 @@ def estimate_training_memory(shape: StepShape, *, recomputed_layers: int = 0, lo
     fused RMSNorm / SwiGLU / RoPE (Liger), which keep bf16 norm inputs and only the two MLP projections
     per layer, and the head's Triton cross-entropy kernel, which keeps a chunk's logits and nothing more.
     With ``shape.quantize``, the workspace of dequantizing the largest linear weight is added.
+
+    MLX mode (``shape.device`` "mlx"): bf16, MLX's 4-bit layout (``weight_bytes_total``), quantized
+    matmuls that dequantize nothing, no fused kernels, and ``MLX_RUNTIME_OVERHEAD_GB`` for the runtime
+    instead of a CUDA context and caching allocator (``overhead_gb`` None: the device's allowance).
     """
     architecture, nbytes, layers = shape.architecture, shape.dtype_bytes, shape.adapted_layers
     h, i = architecture.hidden_size, architecture.intermediate_size
     kv = architecture.num_key_value_heads * architecture.head_dim
     tokens = shape.batch_size * shape.seq_length
+    on_mlx = shape.device == MLX_DEVICE
+    if overhead_gb is None:
+        overhead_gb = MLX_RUNTIME_OVERHEAD_GB if on_mlx else RUNTIME_OVERHEAD_GB
+    fused_kernels = fused_kernels and not on_mlx
 
-    weights = weight_bytes_total(architecture, nbytes, shape.quantize)
-    if shape.quantize:
+    weights = weight_bytes_total(architecture, nbytes, shape.quantize, shape.device)
+    if shape.quantize and not on_mlx:
         # One weight dequantized at a time (on CUDA by one compiled kernel, ``quantize._dequantize``;
         # torchao's eager path on the CPU takes up to 4 such copies).
         weights += h * i * nbytes
