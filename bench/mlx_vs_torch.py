@@ -70,21 +70,23 @@ def mlx_steps(model: str, settings: LoraSettings, examples, objective, pad_id: i
 
     from your_ai.mlx_engine.loop import build_optimizer, optimizer_step, use_device
     from your_ai.mlx_engine.loss import make_batch
-    from your_ai.mlx_engine.memory import peak_gb, reset_peak
+    from your_ai.step.memory import MLX_DEVICE, PeakMemory
+
+    peak = PeakMemory(MLX_DEVICE)
     from your_ai.mlx_engine.model import add_lora, load_mlx_model
 
     use_device("cpu")
     loaded = add_lora(load_mlx_model(resolve_model(model), dtype=mx.float32), settings)
     optimizer = build_optimizer(loaded, 1e-4, 0.01)
     batch = [make_batch(examples, pad_id, objective)]
-    reset_peak()
+    peak.reset()
     times, first = [], None
     for _ in range(steps + 1):
         started = time.perf_counter()
         output = optimizer_step(loaded, optimizer, batch, 1e-4, 1.0)
         times.append(time.perf_counter() - started)
         first = output.parts[0].total if first is None else first
-    return first, times[1:], peak_gb()
+    return first, times[1:], peak.peak_gb()
 
 
 def child(options) -> None:

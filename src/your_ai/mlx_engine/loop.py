@@ -31,16 +31,11 @@ from your_ai.mlx_engine.loss import (
     loss_parts,
     make_batch,
 )
-from your_ai.mlx_engine.memory import (
-    default_budget_gb,
-    on_apple_gpu,
-    peak_gb,
-    reset_peak,
-)
 from your_ai.mlx_engine.model import MlxModel, add_lora, load_mlx_model, quantize_base
 from your_ai.model.load import load_tokenizer
 from your_ai.model.resolve import resolve_model
 from your_ai.objective.distrust import LossParts
+from your_ai.step.memory import MLX_DEVICE, PeakMemory, default_budget_gb
 from your_ai.train.args import (
     MemoryLimitExceeded,
     TrainingArgs,
@@ -54,6 +49,8 @@ from your_ai.train.run import Progress, StopOnSignal, TrainResult, due, settings
 
 STEP_MODE = {"name": "plain", "reason": "plain: the MLX engine's step (mlx-lm's forward through the full logits; "
                                         "--grad-checkpoint recomputes each layer in the backward pass)"}
+
+PEAK = PeakMemory(MLX_DEVICE)  # MLX counts one peak per process: reset at the start of the run
 
 
 @dataclass
@@ -107,7 +104,7 @@ def use_device(device: str | None) -> str:
 
 
 def device_label() -> str:
-    return "the Apple GPU (MLX, Metal)" if on_apple_gpu() else "the CPU (MLX)"
+    return "the Apple GPU (MLX, Metal)" if mx.default_device() == mx.gpu and mx.metal.is_available() else "the CPU (MLX)"
 
 
 def set_up(given: TrainingArgs, planned: RunPlan, console: Console) -> MlxRun:
@@ -118,7 +115,7 @@ def set_up(given: TrainingArgs, planned: RunPlan, console: Console) -> MlxRun:
     data = read_run_data(planned, notes)
     resolved = resolve_model(args.model)
     check_lora_rank(args, resolved)
-    limit_gb = args.max_memory if args.max_memory is not None else default_budget_gb()
+    limit_gb = args.max_memory if args.max_memory is not None else default_budget_gb(MLX_DEVICE)
     tokenizer = load_tokenizer(resolved, trust_remote_code=args.trust_remote_code)
     data.tokenize(tokenizer, args.max_seq_length, notes)
     loaded = build_model(args, resolved)
@@ -131,7 +128,7 @@ def set_up(given: TrainingArgs, planned: RunPlan, console: Console) -> MlxRun:
                    "step_mode": STEP_MODE, "world_size": 1})
     progress = _resume(checkpointer, planned) if planned.checkpoint is not None else Progress()
     prepare_output_dir(planned, notes)
-    reset_peak()
+    PEAK.reset()
     model_line = f"{loaded.architecture_name}, {str(loaded.dtype).replace('mlx.core.', '')} on {device_label()}"
     print_plan(console, args, model_line, loaded.trainable_parameter_count(), data, notes, progress.resumed_from,
                limit_gb, STEP_MODE["reason"])
@@ -216,7 +213,7 @@ def _loop(run: MlxRun, stop_after: int | None) -> tuple[float | None, bool, str 
             for parts, batch in zip(output.parts, batches):
                 window.add(parts, batch.tokens, args.grad_accum)
                 progress.tokens_seen += batch.tokens
-            step, peak = progress.step, peak_gb()
+            step, peak = progress.step, PEAK.peak_gb()
             if step == 1 or due(step, args.memory_report_interval, args.max_steps):
                 final_loss = window.loss()
                 reporter.train(step, progress.position.epoch, window, learning_rate, output.grad_norm, peak,
@@ -275,7 +272,7 @@ def _finish(run: MlxRun, final_loss: float | None, stopped_early: bool, stopped_
         run.checkpointer.save_final()
     result = TrainResult(
         output_dir=output_dir, steps=run.progress.step, final_loss=final_loss,
-        best_val_loss=run.progress.best_val_loss, peak_memory_gb=peak_gb(),
+        best_val_loss=run.progress.best_val_loss, peak_memory_gb=PEAK.peak_gb(),
         elapsed_s=time.perf_counter() - run.started, resumed_from=run.progress.resumed_from,
         stopped_early=stopped_early, normaliser=run.data.normaliser, notes=run.notes, step_mode=STEP_MODE,
         max_steps=args.max_steps, stopped_by=stopped_by,
