@@ -26,7 +26,12 @@ from your_ai.fit.plan import LEARNING_RATE, FitTest, mlx_step_mode, step_shape
 from your_ai.fit.result import FitResult, phase, record_step_times
 from your_ai.mlx_engine.loop import build_optimizer, optimizer_step
 from your_ai.mlx_engine.loss import make_batch
-from your_ai.mlx_engine.model import MlxModel, add_lora, load_mlx_model, quantize_base, random_mlx_model
+from your_ai.mlx_engine.model import (
+    MlxModel,
+    load_mlx_model,
+    prepare_for_training,
+    random_mlx_model,
+)
 from your_ai.model.architecture import architecture_from_config
 from your_ai.model.presets import params_label
 from your_ai.model.resolve import model_shape, resolve_model
@@ -68,13 +73,8 @@ def _load(test: FitTest, result: FitResult) -> MlxModel:
     phase("loading")
     started = time.monotonic()
     loaded = random_mlx_model(architecture) if resolved is None else load_mlx_model(resolved)
-    if test.config.quantize:
-        quantize_base(loaded, test.config.quantize)
-    add_lora(loaded, test.config.lora, seed=0)
-    if test.config.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint
-
-        grad_checkpoint(loaded.model.layers[0])  # mlx-lm's: every layer of the model's layer class
+    prepare_for_training(loaded, test.config.lora, quantize=test.config.quantize,
+                         grad_checkpoint=test.config.grad_checkpoint, seed=0)
     result.load_time_s = round(time.monotonic() - started, 3)
     return loaded
 

@@ -24,7 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from your_ai.fit.plan import DEFAULT_TIMEOUT_S, FitTest
-from your_ai.fit.result import PHASE_PREFIX, FitResult, mlx_out_of_memory, parse_result_line
+from your_ai.fit.result import (
+    PHASE_PREFIX,
+    FitResult,
+    mlx_out_of_memory,
+    parse_result_line,
+)
 from your_ai.fit.watchdog import PARENT_ENV
 from your_ai.step import memory
 

@@ -31,7 +31,7 @@ from your_ai.mlx_engine.loss import (
     loss_parts,
     make_batch,
 )
-from your_ai.mlx_engine.model import MlxModel, add_lora, load_mlx_model, quantize_base
+from your_ai.mlx_engine.model import MlxModel, load_mlx_model, prepare_for_training
 from your_ai.model.load import load_tokenizer
 from your_ai.model.resolve import resolve_model
 from your_ai.objective.distrust import LossParts
@@ -142,14 +142,8 @@ def build_model(args: TrainingArgs, resolved) -> MlxModel:
     random.seed(args.seed)
     mx.random.seed(args.seed)
     loaded = load_mlx_model(resolved, trust_remote_code=args.trust_remote_code)
-    if args.quantize:
-        quantize_base(loaded, args.quantize)
-    add_lora(loaded, args.lora_settings(), seed=args.seed)
-    if args.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint
-
-        grad_checkpoint(loaded.model.layers[0])  # mlx-lm's: every layer of the model's layer class
-    return loaded
+    return prepare_for_training(loaded, args.lora_settings(), quantize=args.quantize,
+                                grad_checkpoint=args.grad_checkpoint, seed=args.seed)
 
 
 def build_optimizer(loaded: MlxModel, learning_rate: float, weight_decay: float) -> optim.AdamW:

@@ -155,3 +155,17 @@ def adapted_paths(settings: LoraSettings | None, layers: list[int]) -> list[str]
 def peft_name(path: str, part: str) -> str:
     """PEFT's saved name of an adapter weight: ``base_model.model.<path>.lora_A.weight`` (or ``lora_B``)."""
     return f"{PEFT_PREFIX}{path}.{part}.weight"
+
+
+def prepare_for_training(loaded: MlxModel, lora, *, quantize: int | None, grad_checkpoint: bool, seed: int) -> MlxModel:
+    """``loaded`` as a run trains it: the base in 4 bits with ``quantize`` 4, fresh LoRA adapters (from
+    ``seed``), each layer recomputed in the backward pass with ``grad_checkpoint`` (mlx-lm's, which patches
+    the model's layer class)."""
+    if quantize:
+        quantize_base(loaded, quantize)
+    add_lora(loaded, lora, seed=seed)
+    if grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint as recompute
+
+        recompute(loaded.model.layers[0])
+    return loaded
