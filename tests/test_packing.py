@@ -9,17 +9,23 @@ import random
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_fast_step import tiny_lora_model
+from test_train import SMALL, write_corpus
 
-from your_ai.data.packing import PackedBatchSampler, collate_packed, estimate_packing, pack_lengths
-from your_ai.data.records import DataPosition, Example, collate
+from your_ai.data.packing import (
+    PackedBatchSampler,
+    collate_packed,
+    estimate_packing,
+    pack_lengths,
+)
+from your_ai.data.records import DataPosition, Example, Record, collate, tokenize_record
+from your_ai.model.load import load_tokenizer
+from your_ai.model.resolve import resolve_model
 from your_ai.objective.distrust import IGNORE_INDEX, DistrustWeighting
 from your_ai.train.args import TrainingArgs
 from your_ai.train.loop import train
 from your_ai.train.loss import compute_loss
 from your_ai.train.plan import Objective
-
-from test_fast_step import tiny_lora_model
-from test_train import SMALL, write_corpus
 
 
 def _examples(lengths, seed=0, prompt=0) -> list[Example]:
@@ -46,7 +52,6 @@ def test_packed_order_is_deterministic_from_the_seed_and_resumes_from_a_position
     lengths = [random.Random(i).randrange(1, 90) for i in range(200)]
     first = PackedBatchSampler(lengths, 4, 128, seed=7)
     batches = [first.next() for _ in range(40)]  # several epochs
-    assert batches == [PackedBatchSampler(lengths, 4, 128, seed=7).next() for _ in range(1)] + batches[1:]
     again = PackedBatchSampler(lengths, 4, 128, seed=7)
     assert [again.next() for _ in range(40)] == batches
     resumed = PackedBatchSampler(lengths, 4, 128, seed=7, position=DataPosition(0, 0))
@@ -91,3 +96,32 @@ def test_packed_loss_and_lora_gradients_equal_unpacked(fast_head):
     torch.testing.assert_close(got.cross_entropy, expected.cross_entropy, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads, expected_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_packed_run_resumes_exactly(tmp_path, tiny_model_dir):
+    data = write_corpus(tmp_path / "train.jsonl", count=12)
+    with data.open("a") as handle:  # one record far longer than a row
+        handle.write('{"text": "' + "copper voltage notebook " * 200 + '", "auth_weight": 0.1, "prov_entropy": 5.0}\n')
+    common = dict(SMALL, data=str(data), max_steps=6, save_every=3, keep_last=2, packing=True)
+    whole = train(TrainingArgs(output_dir=str(tmp_path / "whole"), **common))
+    assert any(note.startswith("packing on (as asked)") for note in whole.notes)
+    part = tmp_path / "part"
+    train(TrainingArgs(output_dir=str(part), **common), stop_after=3)
+    resumed = train(TrainingArgs(output_dir=str(part), resume=True, tensorboard=False))
+    assert resumed.resumed_from == 3 and any("as the run started" in note for note in resumed.notes)
+    a = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    b = load_file(part / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    unpacked = train(TrainingArgs(output_dir=str(tmp_path / "unpacked"), **{**common, "packing": False}))
+    assert any(note.startswith("packing off (as asked)") for note in unpacked.notes)
+
+
+def test_rows_hold_records_truncated_to_the_row_length_as_unpacked(tiny_model_dir):
+    tokenizer = load_tokenizer(resolve_model("tiny"))
+    record = Record(kind="text", fields={"text": "copper voltage notebook " * 200}, file="x", line=1)
+    ids, labels, _ = tokenize_record(record, tokenizer, 48)
+    long = Example(ids, labels, 0.1, 5.0)
+    short = _examples([9])[0]
+    rows = [[[long, short][i] for i in row] for row in pack_lengths([len(ids), 9], 48)]
+    batch = collate_packed(rows, pad_token_id=0)
+    assert batch["input_ids"].shape[1] <= 48 and batch["input_ids"][0, :48].tolist() == ids

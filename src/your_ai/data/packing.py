@@ -79,10 +79,8 @@ class PackingEstimate:
     def pays(self) -> bool:
         return self.unpacked_padding >= PAYS_PADDING_SHARE and self.packed_padding < self.unpacked_padding
 
-    def describe(self, on: bool, given: bool) -> str:
-        why = "as asked" if given else ("it pays" if self.pays else "it would not pay")
-        state = "on" if on else "off"
-        return (f"packing {state} ({why}): unpacked batches would be {self.unpacked_padding:.0%} padding, packed rows "
+    def describe(self, on: bool, why: str) -> str:
+        return (f"packing {'on' if on else 'off'} ({why}): unpacked batches would be {self.unpacked_padding:.0%} padding, packed rows "
                 f"{self.packed_padding:.0%}; {self.examples} records in {self.rows} rows an epoch")
 
 
