@@ -154,7 +154,7 @@ def _set_up(given: TrainingArgs, planned: RunPlan, world: World, device: str, co
     notes.extend(_strategy_notes(strategy, args, planned.state))
     tokenizer = load_tokenizer(resolved, trust_remote_code=args.trust_remote_code)
     data.tokenize(tokenizer, args.max_seq_length, notes)
-    args = replace(args, packing=_packing(args, data, world, planned.checkpoint is not None, notes))
+    args = _with_packing(given, args, data, world, planned.checkpoint is not None, notes)
     step_budget_gb = limit_gb + (saves or 0.0)  # the step mode's estimate holds the whole model
     loaded, prepared, step_loss = _build_model(given, planned, strategy, data, step_budget_gb, notes)
     args = replace(args, step_mode=prepared.mode.name)  # saved with each checkpoint: a resumed run keeps its mode
@@ -205,9 +205,11 @@ def _build_model(given: TrainingArgs, planned: RunPlan, strategy: Strategy, data
     return loaded, prepared, step_loss
 
 
-def _packing(args: TrainingArgs, data: RunData, world: World, resumed: bool, notes: list[str]) -> bool:
-    """Whether the run packs several records a row (``--packing``; by default when unpacked batches would hold
-    enough padding, and the model's attention is transformers' own); the run says which and why."""
+def _with_packing(given: TrainingArgs, args: TrainingArgs, data: RunData, world: World, resumed: bool,
+                  notes: list[str]) -> TrainingArgs:
+    """``args`` with ``packing`` decided: as given (``--packing``, ``--no-packing``, a resumed run's), else on
+    when unpacked batches would hold enough padding and the model's attention is transformers' own; the run
+    says which and why. A new packed run whose steps were defaulted takes its epochs over the packed rows."""
     lengths = [len(example.input_ids) for example in data.train_examples]
     estimate = estimate_packing(lengths, args.batch_size * world.size, args.max_seq_length, args.seed)
     if args.packing is not None:
@@ -217,7 +219,16 @@ def _packing(args: TrainingArgs, data: RunData, world: World, resumed: bool, not
     else:
         on, why = estimate.pays, "it pays" if estimate.pays else "it would not pay"
     notes.append(estimate.describe(on, why))
-    return on
+    if not on or resumed or given.max_steps is not None:
+        return replace(args, packing=on)
+    epochs = default_choice(given).rule.epochs
+    per_step = args.batch_size * args.grad_accum
+    steps = run_defaults.steps_for(epochs, estimate.rows, per_step)
+    warmup = run_defaults.warmup_for(steps) if given.warmup_steps is None else args.warmup_steps
+    notes.append(f"packed: --max-steps {steps} ({epochs:g} epoch(s) over the {estimate.rows} packed rows at "
+                 f"{per_step} per step, at least {run_defaults.MIN_STEPS})"
+                 + (f", --warmup-steps {warmup}" if given.warmup_steps is None else ""))
+    return replace(args, packing=True, max_steps=steps, warmup_steps=warmup)
 
 
 def _settings_notes(given: TrainingArgs, planned: RunPlan) -> list[str]:
