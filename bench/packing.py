@@ -44,11 +44,13 @@ def padding(path: Path, batch_size: int, max_seq_length: int) -> dict:
 
 
 def useful_tokens_per_s(path: Path, work: Path, flag: str, args) -> float:
-    metrics = work / f"metrics{flag}.jsonl"
+    work = work / f"{path.stem}{flag}"
+    work.mkdir()
+    metrics = work / "metrics.jsonl"
     command = [sys.executable, "-m", "your_ai", "train", "--model", "tiny", "--data", str(path), "--device", "cpu",
                "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-seq-length",
                str(args.seq_length), "--memory-report-interval", "5", "--save-every", str(10 * args.steps),
-               "--metrics-file", str(metrics), "--output-dir", str(work / f"out{flag}"), "--no-tensorboard", flag]
+               "--metrics-file", str(metrics), "--output-dir", str(work / "out"), "--no-tensorboard", flag]
     subprocess.run(command, check=True, capture_output=True, text=True)
     reports = [json.loads(line) for line in metrics.read_text().splitlines() if '"train"' in line]
     return round(statistics.median(r["tokens_per_second"] for r in reports[1:] or reports), 1)

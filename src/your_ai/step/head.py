@@ -14,6 +14,8 @@ cross-entropy with ``reduction="none"`` instead (CUDA; it recomputes the logits 
 
 ``model_per_sample_cross_entropy(model, batch)`` is the per-sample cross-entropy the distrust objective
 takes, through this head where the model's head is a plain linear layer (``supports_fast_head``).
+A packed batch (several examples a row, ``your_ai.data.packing``) is reduced per example, not per row,
+on this path and on the plain one (``plain_per_sample_cross_entropy``).
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def linear_cross_entropy_per_sample(
     ``hidden`` is (batch, seq, hidden), ``labels`` (batch, seq) aligned with the inputs (the
     shift happens here; -100 is left out). Only tokens with a target go through the head, in
     chunks of ``chunk_tokens`` (default: ``default_chunk_tokens(vocab)``). Returns fp32 (batch,); for a
-    packed batch (``sample_index``, ``samples``: see ``target_tokens``) fp32 (samples,).
+    packed batch (``sample_index``, ``samples``: see ``next_token_targets``) fp32 (samples,).
     """
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} do not match")
@@ -134,7 +136,7 @@ def linear_cross_entropy_per_sample(
     chunk_tokens = chunk_tokens or default_chunk_tokens(weight.shape[0])
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens={chunk_tokens} must be >= 1")
-    targets, rows, owners, samples = target_tokens(labels, sample_index, samples)
+    targets, rows, owners, samples = next_token_targets(labels, sample_index, samples)
     selected = hidden.reshape(batch * seq, width).index_select(0, rows)
     if head == "liger":
         losses = _liger_token_losses(selected, weight, targets)
@@ -146,7 +148,7 @@ def linear_cross_entropy_per_sample(
     return per_sample_mean(losses, owners, samples)
 
 
-def target_tokens(labels: torch.Tensor, sample_index: torch.Tensor | None = None, samples: int | None = None):
+def next_token_targets(labels: torch.Tensor, sample_index: torch.Tensor | None = None, samples: int | None = None):
     """The next-token targets of a batch, flattened: (targets, their positions in the flattened (batch x seq)
     inputs, the sample each belongs to, the number of samples). Without ``sample_index`` each row is a sample;
     with it (a packed batch: the sample of each token, -1 on padding) there are ``samples`` samples."""
@@ -190,7 +192,7 @@ def plain_per_sample_cross_entropy(model, batch: dict) -> torch.Tensor:
     sample_index, samples = batch_samples(batch)
     if sample_index is None:
         return per_sample_cross_entropy(logits, batch["labels"])
-    targets, rows, owners, samples = target_tokens(batch["labels"], sample_index, samples)
+    targets, rows, owners, samples = next_token_targets(batch["labels"], sample_index, samples)
     selected = logits.reshape(-1, logits.shape[-1]).index_select(0, rows).float()
     losses = F.cross_entropy(selected, targets, reduction="none")
     return per_sample_mean(losses, owners, samples)
