@@ -3,7 +3,7 @@
     python bench/gpu_train_smoke.py --preset hermes-mistral-7b --steps 30
     python bench/gpu_train_smoke.py --extra "--step-mode small" --extra "--step-mode small --compile"
     python bench/gpu_train_smoke.py --preset llama-8b --batch-size 8 --seq-length 2048 --lora-rank 16 \
-        --lora-layers 32 --corpus long-tailed --extra "--no-packing" --extra "--packing"
+        --lora-layers 32 --corpus long-tailed --extra=--no-packing --extra=--packing
 
 Builds the preset's exact architecture with random weights (bf16), saves it with the tiny
 model's tokenizer (token ids < 2048 are valid in every preset's vocabulary) into a temporary
