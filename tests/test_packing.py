@@ -46,6 +46,8 @@ def test_rows_never_exceed_the_row_length_and_hold_every_record_once():
     assert all(sum(min(lengths[i], 256) for i in row) <= 256 for row in rows)
     estimate = estimate_packing([min(n, 256) for n in lengths], 8, 256, seed=0)
     assert estimate.packed_padding < 0.05 < estimate.unpacked_padding and estimate.pays
+    alone = estimate_packing([21, 25, 24, 26, 31, 21, 25, 26, 28, 30, 22, 24, 27, 28], 4, 32, seed=42)
+    assert alone.rows == 14 and not alone.pays  # no two records share a row of 32
 
 
 def test_packed_order_is_deterministic_from_the_seed_and_resumes_from_a_position():

@@ -74,8 +74,8 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
                    "recomputed; plain: the Hugging Face forward through the full logits.")
 @click.option("--packing/--no-packing", default=None,
               help="Pack several records into each row of --max-seq-length tokens, with no attention across records "
-                   "and each record's own distrust weight; --batch-size then counts rows (default: on when unpacked batches "
-                   "would hold enough padding for it to pay, see docs/training.md; the run says which and why).")
+                   "and each record's own distrust weight; --batch-size then counts rows (default: on when it would compute "
+                   "enough fewer tokens to pay, see docs/training.md; the run says which and why).")
 @click.option("--seed", type=int, help=f"Seed for LoRA init and data order (default {DEFAULTS['seed']}).")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")

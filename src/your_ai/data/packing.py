@@ -26,7 +26,7 @@ import torch
 from your_ai.data.records import IGNORE_INDEX, DataPosition, Example, epoch_order
 
 PACK_WINDOW = 1024  # examples packed together by best-fit decreasing
-PAYS_PADDING_SHARE = 0.10  # packing is on by default when unpacked batches would hold at least this much padding
+PAYS_SAVING = 0.10  # packing is on by default when it would compute at least this share fewer tokens
 
 
 def pack_lengths(lengths: list[int], row_length: int) -> list[list[int]]:
@@ -76,12 +76,18 @@ class PackingEstimate:
     examples: int
 
     @property
+    def saving(self) -> float:
+        """The share of the tokens computed (records and padding) that packing saves: the records are the same."""
+        return 1.0 - (1.0 - self.unpacked_padding) / max(1.0 - self.packed_padding, 1e-9)
+
+    @property
     def pays(self) -> bool:
-        return self.unpacked_padding >= PAYS_PADDING_SHARE and self.packed_padding < self.unpacked_padding
+        return self.saving >= PAYS_SAVING
 
     def describe(self, on: bool, why: str) -> str:
-        return (f"packing {'on' if on else 'off'} ({why}): unpacked batches would be {self.unpacked_padding:.0%} padding, packed rows "
-                f"{self.packed_padding:.0%}; {self.examples} records in {self.rows} rows an epoch")
+        return (f"packing {'on' if on else 'off'} ({why}): unpacked batches would be {self.unpacked_padding:.0%} "
+                f"padding, packed rows {self.packed_padding:.0%}, {self.saving:.0%} fewer tokens computed; "
+                f"{self.examples} records in {self.rows} rows an epoch")
 
 
 def estimate_packing(lengths: list[int], batch_size: int, row_length: int, seed: int) -> PackingEstimate:
