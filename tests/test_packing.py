@@ -80,7 +80,7 @@ def _loss_and_grads(model, batch, objective, fast_head):
     return parts, [p.grad.detach().clone() for p in model.parameters() if p.requires_grad]
 
 
-@pytest.mark.parametrize("fast_head", [False, "torch"])
+@pytest.mark.parametrize("fast_head", [False, True, "torch"])
 def test_packed_loss_and_lora_gradients_equal_unpacked(fast_head):
     examples = _examples([23, 7, 40, 5, 12, 31], prompt=3)
     weighting = DistrustWeighting.from_dataset([e.auth_weight for e in examples], [e.prov_entropy for e in examples])
