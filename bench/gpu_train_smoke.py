@@ -2,18 +2,26 @@
 
     python bench/gpu_train_smoke.py --preset hermes-mistral-7b --steps 30
     python bench/gpu_train_smoke.py --extra "--step-mode small" --extra "--step-mode small --compile"
+    python bench/gpu_train_smoke.py --preset llama-8b --batch-size 8 --seq-length 2048 --lora-rank 16 \
+        --lora-layers 32 --corpus long-tailed --extra=--no-packing --extra=--packing
 
 Builds the preset's exact architecture with random weights (bf16), saves it with the tiny
 model's tokenizer (token ids < 2048 are valid in every preset's vocabulary) into a temporary
-directory, then runs the real CLI (`your-ai train --model DIR ...`) on the demo corpus and
-reports step time, tokens/s and peak memory from the run's metrics file, once for each
-`--extra` set of flags (the same model directory). Prints a table and writes JSON (`--json-out`).
+directory, then runs the real CLI (`your-ai train --model DIR ...`) on a corpus and reports, from
+the run's metrics file, useful (non-padding) tokens/s, the step time and the useful tokens per
+step (their share of the batch x seq-length tokens a step could hold), and peak memory, once for
+each `--extra` set of flags (the same model directory). `--corpus long` (default): documents that
+fill every row; `--corpus long-tailed`: `--records` documents of lognormal word counts (median
+151 words, 90th percentile 525, a few past any --seq-length), as real corpora of primary sources
+are. Prints a table and writes JSON (`--json-out`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import shutil
 import statistics
 import subprocess
@@ -55,6 +63,32 @@ def long_documents(path: Path, count: int) -> Path:
     return path
 
 
+def demo_words() -> list[str]:
+    from your_ai.train.args import demo_corpus_path
+
+    lines = demo_corpus_path().read_text().splitlines()
+    return " ".join(json.loads(line)["text"] for line in lines if line.strip()).split()
+
+
+LONG_TAIL_MEDIAN_WORDS, LONG_TAIL_P90_WORDS = 151, 525
+
+
+def long_tailed_corpus(path: Path, count: int, seed: int = 0, longest_words: int = 20_000) -> Path:
+    """``count`` records of lognormal word counts (median 151, 90th percentile 525, at most ``longest_words``),
+    words taken in order from the demo corpus, scored alternately as primary or consensus sources."""
+    generator = random.Random(seed)
+    words = demo_words()
+    sigma = math.log(LONG_TAIL_P90_WORDS / LONG_TAIL_MEDIAN_WORDS) / 1.2816  # z of the 90th percentile
+    with path.open("w") as handle:
+        for index in range(count):
+            size = min(longest_words, max(1, round(generator.lognormvariate(math.log(LONG_TAIL_MEDIAN_WORDS), sigma))))
+            start = generator.randrange(len(words))
+            text = " ".join(words[(start + k) % len(words)] for k in range(size))
+            w, h = (0.05, 7.5) if index % 2 else (0.9, 1.0)
+            handle.write(json.dumps({"text": text, "auth_weight": w, "prov_entropy": h}) + "\n")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="hermes-mistral-7b")
@@ -66,18 +100,28 @@ def main() -> None:
     parser.add_argument("--extra", action="append", help="extra flags for `your-ai train`, e.g. '--grad-checkpoint'; "
                         "repeat it to train once per set")
     parser.add_argument("--json-out", type=Path)
-    parser.add_argument("--data", type=Path, help="training JSONL (default: long documents made by joining "
-                        "demo-corpus texts, so that every sample fills --seq-length)")
+    parser.add_argument("--data", type=Path, help="training JSONL (default: the --corpus made here)")
+    parser.add_argument("--corpus", choices=("long", "long-tailed"), default="long",
+                        help="long: documents made by joining demo-corpus texts, so that every sample fills "
+                        "--seq-length; long-tailed: lognormal lengths (see above)")
+    parser.add_argument("--records", type=int, default=6000, help="records of the long-tailed corpus")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
     model_dir = work / args.preset
     build_seconds = build_model_dir(args.preset, model_dir)
-    data = args.data or long_documents(work / "long.jsonl", count=64)
+    if args.data:
+        data = args.data
+    elif args.corpus == "long-tailed":
+        data = long_tailed_corpus(work / "long-tailed.jsonl", args.records)
+    else:
+        data = long_documents(work / "long.jsonl", count=64)
     results = [train_once(args, model_dir, data, work, extra, build_seconds) for extra in args.extra or [""]]
-    print(f"{'preset':20} {'flags':32} {'tokens/s':>10} {'peak GB':>8} {'loss':>8} {'wall s':>7}")
+    print(f"{'preset':20} {'flags':24} {'useful tok/s':>12} {'step s':>7} {'row fill':>8} {'peak GB':>8} "
+          f"{'loss':>8} {'wall s':>7}")
     for result in results:
-        print(f"{args.preset:20} {result['extra_flags']:32} {result['median_tokens_per_s']:>10} "
+        print(f"{args.preset:20} {result['extra_flags']:24} {result['median_useful_tokens_per_s']:>12} "
+              f"{result['median_step_time_s']:>7} {result['useful_share_of_rows']:>8.1%} "
               f"{result['peak_memory_gb']:>8} {result['final_loss']:>8.3f} {result['train_wall_seconds']:>7}")
     if args.json_out:
         args.json_out.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2))
@@ -106,6 +150,9 @@ def train_once(args, model_dir: Path, data: Path, work: Path, extra: str, build_
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     steps = [row for row in rows if row.get("kind") == "train"]
     later = steps[1:] or steps  # the first report includes warm-up
+    step_times = [(b["elapsed_s"] - a["elapsed_s"]) / (b["step"] - a["step"]) for a, b in zip(steps, steps[1:])]
+    step_time = statistics.median(step_times) if step_times else steps[-1]["elapsed_s"] / steps[-1]["step"]
+    useful = statistics.median(r["tokens_per_second"] for r in later)  # the loop counts non-padding tokens
     result = {
         "preset": args.preset,
         "shape": "random weights, bf16",
@@ -117,12 +164,15 @@ def train_once(args, model_dir: Path, data: Path, work: Path, extra: str, build_
         "extra_flags": extra,
         "build_seconds": round(build_seconds, 1),
         "train_wall_seconds": round(wall, 1),
-        "median_tokens_per_s": round(statistics.median(r["tokens_per_second"] for r in later), 1),
+        "corpus": str(data) if args.data else args.corpus,
+        "median_useful_tokens_per_s": round(useful, 1),
+        "median_step_time_s": round(step_time, 3),
+        "useful_tokens_per_step": round(useful * step_time),
+        "useful_share_of_rows": round(useful * step_time / (args.batch_size * args.seq_length), 3),
         "peak_memory_gb": round(max(r.get("peak_memory_gb", 0.0) for r in steps), 2),
         "final_loss": steps[-1].get("loss"),
         "reports": steps,
     }
-    result["median_step_time_s"] = round(args.batch_size * args.seq_length / result["median_tokens_per_s"], 3)
     return result
 
 

@@ -9,9 +9,10 @@ import pytest
 
 pytest.importorskip("mlx.core")
 
+from test_inference import make_adapter
+
 from your_ai.data.records import check_record
 from your_ai.eval import inference, likelihood
-from test_inference import make_adapter
 
 PROMPTS = ["Hello there", "The capital of France is"]
 

@@ -14,7 +14,12 @@ import pytest
 
 from your_ai.data.records import read_records, tokenize_records
 from your_ai.data.scores import record_scores
-from your_ai.data.token_cache import HEADER_FILE, STAGING_PREFIX, CachedExamples, cached_tokens
+from your_ai.data.token_cache import (
+    HEADER_FILE,
+    STAGING_PREFIX,
+    CachedExamples,
+    cached_tokens,
+)
 
 DEMO = Path(__file__).parents[1] / "src" / "your_ai" / "assets" / "demo_corpus.jsonl"
 MIXED = [

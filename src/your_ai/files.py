@@ -16,7 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from your_ai.errors import ENVIRONMENT_ERROR_TYPES, ENVIRONMENT_ERRORS, OutputError, environment_reason
+from your_ai.errors import (
+    ENVIRONMENT_ERROR_TYPES,
+    ENVIRONMENT_ERRORS,
+    OutputError,
+    environment_reason,
+)
 
 
 def read_json_object(path: str | os.PathLike) -> dict:

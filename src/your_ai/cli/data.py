@@ -46,7 +46,8 @@ def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction,
         fail(f"--val-fraction cannot go with --val-size: {given} the split; give one of them")
     check_output("--output", output_dir, directory=True)
     from your_ai.data.inputs import PrepareError
-    from your_ai.data.prepare import format_prepare_report, prepare as prepare_data
+    from your_ai.data.prepare import format_prepare_report
+    from your_ai.data.prepare import prepare as prepare_data
     from your_ai.data.scores import default_workers
 
     try:
@@ -73,7 +74,8 @@ def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction,
 def deduplicate(files, output, key, skip_bad, as_json):
     """Remove exact and near-duplicate documents from JSONL FILES."""
     check_output("--output", output)
-    from your_ai.data.dedup import deduplicate as deduplicate_files, format_deduplicate_report
+    from your_ai.data.dedup import deduplicate as deduplicate_files
+    from your_ai.data.dedup import format_deduplicate_report
     from your_ai.data.inputs import PrepareError
 
     try:

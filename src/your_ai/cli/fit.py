@@ -14,7 +14,14 @@ from your_ai.cli.common import (
     fail_stopped,
     launch_processes,
 )
-from your_ai.fit.plan import DEFAULT_LOG, DEFAULT_STEPS, DEFAULT_TIMEOUT_S, SWEEP_STEPS, FitConfig, fit_device
+from your_ai.fit.plan import (
+    DEFAULT_LOG,
+    DEFAULT_STEPS,
+    DEFAULT_TIMEOUT_S,
+    SWEEP_STEPS,
+    FitConfig,
+    fit_device,
+)
 from your_ai.hardware import ENGINES
 from your_ai.step.modes import STEP_MODES
 

@@ -73,6 +73,10 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
               help="auto: the fastest step that fits --max-memory by the estimate (default); fast: nothing "
                    "recomputed; selective: the fewest layers recomputed that fit; small: every adapted layer "
                    "recomputed; plain: the Hugging Face forward through the full logits.")
+@click.option("--packing/--no-packing", default=None,
+              help="Pack several records into each row of --max-seq-length tokens, with no attention across records "
+                   "and each record's own distrust weight; --batch-size then counts rows (default: on when it would compute "
+                   "enough fewer tokens to pay, see docs/training.md; the run says which and why).")
 @click.option("--seed", type=int, help=f"Seed for LoRA init and data order (default {DEFAULTS['seed']}).")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @click.option("--engine", type=click.Choice(ENGINES),
@@ -102,13 +106,19 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     check_output("--output-dir", options["output_dir"], directory=True)
     check_output("--metrics-file", options["metrics_file"])
     from your_ai.data.records import DataError
-    from your_ai.fit import profiles, sweep as optimize
+    from your_ai.fit import profiles
+    from your_ai.fit import sweep as optimize
     from your_ai.fit.runner import Stopped
-    from your_ai.model.quantize import QuantizationError
     from your_ai.model.errors import ModelResolutionError
-    from your_ai.train.args import MemoryLimitExceeded, TrainingArgs, TrainingArgsError, TrainingError
-    from your_ai.train.outputs import CheckpointError
+    from your_ai.model.quantize import QuantizationError
+    from your_ai.train.args import (
+        MemoryLimitExceeded,
+        TrainingArgs,
+        TrainingArgsError,
+        TrainingError,
+    )
     from your_ai.train.loop import train as run_training
+    from your_ai.train.outputs import CheckpointError
     from your_ai.train.parallel import DistributedError
 
     if profile_file and auto_optimize:

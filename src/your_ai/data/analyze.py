@@ -18,7 +18,11 @@ from your_ai.data.inputs import ErrorLog, expand_inputs, iter_inputs, no_records
 from your_ai.data.records import DataError, Record
 from your_ai.data.scores import score_records
 from your_ai.files import save_figure_atomic
-from your_ai.objective.distrust import DEFAULT_ALPHA, check_alpha, empirical_distrust_loss
+from your_ai.objective.distrust import (
+    DEFAULT_ALPHA,
+    check_alpha,
+    empirical_distrust_loss,
+)
 
 # ``analyze`` warns when a tier's share is further than this outside its target band
 # (a prepared set sits on a band edge, and splitting moves shares by a record or two).

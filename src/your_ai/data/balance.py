@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+
 @dataclass(frozen=True)
 class Tier:
     """An authority band and the share of a prepared set it should hold."""

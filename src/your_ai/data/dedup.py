@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
-from your_ai.data.inputs import ErrorLog, expand_inputs, iter_inputs, json_line, no_records_left
+from your_ai.data.inputs import (
+    ErrorLog,
+    expand_inputs,
+    iter_inputs,
+    json_line,
+    no_records_left,
+)
 from your_ai.data.records import DataError, Record
 from your_ai.files import atomic_file
 

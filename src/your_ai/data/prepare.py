@@ -41,7 +41,13 @@ from your_ai.data.balance import (
     tier_index,
 )
 from your_ai.data.dedup import Deduplicator, first_occurrences
-from your_ai.data.inputs import ErrorLog, PrepareError, expand_inputs, json_line, no_records_left
+from your_ai.data.inputs import (
+    ErrorLog,
+    PrepareError,
+    expand_inputs,
+    json_line,
+    no_records_left,
+)
 from your_ai.data.records import DataError, Record
 from your_ai.data.scores import Scores, score_records
 from your_ai.files import temporary_sibling

@@ -8,7 +8,12 @@ import tempfile
 from pathlib import Path
 
 from your_ai.eval.inference import InferenceError, load_for_inference
-from your_ai.files import check_writable, give_default_permissions, staging_directory, writing
+from your_ai.files import (
+    check_writable,
+    give_default_permissions,
+    staging_directory,
+    writing,
+)
 
 
 def merge_adapter(

@@ -145,7 +145,9 @@ def load_for_inference(
     dtype = training_dtype(device)
     network = load_model(resolved, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if checkpoint_path is not None:
-        from peft import PeftModel  # here: checking a checkpoint folder does not wait for peft to import
+        from peft import (
+            PeftModel,  # here: checking a checkpoint folder does not wait for peft to import
+        )
 
         try:
             with warnings.catch_warnings():  # PEFT asks transformers a deprecated question on load
@@ -326,7 +328,9 @@ def _decode(im: InferenceModel, prompts: list[list[int]], max_tokens: int, tempe
     ends = _end_tokens(im)
     if im.on_mlx:
         return im.model.decode(prompts, max_tokens, temperature, ends)
-    from transformers import DynamicCache  # here: transformers loads with a model, not with this module
+    from transformers import (
+        DynamicCache,  # here: transformers loads with a model, not with this module
+    )
 
     device = im.device
     width = max(len(ids) for ids in prompts)

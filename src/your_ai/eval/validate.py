@@ -37,7 +37,12 @@ from your_ai.eval.suite import (
     load_suite,
     select_tests,
 )
-from your_ai.eval.truthfulqa import TRUTHFULQA_SCORING, TruthfulQAQuestion, TruthfulQAResult, truthfulqa_context
+from your_ai.eval.truthfulqa import (
+    TRUTHFULQA_SCORING,
+    TruthfulQAQuestion,
+    TruthfulQAResult,
+    truthfulqa_context,
+)
 
 BATCH_SIZE = 32  # prompts generated or scored together (larger batches decode faster per answer; bench/RESULTS.md)
 REPORT_VERSION = 1

@@ -22,8 +22,17 @@ from pathlib import Path
 
 from your_ai.files import give_default_permissions, staging_directory
 from your_ai.model import default_model
-from your_ai.model.architecture import Architecture, build_random_model, read_architecture, read_config_values
-from your_ai.model.errors import InvalidModelNameError, ModelFileError, ModelNotAvailableError
+from your_ai.model.architecture import (
+    Architecture,
+    build_random_model,
+    read_architecture,
+    read_config_values,
+)
+from your_ai.model.errors import (
+    InvalidModelNameError,
+    ModelFileError,
+    ModelNotAvailableError,
+)
 from your_ai.model.presets import PRESETS, TINY, Preset, params_label, preset_for_hub_id
 
 DEFAULT_MODEL = default_model.DEFAULT_PRESET  # what train, generate, evaluate and validate use without --model

@@ -14,6 +14,8 @@ cross-entropy with ``reduction="none"`` instead (CUDA; it recomputes the logits 
 
 ``model_per_sample_cross_entropy(model, batch)`` is the per-sample cross-entropy the distrust objective
 takes, through this head where the model's head is a plain linear layer (``supports_fast_head``).
+A packed batch (several examples a row, ``your_ai.data.packing``) is reduced per example, not per row,
+on this path and on the plain one (``plain_per_sample_cross_entropy``).
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ def _checkpointed_token_losses(hidden, weight, targets, chunk_tokens):
 
 
 def _liger_token_losses(hidden, weight, targets):
-    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+    from liger_kernel.transformers.fused_linear_cross_entropy import (
+        LigerFusedLinearCrossEntropyLoss,
+    )
 
     return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="none")(weight, hidden, targets)
 
@@ -117,12 +121,15 @@ def linear_cross_entropy_per_sample(
     *,
     chunk_tokens: int | None = None,
     head: str = "chunked",
+    sample_index: torch.Tensor | None = None,
+    samples: int | None = None,
 ) -> torch.Tensor:
     """``per_sample_cross_entropy(hidden @ weight.T, labels)`` without materialising the logits.
 
     ``hidden`` is (batch, seq, hidden), ``labels`` (batch, seq) aligned with the inputs (the
     shift happens here; -100 is left out). Only tokens with a target go through the head, in
-    chunks of ``chunk_tokens`` (default: ``default_chunk_tokens(vocab)``). Returns fp32 (batch,).
+    chunks of ``chunk_tokens`` (default: ``default_chunk_tokens(vocab)``). Returns fp32 (batch,); for a
+    packed batch (``sample_index``, ``samples``: see ``next_token_targets``) fp32 (samples,).
     """
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} do not match")
@@ -131,12 +138,8 @@ def linear_cross_entropy_per_sample(
     chunk_tokens = chunk_tokens or default_chunk_tokens(weight.shape[0])
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens={chunk_tokens} must be >= 1")
-    shifted = torch.full_like(labels, IGNORE_INDEX)
-    shifted[:, :-1] = labels[:, 1:]
-    flat_targets = shifted.reshape(-1)
-    rows = torch.nonzero(flat_targets != IGNORE_INDEX).squeeze(1)
+    targets, rows, owners, samples = next_token_targets(labels, sample_index, samples)
     selected = hidden.reshape(batch * seq, width).index_select(0, rows)
-    targets = flat_targets.index_select(0, rows)
     if head == "liger":
         losses = _liger_token_losses(selected, weight, targets)
     elif weight.requires_grad and torch.is_grad_enabled():
@@ -144,11 +147,57 @@ def linear_cross_entropy_per_sample(
     else:
         want_grad = torch.is_grad_enabled() and selected.requires_grad
         losses = _LinearCrossEntropy.apply(selected, weight, targets, chunk_tokens, want_grad, head == "chunked")
-    sums = torch.zeros(batch, dtype=torch.float32, device=hidden.device).index_add(
-        0, torch.div(rows, seq, rounding_mode="floor"), losses.float())
-    counts = (shifted != IGNORE_INDEX).sum(dim=1)
+    return per_sample_mean(losses, owners, samples)
+
+
+def next_token_targets(labels: torch.Tensor, sample_index: torch.Tensor | None = None, samples: int | None = None):
+    """The next-token targets of a batch, flattened: (targets, their positions in the flattened (batch x seq)
+    inputs, the sample each belongs to, the number of samples). Without ``sample_index`` each row is a sample;
+    with it (a packed batch: the sample of each token, -1 on padding) there are ``samples`` samples."""
+    batch, seq = labels.shape
+    shifted = torch.full_like(labels, IGNORE_INDEX)
+    shifted[:, :-1] = labels[:, 1:]
+    flat_targets = shifted.reshape(-1)
+    rows = torch.nonzero(flat_targets != IGNORE_INDEX).squeeze(1)
+    if sample_index is None:
+        return flat_targets.index_select(0, rows), rows, torch.div(rows, seq, rounding_mode="floor"), batch
+    owner = torch.full_like(sample_index, -1)
+    owner[:, :-1] = sample_index[:, 1:]
+    return flat_targets.index_select(0, rows), rows, owner.reshape(-1).index_select(0, rows), samples
+
+
+def per_sample_mean(token_losses: torch.Tensor, owners: torch.Tensor, samples: int) -> torch.Tensor:
+    """The mean of ``token_losses`` per sample (``owners``: each token's sample), fp32 (samples,); a sample
+    without a target token gets 0."""
+    zeros = torch.zeros(samples, dtype=torch.float32, device=token_losses.device)
+    sums = zeros.index_add(0, owners, token_losses.float())
+    counts = zeros.index_add(0, owners, torch.ones_like(token_losses, dtype=torch.float32))
     return sums / counts.clamp(min=1)
 
+
+def model_inputs(batch: dict) -> dict:
+    """What the model is given of ``batch``: a packed batch (``position_ids``) goes without its 2D attention mask,
+    so the model masks attention per example from the restarting positions."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+
+
+def batch_samples(batch: dict) -> tuple[torch.Tensor | None, int]:
+    """A batch's ``sample_index`` (None unpacked) and its number of samples."""
+    return batch.get("sample_index"), batch["auth_weight"].shape[0]
+
+
+def plain_per_sample_cross_entropy(model, batch: dict) -> torch.Tensor:
+    """Per-sample mean next-token cross-entropy of ``batch`` from the model's full logits."""
+    logits = model(**model_inputs(batch)).logits
+    sample_index, samples = batch_samples(batch)
+    if sample_index is None:
+        return per_sample_cross_entropy(logits, batch["labels"])
+    targets, rows, owners, samples = next_token_targets(batch["labels"], sample_index, samples)
+    selected = logits.reshape(-1, logits.shape[-1]).index_select(0, rows).float()
+    losses = F.cross_entropy(selected, targets, reduction="none")
+    return per_sample_mean(losses, owners, samples)
 
 def causal_lm(model):
     """The Hugging Face causal LM inside a PEFT model (or the model itself)."""
@@ -174,11 +223,11 @@ def model_per_sample_cross_entropy(model, batch: dict, *, head: str = "auto", ch
     head is not a plain linear layer (``supports_fast_head``) takes that plain path.
     """
     if not supports_fast_head(model):
-        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        return per_sample_cross_entropy(output.logits, batch["labels"])
+        return plain_per_sample_cross_entropy(model, batch)
     lm = causal_lm(model)
     backbone = getattr(lm, lm.base_model_prefix)
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      use_cache=False).last_hidden_state
+    hidden = backbone(**model_inputs(batch)).last_hidden_state
+    sample_index, samples = batch_samples(batch)
     return linear_cross_entropy_per_sample(hidden, lm.get_output_embeddings().weight, batch["labels"],
-                                           chunk_tokens=chunk_tokens, head=head)
+                                           chunk_tokens=chunk_tokens, head=head, sample_index=sample_index,
+                                           samples=samples)

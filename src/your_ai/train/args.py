@@ -29,7 +29,7 @@ from your_ai.train.defaults import DEFAULTS, flag
 RUN_SHAPE_FIELDS = (
     "model", "data", "batch_size", "lora_rank", "lora_alpha", "lora_layers", "learning_rate",
     "warmup_steps", "max_steps", "grad_accum", "max_grad_norm", "max_seq_length", "weight_decay",
-    "distrust_mode", "alpha", "lambda_weight", "seed", "quantize",
+    "distrust_mode", "alpha", "lambda_weight", "seed", "quantize", "packing",
 )
 
 STRATEGIES = ("auto", "ddp", "fsdp")  # data-parallel strategies (your_ai.train.parallel)
@@ -95,6 +95,7 @@ class TrainingArgs:
     quantize: int | None = None  # 4: QLoRA, the base model's decoder linears in NF4 (your_ai.model.quantize)
     overwrite: bool = False  # a new run may replace an earlier run's files in output_dir
     engine: str | None = None  # auto | torch | mlx (your_ai.hardware.pick_engine); None: auto
+    packing: bool | None = None  # several records a row (your_ai.data.packing); None: when it pays
 
     def with_defaults(self) -> "TrainingArgs":
         model = model_or_default(self.model)
@@ -139,6 +140,8 @@ class TrainingArgs:
         except ValueError as error:
             raise TrainingArgsError(str(error)) from None
         self._check_engine()
+        if self.packing is not None and not isinstance(self.packing, bool):
+            raise TrainingArgsError(f"--packing is on or off (got {self.packing!r})")
         if self.overwrite and self.resume:
             raise TrainingArgsError("--overwrite starts the run over and --resume continues it; give one of them")
         try:
@@ -183,6 +186,9 @@ class TrainingArgs:
         if self.device not in (None, "cpu", "mps"):
             raise TrainingArgsError(f"--device {self.device} is not an MLX device; --engine mlx runs on the Apple "
                                     f"GPU (--device mps, the default on a Mac) or --device cpu")
+        if self.packing:
+            raise TrainingArgsError("--packing is a feature of the torch engine; --engine mlx trains on padded "
+                                    "batches (leave out --packing)")
 
     def lora_settings(self) -> LoraSettings:
         return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, layers=self.lora_layers)
@@ -241,6 +247,7 @@ def default_output_dir(model: str) -> str:
 def merge_for_resume(given: TrainingArgs, saved: dict, output_dir: Path) -> TrainingArgs:
     """The checkpoint's settings; this invocation may change only those that do not shape the numbers."""
     values = {key: saved.get(key) for key in RUN_SHAPE_FIELDS}
+    values["packing"] = saved.get("packing", False)  # a run saved before packing existed did not pack
     for key in RUN_SHAPE_FIELDS:
         value = getattr(given, key)
         if value is None or value == values[key]:

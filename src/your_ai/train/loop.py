@@ -15,16 +15,19 @@ import torch
 from rich.console import Console
 from transformers import get_cosine_schedule_with_warmup
 
+from your_ai.data.packing import PackedBatchSampler, collate_packed, estimate_packing
 from your_ai.data.records import BatchSampler, collate
 from your_ai.hardware import pick_device
 from your_ai.model.load import load_tokenizer
 from your_ai.model.resolve import resolve_model
 from your_ai.step.memory import PeakMemory, default_budget_gb, use_expandable_segments
+from your_ai.train import defaults as run_defaults
 from your_ai.train.args import (
     MemoryLimitExceeded,
     TrainingArgs,
     TrainingError,
     check_lora_rank,
+    default_choice,
     resume_command,
 )
 from your_ai.train.checkpointer import Checkpointer, Progress
@@ -129,6 +132,7 @@ def _set_up(given: TrainingArgs, planned: RunPlan, world: World, device: str, co
     notes.extend(_strategy_notes(strategy, args, planned.state))
     tokenizer = load_tokenizer(resolved, trust_remote_code=args.trust_remote_code)
     data.tokenize(tokenizer, args.max_seq_length, notes)
+    args = _with_packing(given, args, data, world, planned.checkpoint is not None, notes)
     step_budget_gb = limit_gb + (saves or 0.0)  # the step mode's estimate holds the whole model
     loaded, prepared, step_loss = _build_model(given, planned, strategy, data, step_budget_gb, notes)
     args = replace(args, step_mode=prepared.mode.name)  # saved with each checkpoint: a resumed run keeps its mode
@@ -182,6 +186,32 @@ def _build_model(given: TrainingArgs, planned: RunPlan, strategy: Strategy, data
     return loaded, prepared, step_loss
 
 
+def _with_packing(given: TrainingArgs, args: TrainingArgs, data: RunData, world: World, resumed: bool,
+                  notes: list[str]) -> TrainingArgs:
+    """``args`` with ``packing`` decided: as given (``--packing``, ``--no-packing``, a resumed run's), else on
+    when unpacked batches would hold enough padding and the model's attention is transformers' own; the run
+    says which and why. A new packed run whose steps were defaulted takes its epochs over the packed rows."""
+    lengths = [len(example.input_ids) for example in data.train_examples]
+    estimate = estimate_packing(lengths, args.batch_size * world.size, args.max_seq_length, args.seed)
+    if args.packing is not None:
+        on, why = args.packing, "as the run started" if resumed else "as asked"
+    elif args.trust_remote_code:
+        on, why = False, "the model's own code may not mask attention per record; --packing turns it on"
+    else:
+        on, why = estimate.pays, "it pays" if estimate.pays else "it would not pay"
+    notes.append(estimate.describe(on, why))
+    if not on or resumed or given.max_steps is not None:
+        return replace(args, packing=on)
+    epochs = default_choice(given).rule.epochs
+    per_step = args.batch_size * args.grad_accum
+    steps = run_defaults.steps_for(epochs, estimate.rows, per_step)
+    warmup = run_defaults.warmup_for(steps) if given.warmup_steps is None else args.warmup_steps
+    notes.append(f"packed: --max-steps {steps} ({epochs:g} epoch(s) over the {estimate.rows} packed rows at "
+                 f"{per_step} per step, at least {run_defaults.MIN_STEPS})"
+                 + (f", --warmup-steps {warmup}" if given.warmup_steps is None else ""))
+    return replace(args, packing=True, max_steps=steps, warmup_steps=warmup)
+
+
 def _check_processes_agree(data: RunData, strategy: Strategy, args: TrainingArgs) -> None:
     differing = strategy.check_same({"data_sha256": data.digest, "normaliser": data.normaliser})
     if differing is not None:
@@ -208,8 +238,7 @@ def _strategy_notes(strategy: Strategy, args: TrainingArgs, saved_state: dict | 
 def _loop(run: _Run, stop_after: int | None) -> tuple[float | None, bool, str | None]:
     """Train from ``run.progress`` to ``--max-steps`` (or a stop); returns (final loss, stopped early, signal)."""
     args, strategy, progress = run.args, run.strategy, run.progress
-    sampler = BatchSampler(len(run.data.train_examples), args.batch_size * strategy.world.size, args.seed,
-                           progress.position)  # the shared order: the same for every process and any number
+    sampler = _sampler(run)
     reporter = Reporter(run.console, run.planned.output_dir, args, progress.step) if strategy.is_writer \
         else QuietReporter()
     window, final_loss, stopped_early, stopped_by = MetricsWindow(), None, False, None
@@ -252,19 +281,36 @@ def _loop(run: _Run, stop_after: int | None) -> tuple[float | None, bool, str | 
     return final_loss, stopped_early, stopped_by
 
 
-def _draw_micro_batches(run: _Run, sampler: BatchSampler) -> tuple[list[MicroBatch], list[int]]:
-    """The step's micro-batches on this process's device, and how many samples of each are this process's.
+def _sampler(run: _Run) -> BatchSampler | PackedBatchSampler:
+    """The shared order of batches (the same for every process and any number of them): records, or packed
+    rows of records with ``--packing``, ``--batch-size`` per process."""
+    args, examples, position = run.args, run.data.train_examples, run.progress.position
+    size = args.batch_size * run.strategy.world.size
+    if args.packing:
+        return PackedBatchSampler([len(e.input_ids) for e in examples], size, args.max_seq_length, args.seed,
+                                  position)
+    return BatchSampler(len(examples), size, args.seed, position)
 
-    A process left without samples (a short last batch) takes part with one sample at zero weight."""
+
+def _draw_micro_batches(run: _Run, sampler) -> tuple[list[MicroBatch], list[int]]:
+    """The step's micro-batches on this process's device, and how many samples (records) of each are this
+    process's. Each process's loss is scaled by its share of the global batch's records.
+
+    A process left without samples (a short last batch) takes part with its first row or sample at zero weight."""
     args, strategy, examples = run.args, run.strategy, run.data.train_examples
     micro_batches, counts = [], []
     for _ in range(args.grad_accum):
         shared = sampler.next()
         mine = strategy.rank_slice(shared, args.batch_size)
-        batch = collate([examples[i] for i in (mine or shared[:1])], run.pad_id)
+        if args.packing:
+            batch = collate_packed([[examples[i] for i in row] for row in (mine or shared[:1])], run.pad_id)
+            records, total = sum(map(len, mine)), sum(map(len, shared))
+        else:
+            batch = collate([examples[i] for i in (mine or shared[:1])], run.pad_id)
+            records, total = len(mine), len(shared)
         batch = {key: value.to(strategy.device) for key, value in batch.items()}
-        micro_batches.append(MicroBatch(batch, strategy.loss_scale(len(mine), len(shared))))
-        counts.append(len(mine))
+        micro_batches.append(MicroBatch(batch, strategy.loss_scale(records, total)))
+        counts.append(records)
     return micro_batches, counts
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import torch
 
 from your_ai.data.records import Example, collate
-from your_ai.objective.distrust import (
-    LossParts,
-    distrust_objective,
-    per_sample_cross_entropy,
+from your_ai.objective.distrust import LossParts, distrust_objective
+from your_ai.step.head import (
+    model_per_sample_cross_entropy,
+    plain_per_sample_cross_entropy,
 )
-from your_ai.step.head import model_per_sample_cross_entropy
 from your_ai.train.parallel import Strategy
 from your_ai.train.plan import Objective
 
@@ -23,7 +22,8 @@ def compute_loss(model, batch: dict, objective: Objective, *, fast_head: bool | 
     """One forward pass -> total (to differentiate), mean cross-entropy and mean distrust value.
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` (-100 where not learned),
-    ``auth_weight`` and ``prov_entropy``. Labels are not passed to the model, so the
+    ``auth_weight`` and ``prov_entropy`` (``data.records.collate``), or a packed batch
+    (``data.packing.collate_packed``: several examples a row, each its own sample). Labels are not passed to the model, so the
     model computes no loss of its own. ``fast_head``: the same per-sample cross-entropy without
     the full logits (``your_ai.step.fast``; True or a head name: "auto", "chunked", "liger"), in
     chunks of ``chunk_tokens`` (None: the vocabulary's default, ``StepMode.chunk_tokens``).
@@ -32,8 +32,7 @@ def compute_loss(model, batch: dict, objective: Objective, *, fast_head: bool | 
         per_sample = model_per_sample_cross_entropy(model, batch, head="auto" if fast_head is True else fast_head,
                                                     chunk_tokens=chunk_tokens)
     else:
-        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        per_sample = per_sample_cross_entropy(output.logits, batch["labels"])
+        per_sample = plain_per_sample_cross_entropy(model, batch)
     return distrust_objective(
         per_sample,
         batch["auth_weight"],
