@@ -35,6 +35,7 @@ from your_ai.fit.plan import (
     FitConfig,
     FitTest,
     fit_strategy,
+    resolve_tested_model,
     step_mode_for,
 )
 from your_ai.fit.result import (
@@ -170,15 +171,11 @@ def _classified_run(session: _Session, result: FitResult) -> None:
 
 
 def _resolve_and_train(session: _Session, result: FitResult) -> None:
-    from your_ai.model.resolve import model_shape, resolve_model
+    from your_ai.model.resolve import model_shape
 
     test = session.test
     phase("resolving")
-    if not test.synthetic:
-        resolved = resolve_model(test.model)
-        result.model_name = resolved.hub_id or str(resolved.path)
-        if resolved.preset and not result.preset:  # a preset's hub id
-            result.preset, result.params = resolved.preset.name, resolved.preset.params
+    resolve_tested_model(test, result)
     fault = injected_fault(test.model, test.config)
     if fault:
         trigger_fault(fault)

@@ -22,7 +22,13 @@ from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda
 
 from your_ai.data.records import Example
 from your_ai.fit.faults import injected_fault, trigger_fault
-from your_ai.fit.plan import LEARNING_RATE, FitTest, mlx_step_mode, step_shape
+from your_ai.fit.plan import (
+    LEARNING_RATE,
+    FitTest,
+    mlx_step_mode,
+    resolve_tested_model,
+    step_shape,
+)
 from your_ai.fit.result import FitResult, phase, record_step_times
 from your_ai.mlx_engine.loop import build_optimizer, optimizer_step
 from your_ai.mlx_engine.loss import make_batch
@@ -34,7 +40,7 @@ from your_ai.mlx_engine.model import (
 )
 from your_ai.model.architecture import architecture_from_config
 from your_ai.model.presets import params_label
-from your_ai.model.resolve import model_shape, resolve_model
+from your_ai.model.resolve import model_shape
 from your_ai.step import memory
 from your_ai.train.defaults import DEFAULTS
 from your_ai.train.plan import Objective
@@ -59,14 +65,9 @@ def train_on_mlx(test: FitTest, result: FitResult, peak: memory.PeakMemory) -> N
 
 def _load(test: FitTest, result: FitResult) -> MlxModel:
     """The model as ``train --engine mlx`` builds it: quantized base, LoRA, recomputation as asked."""
-    if test.synthetic:
-        resolved = None
+    resolved = resolve_tested_model(test, result)
+    if resolved is None:
         architecture = model_shape(test.model, synthetic=True).architecture
-    else:
-        resolved = resolve_model(test.model)
-        result.model_name = resolved.hub_id or str(resolved.path)
-        if resolved.preset and not result.preset:  # a preset's hub id
-            result.preset, result.params = resolved.preset.name, resolved.preset.params
     fault = injected_fault(test.model, test.config)
     if fault:
         trigger_fault(fault)

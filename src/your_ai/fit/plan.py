@@ -12,6 +12,7 @@ from your_ai.model.architecture import Architecture
 from your_ai.model.lora import LoraSettings
 from your_ai.model.presets import PRESETS, Preset
 from your_ai.model.quantize import check_bits
+from your_ai.model.resolve import ResolvedModel, resolve_model
 from your_ai.step import memory
 from your_ai.step.modes import (
     PLAIN_HEAD_MODEL_TYPES,
@@ -237,3 +238,15 @@ def resolve_device(device: str | None) -> str:
         return device
 
     return pick_device(device)
+
+
+def resolve_tested_model(test: "FitTest", result: FitResult) -> ResolvedModel | None:
+    """The fit test's model found on this machine (None for ``--synthetic``), its name and preset recorded in
+    ``result``; a model that is not there raises ``ModelNotAvailableError``."""
+    if test.synthetic:
+        return None
+    resolved = resolve_model(test.model)
+    result.model_name = resolved.hub_id or str(resolved.path)
+    if resolved.preset and not result.preset:  # a preset's hub id
+        result.preset, result.params = resolved.preset.name, resolved.preset.params
+    return resolved
