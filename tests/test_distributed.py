@@ -387,3 +387,32 @@ def _status(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return "State:\tZ"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not Path("/proc/self").exists(), reason="orphans a process with fork, watches /proc")
+def test_a_process_orphaned_before_its_lifeline_starts_ends_too(tmp_path):
+    """The launcher may die while a training process is still starting: adopted by init before it watches,
+    it ends at once instead of waiting for a parent that is already gone."""
+    pid_file = tmp_path / "pid"
+    code = (f"import os, sys, time\n"
+            f"if os.fork():\n    os._exit(0)\n"
+            f"time.sleep(0.5)\n"  # the parent has exited: adopted
+            f"open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}} {{os.getppid()}}')\n"
+            f"from your_ai.lifeline import end_with_parent\n"
+            f"end_with_parent(poll_s=0.05, grace_s=1.0)\n"
+            f"time.sleep(60)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env())
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pid, parent = map(int, pid_file.read_text().split())
+    if parent != 1:  # a subreaper adopted it: not the case this test is about
+        os.kill(pid, signal.SIGKILL)
+        pytest.skip("orphans are adopted by a subreaper here, not by init")
+    while Path(f"/proc/{pid}").exists() and "State:\tZ" not in _status(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = Path(f"/proc/{pid}").exists() and "State:\tZ" not in _status(pid)
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "an orphaned process kept running"

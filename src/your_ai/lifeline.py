@@ -29,7 +29,7 @@ def end_with_parent(poll_s: float = POLL_S, grace_s: float = GRACE_S) -> None:
     parent = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == parent != 1:  # 1: adopted by init already, the launcher died before this started
             time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
