@@ -8,10 +8,10 @@ and ``--resume`` continues from the last checkpoint on disk."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import threading
-import time
 
 LAUNCHER_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun's agent (and accelerate launch) in every process it starts
 POLL_S = 0.5
@@ -25,14 +25,23 @@ def launched_by_agent(environ=os.environ) -> bool:
 
 def end_with_parent(poll_s: float = POLL_S, grace_s: float = GRACE_S) -> None:
     """SIGTERM to this process when its parent is gone (it was reparented), SIGKILL ``grace_s`` seconds later if
-    it is still running; checked every ``poll_s`` seconds by a daemon thread (one system call per check)."""
-    parent = os.getppid()
+    it is still running; checked every ``poll_s`` seconds by a thread (one system call per check) that is
+    stopped and joined when the interpreter exits normally, so none is left running during its teardown."""
+    parent, stopped = os.getppid(), threading.Event()
 
     def watch() -> None:
         while os.getppid() == parent != 1:  # 1: adopted by init already, the launcher died before this started
-            time.sleep(poll_s)
+            if stopped.wait(poll_s):
+                return
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(grace_s)
-        os.kill(os.getpid(), signal.SIGKILL)
+        if not stopped.wait(grace_s):
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    threading.Thread(target=watch, daemon=True, name="parent-lifeline").start()
+    thread = threading.Thread(target=watch, daemon=True, name="parent-lifeline")
+    thread.start()
+
+    def stop() -> None:
+        stopped.set()
+        thread.join()
+
+    atexit.register(stop)
