@@ -29,6 +29,13 @@ PACK_WINDOW = 1024  # examples packed together by best-fit decreasing
 PAYS_SAVING = 0.10  # packing is on by default when it would compute at least this share fewer tokens
 
 
+def record_lengths(examples) -> list[int]:
+    """The token count of each example: from a tokenized cache's offsets when it has them, else counted."""
+    if hasattr(examples, "lengths"):
+        return examples.lengths()
+    return [len(example.input_ids) for example in examples]
+
+
 def pack_lengths(lengths: list[int], row_length: int) -> list[list[int]]:
     """Rows of positions into ``lengths`` (in the given order, window by window) whose lengths sum to at most
     ``row_length``; best-fit decreasing within each window of ``PACK_WINDOW``."""

@@ -86,6 +86,10 @@ class CachedExamples(Sequence):
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def lengths(self) -> list[int]:
+        """Each example's token count, from the offsets alone (no example is built)."""
+        return np.diff(self.tokens.offsets).tolist()
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]

@@ -71,8 +71,7 @@ class MlxRun:
     notes: list[str] = field(default_factory=list)
 
     def elapsed(self) -> float:
-        """Seconds trained, earlier invocations of a resumed run included."""
-        return self.progress.elapsed_before + time.perf_counter() - self.started
+        return self.progress.elapsed(self.started)
 
     def learning_rate(self) -> float:
         """The schedule's learning rate for the next step (the torch engine's ``get_cosine_schedule_with_warmup``)."""

@@ -15,7 +15,12 @@ import torch
 from rich.console import Console
 from transformers import get_cosine_schedule_with_warmup
 
-from your_ai.data.packing import PackedBatchSampler, collate_packed, estimate_packing
+from your_ai.data.packing import (
+    PackedBatchSampler,
+    collate_packed,
+    estimate_packing,
+    record_lengths,
+)
 from your_ai.data.records import BatchSampler, collate
 from your_ai.hardware import pick_device
 from your_ai.model.load import load_tokenizer
@@ -109,8 +114,7 @@ class _Run:
     notes: list[str] = field(default_factory=list)
 
     def elapsed(self) -> float:
-        """Seconds trained, earlier invocations of a resumed run included."""
-        return self.progress.elapsed_before + time.perf_counter() - self.started
+        return self.progress.elapsed(self.started)
 
     def save(self) -> Path:
         return self.checkpointer.save(self.progress, self.elapsed())
@@ -191,7 +195,7 @@ def _with_packing(given: TrainingArgs, args: TrainingArgs, data: RunData, world:
     """``args`` with ``packing`` decided: as given (``--packing``, ``--no-packing``, a resumed run's), else on
     when unpacked batches would hold enough padding and the model's attention is transformers' own; the run
     says which and why. A new packed run whose steps were defaulted takes its epochs over the packed rows."""
-    lengths = [len(example.input_ids) for example in data.train_examples]
+    lengths = record_lengths(data.train_examples)
     estimate = estimate_packing(lengths, args.batch_size * world.size, args.max_seq_length, args.seed)
     if args.packing is not None:
         on, why = args.packing, "as the run started" if resumed else "as asked"
@@ -287,7 +291,7 @@ def _sampler(run: _Run) -> BatchSampler | PackedBatchSampler:
     args, examples, position = run.args, run.data.train_examples, run.progress.position
     size = args.batch_size * run.strategy.world.size
     if args.packing:
-        return PackedBatchSampler([len(e.input_ids) for e in examples], size, args.max_seq_length, args.seed,
+        return PackedBatchSampler(record_lengths(examples), size, args.max_seq_length, args.seed,
                                   position)
     return BatchSampler(len(examples), size, args.seed, position)
 

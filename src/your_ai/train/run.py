@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,11 @@ class Progress:
     tokens_seen: int = 0
     elapsed_before: float = 0.0  # seconds trained by earlier invocations (a resumed run)
     resumed_from: int | None = None  # the step of the checkpoint this invocation started from
+
+    def elapsed(self, started: float) -> float:
+        """Seconds trained: earlier invocations of a resumed run, and this one since ``started``
+        (a ``time.perf_counter()`` reading)."""
+        return self.elapsed_before + time.perf_counter() - started
 
 
 @dataclass
