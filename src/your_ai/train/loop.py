@@ -5,6 +5,7 @@ validate, check the memory limit, checkpoint, stop on a signal.
 
 from __future__ import annotations
 
+import gc
 import io
 import random
 import time
@@ -83,11 +84,16 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
         return train_in_mlx(args, planned, stop_after=stop_after, console=console)
     world, device = start(pick_device(planned.args.device))
     use_expandable_segments(device)
+    run = None
     try:
         run = _set_up(args, planned, world, device, console)
         final_loss, stopped_early, stopped_by = _loop(run, stop_after)
         return _finish(run, final_loss, stopped_early, stopped_by)
     finally:
+        # The model, its sharded state and any collective it still holds go before the process group does,
+        # not during the interpreter's exit (where freeing them aborts the process).
+        del run
+        gc.collect()
         Strategy(world, device).stop()
 
 
