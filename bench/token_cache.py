@@ -33,19 +33,19 @@ DEMO = Path(__file__).parents[1] / "src" / "your_ai" / "assets" / "demo_corpus.j
 
 def measure(data_file: Path, tokenizer, max_seq_length: int, workers: int, cache_dir: Path) -> dict:
     from your_ai.data.records import read_records, tokenize_records
-    from your_ai.data.scores import record_scores
+    from your_ai.data.score_cache import read_file_scores
     from your_ai.data.token_cache import CachedExamples, cached_tokens
 
-    records = read_records(data_file).records
-    weights, entropies, _ = record_scores(records)
+    records, scores = read_records(data_file).records, read_file_scores(data_file)
+    weights, entropies = scores.auth_weights.tolist(), scores.prov_entropies.tolist()
     started = time.perf_counter()
     expected, _ = tokenize_records(records, weights, entropies, tokenizer, max_seq_length)
     in_memory_s = time.perf_counter() - started
     started = time.perf_counter()
-    _, built = cached_tokens(cache_dir, data_file, records, tokenizer, max_seq_length, workers)
+    _, built = cached_tokens(cache_dir, data_file, len(records), tokenizer, max_seq_length, workers)
     build_s = time.perf_counter() - started
     started = time.perf_counter()
-    tokens, reused = cached_tokens(cache_dir, data_file, records, tokenizer, max_seq_length, workers)
+    tokens, reused = cached_tokens(cache_dir, data_file, len(records), tokenizer, max_seq_length, workers)
     open_s = time.perf_counter() - started
     started = time.perf_counter()
     examples = list(CachedExamples(tokens, weights, entropies))

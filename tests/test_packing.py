@@ -100,6 +100,26 @@ def test_packed_loss_and_lora_gradients_equal_unpacked(fast_head):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward pass needs a CUDA GPU")
+def test_packed_rows_under_flex_attention_equal_unpacked_rows_under_sdpa():
+    examples = _examples([23, 7, 40, 5, 12, 31], prompt=3)
+    weighting = DistrustWeighting.from_dataset([e.auth_weight for e in examples], [e.prov_entropy for e in examples])
+    objective = Objective(mode="weighted", weighting=weighting)
+    model = tiny_lora_model().cuda()
+    rows = [[examples[i] for i in row] for row in pack_lengths([len(e.input_ids) for e in examples], 48)]
+    order = [examples.index(e) for row in rows for e in row]
+    unpacked = {key: value[order].cuda() for key, value in collate(examples, pad_token_id=0).items()}
+    packed = {key: value.cuda() for key, value in collate_packed(rows, pad_token_id=0).items()}
+    model.set_attn_implementation("sdpa")
+    expected, expected_grads = _loss_and_grads(model, unpacked, objective, False)
+    model.set_attn_implementation("flex_attention")
+    got, grads = _loss_and_grads(model, packed, objective, False)
+    torch.testing.assert_close(got.total, expected.total, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
 def test_a_packed_run_resumes_exactly(tmp_path, tiny_model_dir):
     data = write_corpus(tmp_path / "train.jsonl", count=12)
     with data.open("a") as handle:  # one record far longer than a row

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from your_ai.data.records import read_records, tokenize_records
-from your_ai.data.scores import record_scores
+from your_ai.data.score_cache import read_file_scores
 from your_ai.data.token_cache import (
     HEADER_FILE,
     STAGING_PREFIX,
@@ -44,9 +44,10 @@ def corpus(tmp_path) -> Path:
 
 def check_same_examples(path: Path, tokenizer, cache_dir: Path, max_seq_length: int):
     records = read_records(path).records
-    weights, entropies, _ = record_scores(records)
+    scores = read_file_scores(path)
+    weights, entropies = scores.auth_weights.tolist(), scores.prov_entropies.tolist()
     expected, inexact = tokenize_records(records, weights, entropies, tokenizer, max_seq_length)
-    tokens, use = cached_tokens(cache_dir, path, records, tokenizer, max_seq_length)
+    tokens, use = cached_tokens(cache_dir, path, len(records), tokenizer, max_seq_length)
     examples = CachedExamples(tokens, weights, entropies)
     assert list(examples) == expected
     assert examples[3:7] == expected[3:7] and examples[-1] == expected[-1]
@@ -60,10 +61,10 @@ def test_cached_examples_are_those_of_tokenize_records_with_the_tiny_tokenizer(t
     records, use = check_same_examples(path, tokenizer_of(tiny_model_dir), cache_dir, 96)
     assert use.status == "built" and use.path.parent == cache_dir and use.note is None
     started = time.perf_counter()
-    _, again = cached_tokens(cache_dir, path, records, tokenizer_of(tiny_model_dir), 96)
+    _, again = cached_tokens(cache_dir, path, len(records), tokenizer_of(tiny_model_dir), 96)
     assert again.status == "reused" and again.path == use.path
     assert time.perf_counter() - started < 1.0
-    _, longer = cached_tokens(cache_dir, path, records, tokenizer_of(tiny_model_dir), 128)
+    _, longer = cached_tokens(cache_dir, path, len(records), tokenizer_of(tiny_model_dir), 128)
     assert longer.status == "built" and longer.path != use.path  # --max-seq-length is part of the key
 
 
@@ -75,7 +76,7 @@ def test_cached_examples_are_those_of_tokenize_records_with_the_default_tokenize
 def test_a_damaged_entry_is_rebuilt_with_a_note(tmp_path, tiny_model_dir, damage):
     path, cache_dir, tokenizer = corpus(tmp_path), tmp_path / "cache", tokenizer_of(tiny_model_dir)
     records = read_records(path).records
-    tokens, use = cached_tokens(cache_dir, path, records, tokenizer, 64)
+    tokens, use = cached_tokens(cache_dir, path, len(records), tokenizer, 64)
     good = np.array(tokens.input_ids)
     del tokens
     if damage == "truncated":
@@ -84,7 +85,7 @@ def test_a_damaged_entry_is_rebuilt_with_a_note(tmp_path, tiny_model_dir, damage
     else:
         header = use.path / HEADER_FILE
         header.write_text(header.read_text().replace('"records": ', '"records": 1'))
-    tokens, again = cached_tokens(cache_dir, path, records, tokenizer, 64)
+    tokens, again = cached_tokens(cache_dir, path, len(records), tokenizer, 64)
     assert again.status == "built" and again.path == use.path
     assert "damaged" in again.note and str(use.path) in again.note
     assert np.array_equal(tokens.input_ids, good)
@@ -97,7 +98,7 @@ def test_a_build_that_fails_leaves_no_entry(tmp_path, tiny_model_dir):
     tokenizer.chat_template = None  # the chat record cannot be tokenized: the build stops there
     path, cache_dir = corpus(tmp_path), tmp_path / "cache"
     with pytest.raises(DataError, match="no chat template"):
-        cached_tokens(cache_dir, path, read_records(path).records, tokenizer, 64)
+        cached_tokens(cache_dir, path, len(read_records(path).records), tokenizer, 64)
     assert list(cache_dir.iterdir()) == []
 
 
@@ -119,7 +120,7 @@ def dying(self, *args, **kwargs):
     return original(self, *args, **kwargs)
 
 type(tokenizer).__call__ = dying
-cached_tokens(sys.argv[3], sys.argv[2], read_records(sys.argv[2]).records, tokenizer, 64)
+cached_tokens(sys.argv[3], sys.argv[2], len(read_records(sys.argv[2]).records), tokenizer, 64)
 """
 
 
@@ -130,7 +131,7 @@ def test_a_build_killed_midway_leaves_no_entry(tmp_path, tiny_model_dir):
     assert child.returncode == -9, child.stderr[-2000:]
     assert [entry.name.startswith(STAGING_PREFIX) for entry in cache_dir.iterdir()] == [True]  # only its staging
     records = read_records(path).records
-    tokens, use = cached_tokens(cache_dir, path, records, tokenizer_of(tiny_model_dir), 64)
+    tokens, use = cached_tokens(cache_dir, path, len(records), tokenizer_of(tiny_model_dir), 64)
     assert use.status == "built" and use.note is None and len(tokens) == len(records)
     assert [entry.name for entry in cache_dir.iterdir()] == [use.path.name]  # the dead build's staging removed
 
@@ -140,12 +141,12 @@ def test_a_run_uses_the_cache_and_tokenizes_in_memory_where_it_cannot_be_written
     from your_ai.train.plan import Objective, RunData
 
     path, tokenizer = corpus(tmp_path), tokenizer_of(tiny_model_dir)
-    records = read_records(path).records
-    weights, entropies, _ = record_scores(records)
-    expected, _ = tokenize_records(records, weights, entropies, tokenizer, 64)
+    records, scores = read_records(path).records, read_file_scores(path)
+    expected, _ = tokenize_records(records, scores.auth_weights.tolist(), scores.prov_entropies.tolist(), tokenizer,
+                                   64)
 
     def run_data() -> RunData:
-        return RunData(TrainingFiles(path, None), "", Objective(), records, [], (weights, entropies), ([], []))
+        return RunData(TrainingFiles(path, None), "", Objective(), scores, None)
 
     cached, notes = run_data(), []
     cached.tokenize(tokenizer, 64, notes, cache_dir=tmp_path / "cache")

@@ -18,7 +18,7 @@ from your_ai.data.records import (
     collate,
     tokenize_record,
 )
-from your_ai.data.scores import record_scores
+from your_ai.data.score_cache import read_file_scores
 from your_ai.model.lora import LoraSettings
 from your_ai.objective.distrust import IGNORE_INDEX, empirical_distrust_loss
 from your_ai.train.args import TrainingArgs, TrainingArgsError, TrainingError
@@ -176,9 +176,10 @@ def test_records_without_scores_are_scored_from_text(tmp_path):
     from your_ai.data.records import read_records
     from your_ai.objective.scoring import score_document
 
-    records = read_records(write_corpus(tmp_path / "c.jsonl", 3)).records
-    weights, entropies, computed = record_scores(records)
-    assert computed == 1 and weights[1:] == [0.12, 0.19]
+    path = write_corpus(tmp_path / "c.jsonl", 3)
+    records, scores = read_records(path).records, read_file_scores(path)
+    weights, entropies = scores.auth_weights.tolist(), scores.prov_entropies.tolist()
+    assert scores.computed == 1 and weights[1:] == [0.12, 0.19]
     expected = score_document(records[0].document_text(), records[0].metadata)
     assert (weights[0], entropies[0]) == (expected.authority_weight, expected.provenance_entropy)
 

@@ -9,6 +9,7 @@ that cannot be written (no space left, a read-only disk, a path under a regular 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -33,6 +34,27 @@ def read_json_object(path: str | os.PathLike) -> dict:
     if not isinstance(values, dict):
         raise ValueError("expected a JSON object")
     return values
+
+
+_SHA256_SEEN: dict[tuple, str] = {}  # (path, inode, size, mtime): a file is hashed once per process
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in blocks; remembered for the process while the file is unchanged."""
+    stat = os.stat(path)
+    seen = (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if seen not in _SHA256_SEEN:
+        _SHA256_SEEN[seen] = hash_files(hashlib.sha256(), path).hexdigest()
+    return _SHA256_SEEN[seen]
+
+
+def hash_files(digest, *paths: str | os.PathLike):
+    """``digest`` (a hashlib object) updated with the files' bytes one after another, read in blocks."""
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

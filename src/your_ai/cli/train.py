@@ -21,7 +21,12 @@ from your_ai.files import writing
 from your_ai.hardware import ENGINES, MLX_INSTALL
 from your_ai.step.memory import BUDGET_FRACTION
 from your_ai.step.modes import STEP_MODES
-from your_ai.train.defaults import DEFAULTS, RULES, WARMUP_FRACTION
+from your_ai.train.defaults import (
+    ATTN_IMPLEMENTATIONS,
+    DEFAULTS,
+    RULES,
+    WARMUP_FRACTION,
+)
 
 DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large", "gpu")].save_every
 
@@ -77,6 +82,9 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
               help="Pack several records into each row of --max-seq-length tokens, with no attention across records "
                    "and each record's own distrust weight; --batch-size then counts rows (default: on when it would compute "
                    "enough fewer tokens to pay, see docs/training.md; the run says which and why).")
+@click.option("--attn-implementation", type=click.Choice(["auto", *ATTN_IMPLEMENTATIONS]),
+              help="The model's attention kernel (transformers' attn_implementation): sdpa, flex_attention (CUDA; "
+                   "packed rows as block masks) or eager; auto (default): see docs/training.md#packing.")
 @click.option("--seed", type=int, help=f"Seed for LoRA init and data order (default {DEFAULTS['seed']}).")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @click.option("--engine", type=click.Choice(ENGINES),

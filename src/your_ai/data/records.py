@@ -85,6 +85,16 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any] | DataError]:
     still read. A UTF-8 byte order mark at the start of the file is accepted. Lines end at
     ``\\n``, ``\\r\\n`` or a lone ``\\r``.
     """
+    for line_number, raw in _non_blank_lines(path):
+        yield _parse_line(raw, Path(path), line_number)
+
+
+def count_lines(path: str | Path) -> int:
+    """The non-blank lines of a JSONL file, none parsed: its number of records when every line is good."""
+    return sum(1 for _ in _non_blank_lines(path))
+
+
+def _non_blank_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
     path = Path(path)
     try:
         handle = path.open("rb")
@@ -102,7 +112,7 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any] | DataError]:
             for raw in _split_lines(chunk):
                 line_number += 1
                 if raw and not raw.isspace():
-                    yield _parse_line(raw, path, line_number)
+                    yield line_number, raw
 
 
 def _split_lines(chunk: bytes) -> list[bytes]:

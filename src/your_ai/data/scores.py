@@ -2,7 +2,7 @@
 (``your_ai.objective.scoring``) computes from its text and metadata.
 
 ``score_records`` is the one place that decides between the two (in several processes for large
-data sets); ``record_scores`` gives training its lists, ``score_file`` scores every record of a file
+data sets; ``your_ai.data.score_cache`` gives training its arrays), ``score_file`` scores every record of a file
 for ``your-ai score --file`` (beside the values it carries, if any).
 """
 
@@ -96,21 +96,6 @@ def score_records(records: Iterable[Record], workers: int = 1) -> Iterator[tuple
         while window:
             done, result = window.popleft()
             yield from merge(done, result.get())
-
-
-def record_scores(records: list[Record]) -> tuple[list[float], list[float], int]:
-    """(auth_weights, prov_entropies, how many were computed): a record's own values when it
-    carries them, else ``score_document`` of its text and metadata; ``DataError`` for a record
-    the scorer rejects."""
-    weights, entropies, computed = [], [], 0
-    for _, scores in score_records(records):
-        if isinstance(scores, DataError):
-            raise scores
-        weight, entropy, scored = scores
-        weights.append(float(weight))
-        entropies.append(float(entropy))
-        computed += scored
-    return weights, entropies, computed
 
 
 @dataclass(frozen=True)

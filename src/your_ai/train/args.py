@@ -13,18 +13,22 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from your_ai.data.records import read_records, training_files
+from your_ai.data.records import count_lines, training_files
 from your_ai.hardware import ENGINES, pick_device, pick_engine
 from your_ai.model.architecture import read_architecture, read_config_values
 from your_ai.model.errors import ModelFileError, ModelResolutionError
 from your_ai.model.lora import LoraSettings, smallest_adapted_dimension
 from your_ai.model.presets import PRESETS, TINY
 from your_ai.model.quantize import QuantizationError, check_bits
-from your_ai.model.resolve import ResolvedModel, model_or_default, resolve_model
+from your_ai.model.resolve import (
+    ResolvedModel,
+    model_or_default,
+    resolve_model,
+)
 from your_ai.objective.distrust import DEFAULT_ALPHA, MODES, check_alpha
 from your_ai.step.modes import check_step_mode
 from your_ai.train import defaults as run_defaults
-from your_ai.train.defaults import DEFAULTS, flag
+from your_ai.train.defaults import ATTN_IMPLEMENTATIONS, DEFAULTS, flag
 
 RUN_SHAPE_FIELDS = (
     "model", "data", "batch_size", "lora_rank", "lora_alpha", "lora_layers", "learning_rate",
@@ -96,6 +100,7 @@ class TrainingArgs:
     overwrite: bool = False  # a new run may replace an earlier run's files in output_dir
     engine: str | None = None  # auto | torch | mlx (your_ai.hardware.pick_engine); None: auto
     packing: bool | None = None  # several records a row (your_ai.data.packing); None: when it pays
+    attn_implementation: str | None = None  # sdpa | flex_attention | eager (transformers'); None: auto
 
     def with_defaults(self) -> "TrainingArgs":
         model = model_or_default(self.model)
@@ -142,6 +147,9 @@ class TrainingArgs:
         self._check_engine()
         if self.packing is not None and not isinstance(self.packing, bool):
             raise TrainingArgsError(f"--packing is on or off (got {self.packing!r})")
+        if self.attn_implementation not in (None, "auto", *ATTN_IMPLEMENTATIONS):
+            raise TrainingArgsError(f"--attn-implementation {self.attn_implementation!r} is not one of auto, "
+                                    f"{', '.join(ATTN_IMPLEMENTATIONS)}")
         if self.overwrite and self.resume:
             raise TrainingArgsError("--overwrite starts the run over and --resume continues it; give one of them")
         try:
@@ -186,6 +194,9 @@ class TrainingArgs:
         if self.device not in (None, "cpu", "mps"):
             raise TrainingArgsError(f"--device {self.device} is not an MLX device; --engine mlx runs on the Apple "
                                     f"GPU (--device mps, the default on a Mac) or --device cpu")
+        if self.attn_implementation not in (None, "auto"):
+            raise TrainingArgsError("--attn-implementation picks a transformers attention kernel of the torch engine; "
+                                    "--engine mlx uses MLX's own (leave it out)")
         if self.packing:
             raise TrainingArgsError("--packing is a feature of the torch engine; --engine mlx trains on padded "
                                     "batches (leave out --packing)")
@@ -227,8 +238,9 @@ def default_choice(args: TrainingArgs) -> run_defaults.DefaultChoice:
 
 
 def count_training_records(data: str) -> int:
-    """The number of training records in ``data`` (a file, or a directory's train.jsonl)."""
-    return len(read_records(training_files(data).train).records)
+    """The number of training records in ``data`` (a file, or a directory's train.jsonl), counted without
+    reading them: a bad line stops the run where the records are read."""
+    return count_lines(training_files(data).train)
 
 
 DEMO_PROMPT = "Which is the better evidence for how a machine worked: its 1923 patent or a modern encyclopedia summary?"

@@ -18,6 +18,7 @@ from typing import Any
 SMALL_MODEL_PARAMETERS = 1_000_000_000  # below: the "small" class (SmolLM2-135M, ...)
 WARMUP_FRACTION = 0.1
 MIN_STEPS = 10
+ATTN_IMPLEMENTATIONS = ("sdpa", "flex_attention", "eager")  # transformers' attention kernels that take any mask
 
 # Defaults that do not depend on the model, the device or the data.
 DEFAULTS: dict[str, Any] = {

@@ -52,6 +52,7 @@ from your_ai.train.setup import (
     PreparedStep,
     TrainingModel,
     apply_step_mode,
+    attention_for,
     build_optimizer,
     load_for_training,
     sharding_saves,
@@ -132,7 +133,8 @@ def _set_up(given: TrainingArgs, planned: RunPlan, world: World, device: str, co
     started = time.perf_counter()
     console = (console or Console(soft_wrap=True)) if world.main else Console(file=io.StringIO())  # rank 0 reports
     args, notes = planned.args, [*planned.notes, *settings_notes(given, planned)]
-    data = read_run_data(planned, notes)
+    with Strategy(world, device).local_main_first():  # the others find the scores it computed in the cache
+        data = read_run_data(planned, notes)
     _check_processes_agree(data, Strategy(world, device), args)
     resolved = resolve_model(args.model)
     check_lora_rank(args, resolved)
@@ -141,7 +143,8 @@ def _set_up(given: TrainingArgs, planned: RunPlan, world: World, device: str, co
     strategy = Strategy(world, device, sharded=saves is not None)
     notes.extend(_strategy_notes(strategy, args, planned.state))
     tokenizer = load_tokenizer(resolved, trust_remote_code=args.trust_remote_code)
-    data.tokenize(tokenizer, args.max_seq_length, notes)
+    with strategy.local_main_first():  # the others open the tokenized cache it built
+        data.tokenize(tokenizer, args.max_seq_length, notes)
     args = _with_packing(given, args, data, world, planned.checkpoint is not None, notes)
     step_budget_gb = limit_gb + (saves or 0.0)  # the step mode's estimate holds the whole model
     loaded, prepared, step_loss = _build_model(given, planned, strategy, data, step_budget_gb, notes)
@@ -178,6 +181,7 @@ def _build_model(given: TrainingArgs, planned: RunPlan, strategy: Strategy, data
         grad_checkpoint=args.grad_checkpoint and args.step_mode == "plain", trust_remote_code=args.trust_remote_code,
         quantize=args.quantize, seed=args.seed,
         on_meta=strategy.sharded and not args.quantize,  # 4-bit weights are built whole on each rank, then sharded
+        attn_implementation=attention_for(args.attn_implementation, strategy.device),
     )
     notes.extend(loaded.notes)
     step_loss = StepLoss(loaded.model, data.objective, False)  # the head is the step mode's, set below

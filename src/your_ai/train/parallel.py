@@ -365,6 +365,17 @@ class Strategy:
         if self.world.distributed:
             dist.barrier()
 
+    @contextmanager
+    def local_main_first(self):
+        """The block runs in this machine's first process before the others, which then find what it cached
+        (the data's scores and tokens) instead of computing it at the same time."""
+        first = self.world.local_rank == 0
+        if not first:
+            self.barrier()
+        yield
+        if first:
+            self.barrier()
+
     def stop(self) -> None:
         """Leave the process group (after the last collective)."""
         if self.world.distributed and dist.is_initialized():

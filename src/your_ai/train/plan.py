@@ -17,12 +17,13 @@ from your_ai.data.records import (
     Example,
     TrainingFiles,
     no_records,
-    read_records,
     tokenize_records,
     training_files,
 )
-from your_ai.data.scores import default_workers, record_scores
+from your_ai.data.score_cache import FileScores, cached_file_scores, checked_records
+from your_ai.data.scores import default_workers
 from your_ai.data.token_cache import CachedExamples, CacheUse, cached_tokens
+from your_ai.files import hash_files
 from your_ai.model.presets import PRESETS
 from your_ai.model.resolve import your_ai_cache_dir
 from your_ai.objective.distrust import (
@@ -203,24 +204,20 @@ def _absolute_if_dir(model: str) -> str:
 
 
 def _data_digest(files: TrainingFiles) -> str:
-    digest = hashlib.sha256()
-    for path in (files.train, files.val):
-        if path is not None:
-            digest.update(Path(path).read_bytes())
-    return digest.hexdigest()
+    """The sha256 of the training file's bytes followed by the validation file's, read in blocks."""
+    return hash_files(hashlib.sha256(), *(path for path in (files.train, files.val) if path is not None)).hexdigest()
 
 
 @dataclass
 class RunData:
-    """The run's data: read, checked and scored (``read_run_data``), then tokenized (``tokenize``)."""
+    """The run's data: checked and scored (``read_run_data``), then tokenized (``tokenize``). The records
+    themselves are not held: their scores are, and their tokens come from the tokenized cache."""
 
     files: TrainingFiles
     digest: str  # sha256 of the training and validation files: a resumed run needs the same data
     objective: Objective  # in weighted mode, with the normaliser fixed from the training records
-    train_records: list
-    val_records: list
-    train_scores: tuple[list, list]  # (auth_weight, prov_entropy) of each training record
-    val_scores: tuple[list, list]
+    train_scores: FileScores  # each training record's auth_weight and prov_entropy
+    val_scores: FileScores | None
     train_examples: list[Example] = field(default_factory=list)  # or a CachedExamples: a list of Example too
     val_examples: list[Example] = field(default_factory=list)
     token_caches: list[CacheUse] = field(default_factory=list)  # the tokenized cache entries built or reused
@@ -235,52 +232,60 @@ class RunData:
         ``cache_dir`` (default: the user cache's ``tokens``), built there by the first run; what is lost is
         noted. Without a writable cache the records are tokenized in memory, with a note."""
         cache_dir = Path(cache_dir) if cache_dir is not None else your_ai_cache_dir() / "tokens"
-        self.train_examples, inexact, empty = self._examples(self.files.train, self.train_records, self.train_scores,
-                                                             tokenizer, max_seq_length, cache_dir, notes)
-        if self.files.val is not None and self.val_records:
-            self.val_examples, _, _ = self._examples(self.files.val, self.val_records, self.val_scores, tokenizer,
-                                                     max_seq_length, cache_dir, notes)
+        self.train_examples, inexact, empty = self._examples(self.files.train, self.train_scores, tokenizer,
+                                                             max_seq_length, cache_dir, notes)
+        if self.val_scores is not None:
+            self.val_examples, _, _ = self._examples(self.files.val, self.val_scores, tokenizer, max_seq_length,
+                                                     cache_dir, notes)
         if inexact:
             notes.append(f"{inexact} chat record(s) learned whole: the chat template does not render turn by turn")
         if empty:
             notes.append(f"{empty} training record(s) have nothing to learn within --max-seq-length {max_seq_length}")
 
-    def _examples(self, file: Path, records: list, scores: tuple[list, list], tokenizer, max_seq_length: int,
-                  cache_dir: Path, notes: list[str]) -> tuple[list[Example], int, int]:
+    def _examples(self, file: Path, scores: FileScores, tokenizer, max_seq_length: int, cache_dir: Path,
+                  notes: list[str]) -> tuple[list[Example], int, int]:
         """(examples, chat records learned whole, records with nothing to learn) of one data file."""
+        weights, entropies = scores.auth_weights.tolist(), scores.prov_entropies.tolist()
         try:
-            tokens, use = cached_tokens(cache_dir, file, records, tokenizer, max_seq_length, default_workers())
+            tokens, use = cached_tokens(cache_dir, file, len(scores), tokenizer, max_seq_length, default_workers())
         except OSError as error:
             notes.append(f"the tokenized cache in {cache_dir} cannot be written ({error}); tokenized in memory")
-            examples, inexact = tokenize_records(records, *scores, tokenizer, max_seq_length)
+            examples, inexact = tokenize_records(checked_records(file), weights, entropies, tokenizer, max_seq_length)
             return examples, inexact, sum(1 for example in examples if example.target_tokens == 0)
         self.token_caches.append(use)
         if use.note:
             notes.append(use.note)
-        return CachedExamples(tokens, *scores), tokens.inexact, int((tokens.target_tokens() == 0).sum())
+        return CachedExamples(tokens, weights, entropies), tokens.inexact, int((tokens.target_tokens() == 0).sum())
+
+
+def data_file_scores(path: str | Path) -> FileScores:
+    """A data file's record scores: from the user cache's ``scores`` when an earlier run kept them there,
+    else read from the file (stopping at its first bad line) and kept there."""
+    return cached_file_scores(your_ai_cache_dir() / "scores", path, default_workers())[0]
 
 
 def read_run_data(planned: RunPlan, notes: list[str]) -> RunData:
-    """Read, check and score the run's data; the objective's normaliser is fixed here, once."""
+    """Check and score the run's data (or take its scores from the cache); the objective's normaliser is
+    fixed here, once."""
     args = planned.args
     files = training_files(args.data)
-    train_records = read_records(files.train).records
-    if not train_records:
+    train_scores = data_file_scores(files.train)
+    if not len(train_scores):
         raise no_records(files.train)
-    val_records = read_records(files.val).records if files.val else []
-    if args.save_best and not val_records:
+    val_scores = data_file_scores(files.val) if files.val else None
+    if val_scores is not None and not len(val_scores):
+        val_scores = None
+    if args.save_best and val_scores is None:
         raise TrainingArgsError(
             f"--save-best needs a validation set: pass a directory holding {TRAIN_FILE} and {VAL_FILE} as --data"
         )
-    train_w, train_h, computed = record_scores(train_records)
-    val_w, val_h, val_computed = record_scores(val_records)
-    if computed or val_computed:
-        notes.append(
-            f"scored {computed + val_computed} record(s) without auth_weight/prov_entropy from their text and metadata"
-        )
+    computed = train_scores.computed + (val_scores.computed if val_scores is not None else 0)
+    if computed:
+        notes.append(f"scored {computed} record(s) without auth_weight/prov_entropy from their text and metadata")
     digest = _data_digest(files)
     if planned.state is not None and planned.state.get("data_sha256") != digest:
         raise TrainingError(f"the data in {args.data} changed since checkpoint {planned.checkpoint}; a resumed run "
                             f"needs the same data")
-    objective = Objective.from_dataset(args.distrust_mode, args.alpha, args.lambda_weight, train_w, train_h)
-    return RunData(files, digest, objective, train_records, val_records, (train_w, train_h), (val_w, val_h))
+    objective = Objective.from_dataset(args.distrust_mode, args.alpha, args.lambda_weight,
+                                       train_scores.auth_weights, train_scores.prov_entropies)
+    return RunData(files, digest, objective, train_scores, val_scores)

@@ -61,6 +61,7 @@ def load_for_training(
     quantize: int | None = None,
     seed: int = 0,
     on_meta: bool = False,
+    attn_implementation: str | None = None,
 ) -> TrainingModel:
     """Resolve and load ``model`` (or build a random-weight copy of preset ``model`` when
     ``synthetic``) in ``training_dtype(device)`` on ``device``, and wrap it with fresh LoRA adapters
@@ -68,7 +69,8 @@ def load_for_training(
 
     ``quantize`` 4: the decoder layers' linear weights in NF4 (QLoRA, ``your_ai.model.quantize``), built or
     read one tensor at a time. ``on_meta``: the model's parameters on the meta device, nothing read
-    or allocated (``Strategy.load`` shards and fills them). Resolution errors
+    or allocated (``Strategy.load`` shards and fills them). ``attn_implementation``: transformers' attention
+    kernel for the model (None: the one transformers picks). Resolution errors
     (``ModelNotAvailableError``, ``InvalidModelNameError``) propagate.
     """
     dtype = training_dtype(device)
@@ -90,6 +92,8 @@ def load_for_training(
                      f"({summary['quantized_weights']:,} weights); the model's weights take "
                      f"{summary['weight_bytes'] / 1e9:.2f} GB")
     base.config.use_cache = False
+    if attn_implementation is not None:
+        base.set_attn_implementation(attn_implementation)
     if grad_checkpoint:
         _enable_checkpointing(base)
     with parameters_on_meta() if on_meta else nullcontext(), warnings.catch_warnings():
@@ -131,6 +135,15 @@ def _base_model(model: str, resolved: ResolvedModel | None, dtype: torch.dtype, 
     if on_meta:  # tying inside the meta block makes a new tensor of the head: tie it to the embeddings again
         base.tie_weights()
     return base
+
+
+def attention_for(attn_implementation: str | None, device: str) -> str | None:
+    """The attention kernel a run asks transformers for: ``--attn-implementation`` when given; auto (None): the
+    one transformers picks (SDPA where it can; a packed batch's block-diagonal mask is built from its positions)."""
+    if attn_implementation == "flex_attention" and not device.startswith("cuda"):
+        raise TrainingArgsError(f"--attn-implementation flex_attention trains on CUDA GPUs only (PyTorch's "
+                                f"FlexAttention has no backward pass on {device}); use sdpa or leave it out")
+    return None if attn_implementation in (None, "auto") else attn_implementation
 
 
 @dataclass
