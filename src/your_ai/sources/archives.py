@@ -10,7 +10,14 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any, Iterator
 
-from your_ai.sources.fetched import Fetched, clip_text, make_record, year_of, MAX_TEXT_CHARS, MIN_TEXT_CHARS
+from your_ai.sources.fetched import (
+    MAX_TEXT_CHARS,
+    MIN_TEXT_CHARS,
+    Fetched,
+    clip_text,
+    make_record,
+    year_of,
+)
 from your_ai.sources.http import Client, FetchError, Settings
 from your_ai.sources.table import Source
 

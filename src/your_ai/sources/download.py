@@ -16,8 +16,20 @@ from your_ai.sources.archives import archive_items, chronam_pages
 from your_ai.sources.fetched import Fetched
 from your_ai.sources.http import Client, FetchError, Settings
 from your_ai.sources.huggingface import huggingface_rows
-from your_ai.sources.store import SourceFile, read_state, record_manifest
-from your_ai.sources.table import ARCHIVE, CHRONAM, SOURCE_NAMES, SOURCES, Source
+from your_ai.sources.store import (
+    COMMIT_RECORDS,
+    SourceFile,
+    read_state,
+    record_manifest,
+)
+from your_ai.sources.table import (
+    ARCHIVE,
+    CHRONAM,
+    HUGGINGFACE,
+    SOURCE_NAMES,
+    SOURCES,
+    Source,
+)
 
 FETCHED, UP_TO_DATE, PARTIAL, FAILED = "fetched", "already downloaded", "partial", "failed"
 
@@ -60,7 +72,8 @@ def download(sources: list[Source], output: Path, *, limit: int | None = None, f
 def download_source(source: Source, output: Path, limit: int, force: bool, settings: Settings, client: Client,
                     on_progress=None) -> SourceResult:
     """One source, resumed from its state in ``output`` (``force``: from the start)."""
-    file = SourceFile(output, source.name)
+    # a record of an archive costs requests: each one is committed, so that a resumed run asks for none again
+    file = SourceFile(output, source.name, commit_records=COMMIT_RECORDS if source.fetcher == HUGGINGFACE else 1)
     state = file.open(restart=force)
     result = SourceResult(source.name)
     if state.complete and (state.records >= limit or state.exhausted):
@@ -88,6 +101,9 @@ def download_source(source: Source, output: Path, limit: int, force: bool, setti
                       if count > skipped_before.get(reason, 0)}
     if result.status != FAILED and not result.complete:
         result.status = PARTIAL
+    if result.status == FAILED and not file.state.records and not file.state.skipped:
+        file.discard()  # nothing to resume: leave no empty file behind
+        return result
     result.file = str(file.final if result.complete else file.partial)
     record_manifest(output, source, file.state)
     return result

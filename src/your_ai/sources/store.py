@@ -25,7 +25,7 @@ from your_ai.files import fsync_dir, read_json_object, write_json_atomic, writin
 from your_ai.sources.table import Source
 
 MANIFEST = "manifest.json"
-COMMIT_RECORDS = 100  # a commit at least every this many records ...
+COMMIT_RECORDS = 100  # a commit at least every this many records (every record for slow sources) ...
 COMMIT_SECONDS = 2.0  # ... or this many seconds
 
 
@@ -84,8 +84,8 @@ def count_lines(path: Path) -> int:
 class SourceFile:
     """The resumable JSONL file of one source in ``folder`` (see the module's docstring)."""
 
-    def __init__(self, folder: Path, name: str):
-        self.folder, self.name = folder, name
+    def __init__(self, folder: Path, name: str, commit_records: int = COMMIT_RECORDS):
+        self.folder, self.name, self.commit_records = folder, name, commit_records
         self.final, self.partial, self.state_file = final_path(folder, name), partial_path(folder, name), \
             state_path(folder, name)
         self.state = SourceState(source=name)
@@ -153,7 +153,7 @@ class SourceFile:
         if skipped:
             self.state.skipped[skipped] = self.state.skipped.get(skipped, 0) + 1
         self._pending += 1
-        if self._pending >= COMMIT_RECORDS or time.monotonic() - self._last_commit >= COMMIT_SECONDS:
+        if self._pending >= self.commit_records or time.monotonic() - self._last_commit >= COMMIT_SECONDS:
             self.commit()
 
     def commit(self) -> None:
@@ -175,6 +175,12 @@ class SourceFile:
             fsync_dir(self.folder)
             self.state.complete, self.state.exhausted = True, exhausted
             self._write_state()
+
+    def discard(self) -> None:
+        """Remove the partial file and its state."""
+        self.close()
+        self.partial.unlink(missing_ok=True)
+        self.state_file.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._handle is not None:
