@@ -24,6 +24,7 @@ from your_ai.sources.table import Source
 ARCHIVE_ROWS = 50
 ARCHIVE_FIELDS = ("identifier", "title", "date", "year", "publisher", "creator", "licenseurl")
 CHRONAM_ROWS = 20
+GONE = (403, 404, 410)  # statuses that skip an item rather than fail its source
 TEXT_BYTES = MAX_TEXT_CHARS * 4  # the most of an item's text asked for (a UTF-8 character is at most 4 bytes)
 
 
@@ -67,19 +68,19 @@ def archive_item(source: Source, doc: dict, cursor: dict, settings: Settings, cl
     if not identifier:
         return Fetched(cursor, skipped="no identifier")
     quoted = urllib.parse.quote(identifier, safe="")
-    item = client.get_json(f"{settings.archive_url}/metadata/{quoted}")
-    files = item.get("files", []) if isinstance(item, dict) else []
-    names = [entry.get("name", "") for entry in files if isinstance(entry, dict)]
-    text_file = next((name for entry, name in zip(files, names) if entry.get("format") == "DjVuTXT"), None) \
-        or next((name for name in names if name.endswith("_djvu.txt")), None)
-    if text_file is None:
-        return Fetched(cursor, skipped="no full text")
     try:
+        item = client.get_json(f"{settings.archive_url}/metadata/{quoted}")
+        item = item if isinstance(item, dict) else {}
+        files = [entry for entry in item.get("files", []) if isinstance(entry, dict)]
+        text_file = next((entry.get("name") for entry in files if entry.get("format") == "DjVuTXT"), None) \
+            or next((entry["name"] for entry in files if str(entry.get("name")).endswith("_djvu.txt")), None)
+        if not text_file:
+            return Fetched(cursor, skipped="no full text")
         body = client.get(f"{settings.archive_url}/download/{quoted}/{urllib.parse.quote(text_file)}",
                           headers={"Range": f"bytes=0-{TEXT_BYTES - 1}"})
     except FetchError as error:
-        if error.status in (403, 404, 410):
-            return Fetched(cursor, skipped="full text not available")
+        if error.status in GONE:  # this item is not there (any more): the next one may be
+            return Fetched(cursor, skipped="item not available")
         raise
     text = clip_text(body.decode("utf-8", errors="replace"))
     if len(text) < MIN_TEXT_CHARS:
