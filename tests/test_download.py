@@ -178,13 +178,16 @@ def test_command_line_summary_list_and_exit_codes(server, tmp_path):
     assert mixed.returncode == 0, mixed.stderr
     assert "failed" in mixed.stdout and "cannot connect" in mixed.stdout and "fetched" in mixed.stdout
     failing = run_download("newspapers", "--output", str(tmp_path), env=unreachable)
-    assert failing.returncode == 1 and "nothing was fetched" in failing.stderr
+    assert failing.returncode == 1 and "nothing was fetched, and 1 source(s) failed" in failing.stderr
     listed = run_download("--list", "--output", str(tmp_path), env=unreachable)
     assert listed.returncode == 0
     row = next(line for line in listed.stdout.splitlines() if "philosophy" in line)
     assert "2 complete" in row and "0.08" in row
     unknown = run_download("nosuch", env={})
     assert unknown.returncode == 2 and "unknown source 'nosuch'" in unknown.stderr
+    bad_setting = run_download("philosophy", "--output", str(tmp_path), env={"YOUR_AI_DOWNLOAD_INTERVAL": "soon"})
+    assert bad_setting.returncode == 1
+    assert bad_setting.stderr.strip() == "Error: YOUR_AI_DOWNLOAD_INTERVAL='soon' is not a non-negative number"
 
 
 @pytest.mark.usefixtures("tiny_model_dir")

@@ -161,8 +161,18 @@ def score(text, file_path, year, source, source_type, url, publisher, as_json):
 
 
 
-def _show_download_progress(source, records: int, limit: int) -> None:
-    click.echo(f"\r\033[K{source.name}: {records:,}/{limit:,} records", err=True, nl=False)
+def _download_progress():
+    """A progress line on the terminal, redrawn at most ten times a second (and at each source's last record)."""
+    import time
+
+    drawn = [0.0]
+
+    def show(source, records: int, limit: int) -> None:
+        if time.monotonic() - drawn[0] >= 0.1 or records == limit:
+            drawn[0] = time.monotonic()
+            click.echo(f"\r\033[K{source.name}: {records:,}/{limit:,} records", err=True, nl=False)
+
+    return show
 
 
 @click.command()
@@ -187,9 +197,10 @@ def download(names, output_dir, limit, force, show_list):
         return
     check_output("--output", output_dir, directory=True)
     results = sources.download(chosen, Path(output_dir), limit=limit, force=force,
-                               on_progress=_show_download_progress if sys.stderr.isatty() else None)
+                               on_progress=_download_progress() if sys.stderr.isatty() else None)
     if sys.stderr.isatty():
         click.echo("\r\033[K", err=True, nl=False)
     console.print(sources.format_summary(results))
     if sources.nothing_fetched(results):
-        fail("nothing was fetched: every source asked for failed (see the table above)", code=1)
+        failed = sum(result.status == sources.FAILED for result in results)
+        fail(f"nothing was fetched, and {failed} source(s) failed (see the table above)", code=1)

@@ -110,13 +110,14 @@ class Client:
                 return self._request(url, headers or {})
             except urllib.error.HTTPError as error:
                 if error.code not in RETRY_STATUSES:
-                    raise FetchError(f"{url}: HTTP {error.code} {error.reason}", status=error.code) from None
+                    raise FetchError(f"{_shown(url)}: HTTP {error.code} {error.reason}",
+                                     status=error.code) from None
                 reason = f"HTTP {error.code} {error.reason}"
                 wait = _retry_after(error.headers) or self._backoff(attempt)
             except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, truncated
                 reason = _describe(error)
                 wait = self._backoff(attempt)
-        raise FetchError(f"{url}: {reason} (gave up after {self.settings.retries + 1} attempts)")
+        raise FetchError(f"{_shown(url)}: {reason} (gave up after {self.settings.retries + 1} attempts)")
 
     def get_json(self, url: str) -> Any:
         """``get`` decoded as JSON; a body that is not JSON (cut short without notice) counts as a failed attempt."""
@@ -126,7 +127,7 @@ class Client:
                 return json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 if attempt == self.settings.retries:
-                    raise FetchError(f"{url}: the answer is not JSON ({error})") from None
+                    raise FetchError(f"{_shown(url)}: the answer is not JSON ({error})") from None
                 self._sleep(min(self._backoff(attempt), self.settings.max_wait))
 
     def _backoff(self, attempt: int) -> float:
@@ -166,6 +167,11 @@ def _retry_after(headers) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _shown(url: str, longest: int = 100) -> str:
+    """``url`` as an error shows it: a long query is left out."""
+    return url if len(url) <= longest else url.split("?", 1)[0] + "?..."
 
 
 def _describe(error: BaseException) -> str:

@@ -84,19 +84,28 @@ def huggingface_rows(source: Source, cursor: dict[str, Any], settings: Settings)
     to_record = ROWS[source.name]
     part, rows = cursor.get("part", 0), cursor.get("rows", 0)
     for index in range(part, len(parts)):
-        stream = _stream(source, parts[index], local, rows)
-        try:
-            for row in stream:
-                rows += 1
-                text, provenance = to_record(row)
-                position = {"part": index, "rows": rows}
-                if not text:
-                    yield Fetched(position, skipped="no text")
-                else:
-                    yield Fetched(position, make_record(source, text, **provenance))
-        except Exception as error:  # the datasets library raises many kinds (connection, hub, file errors)
-            raise FetchError(f"{source.dataset or source.name}: {_describe(error)}") from error
+        for row in _rows(source, _stream(source, parts[index], local, rows)):
+            rows += 1
+            text, provenance = to_record(row)
+            position = {"part": index, "rows": rows}
+            if not text:
+                yield Fetched(position, skipped="no text")
+            else:
+                yield Fetched(position, make_record(source, text, **provenance))
         rows = 0
+
+
+def _rows(source: Source, stream) -> Iterator[dict]:
+    """The stream's rows; an error while reading them (connection, hub, file) is the source's ``FetchError``."""
+    rows = iter(stream)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as error:  # the datasets library raises many kinds
+            raise FetchError(f"{source.dataset or source.name}: {_describe(error)}") from error
+        yield row
 
 
 def _stream(source: Source, config: str | None, local: tuple[str, list[str]] | None, skip: int):
