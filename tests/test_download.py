@@ -1,6 +1,6 @@
 """`your-ai download`: Hugging Face sources from local files through `datasets`' streaming path, the Internet
 Archive and Chronicling America from a recorded stand-in on 127.0.0.1 (pagination, a 429, a 503, a body cut
-short), resume after a kill, the record format, and the records through `prepare` and `train`."""
+short), resume after a kill, the record format, and the records through `prepare` and (slow) `train`."""
 
 from __future__ import annotations
 
@@ -190,15 +190,29 @@ def test_command_line_summary_list_and_exit_codes(server, tmp_path):
     assert bad_setting.stderr.strip() == "Error: YOUR_AI_DOWNLOAD_INTERVAL='soon' is not a non-negative number"
 
 
-@pytest.mark.usefixtures("tiny_model_dir")
-def test_downloaded_records_go_through_prepare_and_train(downloaded, tmp_path):
+@pytest.fixture(scope="module")
+def prepared(downloaded, tmp_path_factory):
     from your_ai.data.prepare import prepare
 
     output, _, _ = downloaded
-    report = prepare([str(output)], tmp_path / "data", workers=1)
+    data = tmp_path_factory.mktemp("data")
+    return data, prepare([str(output)], data, workers=1)
+
+
+def test_downloaded_records_go_through_prepare(prepared):
+    data, report = prepared
     assert report.scored == 0 and report.carried > 0  # every record carries its source's priors
-    trained = subprocess.run([sys.executable, "-m", "your_ai", "train", "--model", "tiny", "--data",
-                              str(tmp_path / "data"), "--max-steps", "2", "--lora-rank", "4", "--max-seq-length",
-                              "32", "--batch-size", "2", "--no-tensorboard", "--output-dir", str(tmp_path / "run")],
+    kept = [json.loads(line) for name in ("train.jsonl", "val.jsonl") for line in (data / name).read_text().splitlines()]
+    assert {record["source"] for record in kept} >= {"philosophy", "newspapers", "sciq", "logic", "wikipedia"}
+    assert all(record["scored"] is False and record["source_type"] for record in kept)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_model_dir")
+def test_downloaded_records_train(prepared, tmp_path):
+    data, _ = prepared
+    trained = subprocess.run([sys.executable, "-m", "your_ai", "train", "--model", "tiny", "--data", str(data),
+                              "--max-steps", "2", "--lora-rank", "4", "--max-seq-length", "32", "--batch-size", "2",
+                              "--no-tensorboard", "--output-dir", str(tmp_path / "run")],
                              capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-2000:]
