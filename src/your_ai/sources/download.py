@@ -31,7 +31,7 @@ from your_ai.sources.table import (
     Source,
 )
 
-FETCHED, UP_TO_DATE, PARTIAL, FAILED = "fetched", "already downloaded", "partial", "failed"
+FETCHED, UP_TO_DATE, FAILED = "fetched", "already downloaded", "failed"
 
 
 @dataclass
@@ -76,7 +76,8 @@ def download_source(source: Source, output: Path, limit: int, force: bool, setti
     file = SourceFile(output, source.name, commit_records=COMMIT_RECORDS if source.fetcher == HUGGINGFACE else 1)
     state = file.open(restart=force)
     result = SourceResult(source.name)
-    if state.complete and (state.records >= limit or state.exhausted):
+    # a complete file without its saved position (its state file removed) cannot be continued without repeats
+    if state.complete and (state.records >= limit or state.exhausted or not state.cursor):
         result.status, result.records, result.complete, result.exhausted = UP_TO_DATE, state.records, True, \
             state.exhausted
         result.file = str(file.final)
@@ -99,8 +100,6 @@ def download_source(source: Source, output: Path, limit: int, force: bool, setti
     result.records, result.complete, result.exhausted = file.state.records, file.state.complete, file.state.exhausted
     result.skipped = {reason: count - skipped_before.get(reason, 0) for reason, count in file.state.skipped.items()
                       if count > skipped_before.get(reason, 0)}
-    if result.status != FAILED and not result.complete:
-        result.status = PARTIAL
     if result.status == FAILED and not file.state.records and not file.state.skipped:
         file.discard()  # nothing to resume: leave no empty file behind
         return result
