@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "your_ai"
 LAYERS = [
     {"__init__", "errors", "files", "hardware", "lifeline"},
     {"objective"},
-    {"data"},
+    {"data", "sources"},
     {"model"},
     {"step"},
     {"train", "mlx_engine"},

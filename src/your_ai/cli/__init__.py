@@ -96,7 +96,7 @@ def main(debug: bool) -> None:
 from your_ai.cli import data, eval, fit, train  # noqa: E402  (each defines its commands)
 
 for _module, _names in ((fit, ("setup", "recommend", "benchmark", "optimize")),
-                        (data, ("prepare", "deduplicate", "analyze", "score")),
+                        (data, ("download", "prepare", "deduplicate", "analyze", "score")),
                         (train, ("train",)),
                         (eval, ("generate", "evaluate", "export", "validate"))):
     for _name in _names:

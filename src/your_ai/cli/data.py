@@ -1,4 +1,4 @@
-"""Commands on data: prepare, deduplicate, analyze, score."""
+"""Commands on data: download, prepare, deduplicate, analyze, score."""
 
 from __future__ import annotations
 
@@ -159,3 +159,48 @@ def score(text, file_path, year, source, source_type, url, publisher, as_json):
         console.print(score_tables.format_file_scores(rows, file_path, console.width))
 
 
+
+
+def _download_progress():
+    """A progress line on the terminal, redrawn at most ten times a second (and at each source's last record)."""
+    import time
+
+    drawn = [0.0]
+
+    def show(source, records: int, limit: int) -> None:
+        if time.monotonic() - drawn[0] >= 0.1 or records == limit:
+            drawn[0] = time.monotonic()
+            click.echo(f"\r\033[K{source.name}: {records:,}/{limit:,} records", err=True, nl=False)
+
+    return show
+
+
+@click.command()
+@click.argument("names", nargs=-1, metavar="[SOURCE]...")
+@click.option("--output", "output_dir", default="raw", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for <source>.jsonl and manifest.json.")
+@click.option("--limit", type=click.IntRange(min=1), help="Records per source (default: each source's target).")
+@click.option("--force", is_flag=True, help="Download again from the start, replacing what is there.")
+@click.option("--list", "show_list", is_flag=True, help="Show the sources and what --output already holds.")
+def download(names, output_dir, limit, force, show_list):
+    """Download curated SOURCEs (default: all) as JSONL records carrying their priors and provenance."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from your_ai.sources import download as sources
+
+    console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
+    chosen = sources.choose_sources(names)
+    if show_list:
+        console.print(sources.format_listing(Path(output_dir)))
+        return
+    check_output("--output", output_dir, directory=True)
+    results = sources.download(chosen, Path(output_dir), limit=limit, force=force,
+                               on_progress=_download_progress() if sys.stderr.isatty() else None)
+    if sys.stderr.isatty():
+        click.echo("\r\033[K", err=True, nl=False)
+    console.print(sources.format_summary(results))
+    if sources.nothing_fetched(results):
+        failed = sum(result.status == sources.FAILED for result in results)
+        fail(f"nothing was fetched, and {failed} source(s) failed (see the table above)", code=1)
