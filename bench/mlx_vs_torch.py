@@ -26,7 +26,7 @@ import sys
 import time
 
 from your_ai.data.records import read_records, tokenize_records
-from your_ai.data.scores import record_scores
+from your_ai.data.score_cache import read_file_scores
 from your_ai.model.load import load_tokenizer
 from your_ai.model.lora import LoraSettings
 from your_ai.model.resolve import DEFAULT_MODEL, resolve_model
@@ -37,7 +37,8 @@ from your_ai.train.plan import Objective
 def batch_examples(model: str, batch_size: int, seq: int):
     """The first ``batch_size`` records of the demo corpus, tokenized, and the objective of the corpus."""
     records = read_records(demo_corpus_path()).records
-    weights, entropies, _ = record_scores(records)
+    scores = read_file_scores(demo_corpus_path())
+    weights, entropies = scores.auth_weights.tolist(), scores.prov_entropies.tolist()
     objective = Objective.from_dataset("weighted", 2.7, 1.0, weights, entropies)
     tokenizer = load_tokenizer(resolve_model(model))
     examples, _ = tokenize_records(records[:batch_size], weights[:batch_size], entropies[:batch_size], tokenizer, seq)
