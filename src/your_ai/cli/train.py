@@ -22,6 +22,13 @@ from your_ai.hardware import ENGINES, MLX_INSTALL
 from your_ai.step.memory import BUDGET_FRACTION
 from your_ai.step.modes import STEP_MODES
 from your_ai.train.defaults import DEFAULTS, RULES, WARMUP_FRACTION
+from your_ai.train.sinks import (
+    DEFAULT_PROJECT,
+    REPORT_TO,
+    TRACKERS_INSTALL,
+    check_installed,
+    parse_report_to,
+)
 
 DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large", "gpu")].save_every
 
@@ -66,7 +73,13 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
 @click.option("--memory-report-interval", type=POSITIVE, help=f"Log metrics every N steps "
               f"(default {DEFAULTS['memory_report_interval']}).")
 @click.option("--metrics-file", type=click.Path(dir_okay=False), help="Metrics JSONL (default: <output-dir>/metrics.jsonl).")
-@click.option("--no-tensorboard", is_flag=True, help="Do not write TensorBoard events to <output-dir>/runs.")
+@click.option("--report-to", help="Where the metrics go besides <output-dir>/metrics.jsonl: a comma list of "
+              f"{', '.join(REPORT_TO)}, or none (default {DEFAULTS['report_to']}: events in <output-dir>/runs); "
+              f"wandb and trackio need {TRACKERS_INSTALL}. See docs/trackers.md.")
+@click.option("--project", help=f"The wandb / trackio project (default: WANDB_PROJECT for wandb, else {DEFAULT_PROJECT}).")
+@click.option("--run-name", help="The wandb / trackio run name (default: the output directory's name).")
+@click.option("--no-tensorboard", is_flag=True, help="Leave TensorBoard out of --report-to (no events in "
+              "<output-dir>/runs).")
 @click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass to save memory "
               "(the small step mode).")
 @click.option("--step-mode", type=click.Choice(STEP_MODES),
@@ -105,6 +118,10 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     """
     check_output("--output-dir", options["output_dir"], directory=True)
     check_output("--metrics-file", options["metrics_file"])
+    try:  # before anything heavy is imported: a tracker asked for that is not installed
+        check_installed(parse_report_to(options["report_to"], not no_tensorboard))
+    except ValueError as error:
+        fail(str(error))
     from your_ai.data.records import DataError
     from your_ai.fit import profiles
     from your_ai.fit import sweep as optimize
