@@ -118,10 +118,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     """
     check_output("--output-dir", options["output_dir"], directory=True)
     check_output("--metrics-file", options["metrics_file"])
-    try:  # before anything heavy is imported: a tracker asked for that is not installed
-        check_installed(parse_report_to(options["report_to"], not no_tensorboard))
-    except ValueError as error:
-        fail(str(error))
+    _check_trackers(options["report_to"], no_tensorboard)
     from your_ai.data.records import DataError
     from your_ai.fit import profiles
     from your_ai.fit import sweep as optimize
@@ -190,6 +187,14 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     if options["data"] is None:  # the demo: show what the fine-tuning changed
         _show_demo_comparison(result.output_dir, options["device"])
     click.echo(f"Try it: your-ai generate --checkpoint {result.output_dir} --prompt \"...\" --compare")
+
+
+def _check_trackers(report_to, no_tensorboard) -> None:
+    """Before anything heavy is imported: --report-to's names, and a tracker asked for that is not installed."""
+    try:
+        check_installed(parse_report_to(report_to, not no_tensorboard))
+    except ValueError as error:
+        fail(str(error))
 
 
 def _show_demo_comparison(checkpoint, device) -> None:
