@@ -130,9 +130,9 @@ class Wandb:
         settings = {} if "WANDB_FINISH_TIMEOUT" in os.environ else {"finish_timeout": WANDB_FINISH_TIMEOUT_S}
         self.run = wandb.init(
             project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-            name=run_name or os.environ.get("WANDB_NAME") or output_dir.name, id=run_id,
+            name=run_name or os.environ.get("WANDB_NAME") or default_run_name(output_dir), id=run_id,
             resume="allow" if run_id else None,
-            config=config, dir=None if os.environ.get("WANDB_DIR") else str(output_dir),
+            config=config, dir=None if os.environ.get("WANDB_DIR") else str(Path(output_dir).resolve()),
             settings=wandb.Settings(**settings),
         )
         write_trackers_file(output_dir, "wandb", {"id": self.run.id})
@@ -158,7 +158,8 @@ class Trackio:
         import trackio
 
         self.trackio = trackio
-        self.run = trackio.init(project=project or DEFAULT_PROJECT, name=run_name or output_dir.name, config=config,
+        self.run = trackio.init(project=project or DEFAULT_PROJECT, name=run_name or default_run_name(output_dir),
+                                config=config,
                                 resume="allow" if resumed else "never", embed=False, auto_log_gpu=False,
                                 auto_log_cpu=False)
 
@@ -170,6 +171,11 @@ class Trackio:
 
     def close(self, exit_code: int) -> None:
         self.trackio.finish()
+
+
+def default_run_name(output_dir: Path) -> str:
+    """The output directory's name (``distrust-smollm2-135m``), also for ``--output-dir .``."""
+    return Path(output_dir).resolve().name
 
 
 def read_trackers_file(output_dir: Path) -> dict:
