@@ -35,8 +35,8 @@ def build_model_dir(preset_name: str, target: Path) -> float:
     import torch
 
     from your_ai.model.architecture import build_random_model
-    from your_ai.model.resolve import tiny_assets_dir
     from your_ai.model.presets import get_preset
+    from your_ai.model.resolve import tiny_assets_dir
 
     started = time.perf_counter()
     preset = get_preset(preset_name)

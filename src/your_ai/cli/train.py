@@ -27,6 +27,13 @@ from your_ai.train.defaults import (
     RULES,
     WARMUP_FRACTION,
 )
+from your_ai.train.sinks import (
+    DEFAULT_PROJECT,
+    REPORT_TO,
+    TRACKERS_INSTALL,
+    check_installed,
+    parse_report_to,
+)
 
 DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large", "gpu")].save_every
 
@@ -71,7 +78,13 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
 @click.option("--memory-report-interval", type=POSITIVE, help=f"Log metrics every N steps "
               f"(default {DEFAULTS['memory_report_interval']}).")
 @click.option("--metrics-file", type=click.Path(dir_okay=False), help="Metrics JSONL (default: <output-dir>/metrics.jsonl).")
-@click.option("--no-tensorboard", is_flag=True, help="Do not write TensorBoard events to <output-dir>/runs.")
+@click.option("--report-to", help="Where the metrics go besides <output-dir>/metrics.jsonl: a comma list of "
+              f"{', '.join(REPORT_TO)}, or none (default {DEFAULTS['report_to']}: events in <output-dir>/runs); "
+              f"wandb and trackio need {TRACKERS_INSTALL}. See docs/trackers.md.")
+@click.option("--project", help=f"The wandb / trackio project (default: WANDB_PROJECT for wandb, else {DEFAULT_PROJECT}).")
+@click.option("--run-name", help="The wandb / trackio run name (default: the output directory's name).")
+@click.option("--no-tensorboard", is_flag=True, help="Leave TensorBoard out of --report-to (no events in "
+              "<output-dir>/runs).")
 @click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass to save memory "
               "(the small step mode).")
 @click.option("--step-mode", type=click.Choice(STEP_MODES),
@@ -113,6 +126,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     """
     check_output("--output-dir", options["output_dir"], directory=True)
     check_output("--metrics-file", options["metrics_file"])
+    _check_trackers(options["report_to"], no_tensorboard)
     from your_ai.data.records import DataError
     from your_ai.fit import profiles
     from your_ai.fit import sweep as optimize
@@ -181,6 +195,14 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     if options["data"] is None:  # the demo: show what the fine-tuning changed
         _show_demo_comparison(result.output_dir, options["device"])
     click.echo(f"Try it: your-ai generate --checkpoint {result.output_dir} --prompt \"...\" --compare")
+
+
+def _check_trackers(report_to, no_tensorboard) -> None:
+    """Before anything heavy is imported: --report-to's names, and a tracker asked for that is not installed."""
+    try:
+        check_installed(parse_report_to(report_to, not no_tensorboard))
+    except ValueError as error:
+        fail(str(error))
 
 
 def _show_demo_comparison(checkpoint, device) -> None:

@@ -3,7 +3,7 @@
 Everything above the step is ``train``'s own: the arguments and defaults, the run plan and output
 directory, the records, their tokenization and order (``BatchSampler``), the objective and its weights
 normalised over the training set, the schedule (warm-up and cosine decay, transformers' formula), the
-console lines, metrics and TensorBoard, the stop on SIGINT / SIGTERM and the summary. The step is MLX's:
+console lines, metrics JSONL, TensorBoard and the trackers (``--report-to``), the stop on SIGINT / SIGTERM and the summary. The step is MLX's:
 mlx-lm's model and LoRA layers, ``nn.value_and_grad`` over the micro-batches, the gradients clipped to
 ``--max-grad-norm``, AdamW (PyTorch's update: bias-corrected, decoupled weight decay).
 """
@@ -44,8 +44,15 @@ from your_ai.train.args import (
     resume_command,
 )
 from your_ai.train.plan import RunData, RunPlan, prepare_output_dir, read_run_data
-from your_ai.train.report import MetricsWindow, Reporter, print_plan
+from your_ai.train.report import (
+    MetricsWindow,
+    Reporter,
+    open_reporting,
+    print_plan,
+    report_result,
+)
 from your_ai.train.run import Progress, StopOnSignal, TrainResult, due, settings_notes
+from your_ai.train.sinks import Sinks
 
 STEP_MODE = {"name": "plain", "reason": "plain: the MLX engine's step (mlx-lm's forward through the full logits; "
                                         "--grad-checkpoint recomputes each layer in the backward pass)"}
@@ -92,8 +99,11 @@ def train(given: TrainingArgs, planned: RunPlan, *, stop_after: int | None = Non
     contract: ``stop_after`` ends the run with a checkpoint, a resumed run continues its checkpoint."""
     use_device(planned.args.device)
     run = set_up(given, planned, console or Console(soft_wrap=True))
-    final_loss, stopped_early, stopped_by = _loop(run, stop_after)
-    return _finish(run, final_loss, stopped_early, stopped_by)
+    with open_reporting(run.args, planned.output_dir, run.progress.step, run.progress.resumed_from is not None) as sinks:
+        final_loss, stopped_early, stopped_by = _loop(run, sinks, stop_after)
+        result = _finish(run, final_loss, stopped_early, stopped_by)
+        report_result(sinks, result)
+        return result
 
 
 def use_device(device: str | None) -> str:
@@ -188,11 +198,12 @@ def optimizer_step(loaded: MlxModel, optimizer: optim.Optimizer, batches: list[M
     return MlxStepOutput(parts, grad_norm)
 
 
-def _loop(run: MlxRun, stop_after: int | None) -> tuple[float | None, bool, str | None]:
-    """Train from ``run.progress`` to ``--max-steps`` (or a stop); returns (final loss, stopped early, signal)."""
+def _loop(run: MlxRun, sinks: Sinks, stop_after: int | None) -> tuple[float | None, bool, str | None]:
+    """Train from ``run.progress`` to ``--max-steps`` (or a stop), reporting to ``sinks``; returns (final loss,
+    stopped early, signal)."""
     args, progress = run.args, run.progress
     sampler = BatchSampler(len(run.data.train_examples), args.batch_size, args.seed, progress.position)
-    reporter = Reporter(run.console, run.planned.output_dir, args, progress.step)
+    reporter = Reporter(run.console, sinks, args, progress.step)
     window, final_loss, stopped_early, stopped_by = MetricsWindow(), None, False, None
     last_saved = progress.step if progress.resumed_from is not None else None
     stop = StopOnSignal()

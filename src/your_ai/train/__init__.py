@@ -12,6 +12,7 @@ maths; another engine can take it as it is):
 * ``outputs``: the output directory's layout, what an earlier run left there, where to resume;
 * ``run``: what a run is whichever engine runs it (``Progress``, ``TrainResult``, the stop on a signal);
 * ``report``: the metrics window, the reporter, the printed plan;
+* ``sinks``: where the records go (``--report-to``): the metrics JSONL, TensorBoard, wandb, trackio;
 * ``step.MicroBatch``'s contents and the schedule (warm-up and cosine decay over ``--max-steps``) are
   described by the args.
 

@@ -29,6 +29,7 @@ from your_ai.objective.distrust import DEFAULT_ALPHA, MODES, check_alpha
 from your_ai.step.modes import check_step_mode
 from your_ai.train import defaults as run_defaults
 from your_ai.train.defaults import ATTN_IMPLEMENTATIONS, DEFAULTS, flag
+from your_ai.train.sinks import check_installed, parse_report_to
 
 RUN_SHAPE_FIELDS = (
     "model", "data", "batch_size", "lora_rank", "lora_alpha", "lora_layers", "learning_rate",
@@ -90,7 +91,10 @@ class TrainingArgs:
     metrics_file: str | None = None  # None: <output_dir>/metrics.jsonl
     save_best: bool = False
     resume: bool = False
-    tensorboard: bool = True
+    tensorboard: bool = True  # False: --no-tensorboard, TensorBoard left out of report_to
+    report_to: str | None = None  # comma list of tensorboard, wandb, trackio, or none (your_ai.train.sinks)
+    project: str | None = None  # the trackers' project; None: WANDB_PROJECT for wandb, else your-ai
+    run_name: str | None = None  # the trackers' run name; None: the output directory's name
     grad_checkpoint: bool = False
     step_mode: str | None = None  # auto | fast | selective | small | plain (your_ai.step.modes); None: auto
     device: str | None = None
@@ -145,6 +149,10 @@ class TrainingArgs:
         except ValueError as error:
             raise TrainingArgsError(str(error)) from None
         self._check_engine()
+        try:
+            check_installed(parse_report_to(self.report_to, self.tensorboard))
+        except ValueError as error:
+            raise TrainingArgsError(str(error)) from None
         if self.packing is not None and not isinstance(self.packing, bool):
             raise TrainingArgsError(f"--packing is on or off (got {self.packing!r})")
         if self.attn_implementation not in (None, "auto", *ATTN_IMPLEMENTATIONS):

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "memory_report_interval": 10,
     "seed": 42,
     "step_mode": "auto",
+    "report_to": "tensorboard",
 }
 
 

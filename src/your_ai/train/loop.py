@@ -40,7 +40,14 @@ from your_ai.train.checkpointer import Checkpointer, Progress
 from your_ai.train.loss import StepLoss, evaluate, global_loss_parts
 from your_ai.train.parallel import Strategy, World, start
 from your_ai.train.plan import RunData, RunPlan, plan_run, read_run_data
-from your_ai.train.report import MetricsWindow, QuietReporter, Reporter, print_plan
+from your_ai.train.report import (
+    MetricsWindow,
+    QuietReporter,
+    Reporter,
+    open_reporting,
+    print_plan,
+    report_result,
+)
 from your_ai.train.run import (
     StopOnSignal,
     TrainResult,
@@ -57,6 +64,7 @@ from your_ai.train.setup import (
     load_for_training,
     sharding_saves,
 )
+from your_ai.train.sinks import Sinks
 from your_ai.train.step import MicroBatch, NonFiniteGradient, StepOutput, optimizer_step
 
 
@@ -88,8 +96,12 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     run = None
     try:
         run = _set_up(args, planned, world, device, console)
-        final_loss, stopped_early, stopped_by = _loop(run, stop_after)
-        return _finish(run, final_loss, stopped_early, stopped_by)
+        with open_reporting(run.args, run.planned.output_dir, run.progress.step, run.progress.resumed_from is not None,
+                            writer=run.strategy.is_writer) as sinks:
+            final_loss, stopped_early, stopped_by = _loop(run, sinks, stop_after)
+            result = _finish(run, final_loss, stopped_early, stopped_by)
+            report_result(sinks, result)
+            return result
     finally:
         # The model, its sharded state and any collective it still holds go before the process group does,
         # not during the interpreter's exit (where freeing them aborts the process).
@@ -249,12 +261,12 @@ def _strategy_notes(strategy: Strategy, args: TrainingArgs, saved_state: dict | 
     return notes
 
 
-def _loop(run: _Run, stop_after: int | None) -> tuple[float | None, bool, str | None]:
-    """Train from ``run.progress`` to ``--max-steps`` (or a stop); returns (final loss, stopped early, signal)."""
+def _loop(run: _Run, sinks: Sinks, stop_after: int | None) -> tuple[float | None, bool, str | None]:
+    """Train from ``run.progress`` to ``--max-steps`` (or a stop), reporting to ``sinks``; returns (final loss,
+    stopped early, signal)."""
     args, strategy, progress = run.args, run.strategy, run.progress
     sampler = _sampler(run)
-    reporter = Reporter(run.console, run.planned.output_dir, args, progress.step) if strategy.is_writer \
-        else QuietReporter()
+    reporter = Reporter(run.console, sinks, args, progress.step) if strategy.is_writer else QuietReporter()
     window, final_loss, stopped_early, stopped_by = MetricsWindow(), None, False, None
     last_saved = progress.step if progress.resumed_from is not None else None
     stop = StopOnSignal(quiet=not strategy.is_writer)

@@ -17,6 +17,7 @@ Layout::
         step-000400.damaged/       a checkpoint that could not be loaded, set aside by --resume
       best/                        adapter with the lowest validation loss (--save-best)
       training_summary.json, metrics.jsonl, runs/   the summary, metrics and TensorBoard events
+      trackers.json, wandb/        the wandb run id and (unless WANDB_DIR is set) wandb's files (--report-to)
 """
 
 from __future__ import annotations
@@ -41,15 +42,16 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 SUMMARY_FILE = "training_summary.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "runs"
+TRACKERS_FILE = "trackers.json"  # the wandb run id a resumed run continues (your_ai.train.sinks)
 TEMP_PREFIX = ".tmp-"
 DAMAGED_SUFFIX = ".damaged"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # What a training run writes into its output directory: the adapter and the tokenizer beside it
-# (PEFT adds a README.md model card), the summary, metrics, TensorBoard events, checkpoints, best/.
+# (PEFT adds a README.md model card), the summary, metrics, TensorBoard events, trackers' files, checkpoints, best/.
 _RUN_ENTRY = re.compile(
     r"^(adapter_.+|tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)|merges\.txt"
     r"|chat_template\.(jinja|json)|spiece\.model|README\.md|training_summary\.json|metrics\.jsonl|runs"
-    r"|checkpoints|best|\.tmp-.*)$"
+    r"|trackers\.json|wandb|checkpoints|best|\.tmp-.*)$"
 )
 # Entries only a training run writes: their presence marks a directory as a run's.
 RUN_MARKERS = (CHECKPOINTS_DIR, SUMMARY_FILE, METRICS_FILE, TENSORBOARD_DIR)

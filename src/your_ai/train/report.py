@@ -1,12 +1,13 @@
 """What a run reports: the loss parts and tokens since the last report (``MetricsWindow``), the progress bar,
-log lines, metrics JSONL and TensorBoard (``Reporter``; ``QuietReporter`` on the processes that do not
-write), and the plan printed before the first step.
+log lines and the records fed to the run's sinks, the metrics JSONL, TensorBoard and the trackers
+(``Reporter``; ``QuietReporter`` on the processes that do not write; ``open_reporting``, ``report_result``),
+and the plan printed before the first step.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.progress import (
@@ -20,7 +21,8 @@ from rich.progress import (
 
 from your_ai.objective.distrust import LossParts
 from your_ai.train.args import TrainingArgs
-from your_ai.train.outputs import METRICS_FILE, TENSORBOARD_DIR
+from your_ai.train.outputs import METRICS_FILE
+from your_ai.train.sinks import Sinks, open_sinks, parse_report_to
 
 
 class MetricsWindow:
@@ -66,18 +68,11 @@ class QuietReporter:
 
 
 class Reporter:
-    """Progress bar and log lines on the console, the metrics JSONL file, TensorBoard."""
+    """Progress bar and log lines on the console; each train and eval record to the run's ``sinks``."""
 
-    def __init__(self, console, output_dir: Path, args: TrainingArgs, start_step: int):
+    def __init__(self, console, sinks: Sinks, args: TrainingArgs, start_step: int):
         self.console = console
-        self.metrics_path = Path(args.metrics_file) if args.metrics_file else output_dir / METRICS_FILE
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        self.metrics = open(self.metrics_path, "a", encoding="utf-8")
-        self.writer = None
-        if args.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR), purge_step=start_step or None)
+        self.sinks = sinks
         self.progress = Progress(
             TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"), console=console, transient=True,
@@ -87,20 +82,11 @@ class Reporter:
         self.step_mode = args.step_mode
         self.progress.start()
 
-    def _write(self, record: dict) -> None:
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
-
     def train(self, step, epoch, window: MetricsWindow, learning_rate, grad_norm, peak_gb, elapsed) -> None:
         values = window.metrics()
         record = {"kind": "train", "step": step, "epoch": epoch, **values, "learning_rate": learning_rate,
                   "grad_norm": grad_norm, "peak_memory_gb": peak_gb, "elapsed_s": elapsed, "step_mode": self.step_mode}
-        self._write(record)
-        if self.writer is not None:
-            for key in ("loss", "cross_entropy", "distrust", "learning_rate", "grad_norm", "tokens_per_second",
-                        "peak_memory_gb"):
-                self.writer.add_scalar(f"train/{key}", record[key], step)
-            self.writer.flush()
+        self.sinks.record(record)
         line = (f"step {step}/{self.max_steps} | loss {values['loss']:.4f} | ce {values['cross_entropy']:.4f} | "
                 f"distrust {values['distrust']:.2f} | lr {learning_rate:.2e} | grad norm {grad_norm:.3f} | "
                 f"{values['tokens_per_second']:.0f} tok/s | peak {peak_gb:.2f} GB")
@@ -108,11 +94,7 @@ class Reporter:
         self.progress.update(self.task, completed=step, status=f"loss {values['loss']:.4f}")
 
     def eval(self, step: int, values: dict, saved_best: bool) -> None:
-        self._write({"kind": "eval", "step": step, **values})
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(f"val/{key[4:]}", value, step)
-            self.writer.flush()
+        self.sinks.record({"kind": "eval", "step": step, **values})
         best = " (best so far, saved to best/)" if saved_best else ""
         self.progress.console.print(
             f"step {step}: val loss {values['val_loss']:.4f} | val ce {values['val_cross_entropy']:.4f}{best}",
@@ -120,10 +102,28 @@ class Reporter:
         )
 
     def close(self) -> None:
+        """The progress bar goes; the sinks stay open for the summary (``report_result``)."""
         self.progress.stop()
-        self.metrics.close()
-        if self.writer is not None:
-            self.writer.close()
+
+
+def open_reporting(args: TrainingArgs, output_dir: Path, start_step: int, resumed: bool, writer: bool = True) -> Sinks:
+    """The sinks of a run: the metrics file (``--metrics-file``) and ``--report-to``'s, which get the resolved
+    settings as the run's config; none on a process that does not write. Use it as a ``with`` block."""
+    if not writer:
+        return Sinks([])
+    metrics_path = Path(args.metrics_file) if args.metrics_file else output_dir / METRICS_FILE
+    return open_sinks(metrics_path, output_dir, parse_report_to(args.report_to, args.tensorboard), asdict(args),
+                      start_step, resumed, project=args.project, run_name=args.run_name)
+
+
+def report_result(sinks: Sinks, result) -> None:
+    """The run's summary (``TrainResult``'s plain values) to the sinks, which are then closed with its exit code."""
+    values = {key: value for key, value in asdict(result).items()
+              if value is None or isinstance(value, (int, float, str, bool))}
+    if result.step_mode:
+        values["step_mode"] = result.step_mode["name"]
+    sinks.summary(values)
+    sinks.close(result.exit_code)
 
 
 def print_plan(console, args: TrainingArgs, model_line: str, trainable: int, data, notes: list[str],
