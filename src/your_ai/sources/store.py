@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from your_ai import __version__
+from your_ai.data.records import count_lines
 from your_ai.files import fsync_dir, read_json_object, write_json_atomic, writing
 from your_ai.sources.table import Source
 
@@ -71,14 +72,6 @@ def read_state(folder: Path, name: str) -> SourceState | None:
     if final.is_file():
         return SourceState(source=name, records=count_lines(final), bytes=final.stat().st_size, complete=True)
     return None
-
-
-def count_lines(path: Path) -> int:
-    count = 0
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            count += block.count(b"\n")
-    return count
 
 
 class SourceFile:
