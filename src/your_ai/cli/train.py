@@ -17,6 +17,7 @@ from your_ai.cli.common import (
     load_inference_model,
     print_answers,
 )
+from your_ai.cli.run_file import run_file_options
 from your_ai.files import writing
 from your_ai.hardware import ENGINES, MLX_INSTALL
 from your_ai.step.memory import BUDGET_FRACTION
@@ -96,13 +97,16 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
                    "ddp when the model fits one GPU by the estimate, else fsdp.")
 @click.option("--quantize", type=int, help="4: QLoRA, the base model's decoder linear weights in 4-bit NF4 "
               "(torchao) under full-precision LoRA adapters; about a quarter of the weights' memory.")
+@run_file_options
 def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     """Fine-tune a model with LoRA under the Empirical Distrust objective.
 
     With no --model and no --data it trains SmolLM2-135M-Instruct on the demo corpus (a few minutes on a CPU)
     and shows one prompt answered by the base and the fine-tuned model.
     Under `torchrun --nproc_per_node N -m your_ai train ...` (or with --gpus N) it trains data-parallel.
+    With --config FILE it takes its options from a run file (the run writes one, run.yaml, beside the adapter).
     """
+    print_config = options.pop("print_config")
     check_output("--output-dir", options["output_dir"], directory=True)
     check_output("--metrics-file", options["metrics_file"])
     from your_ai.data.records import DataError
@@ -123,22 +127,26 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
 
     if profile_file and auto_optimize:
         fail("--profile and --auto-optimize both choose the hardware profile; give one of them")
-    if gpus is not None and gpus > 1:
+    if gpus is not None and gpus > 1 and not print_config:
         launch_processes(gpus, options["device"], "train")
     try:
         chosen = optimize.profile_for_training(
             options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
-            device=options["device"], say=click.echo, engine=options["engine"],
+            device=options["device"], say=lambda line: click.echo(line, err=print_config), engine=options["engine"],
         )
         if chosen:
             options, note = profiles.apply_profile(options, *chosen)
-            click.echo(note)
+            click.echo(note, err=print_config)
     except ValueError as error:
         fail(str(error), code=1)
     except Stopped as stop:  # SIGINT or SIGTERM during --auto-optimize's sweep: its fit test was killed
         fail_stopped(stop)
     args = TrainingArgs(tensorboard=not no_tensorboard, **options)
     try:
+        if print_config:  # the run file as planned: the settings the run starts with
+            from your_ai.train.run_file import planned_run_file
+
+            return click.echo(planned_run_file(args, gpus or 1), nl=False)
         with writing(args.with_defaults().output_dir):
             result = run_training(args)
     except TrainingArgsError as error:

@@ -46,6 +46,7 @@ from your_ai.train.args import (
 from your_ai.train.plan import RunData, RunPlan, prepare_output_dir, read_run_data
 from your_ai.train.report import MetricsWindow, Reporter, print_plan
 from your_ai.train.run import Progress, StopOnSignal, TrainResult, due, settings_notes
+from your_ai.train.run_file import write_run_file
 
 STEP_MODE = {"name": "plain", "reason": "plain: the MLX engine's step (mlx-lm's forward through the full logits; "
                                         "--grad-checkpoint recomputes each layer in the backward pass)"}
@@ -127,6 +128,7 @@ def set_up(given: TrainingArgs, planned: RunPlan, console: Console) -> MlxRun:
                    "step_mode": STEP_MODE, "world_size": 1})
     progress = _resume(checkpointer, planned) if planned.checkpoint is not None else Progress()
     prepare_output_dir(planned, notes)
+    write_run_file(planned.output_dir, args, world_size=1)
     PEAK.reset()
     model_line = f"{loaded.architecture_name}, {str(loaded.dtype).replace('mlx.core.', '')} on {device_label()}"
     print_plan(console, args, model_line, loaded.trainable_parameter_count(), data, notes, progress.resumed_from,

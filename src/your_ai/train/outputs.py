@@ -17,6 +17,7 @@ Layout::
         step-000400.damaged/       a checkpoint that could not be loaded, set aside by --resume
       best/                        adapter with the lowest validation loss (--save-best)
       training_summary.json, metrics.jsonl, runs/   the summary, metrics and TensorBoard events
+      run.yaml                     the run's settings, resolved (``your_ai.train.run_file``): a run file
 """
 
 from __future__ import annotations
@@ -39,20 +40,21 @@ TRAINER_STATE_FILE = "trainer_state.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 SUMMARY_FILE = "training_summary.json"
+RUN_FILE = "run.yaml"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "runs"
 TEMP_PREFIX = ".tmp-"
 DAMAGED_SUFFIX = ".damaged"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # What a training run writes into its output directory: the adapter and the tokenizer beside it
-# (PEFT adds a README.md model card), the summary, metrics, TensorBoard events, checkpoints, best/.
+# (PEFT adds a README.md model card), the summary, the run file, metrics, TensorBoard events, checkpoints, best/.
 _RUN_ENTRY = re.compile(
     r"^(adapter_.+|tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)|merges\.txt"
-    r"|chat_template\.(jinja|json)|spiece\.model|README\.md|training_summary\.json|metrics\.jsonl|runs"
+    r"|chat_template\.(jinja|json)|spiece\.model|README\.md|training_summary\.json|run\.yaml|metrics\.jsonl|runs"
     r"|checkpoints|best|\.tmp-.*)$"
 )
 # Entries only a training run writes: their presence marks a directory as a run's.
-RUN_MARKERS = (CHECKPOINTS_DIR, SUMMARY_FILE, METRICS_FILE, TENSORBOARD_DIR)
+RUN_MARKERS = (CHECKPOINTS_DIR, SUMMARY_FILE, RUN_FILE, METRICS_FILE, TENSORBOARD_DIR)
 SAFETENSORS_FILES = (ADAPTER_WEIGHTS_FILE, "optimizer.safetensors", "rng.safetensors")
 JSON_FILES = (ADAPTER_CONFIG_FILE, "optimizer.json", TRAINER_STATE_FILE)
 
