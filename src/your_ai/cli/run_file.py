@@ -131,12 +131,6 @@ def _expected(kind: click.ParamType) -> str | None:
     return next((said for known, said in words.items() if isinstance(kind, known)), None)
 
 
-def settings_text(settings: dict) -> str:
-    from your_ai.train.run_file import settings_text as text
-
-    return text(settings)
-
-
 CONFIG_OPTION = click.option(
     "--config", type=click.Path(exists=True, dir_okay=False), is_eager=True, expose_value=False,
     callback=read_run_file, help="Read the options from this run file (YAML, `option_name: value` a line); "
@@ -158,8 +152,10 @@ def printed_run_file_options(function: Callable) -> Callable:
     def command(print_config: bool, **options):
         if not print_config:
             return function(**options)
-        context = click.get_current_context()
-        shown = {name: value for name, value in options.items() if name in option_names(context.command)}
-        click.echo(settings_text(shown), nl=False)
+        from your_ai.train.run_file import settings_text
+
+        command = click.get_current_context().command
+        shown = {option.name: options[option.name] for option in command.params if option.name in options}
+        click.echo(settings_text(shown, command.name), nl=False)
 
     return run_file_options(command)

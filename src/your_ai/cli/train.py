@@ -110,9 +110,6 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     check_output("--output-dir", options["output_dir"], directory=True)
     check_output("--metrics-file", options["metrics_file"])
     from your_ai.data.records import DataError
-    from your_ai.fit import profiles
-    from your_ai.fit import sweep as optimize
-    from your_ai.fit.runner import Stopped
     from your_ai.model.errors import ModelResolutionError
     from your_ai.model.quantize import QuantizationError
     from your_ai.train.args import (
@@ -129,18 +126,7 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
         fail("--profile and --auto-optimize both choose the hardware profile; give one of them")
     if gpus is not None and gpus > 1 and not print_config:
         launch_processes(gpus, options["device"], "train")
-    try:
-        chosen = optimize.profile_for_training(
-            options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
-            device=options["device"], say=lambda line: click.echo(line, err=print_config), engine=options["engine"],
-        )
-        if chosen:
-            options, note = profiles.apply_profile(options, *chosen)
-            click.echo(note, err=print_config)
-    except ValueError as error:
-        fail(str(error), code=1)
-    except Stopped as stop:  # SIGINT or SIGTERM during --auto-optimize's sweep: its fit test was killed
-        fail_stopped(stop)
+    options = _with_profile(options, profile_file, auto_optimize, say=lambda line: click.echo(line, err=print_config))
     args = TrainingArgs(tensorboard=not no_tensorboard, **options)
     try:
         if print_config:  # the run file as planned: the settings the run starts with
@@ -181,6 +167,27 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     if options["data"] is None:  # the demo: show what the fine-tuning changed
         _show_demo_comparison(result.output_dir, options["device"])
     click.echo(f"Try it: your-ai generate --checkpoint {result.output_dir} --prompt \"...\" --compare")
+
+
+def _with_profile(options: dict, profile_file: str | None, auto_optimize: bool, say) -> dict:
+    """``options`` with the hardware profile of --profile or --auto-optimize filling the settings still unset."""
+    from your_ai.fit import profiles
+    from your_ai.fit import sweep as optimize
+    from your_ai.fit.runner import Stopped
+
+    try:
+        chosen = optimize.profile_for_training(
+            options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
+            device=options["device"], say=say, engine=options["engine"],
+        )
+        if chosen:
+            options, note = profiles.apply_profile(options, *chosen)
+            say(note)
+    except ValueError as error:
+        fail(str(error), code=1)
+    except Stopped as stop:  # SIGINT or SIGTERM during --auto-optimize's sweep: its fit test was killed
+        fail_stopped(stop)
+    return options
 
 
 def _show_demo_comparison(checkpoint, device) -> None:

@@ -111,7 +111,8 @@ def set_up(given: TrainingArgs, planned: RunPlan, console: Console) -> MlxRun:
     """Data first (read, checked and scored before anything is loaded or written), then the model, the
     optimizer, a resumed run's state; the plan is printed last."""
     started = time.perf_counter()
-    args, notes = replace(planned.args, step_mode="plain"), [*planned.notes, *settings_notes(given, planned)]
+    args = replace(planned.args, step_mode="plain", packing=False)  # the plain step, on padded batches
+    notes = [*planned.notes, *settings_notes(given, planned)]
     data = read_run_data(planned, notes)
     resolved = resolve_model(args.model)
     check_lora_rank(args, resolved)

@@ -21,7 +21,7 @@ from your_ai.train.outputs import RUN_FILE
 from your_ai.train.plan import planned_args
 
 NOT_SETTINGS = ("resume", "overwrite")  # what one invocation does with the output directory
-HEADER = "# A your-ai run file: `your-ai train --config FILE` runs with these settings (docs/run-files.md).\n"
+HEADER = "# A your-ai run file: `your-ai {command} --config FILE` runs with these settings (docs/run-files.md).\n"
 
 
 def run_settings(args: TrainingArgs, world_size: int) -> dict:
@@ -37,11 +37,11 @@ def run_settings(args: TrainingArgs, world_size: int) -> dict:
     return settings
 
 
-def settings_text(settings: dict) -> str:
-    """Settings as the text of a run file: one ``name: value`` line each, in the order given."""
+def settings_text(settings: dict, command: str = "train") -> str:
+    """Settings of ``command`` as the text of a run file: one ``name: value`` line each, in the order given."""
     import yaml
 
-    return HEADER + yaml.safe_dump(settings, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return HEADER.format(command=command) + yaml.safe_dump(settings, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def write_run_file(output_dir: Path, args: TrainingArgs, world_size: int) -> Path:
