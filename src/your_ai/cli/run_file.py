@@ -25,6 +25,8 @@ LINES = "run_file_lines"  # ctx.meta: {parameter name: "path:line"} of the value
 
 
 def fail(message: str) -> NoReturn:
+    """End the command with ``Error: message``, exit code 2 (``common.fail`` without its run-file prefix: a
+    message about the run file names the file and line itself)."""
     raise UserError(message, exit_code=2)
 
 
@@ -46,7 +48,8 @@ def where_given(message: str) -> str:
     option = option_names(context.command).get(found.group(1).replace("-", "_"))
     if option is None or context.get_parameter_source(option.name) != ParameterSource.DEFAULT_MAP:
         return message
-    return f"{context.meta[LINES].get(option.name, '')}: {message}".lstrip(": ")
+    where = context.meta[LINES].get(option.name)
+    return f"{where}: {message}" if where else message
 
 
 def run_file_values(path: str, ctx: click.Context) -> dict[str, Any]:
@@ -60,7 +63,7 @@ def run_file_values(path: str, ctx: click.Context) -> dict[str, Any]:
             root = yaml.compose(handle, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
-        fail(f"{path}:{mark.line + 1}: not valid YAML ({error.problem or error.context})")
+        fail(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML ({error.problem or error.context})")
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         fail(f"{path}: cannot be read as a run file ({error})")
     if root is None:
@@ -154,8 +157,8 @@ def printed_run_file_options(function: Callable) -> Callable:
             return function(**options)
         from your_ai.train.run_file import settings_text
 
-        command = click.get_current_context().command
-        shown = {option.name: options[option.name] for option in command.params if option.name in options}
-        click.echo(settings_text(shown, command.name), nl=False)
+        current = click.get_current_context().command
+        shown = {option.name: options[option.name] for option in current.params if option.name in options}
+        click.echo(settings_text(shown, current.name), nl=False)
 
     return run_file_options(command)
