@@ -18,8 +18,11 @@ POSITIVE = click.IntRange(min=1)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """End the command with ``Error: message`` and exit code ``code`` (shown by ``_Commands``)."""
-    raise UserError(message, exit_code=code)
+    """End the command with ``Error: message`` and exit code ``code`` (shown by ``_Commands``); a message about
+    a flag whose value a run file gave names the file and line first."""
+    from your_ai.cli.run_file import where_given
+
+    raise UserError(where_given(message), exit_code=code)
 
 
 def check_output(flag: str, path: str | None, directory: bool = False) -> None:
@@ -38,8 +41,9 @@ def load_inference_model(model, checkpoint, device, trust_remote_code, engine=No
 
 
 def launch_processes(count: int, device: str | None, command: str) -> None:
-    """Run this command again under torchrun on ``count`` processes (without ``--gpus``) and exit with its code;
-    refused with check_gpus' message on a machine without ``count`` GPUs."""
+    """Run this command again under torchrun on ``count`` processes (without ``--gpus``; the options a run file
+    gave pass as flags) and exit with its code; refused with check_gpus' message on a machine without ``count``
+    GPUs."""
     from your_ai.train import launch as distributed
     try:
         distributed.check_gpus(count, device)
@@ -61,18 +65,19 @@ def launch_processes(count: int, device: str | None, command: str) -> None:
 
 
 def is_default(context: click.Context, name: str) -> bool:
-    """The option ``name`` was not given on the command line (its value is the default)."""
+    """The option ``name`` was given neither on the command line nor by a run file (its value is the default)."""
     from click.core import ParameterSource
 
     return context.get_parameter_source(name) in (ParameterSource.DEFAULT, None)
 
 
 def given_arguments(context: click.Context, skip: tuple[str, ...] = ()) -> list[str]:
-    """The options given on this command line (not defaults), as arguments for the same command again."""
+    """The options given on this command line or by its run file (not defaults), as arguments for the same
+    command again (``--config`` itself is not repeated: its values are)."""
     arguments: list[str] = []
     for parameter in context.command.params:
         name = parameter.name
-        if name in skip or not isinstance(parameter, click.Option):
+        if name in skip or name not in context.params or not isinstance(parameter, click.Option):
             continue
         if is_default(context, name):
             continue
@@ -81,6 +86,8 @@ def given_arguments(context: click.Context, skip: tuple[str, ...] = ()) -> list[
         if parameter.is_flag:
             if value:
                 arguments.append(flag)
+            elif parameter.secondary_opts:  # --no-packing
+                arguments.append(max(parameter.secondary_opts, key=len))
         elif value is not None:
             arguments += [flag, str(value)]
     return arguments

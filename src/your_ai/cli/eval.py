@@ -17,6 +17,7 @@ from your_ai.cli.common import (
     print_answers,
     progress_lines,
 )
+from your_ai.cli.run_file import printed_run_file_options
 from your_ai.eval.suite import SuiteError, load_suite
 from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
 from your_ai.hardware import ENGINES
@@ -144,6 +145,7 @@ def export(checkpoint, output, model, force, device, trust_remote_code):
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @ENGINE_OPTION
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@printed_run_file_options
 def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, limit, suite_path, batch_size,
              raw, device, engine, trust_remote_code):
     """Run the censorship and authority-bias suite (and TruthfulQA MC1) on a model.

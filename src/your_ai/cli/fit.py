@@ -14,6 +14,7 @@ from your_ai.cli.common import (
     fail_stopped,
     launch_processes,
 )
+from your_ai.cli.run_file import printed_run_file_options
 from your_ai.fit.plan import (
     DEFAULT_LOG,
     DEFAULT_STEPS,
@@ -130,6 +131,7 @@ def _fit_options(function):
               help="Fit-test LoRA layers (the last N, clamped to the model).")
 @click.option("--steps", type=POSITIVE, default=DEFAULT_STEPS, show_default=True, help="Training steps per fit test.")
 @_fit_options
+@printed_run_file_options
 def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log_path, force, batch_size,
               lora_rank, lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, engine, synthetic, timeout,
               gpus, strategy, quantize):
@@ -183,6 +185,7 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
 @_fit_options
+@printed_run_file_options
 def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, step_mode, device, engine,
              synthetic, timeout, gpus, strategy, quantize):
     """Sweep batch size x LoRA rank x layers for the fastest config that fits; save a hardware profile.

@@ -17,6 +17,7 @@ from your_ai.cli.common import (
     load_inference_model,
     print_answers,
 )
+from your_ai.cli.run_file import run_file_options
 from your_ai.files import writing
 from your_ai.hardware import ENGINES, MLX_INSTALL
 from your_ai.step.memory import BUDGET_FRACTION
@@ -117,20 +118,20 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
                    "ddp when the model fits one GPU by the estimate, else fsdp.")
 @click.option("--quantize", type=int, help="4: QLoRA, the base model's decoder linear weights in 4-bit NF4 "
               "(torchao) under full-precision LoRA adapters; about a quarter of the weights' memory.")
+@run_file_options
 def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     """Fine-tune a model with LoRA under the Empirical Distrust objective.
 
     With no --model and no --data it trains SmolLM2-135M-Instruct on the demo corpus (a few minutes on a CPU)
     and shows one prompt answered by the base and the fine-tuned model.
     Under `torchrun --nproc_per_node N -m your_ai train ...` (or with --gpus N) it trains data-parallel.
+    With --config FILE it takes its options from a run file (the run writes one, run.yaml, beside the adapter).
     """
+    print_config = options.pop("print_config")
     check_output("--output-dir", options["output_dir"], directory=True)
     check_output("--metrics-file", options["metrics_file"])
     _check_trackers(options["report_to"], no_tensorboard)
     from your_ai.data.records import DataError
-    from your_ai.fit import profiles
-    from your_ai.fit import sweep as optimize
-    from your_ai.fit.runner import Stopped
     from your_ai.model.errors import ModelResolutionError
     from your_ai.model.quantize import QuantizationError
     from your_ai.train.args import (
@@ -145,22 +146,15 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
 
     if profile_file and auto_optimize:
         fail("--profile and --auto-optimize both choose the hardware profile; give one of them")
-    if gpus is not None and gpus > 1:
+    if gpus is not None and gpus > 1 and not print_config:
         launch_processes(gpus, options["device"], "train")
-    try:
-        chosen = optimize.profile_for_training(
-            options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
-            device=options["device"], say=click.echo, engine=options["engine"],
-        )
-        if chosen:
-            options, note = profiles.apply_profile(options, *chosen)
-            click.echo(note)
-    except ValueError as error:
-        fail(str(error), code=1)
-    except Stopped as stop:  # SIGINT or SIGTERM during --auto-optimize's sweep: its fit test was killed
-        fail_stopped(stop)
+    options = _with_profile(options, profile_file, auto_optimize, say=lambda line: click.echo(line, err=print_config))
     args = TrainingArgs(tensorboard=not no_tensorboard, **options)
     try:
+        if print_config:  # the run file as planned: the settings the run starts with
+            from your_ai.train.run_file import planned_run_file
+
+            return click.echo(planned_run_file(args, gpus or 1), nl=False)
         with writing(args.with_defaults().output_dir):
             result = run_training(args)
     except TrainingArgsError as error:
@@ -203,6 +197,27 @@ def _check_trackers(report_to, no_tensorboard) -> None:
         check_installed(parse_report_to(report_to, not no_tensorboard))
     except ValueError as error:
         fail(str(error))
+
+
+def _with_profile(options: dict, profile_file: str | None, auto_optimize: bool, say) -> dict:
+    """``options`` with the hardware profile of --profile or --auto-optimize filling the settings still unset."""
+    from your_ai.fit import profiles
+    from your_ai.fit import sweep as optimize
+    from your_ai.fit.runner import Stopped
+
+    try:
+        chosen = optimize.profile_for_training(
+            options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
+            device=options["device"], say=say, engine=options["engine"],
+        )
+        if chosen:
+            options, note = profiles.apply_profile(options, *chosen)
+            say(note)
+    except ValueError as error:
+        fail(str(error), code=1)
+    except Stopped as stop:  # SIGINT or SIGTERM during --auto-optimize's sweep: its fit test was killed
+        fail_stopped(stop)
+    return options
 
 
 def _show_demo_comparison(checkpoint, device) -> None:

@@ -52,6 +52,7 @@ from your_ai.train.report import (
     report_result,
 )
 from your_ai.train.run import Progress, StopOnSignal, TrainResult, due, settings_notes
+from your_ai.train.run_file import write_run_file
 from your_ai.train.sinks import Sinks
 
 STEP_MODE = {"name": "plain", "reason": "plain: the MLX engine's step (mlx-lm's forward through the full logits; "
@@ -120,7 +121,8 @@ def set_up(given: TrainingArgs, planned: RunPlan, console: Console) -> MlxRun:
     """Data first (read, checked and scored before anything is loaded or written), then the model, the
     optimizer, a resumed run's state; the plan is printed last."""
     started = time.perf_counter()
-    args, notes = replace(planned.args, step_mode="plain"), [*planned.notes, *settings_notes(given, planned)]
+    args = replace(planned.args, step_mode="plain", packing=False)  # the plain step, on padded batches
+    notes = [*planned.notes, *settings_notes(given, planned)]
     data = read_run_data(planned, notes)
     resolved = resolve_model(args.model)
     check_lora_rank(args, resolved)
@@ -137,6 +139,7 @@ def set_up(given: TrainingArgs, planned: RunPlan, console: Console) -> MlxRun:
                    "step_mode": STEP_MODE, "world_size": 1})
     progress = _resume(checkpointer, planned) if planned.checkpoint is not None else Progress()
     prepare_output_dir(planned, notes)
+    write_run_file(planned.output_dir, args, world_size=1)
     PEAK.reset()
     model_line = f"{loaded.architecture_name}, {str(loaded.dtype).replace('mlx.core.', '')} on {device_label()}"
     print_plan(console, args, model_line, loaded.trainable_parameter_count(), data, notes, progress.resumed_from,

@@ -119,6 +119,8 @@ class TrainingArgs:
         if not self.resume and any(values[key] is None for key in table_fields):  # resumed: the checkpoint's
             data = values["data"]
             values.update(default_choice(self).values(values, lambda: count_training_records(data)))
+        if values["lora_alpha"] is None and values["lora_rank"] is not None:
+            values["lora_alpha"] = LoraSettings(rank=values["lora_rank"]).effective_alpha
         if values["output_dir"] is None:
             values["output_dir"] = default_output_dir(model)
         if values["eval_every"] is None:

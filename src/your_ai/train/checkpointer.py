@@ -1,6 +1,6 @@
 """The run's writer of checkpoints and adapters: ``Checkpointer`` owns every write into the output
-directory during a run (checkpoints that resume exactly, keep-last, best/, the final adapter, the
-summary) and resuming from a checkpoint. The file formats are ``your_ai.train.checkpoints``'.
+directory during a run (the run file, checkpoints that resume exactly, keep-last, best/, the final adapter,
+the summary) and resuming from a checkpoint. The file formats are ``your_ai.train.checkpoints``'.
 
 Under a sharded strategy every process takes part in gathering the full states; the writer alone writes.
 """
@@ -24,6 +24,7 @@ from your_ai.train.outputs import SUMMARY_FILE, checkpoints_dir, step_dir_name
 from your_ai.train.parallel import Strategy
 from your_ai.train.plan import RunPlan, prepare_output_dir
 from your_ai.train.run import Progress
+from your_ai.train.run_file import write_run_file
 
 
 class Checkpointer:
@@ -41,6 +42,11 @@ class Checkpointer:
         damaged checkpoints aside (renamed, not deleted); unfinished temporary writes are removed."""
         if self.strategy.is_writer:
             prepare_output_dir(planned, notes)
+
+    def save_run_file(self, args) -> None:
+        """The run's settings as the run uses them (``args``), as a run file beside the adapter."""
+        if self.strategy.is_writer:
+            write_run_file(self.output_dir, args, self.strategy.world.size)
 
     def resume(self, checkpoint: Path) -> Progress:
         """The adapter, optimizer, schedule and random states of ``checkpoint``; returns its progress."""

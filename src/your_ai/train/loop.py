@@ -171,6 +171,7 @@ def _set_up(given: TrainingArgs, planned: RunPlan, world: World, device: str, co
                                              "world_size": world.size})
     progress = checkpointer.resume(planned.checkpoint) if planned.checkpoint is not None else Progress()
     checkpointer.prepare(planned, notes)
+    checkpointer.save_run_file(args)
     peak = PeakMemory(device)
     peak.reset()
     model_line = f"{loaded.architecture_name}, {str(loaded.dtype).replace('torch.', '')} on {device}"

@@ -18,6 +18,7 @@ Layout::
       best/                        adapter with the lowest validation loss (--save-best)
       training_summary.json, metrics.jsonl, runs/   the summary, metrics and TensorBoard events
       trackers.json, wandb/        the wandb run id and (unless WANDB_DIR is set) wandb's files (--report-to)
+      run.yaml                     the run's settings, resolved (``your_ai.train.run_file``): a run file
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 SUMMARY_FILE = "training_summary.json"
+RUN_FILE = "run.yaml"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "runs"
 TRACKERS_FILE = "trackers.json"  # the wandb run id a resumed run continues (your_ai.train.sinks)
@@ -47,14 +49,15 @@ TEMP_PREFIX = ".tmp-"
 DAMAGED_SUFFIX = ".damaged"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # What a training run writes into its output directory: the adapter and the tokenizer beside it
-# (PEFT adds a README.md model card), the summary, metrics, TensorBoard events, trackers' files, checkpoints, best/.
+# (PEFT adds a README.md model card), the summary, the run file, metrics, TensorBoard events, trackers' files,
+# checkpoints, best/.
 _RUN_ENTRY = re.compile(
     r"^(adapter_.+|tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab\.(json|txt)|merges\.txt"
-    r"|chat_template\.(jinja|json)|spiece\.model|README\.md|training_summary\.json|metrics\.jsonl|runs"
+    r"|chat_template\.(jinja|json)|spiece\.model|README\.md|training_summary\.json|run\.yaml|metrics\.jsonl|runs"
     r"|trackers\.json|wandb|checkpoints|best|\.tmp-.*)$"
 )
 # Entries only a training run writes: their presence marks a directory as a run's.
-RUN_MARKERS = (CHECKPOINTS_DIR, SUMMARY_FILE, METRICS_FILE, TENSORBOARD_DIR)
+RUN_MARKERS = (CHECKPOINTS_DIR, SUMMARY_FILE, RUN_FILE, METRICS_FILE, TENSORBOARD_DIR)
 SAFETENSORS_FILES = (ADAPTER_WEIGHTS_FILE, "optimizer.safetensors", "rng.safetensors")
 JSON_FILES = (ADAPTER_CONFIG_FILE, "optimizer.json", TRAINER_STATE_FILE)
 

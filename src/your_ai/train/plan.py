@@ -111,9 +111,7 @@ def plan_run(given: TrainingArgs) -> RunPlan:
         raise TrainingError(f"--output-dir {output_dir} is a file; pass a directory")
     if not given.resume:
         replaced = _check_new_run_dir(output_dir, given.overwrite)
-        args = replace(provisional, data=str(Path(provisional.data).resolve()), model=_absolute_if_dir(provisional.model))
-        args.validate()
-        return RunPlan(args, output_dir, replaced=replaced)
+        return RunPlan(_new_run_args(provisional), output_dir, replaced=replaced)
     point = find_resumable_checkpoint(output_dir)
     if point.checkpoint is None:
         raise TrainingError(_nothing_to_resume(output_dir, point.damaged))
@@ -121,6 +119,22 @@ def plan_run(given: TrainingArgs) -> RunPlan:
     args = merge_for_resume(given, state["args"], output_dir)
     args.validate()
     return RunPlan(args, output_dir, point.checkpoint, state, point.notes, [path for path, _ in point.damaged])
+
+
+def planned_args(given: TrainingArgs) -> TrainingArgs:
+    """The settings ``plan_run`` gives a run of ``given`` (a resumed run's from its checkpoint), without the
+    output directory's rules for a new run: what ``train --print-config`` shows."""
+    if given.resume:
+        return plan_run(given).args
+    given.validate()
+    return _new_run_args(given.with_defaults())
+
+
+def _new_run_args(provisional: TrainingArgs) -> TrainingArgs:
+    """A new run's settings with the data and a model directory as absolute paths, checked."""
+    args = replace(provisional, data=str(Path(provisional.data).resolve()), model=_absolute_if_dir(provisional.model))
+    args.validate()
+    return args
 
 
 def prepare_output_dir(planned: RunPlan, notes: list[str]) -> None:
