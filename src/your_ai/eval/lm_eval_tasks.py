@@ -242,11 +242,14 @@ def unavailable_reason(error: OSError, name: str, offline: str | None) -> str:
     if dataset is None or offline is None or dataset[1] in LOCAL_BUILDERS or Path(dataset[1]).exists():
         return f"its data could not be loaded: {_first_line(error)}"
     task, path, config = dataset
-    whose = "its data" if task == name else f"the data of its task {task}"
     shown = f"{path}, {config}" if config else path
-    call = f"datasets.load_dataset({path!r}" + (f", {config!r}" if config else "") + ")"
-    return (f"{whose} ({shown}) are not in the datasets cache and {offline}; download them once on a connected "
-            f"machine with python -c \"import datasets; {call}\" and copy the datasets cache here, "
+    call = f"python -c \"import datasets; datasets.load_dataset({path!r}" + (f", {config!r}" if config else "") + ")\""
+    if task == name:
+        missing, download = f"its data ({shown}) are", f"download them once on a connected machine with {call}"
+    else:  # a group or tag: the first of its tasks found without data
+        missing = f"the data of {task}, one of its tasks, ({shown}) are"
+        download = f"download the data of each of its tasks once on a connected machine, e.g. {call},"
+    return (f"{missing} not in the datasets cache and {offline}; {download} and copy the datasets cache here, "
             f"or set HF_DATASETS_CACHE to a cache that holds them")
 
 
@@ -287,6 +290,15 @@ def metric_values(row: dict) -> dict[str, tuple[float | None, float | None]]:
     return found
 
 
+def _sample_count(results: dict, task: str, which: str = "effective") -> int | None:
+    """The samples a task was scored on (``effective``) or holds (``original``); a group's, summed over its tasks."""
+    subtasks = results.get("group_subtasks", {}).get(task)
+    if subtasks:
+        counts = [_sample_count(results, subtask, which) for subtask in subtasks]
+        return sum(count for count in counts if count is not None)
+    return results.get("n-samples", {}).get(task, {}).get(which)
+
+
 @dataclass
 class LmEvalResult:
     """lm-eval's results for each run (``base``, and ``fine-tuned`` with an adapter), and the skipped tasks."""
@@ -320,10 +332,9 @@ class LmEvalResult:
 
     def task_dict(self, task: str) -> dict:
         results = next(iter(self.runs.values()))
-        counts = results.get("n-samples", {}).get(task, {})
-        return {"num_fewshot": results.get("n-shot", {}).get(task), "samples": counts.get("effective"),
-                "samples_in_task": counts.get("original"), "group": bool(results.get("group_subtasks", {}).get(task)),
-                "metrics": self.metrics(task)}
+        return {"num_fewshot": results.get("n-shot", {}).get(task), "samples": _sample_count(results, task),
+                "samples_in_task": _sample_count(results, task, "original"),
+                "group": bool(results.get("group_subtasks", {}).get(task)), "metrics": self.metrics(task)}
 
     def samples(self, label: str) -> dict[str, list[dict]]:
         """Every scored sample of a run: its doc id, target, lm-eval's (filtered) responses and metrics."""
