@@ -176,6 +176,9 @@ def prepare_tasks(names: list[str], include: tuple | list = ()) -> PreparedTasks
     quiet_lm_eval()
     from lm_eval.tasks import TaskManager
 
+    if not hasattr(TaskManager, "load"):  # the task API of lm-eval 0.4.13
+        raise LmEvalError(f"--lm-eval needs lm-evaluation-harness 0.4.13 or later (found {_lm_eval_version()}): "
+                          f"pip install -U 'your-ai[lm-eval]'", exit_code=2)
     manager = TaskManager(include_path=folders or None)
     known = manager.task_index
     for name in names:
@@ -188,7 +191,7 @@ def prepare_tasks(names: list[str], include: tuple | list = ()) -> PreparedTasks
             built[name] = _build(manager, name)
         except OSError as error:  # data not available: not cached while offline, a missing file, ...
             skipped.append(SkippedTask(name, unavailable_reason(error, name, offline)))
-        except (ValueError, TypeError, KeyError, ImportError) as error:
+        except task_errors() as error:
             raise LmEvalError(f"--lm-eval {name}: lm-eval cannot build this task: {_first_line(error)}") from None
     prepared = PreparedTasks(names, built, skipped, manager, folders, offline)
     try:
@@ -208,15 +211,32 @@ def _build(manager, name: str):
     return list(loaded["tasks"].values())
 
 
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
 def unknown_task_line(name: str, known: list[str], folders: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    where = f" or in {', '.join(folders)}" if folders else ""
-    return (f"--lm-eval {name}: no such lm-eval task, group or tag{where}; {hint}"
+    if folders:
+        return (f"--lm-eval {name}: no such task, group or tag in lm-eval or in {', '.join(folders)}; {hint}"
+                f"`lm-eval ls tasks` lists lm-eval's; a YAML that lm-eval cannot read is left out: check its syntax")
+    return (f"--lm-eval {name}: no such lm-eval task, group or tag; {hint}"
             f"`lm-eval ls tasks` lists them; your own task YAMLs go in a folder given with --lm-eval-include")
 
 
+def task_errors() -> tuple[type[Exception], ...]:
+    """What lm-eval raises for a task its YAML describes wrongly (a bad field, split or template)."""
+    from jinja2 import TemplateError
+
+    return ValueError, TypeError, KeyError, ImportError, TemplateError
+
+
 def _first_line(error: BaseException) -> str:
+    if isinstance(error, KeyError) and error.args:
+        return f"no {error.args[0]!r} (a split, column or field that the task's YAML names?)"
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -359,7 +379,6 @@ def run_tasks(im, prepared: PreparedTasks, *, limit: int | None = None, num_fews
     """Evaluate the prepared tasks with lm-eval on ``im`` as loaded, the adapter switched off (``base``) and,
     when ``im`` has one, on (``fine-tuned``); ``announce(line)`` hears as each run starts and ends."""
     import time
-    from importlib.metadata import version
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -368,7 +387,7 @@ def run_tasks(im, prepared: PreparedTasks, *, limit: int | None = None, num_fews
     settings = {"limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size, "chat_template": False,
                 "include": prepared.include, "offline": prepared.offline, "device": str(im.device),
                 "dtype": str(getattr(im.model, "dtype", "")).replace("torch.", "")}
-    result = LmEvalResult(settings, {}, list(prepared.skipped), version("lm_eval"))
+    result = LmEvalResult(settings, {}, list(prepared.skipped), _lm_eval_version())
     tasks = prepared.objects()
     if not tasks:
         return result
@@ -378,10 +397,13 @@ def run_tasks(im, prepared: PreparedTasks, *, limit: int | None = None, num_fews
         if announce:
             announce(f"{label}: lm-eval {', '.join(n for n in prepared.names if n in prepared.built)}")
         switch = im.model.disable_adapter() if label == BASE and im.has_adapter else nullcontext()
-        with switch:
-            result.runs[label] = simple_evaluate(model, tasks=tasks, task_manager=prepared.task_manager,
-                                                 limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
-                                                 log_samples=True)
+        try:
+            with switch:
+                result.runs[label] = simple_evaluate(model, tasks=tasks, task_manager=prepared.task_manager,
+                                                     limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
+                                                     log_samples=True)
+        except task_errors() as error:
+            raise LmEvalError(f"--lm-eval: lm-eval failed on {', '.join(prepared.built)}: {_first_line(error)}") from None
         if announce:
             announce(f"{label}: lm-eval done, {time.monotonic() - started:.0f} s")
     return result
