@@ -143,7 +143,7 @@ def test_an_unreachable_hub_turns_offline_at_once(monkeypatch):
 
     from your_ai.eval.lm_eval_tasks import offline_reason
 
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     started = time.monotonic()

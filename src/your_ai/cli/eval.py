@@ -154,7 +154,7 @@ def export(checkpoint, output, model, force, device, trust_remote_code):
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
 def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, limit, suite_path, batch_size,
              raw, lm_eval, lm_eval_include, lm_eval_limit, lm_eval_fewshot, device, engine, trust_remote_code):
-    """Run the censorship and authority-bias suite (and TruthfulQA MC1) on a model.
+    """Run the censorship and authority-bias suite (and TruthfulQA MC1, lm-evaluation-harness tasks) on a model.
 
     Exits 0 when the run completes, whatever the scores; 1 for a bad file, model or checkpoint.
     """

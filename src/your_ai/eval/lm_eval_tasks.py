@@ -73,18 +73,26 @@ def _is_set(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in TRUE_VALUES
 
 
-def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """Whether a TCP connection to the Hub (``HF_ENDPOINT``, or the HTTPS proxy) opens within ``timeout``
-    seconds; name resolution included, which a thread bounds."""
+def hub_address() -> tuple[str | None, int]:
+    """Where a connection to the Hub goes first: the proxy for its scheme when one is set
+    (``HTTPS_PROXY``, ``HTTP_PROXY``), else ``HF_ENDPOINT`` (default huggingface.co)."""
     endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") if endpoint.scheme == "https" else None
-    target = urllib.parse.urlsplit(proxy if "//" in (proxy or "//") else f"http://{proxy}") if proxy else endpoint
-    port = target.port or (443 if target.scheme == "https" else 80)
+    variable = f"{endpoint.scheme}_proxy"
+    proxy = os.environ.get(variable.upper()) or os.environ.get(variable)
+    if proxy:
+        endpoint = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to the Hub (``hub_address``) opens within ``timeout`` seconds, name
+    resolution included (a thread bounds it)."""
+    host, port = hub_address()
     reached: list[bool] = []
 
     def connect() -> None:
         try:
-            socket.create_connection((target.hostname, port), timeout=timeout).close()
+            socket.create_connection((host, port), timeout=timeout).close()
             reached.append(True)
         except (OSError, ValueError):
             reached.append(False)
@@ -395,7 +403,7 @@ def run_tasks(im, prepared: PreparedTasks, *, limit: int | None = None, num_fews
     for label in ([BASE, FINE_TUNED] if im.has_adapter else [BASE]):
         started = time.monotonic()
         if announce:
-            announce(f"{label}: lm-eval {', '.join(n for n in prepared.names if n in prepared.built)}")
+            announce(f"{label}: lm-eval: {', '.join(prepared.built)}")
         switch = im.model.disable_adapter() if label == BASE and im.has_adapter else nullcontext()
         try:
             with switch:
@@ -405,7 +413,7 @@ def run_tasks(im, prepared: PreparedTasks, *, limit: int | None = None, num_fews
         except task_errors() as error:
             raise LmEvalError(f"--lm-eval: lm-eval failed on {', '.join(prepared.built)}: {_first_line(error)}") from None
         if announce:
-            announce(f"{label}: lm-eval done, {time.monotonic() - started:.0f} s")
+            announce(f"{label}: lm-eval: done, {time.monotonic() - started:.0f} s elapsed")
     return result
 
 
