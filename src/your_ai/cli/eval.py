@@ -142,18 +142,28 @@ def export(checkpoint, output, model, force, device, trust_remote_code):
               help="Prompts generated or scored together.")
 @click.option("--raw", "--no-chat", "raw", is_flag=True,
               help="Send prompts as plain text even when the tokenizer has a chat template.")
+@click.option("--lm-eval", "lm_eval", metavar="TASKS", help="Also run lm-evaluation-harness tasks (comma-separated "
+              "task, group or tag names, e.g. arc_easy,hellaswag) on the base and the fine-tuned model; "
+              "needs pip install 'your-ai[lm-eval]'.")
+@click.option("--lm-eval-include", multiple=True, type=click.Path(file_okay=False),
+              help="A folder of your own lm-eval task YAMLs (repeatable).")
+@click.option("--lm-eval-limit", type=click.IntRange(min=1), help="Quick run: at most N samples per lm-eval task.")
+@click.option("--lm-eval-fewshot", type=click.IntRange(min=0),
+              help="Few-shot examples in each lm-eval prompt (default: each task's own).")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @ENGINE_OPTION
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
 @printed_run_file_options
 def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, limit, suite_path, batch_size,
-             raw, device, engine, trust_remote_code):
-    """Run the censorship and authority-bias suite (and TruthfulQA MC1) on a model.
+             raw, lm_eval, lm_eval_include, lm_eval_limit, lm_eval_fewshot, device, engine, trust_remote_code):
+    """Run the censorship and authority-bias suite (and TruthfulQA MC1, lm-evaluation-harness tasks) on a model.
 
     Exits 0 when the run completes, whatever the scores; 1 for a bad file, model or checkpoint.
     """
     if compare and not checkpoint:
         raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
+    if not lm_eval and (lm_eval_include or lm_eval_limit or lm_eval_fewshot is not None):
+        raise click.UsageError("--lm-eval-include, --lm-eval-limit and --lm-eval-fewshot go with --lm-eval TASKS")
     check_output("--output", output)
     check_output("--chart", chart)
     try:  # bad files fail before a model is loaded
@@ -161,6 +171,12 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         questions = read_truthfulqa(truthfulqa) if truthfulqa else None
     except (SuiteError, TruthfulQAError) as error:
         fail(str(error), code=1)
+    if lm_eval:  # unknown tasks fail, tasks without data are skipped, before a model is loaded
+        from your_ai.eval import lm_eval_tasks
+        engine = lm_eval_tasks.check_engine(engine)
+        prepared = lm_eval_tasks.prepare_tasks(lm_eval_tasks.parse_task_names(lm_eval), lm_eval_include)
+        for skip in prepared.skipped:
+            click.echo(skip.message, err=True)
     from rich.console import Console
     from rich.progress import Progress
 
@@ -183,9 +199,15 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
                                     truthfulqa_path=truthfulqa or "", compare=compare, progress=progress)
         except InferenceError as error:
             fail(str(error), code=1)
-    Console(width=None if sys.stdout.isatty() else 120).print(validation_report.summary_table(report))
+    if lm_eval:
+        report.lm_eval = lm_eval_tasks.run_tasks(im, prepared, limit=lm_eval_limit, num_fewshot=lm_eval_fewshot,
+                                                 batch_size=batch_size, announce=lambda line: click.echo(line, err=True))
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    console.print(validation_report.summary_table(report))
     for line in validation_report.report_notes(report):
         click.echo(line)
+    if lm_eval:
+        console.print(lm_eval_tasks.lm_eval_table(report.lm_eval, im.label))
     if output:
         click.echo(f"Wrote {validation_report.write_report(report, output)}")
     if chart:

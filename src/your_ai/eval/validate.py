@@ -224,6 +224,7 @@ class ValidationReport:
     settings: dict
     run: SuiteRun  # the model as loaded (with its adapter, if any)
     base: SuiteRun | None = None  # the base model, with --compare
+    lm_eval: Any = None  # lm_eval_tasks.LmEvalResult, with --lm-eval
 
     @property
     def passed(self) -> bool:
@@ -242,6 +243,8 @@ class ValidationReport:
         }
         if self.base is not None:
             out["base"] = self.base.to_dict()
+        if self.lm_eval is not None:
+            out["lm_eval"] = self.lm_eval.to_dict()
         return out
 
 
