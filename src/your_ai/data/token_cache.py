@@ -69,11 +69,18 @@ class CachedTokens:
         return len(self.offsets) - 1
 
     def target_tokens(self) -> np.ndarray:
-        """Each record's learned tokens, its first token excluded (``Example.target_tokens``)."""
-        learned = np.concatenate([[0], np.cumsum(self.labels != IGNORE_INDEX, dtype=np.int64)])
-        starts, ends = self.offsets[:-1], self.offsets[1:]
-        first = np.where(ends > starts, learned[np.minimum(starts + 1, ends)] - learned[starts], 0)
-        return learned[ends] - learned[starts] - first
+        """Each record's learned tokens, its first token excluded (``Example.target_tokens``); counted
+        ``TOKENIZE_CHUNK`` records at a time, so memory does not grow with the corpus."""
+        counts = np.zeros(len(self), dtype=np.int64)
+        for low in range(0, len(self), TOKENIZE_CHUNK):
+            high = min(low + TOKENIZE_CHUNK, len(self))
+            base = int(self.offsets[low])
+            learned = np.concatenate(
+                [[0], np.cumsum(self.labels[base : int(self.offsets[high])] != IGNORE_INDEX, dtype=np.int64)])
+            starts, ends = self.offsets[low:high] - base, self.offsets[low + 1 : high + 1] - base
+            first = np.where(ends > starts, learned[np.minimum(starts + 1, ends)] - learned[starts], 0)
+            counts[low:high] = learned[ends] - learned[starts] - first
+        return counts
 
 
 class CachedExamples(Sequence):
