@@ -17,7 +17,11 @@ from your_ai.cli.common import (
     print_answers,
     progress_lines,
 )
-from your_ai.eval.gguf_export import DEFAULT_GGUF_QUANTIZATION, EXPORT_FORMATS, GGUF_QUANTIZATIONS
+from your_ai.eval.gguf_export import (
+    DEFAULT_GGUF_QUANTIZATION,
+    EXPORT_FORMATS,
+    GGUF_QUANTIZATIONS,
+)
 from your_ai.eval.suite import SuiteError, load_suite
 from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
 from your_ai.hardware import ENGINES

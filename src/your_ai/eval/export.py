@@ -79,7 +79,12 @@ def export_gguf(
     The file is written beside ``output`` under a temporary name and renamed into place, so a failure
     leaves no half file; an existing ``output`` is replaced only with ``force``. A family GGUF export does
     not support fails before the weights are merged (``GgufExportError``)."""
-    from your_ai.eval.gguf_export import GGUF_QUANTIZATIONS, GgufExportError, gguf_architecture, write_gguf
+    from your_ai.eval.gguf_export import (
+        GGUF_QUANTIZATIONS,
+        GgufExportError,
+        gguf_architecture,
+        write_gguf,
+    )
     from your_ai.eval.inference import base_model_of
     from your_ai.model.architecture import read_config_values
     from your_ai.model.resolve import resolve_model
