@@ -132,10 +132,10 @@ def converted_model(gguf: Path, cache: Path, say: Callable[[str], None] | None =
     from filelock import FileLock
 
     say = say or _to_stderr
-    gguf = gguf.resolve()
+    gguf = gguf.absolute()
     header = read_header(gguf)
     root = Path(cache) / "gguf"
-    digest = file_sha256(gguf, root / ".sha256")
+    digest = file_sha256(gguf.resolve(), root / ".sha256")
     target = root / digest
     if (target / "config.json").is_file():
         _announce(gguf, f"Using {gguf.name}, converted before: {target}", say)

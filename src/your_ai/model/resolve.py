@@ -111,7 +111,7 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> Reso
         gguf = gguf_input.gguf_file_of(path)
         if gguf is not None:
             return ResolvedModel(gguf_input.converted_model(gguf, your_ai_cache_dir()), name, None, None, "gguf",
-                                 gguf.resolve())
+                                 gguf.absolute())
         if not path.is_dir():
             raise InvalidModelNameError(f"model path {str(path)!r} is neither a directory nor a .gguf file")
         if not (path / "config.json").is_file():
