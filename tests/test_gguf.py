@@ -143,7 +143,8 @@ def test_families_without_a_gguf_writer_are_refused_in_one_line():
 
 def test_byte_level_pre_tokenizers_get_llama_cpps_names():
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
-    assert pre_tokenizer_name({"pre_tokenizer": byte_level}) == "gpt-2"
+    assert pre_tokenizer_name({"pre_tokenizer": byte_level, "model": {"vocab": {"1": 0, "2": 1, "12": 2}}}) == "gpt-2"
+    assert pre_tokenizer_name({"pre_tokenizer": byte_level, "model": {"vocab": {"1": 0, "2": 1, "a": 2}}}) == "smollm"
     digits = {"type": "Digits", "individual_digits": True}
     assert pre_tokenizer_name({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [digits, byte_level]}}) == "smollm"
 

@@ -4,7 +4,7 @@ Two kinds of Hugging Face tokenizers are written:
 
 - byte-level BPE (GPT-2 style: SmolLM2, Llama 3, Qwen2): ``tokenizer.ggml.model = gpt2`` with the tokens,
   their types, the merges and the name of the pre-tokenizer, which llama.cpp needs to split text the way
-  the model was trained (recognised from the ``pre_tokenizer`` of ``tokenizer.json``);
+  the model was trained (recognised from the ``pre_tokenizer`` of ``tokenizer.json``, ``pre_tokenizer_name``);
 - SentencePiece BPE with byte fallback (Llama 2, Mistral): ``tokenizer.ggml.model = llama`` with the
   tokens, their scores (a piece's rank: earlier pieces merge first) and types.
 
@@ -29,6 +29,7 @@ PRE_TOKENIZER_PATTERNS = {
     "qwen2": _WORDS + r"\p{N}|",
 }
 DEFAULT_PRE_TOKENIZER = "default"
+DIGITS = "0123456789"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
@@ -38,13 +39,17 @@ class TokenizerExportError(UserError):
 
 def pre_tokenizer_name(tokenizer_json: dict) -> str | None:
     """llama.cpp's name for the byte-level pre-tokenizer of ``tokenizer_json``, or None when not recognised:
-    ``gpt-2`` (the plain byte-level regex), ``smollm`` (digits split one by one, then byte-level),
-    ``llama-bpe`` and ``qwen2`` (their split patterns)."""
+    ``llama-bpe`` and ``qwen2`` (their split patterns); for the plain byte-level regex, ``smollm`` when every
+    digit is a token of its own (llama.cpp then splits digits first, as for SmolLM, with the same tokens
+    and no clean-up of spaces when decoding), else ``gpt-2``. Digits split first (a ``Digits`` step before
+    the byte-level one) are ``smollm`` too."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     kinds = [part.get("type") for part in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
-        return "gpt-2"
+        vocab = (tokenizer_json.get("model") or {}).get("vocab") or {}
+        single_digits = vocab and not any(len(token) > 1 and any(c in DIGITS for c in token) for token in vocab)
+        return "smollm" if single_digits else "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
         return "smollm"
     if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
