@@ -13,7 +13,12 @@ from test_inference import make_adapter
 
 from your_ai.cli import main
 from your_ai.eval.export import export_gguf
-from your_ai.eval.gguf_export import GgufExportError, gguf_architecture, permute_for_llama_cpp, write_gguf
+from your_ai.eval.gguf_export import (
+    GgufExportError,
+    gguf_architecture,
+    permute_for_llama_cpp,
+    write_gguf,
+)
 from your_ai.eval.gguf_tokenizer import pre_tokenizer_name
 from your_ai.eval.inference import load_for_inference
 from your_ai.model.errors import InvalidModelNameError, ModelFileError
