@@ -82,9 +82,10 @@ def read_header(path: Path) -> GgufHeader:
                              f"download it again") from None
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
+    readable = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})  # those two are key groups
+    if architecture not in readable:
         raise ModelFileError(f"{path}: GGUF architecture {architecture!r} cannot be loaded by transformers; "
-                             f"it reads {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}")
+                             f"it reads {', '.join(readable)}")
     return GgufHeader(path, architecture, tuple(kinds))
 
 
