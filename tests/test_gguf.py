@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from your_ai.model.errors import InvalidModelNameError, ModelFileError
 from your_ai.model.resolve import resolve_model, your_ai_cache_dir
 
 PROMPT = "The bridge was completed in"
+DEMO_CORPUS = Path(__file__).parents[1] / "src" / "your_ai" / "assets" / "demo_corpus.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +131,46 @@ def test_qwen2_is_written_without_the_permutation_and_with_its_biases(tmp_path, 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     path = tmp_path / "qwen.gguf"
-    write_gguf(model, tmp_path / "tokenizer", path, "f32", "qwen-test", say=lambda line: None)
+    write_gguf(model, tokenizer, tmp_path / "tokenizer", path, "f32", "qwen-test", say=lambda line: None)
     weights, reader = _dequantized(path)
     assert reader.fields["general.architecture"].contents() == "qwen2"
     assert "output.weight" not in weights and "blk.0.attn_q.bias" in weights  # tied: no output layer
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-5)
+
+
+def test_a_sentencepiece_tokenizer_is_written_with_scores_and_reads_back_the_same(tmp_path, tiny_model_dir):
+    """Llama 2 and Mistral tokenize with SentencePiece BPE: a small one trained here, with a random tiny Llama,
+    reads back from the GGUF file with the same token ids (no BOS added, as the original) and logits."""
+    sentencepiece = pytest.importorskip("sentencepiece")
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaTokenizer,
+    )
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(json.loads(line)["text"] for line in DEMO_CORPUS.read_text().splitlines()[:60]))
+    (tmp_path / "spm").mkdir()
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spm" / "tokenizer"),
+                                             vocab_size=400, model_type="bpe", byte_fallback=True, minloglevel=2)
+    tokenizer = LlamaTokenizer.from_pretrained(tmp_path / "spm")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    config = LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    path = tmp_path / "spm.gguf"
+    write_gguf(model, tokenizer, tmp_path / "tokenizer", path, "f32", "spm-test", say=lambda line: None)
+    _, reader = _dequantized(path)
+    assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+    assert reader.fields["tokenizer.ggml.token_type"].contents()[3] == 6  # <0x00>: a byte token
+    loaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in (PROMPT + " in 1887", "Two  spaces\nand línea ü"):
+        assert loaded_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"], text
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
     ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -261,7 +299,8 @@ def test_the_default_models_export_matches_the_gguf_llama_cpp_made_of_it(real_ex
                 "llama.rope.freq_base", "llama.attention.layer_norm_rms_epsilon", "llama.vocab_size",
                 "llama.rope.dimension_count", "tokenizer.ggml.model", "tokenizer.ggml.pre",
                 "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id"):
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id",
+                "tokenizer.ggml.add_bos_token", "tokenizer.chat_template"):
         assert ours.fields[key].contents() == pytest.approx(theirs.fields[key].contents()), key
     assert {t.name: tuple(t.shape) for t in ours.tensors} == {t.name: tuple(t.shape) for t in theirs.tensors}
 

@@ -107,7 +107,7 @@ def export_gguf(
         handle = temporary_sibling(output_path)
         handle.close()
         try:
-            write_gguf(merged, Path(folder), Path(handle.name), quantization, _model_name(base), say)
+            write_gguf(merged, tokenizer, Path(folder), Path(handle.name), quantization, _model_name(base), say)
             os.replace(handle.name, output_path)
         finally:
             if os.path.exists(handle.name):

@@ -42,10 +42,10 @@ def gguf_architecture(model_type: str) -> str:
     return GGUF_FAMILIES[model_type]
 
 
-def write_gguf(model, tokenizer_folder: Path, path: Path, quantization: str, name: str,
+def write_gguf(model, tokenizer, tokenizer_folder: Path, path: Path, quantization: str, name: str,
                say: Callable[[str], None]) -> None:
-    """Write ``model`` (a transformers causal LM of a supported family) and the tokenizer saved in
-    ``tokenizer_folder`` to the GGUF file ``path`` (written there directly: the caller renames it)."""
+    """Write ``model`` (a transformers causal LM of a supported family) and ``tokenizer``, saved in
+    ``tokenizer_folder``, to the GGUF file ``path`` (written there directly: the caller renames it)."""
     import gguf
 
     from your_ai.eval.gguf_tokenizer import add_tokenizer
@@ -57,7 +57,7 @@ def write_gguf(model, tokenizer_folder: Path, path: Path, quantization: str, nam
     writer = gguf.GGUFWriter(path=None, arch=architecture)
     _add_hyperparameters(writer, config, quantization, name)
     rows = model.get_input_embeddings().weight.shape[0]
-    add_tokenizer(writer, tokenizer_folder, rows, say)
+    add_tokenizer(writer, tokenizer, tokenizer_folder, rows, say)
     for tensor_name, data, kind in _tensors(model, architecture, quantization):
         writer.add_tensor(tensor_name, data, raw_dtype=kind)
     writer.write_header_to_file(path=path)

@@ -16,6 +16,7 @@ the tokenizer's saved files through the ``gguf`` package's ``SpecialVocab``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -60,18 +61,16 @@ def pre_tokenizer_name(tokenizer_json: dict) -> str | None:
     return None
 
 
-def add_tokenizer(writer, folder: Path, rows: int, say) -> None:
-    """Write the tokenizer saved in ``folder`` (``tokenizer.json`` and its config) into ``writer``, with
+def add_tokenizer(writer, tokenizer, folder: Path, rows: int, say) -> None:
+    """Write ``tokenizer``, saved in ``folder`` (``tokenizer.json`` and its config), into ``writer``, with
     ``rows`` tokens (the embedding matrix's rows); ``say`` reports what a reader should know."""
     import gguf
-    from transformers import AutoTokenizer
 
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise TokenizerExportError("the tokenizer has no tokenizer.json (a fast tokenizer): it cannot be "
                                    "written into a GGUF file")
     tokenizer_json = json.loads(path.read_text(encoding="utf-8"))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     model = tokenizer_json.get("model") or {}
     if model.get("type") == "BPE" and model.get("byte_fallback"):
         _add_sentencepiece_tokens(writer, tokenizer, rows)
@@ -82,8 +81,26 @@ def add_tokenizer(writer, folder: Path, rows: int, say) -> None:
     else:
         raise TokenizerExportError(f"tokenizer model {model.get('type')!r} cannot be written into a GGUF file; "
                                    "byte-level BPE and SentencePiece BPE tokenizers can")
-    special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=rows)
+    vocab_log = logging.getLogger("gguf.vocab")  # its notes on the tokenizer's post-processor are not the user's
+    level = vocab_log.level
+    vocab_log.setLevel(logging.ERROR)
+    try:
+        special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=rows)
+    finally:
+        vocab_log.setLevel(level)
+    special.add_special_token.update(_added_special_tokens(tokenizer))
     special.add_to_gguf(writer, quiet=True)
+
+
+def _added_special_tokens(tokenizer) -> dict[str, bool]:
+    """Whether the tokenizer puts its BOS / EOS token around a text, as it does (not as its config says)."""
+    ids = tokenizer("a")["input_ids"]
+    added = {}
+    if tokenizer.bos_token_id is not None:
+        added["bos"] = bool(ids) and ids[0] == tokenizer.bos_token_id
+    if tokenizer.eos_token_id is not None:
+        added["eos"] = bool(ids) and ids[-1] == tokenizer.eos_token_id
+    return added
 
 
 def _token_table(tokenizer, rows: int) -> tuple[dict[int, str], set[int], set[int]]:
