@@ -221,6 +221,9 @@ def test_a_gguf_model_trains_and_the_next_command_reuses_its_conversion(exported
 
     _, _, _, files = exported
     gguf = files["q8_0"]
+    stale = your_ai_cache_dir() / "gguf" / f".{gguf_input.sha256_of(gguf)}.killed"  # a killed conversion's
+    (stale / "model").mkdir(parents=True)
+    (stale / "model" / "config.json").write_text("{}")
     train(TrainingArgs(model=str(gguf), output_dir=str(tmp_path / "run"), max_steps=2, lora_rank=4,
                        max_seq_length=32, batch_size=2, tensorboard=False, device="cpu"))
     captured = capsys.readouterr()
@@ -235,6 +238,7 @@ def test_a_gguf_model_trains_and_the_next_command_reuses_its_conversion(exported
     assert resolved.source == "gguf" and resolved.path.parent == your_ai_cache_dir() / "gguf"
     assert (resolved.path / "model.safetensors").is_file() and resolved.label == gguf.name
     assert not [path for path in resolved.path.parent.iterdir() if path.name.startswith(f".{resolved.path.name}.")]
+    assert not stale.exists()
 
 
 def test_a_folder_holding_one_gguf_file_is_that_model(exported, tmp_path):

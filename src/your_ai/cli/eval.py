@@ -138,7 +138,8 @@ def export(checkpoint, output, model, export_format, quantize, force, device, tr
                                  trust_remote_code=trust_remote_code)
     except ValueError as error:  # an unusable --device
         fail(str(error))
-    click.echo(f"Saved the merged model to {path}")
+    kind = f" as GGUF ({quantize or DEFAULT_GGUF_QUANTIZATION})" if export_format == "gguf" else ""
+    click.echo(f"Saved the merged model{kind} to {path}")
 
 
 @click.command()
