@@ -17,6 +17,7 @@ from your_ai.eval.export import export_gguf
 from your_ai.eval.gguf_export import (
     GgufExportError,
     gguf_architecture,
+    llama3_rope_factors,
     permute_for_llama_cpp,
     write_gguf,
 )
@@ -175,6 +176,20 @@ def test_a_sentencepiece_tokenizer_is_written_with_scores_and_reads_back_the_sam
     ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-5)
+
+
+def test_llama3_rope_scaling_becomes_the_factors_transformers_divides_frequencies_by():
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    config = LlamaConfig(hidden_size=256, num_attention_heads=4, rope_scaling=scaling, rope_theta=500000.0,
+                         max_position_embeddings=131072)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    plain = 1.0 / 500000.0 ** (torch.arange(0, 64, 2, dtype=torch.float32) / 64)
+    factors = llama3_rope_factors(config)
+    assert torch.allclose(plain / scaled, factors, rtol=1e-4) and factors[0] == 1 and factors[-1] == 8
 
 
 def test_families_without_a_gguf_writer_are_refused_in_one_line():
