@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 from your_ai.errors import UserError
@@ -58,11 +59,16 @@ def write_gguf(model, tokenizer, tokenizer_folder: Path, path: Path, quantizatio
     _add_hyperparameters(writer, config, quantization, name)
     rows = model.get_input_embeddings().weight.shape[0]
     add_tokenizer(writer, tokenizer, tokenizer_folder, rows, say)
-    for tensor_name, data, kind in _tensors(model, architecture, quantization):
-        writer.add_tensor(tensor_name, data, raw_dtype=kind)
+    tensors = list(_tensors(model, architecture))
+    for tensor_name, shape, _ in tensors:  # the header lists every tensor before the data
+        kind = _kind(shape, quantization)
+        writer.add_tensor_info(tensor_name, _stored_shape(shape, kind), _stored_dtype(kind),
+                               _stored_bytes(shape, kind), raw_dtype=kind)
     writer.write_header_to_file(path=path)
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    for _, shape, data in tensors:  # one tensor in memory at a time
+        writer.write_tensor_data(_encoded(data(), _kind(shape, quantization)))
     writer.close()
 
 
@@ -152,8 +158,8 @@ def llama3_rope_factors(config):
     return torch.tensor(factors, dtype=torch.float32)
 
 
-def _tensors(model, architecture: str, quantization: str) -> Iterator[tuple[str, object, object]]:
-    """(GGUF name, numpy data, GGML type) of every tensor to write."""
+def _tensors(model, architecture: str) -> Iterator[tuple[str, tuple[int, ...], Callable[[], object]]]:
+    """(GGUF name, shape, a function giving the float32 numpy data) of every tensor to write."""
     import gguf
 
     config = model.config
@@ -167,15 +173,22 @@ def _tensors(model, architecture: str, quantization: str) -> Iterator[tuple[str,
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise GgufExportError(f"tensor {hf_name} has no GGUF name for the {architecture} architecture")
-        data = tensor.detach().to("cpu").float()
+        permuted_heads = None
         if config.model_type in PERMUTED_FAMILIES and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-            data = permute_for_llama_cpp(data, heads)
+            permuted_heads = heads
         elif config.model_type in PERMUTED_FAMILIES and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-            data = permute_for_llama_cpp(data, kv_heads)
-        yield (gguf_name, *_encoded(data.numpy(), quantization))
+            permuted_heads = kv_heads
+        yield gguf_name, tuple(tensor.shape), partial(_float_data, tensor, permuted_heads)
     if rope_settings(config)["rope_type"] == "llama3":
-        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS], llama3_rope_factors(config).numpy(), \
-            gguf.GGMLQuantizationType.F32
+        factors = llama3_rope_factors(config)
+        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS], tuple(factors.shape), factors.numpy
+
+
+def _float_data(tensor, permuted_heads: int | None):
+    data = tensor.detach().to("cpu").float()
+    if permuted_heads:
+        data = permute_for_llama_cpp(data, permuted_heads)
+    return data.numpy()
 
 
 def _arch_enum(architecture: str):
@@ -184,20 +197,49 @@ def _arch_enum(architecture: str):
     return next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == architecture)
 
 
-def _encoded(data, quantization: str):
-    """``data`` (float32) in the GGML type the quantization gives it: 1-D tensors stay f32."""
+def _kind(shape: tuple[int, ...], quantization: str):
+    """The GGML type a tensor of ``shape`` is stored in: 1-D tensors stay f32; Q8_0 needs rows that split
+    into its blocks (else f16)."""
+    import gguf
+
+    kinds = gguf.GGMLQuantizationType
+    if len(shape) <= 1 or quantization == "f32":
+        return kinds.F32
+    if quantization == "q8_0":
+        block, _ = gguf.GGML_QUANT_SIZES[kinds.Q8_0]
+        return kinds.Q8_0 if shape[-1] % block == 0 else kinds.F16
+    return kinds.BF16 if quantization == "bf16" else kinds.F16
+
+
+def _stored_dtype(kind):
     import gguf
     import numpy as np
 
     kinds = gguf.GGMLQuantizationType
-    if data.ndim <= 1 or quantization == "f32":
-        return data.astype(np.float32), kinds.F32
-    if quantization == "q8_0":
-        try:
-            return gguf.quants.quantize(data, kinds.Q8_0), kinds.Q8_0
-        except gguf.quants.QuantError:  # rows that do not split into blocks of 32
-            return data.astype(np.float16), kinds.F16
-    if quantization == "bf16":
-        return gguf.quants.quantize(data, kinds.BF16), kinds.BF16
-    return data.astype(np.float16), kinds.F16
+    return {kinds.F32: np.float32, kinds.F16: np.float16}.get(kind, np.uint8)
 
+
+def _stored_shape(shape: tuple[int, ...], kind) -> tuple[int, ...]:
+    import gguf
+
+    kinds = gguf.GGMLQuantizationType
+    return shape if kind in (kinds.F32, kinds.F16) else gguf.quants.quant_shape_to_byte_shape(shape, kind)
+
+
+def _stored_bytes(shape: tuple[int, ...], kind) -> int:
+    import numpy as np
+
+    return int(np.prod(_stored_shape(shape, kind), dtype=np.int64)) * np.dtype(_stored_dtype(kind)).itemsize
+
+
+def _encoded(data, kind):
+    """Float32 ``data`` in the GGML type ``kind``."""
+    import gguf
+    import numpy as np
+
+    kinds = gguf.GGMLQuantizationType
+    if kind == kinds.F32:
+        return data.astype(np.float32)
+    if kind == kinds.F16:
+        return data.astype(np.float16)
+    return gguf.quants.quantize(data, kind)
