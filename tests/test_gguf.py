@@ -204,7 +204,8 @@ def test_byte_level_pre_tokenizers_get_llama_cpps_names():
     assert pre_tokenizer_name({"pre_tokenizer": byte_level, "model": {"vocab": {"1": 0, "2": 1, "12": 2}}}) == "gpt-2"
     assert pre_tokenizer_name({"pre_tokenizer": byte_level, "model": {"vocab": {"1": 0, "2": 1, "a": 2}}}) == "smollm"
     digits = {"type": "Digits", "individual_digits": True}
-    assert pre_tokenizer_name({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [digits, byte_level]}}) == "smollm"
+    sequence = {"type": "Sequence", "pretokenizers": [digits, byte_level]}
+    assert pre_tokenizer_name({"pre_tokenizer": sequence}) == "smollm"
 
     def split(pattern):
         return {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": pattern}},
