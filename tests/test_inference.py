@@ -17,14 +17,14 @@ from your_ai.eval.inference import InferenceError
 from your_ai.model.errors import ModelNotAvailableError
 
 
-def make_adapter(directory: Path, base_name: str = "tiny", seed: int = 1) -> Path:
-    """A real PEFT adapter folder for the tiny model whose LoRA B weights are non-zero, so it
+def make_adapter(directory: Path, base_name: str = "tiny", seed: int = 1, model: str = "tiny") -> Path:
+    """A real PEFT adapter folder for ``model`` (the tiny model) whose LoRA B weights are non-zero, so it
     changes the model's outputs; ``adapter_config.json`` names ``base_name`` as its base."""
     from your_ai.model.load import load_model, load_tokenizer
     from your_ai.model.lora import LoraSettings, apply_lora
     from your_ai.model.resolve import resolve_model
 
-    resolved = resolve_model("tiny")
+    resolved = resolve_model(model)
     model, _ = apply_lora(load_model(resolved), LoraSettings(rank=8, layers=2))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

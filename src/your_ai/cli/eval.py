@@ -18,6 +18,11 @@ from your_ai.cli.common import (
     progress_lines,
 )
 from your_ai.cli.run_file import printed_run_file_options
+from your_ai.eval.gguf_export import (
+    DEFAULT_GGUF_QUANTIZATION,
+    EXPORT_FORMATS,
+    GGUF_QUANTIZATIONS,
+)
 from your_ai.eval.suite import SuiteError, load_suite
 from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
 from your_ai.hardware import ENGINES
@@ -109,20 +114,33 @@ def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, engine
 
 @click.command()
 @click.option("--checkpoint", required=True, type=click.Path(), help=CHECKPOINT_HELP)
-@click.option("--output", required=True, type=click.Path(), help="Directory for the standalone model.")
+@click.option("--output", required=True, type=click.Path(), help="Directory for the standalone model "
+              "(--format hf), or the .gguf file (--format gguf).")
 @click.option("--model", help="Base model (default: the one the adapter names).")
+@click.option("--format", "export_format", type=click.Choice(EXPORT_FORMATS), default="hf", show_default=True,
+              help="hf: a Hugging Face folder (safetensors); gguf: one file for llama.cpp, LM Studio and Ollama "
+                   "(Llama, Mistral and Qwen2 families).")
+@click.option("--quantize", type=click.Choice(GGUF_QUANTIZATIONS), help="Weights of a GGUF file "
+              f"(default {DEFAULT_GGUF_QUANTIZATION}; needs --format gguf).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --output.")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
-def export(checkpoint, output, model, force, device, trust_remote_code):
-    """Merge a LoRA adapter into its base model and save a standalone model (safetensors)."""
-    from your_ai.eval.export import merge_adapter
+def export(checkpoint, output, model, export_format, quantize, force, device, trust_remote_code):
+    """Merge a LoRA adapter into its base model and save a standalone model (safetensors, or GGUF)."""
+    if quantize and export_format != "gguf":
+        raise click.UsageError("--quantize applies to --format gguf only")
+    from your_ai.eval.export import export_gguf, merge_adapter
     try:
-        path = merge_adapter(checkpoint, output, device, model=model, force=force,
-                             trust_remote_code=trust_remote_code)
+        if export_format == "gguf":
+            path = export_gguf(checkpoint, output, quantize or DEFAULT_GGUF_QUANTIZATION, device, model=model,
+                               force=force, trust_remote_code=trust_remote_code)
+        else:
+            path = merge_adapter(checkpoint, output, device, model=model, force=force,
+                                 trust_remote_code=trust_remote_code)
     except ValueError as error:  # an unusable --device
         fail(str(error))
-    click.echo(f"Saved the merged model to {path}")
+    kind = f" as GGUF ({quantize or DEFAULT_GGUF_QUANTIZATION})" if export_format == "gguf" else ""
+    click.echo(f"Saved the merged model{kind} to {path}")
 
 
 @click.command()

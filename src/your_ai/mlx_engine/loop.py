@@ -134,7 +134,7 @@ def set_up(given: TrainingArgs, planned: RunPlan, console: Console) -> MlxRun:
     optimizer = build_optimizer(loaded, args.learning_rate, args.weight_decay)
     checkpointer = MlxCheckpointer(
         planned.output_dir, loaded, optimizer, tokenizer=tokenizer,
-        base_model=str(resolved.path) if resolved.source == "local" else args.model, keep_last=args.keep_last,
+        base_model=resolved.reference, keep_last=args.keep_last,
         run_state={"args": asdict(args), "data_sha256": data.digest, "normaliser": data.normaliser,
                    "step_mode": STEP_MODE, "world_size": 1})
     progress = _resume(checkpointer, planned) if planned.checkpoint is not None else Progress()

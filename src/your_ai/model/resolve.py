@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from your_ai.files import give_default_permissions, staging_directory
-from your_ai.model import default_model
+from your_ai.model import default_model, gguf_input
 from your_ai.model.architecture import (
     Architecture,
     build_random_model,
@@ -46,11 +46,22 @@ class ResolvedModel:
     name: str  # what the user asked for
     hub_id: str | None
     preset: Preset | None
-    source: str  # "builtin", "hub-cache" or "local"
+    source: str  # "builtin", "hub-cache", "local" or "gguf"
+    gguf: Path | None = None  # the GGUF file ``path`` was converted from (source "gguf")
 
     @property
     def label(self) -> str:
+        if self.gguf is not None:
+            return self.gguf.name
         return self.preset.name if self.preset else (self.hub_id or self.path.name)
+
+    @property
+    def reference(self) -> str:
+        """What an adapter records as its base model: a local directory or GGUF file by its absolute path,
+        else the name asked for."""
+        if self.gguf is not None:
+            return str(self.gguf)
+        return str(self.path) if self.source == "local" else self.name
 
 
 def hub_cache_dir() -> Path:
@@ -79,7 +90,8 @@ def model_or_default(name: str | None) -> str:
 
 
 def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> ResolvedModel:
-    """Turn a preset name, a hub id (``org/name``) or a local directory into a model directory.
+    """Turn a preset name, a hub id (``org/name``), a local directory or a GGUF file (``gguf_input``: converted
+    once into the your-ai cache) into a model directory.
 
     Raises ``ModelNotAvailableError`` (with the ``hf download`` command) when a hub model is
     not in the local cache or a path does not exist, ``InvalidModelNameError`` otherwise.
@@ -96,8 +108,12 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> Reso
     if looks_like_path(name):
         if not path.exists():
             raise ModelNotAvailableError(f"model path {str(path)!r} does not exist")
+        gguf = gguf_input.gguf_file_of(path)
+        if gguf is not None:
+            return ResolvedModel(gguf_input.converted_model(gguf, your_ai_cache_dir()), name, None, None, "gguf",
+                                 gguf.absolute())
         if not path.is_dir():
-            raise InvalidModelNameError(f"model path {str(path)!r} is not a directory")
+            raise InvalidModelNameError(f"model path {str(path)!r} is neither a directory nor a .gguf file")
         if not (path / "config.json").is_file():
             raise InvalidModelNameError(
                 f"model directory {str(path)!r} has no config.json: not a Hugging Face model folder"
@@ -143,8 +159,9 @@ def _resolve_hub_id(hub_id: str, name: str, preset: Preset | None, cache_dir) ->
 
 
 def looks_like_path(name: str) -> bool:
-    """A model name meant as a directory: absolute, starting with ``.`` or ``~``, or an existing path."""
-    return Path(name).is_absolute() or name.startswith((".", "~")) or Path(name).expanduser().exists()
+    """A model name meant as a path: absolute, starting with ``.`` or ``~``, a ``.gguf`` file, or an existing path."""
+    return (Path(name).is_absolute() or name.startswith((".", "~")) or name.lower().endswith(gguf_input.GGUF_SUFFIX)
+            or Path(name).expanduser().exists())
 
 
 def short_label(name: str) -> str:
@@ -274,7 +291,7 @@ def _convert_default(cache: Path) -> Path:
         )
     try:
         return default_model.convert_into_cache(cache, gguf)
-    except (default_model.ConversionError, OSError) as error:
+    except (ModelFileError, OSError) as error:
         raise ModelNotAvailableError(
             f"could not convert {gguf} into the Hugging Face cache {cache}: {error}; or "
             f"download the model with: hf download {default_model.DEFAULT_HUB_ID}",

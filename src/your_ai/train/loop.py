@@ -165,7 +165,7 @@ def _set_up(given: TrainingArgs, planned: RunPlan, world: World, device: str, co
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
     checkpointer = Checkpointer(
         planned.output_dir, strategy, model=loaded.model, optimizer=optimizer, scheduler=scheduler,
-        tokenizer=loaded.tokenizer, base_model=str(resolved.path) if resolved.source == "local" else args.model,
+        tokenizer=loaded.tokenizer, base_model=resolved.reference,
         keep_last=args.keep_last, run_state={"args": asdict(args), "data_sha256": data.digest,
                                              "normaliser": data.normaliser, "step_mode": prepared.mode.to_dict(),
                                              "world_size": world.size})

@@ -1,0 +1,245 @@
+"""A merged model as one GGUF file, the format llama.cpp, LM Studio and Ollama run.
+
+Written with the ``gguf`` package the way llama.cpp's own converter writes the Llama, Mistral and Qwen2
+families: tensor names from ``gguf.tensor_mapping`` (``token_embd``, ``blk.N.attn_q`` ...), the
+``general.*`` and ``<arch>.*`` hyperparameters, and the tokenizer (``gguf_tokenizer``). Two details
+matter for llama.cpp to compute the same thing as transformers:
+
+- Llama and Mistral (llama.cpp architecture ``llama``) rotate query/key pairs that are adjacent, where
+  transformers rotates the first half of a head against the second: the rows of ``q_proj`` and
+  ``k_proj`` are permuted to match. Qwen2 (``qwen2``) rotates halves as transformers does: no permutation.
+- A tied output layer has no ``output.weight``: llama.cpp then uses ``token_embd.weight``.
+
+Weights are written as the chosen quantization (``GGUF_QUANTIZATIONS``); one-dimensional tensors (norms,
+biases) stay f32, and a matrix whose rows do not split into Q8_0 blocks of 32 falls back to f16, as
+llama.cpp's converter does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+from your_ai.errors import UserError
+
+EXPORT_FORMATS = ("hf", "gguf")  # `your-ai export --format`: a Hugging Face folder, or one GGUF file
+GGUF_QUANTIZATIONS = ("q8_0", "f16", "bf16", "f32")
+DEFAULT_GGUF_QUANTIZATION = "q8_0"  # near the f16 output at about half its size; what local runners use widely
+GGUF_FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # transformers model_type -> llama.cpp arch
+PERMUTED_FAMILIES = ("llama", "mistral")  # query/key rows reordered for llama.cpp's rotary embedding
+
+
+class GgufExportError(UserError):
+    """A model that cannot be written as GGUF; the message says why and what can."""
+
+
+def gguf_architecture(model_type: str) -> str:
+    """llama.cpp's architecture for a transformers ``model_type``; ``GgufExportError`` for other families."""
+    if model_type not in GGUF_FAMILIES:
+        raise GgufExportError(f"GGUF export supports the {', '.join(GGUF_FAMILIES)} families; this model's "
+                              f"architecture is {model_type!r}: export it as a Hugging Face folder (--format hf)")
+    return GGUF_FAMILIES[model_type]
+
+
+def write_gguf(model, tokenizer, tokenizer_folder: Path, path: Path, quantization: str, name: str,
+               say: Callable[[str], None]) -> None:
+    """Write ``model`` (a transformers causal LM of a supported family) and ``tokenizer``, saved in
+    ``tokenizer_folder``, to the GGUF file ``path`` (written there directly: the caller renames it)."""
+    import gguf
+
+    from your_ai.eval.gguf_tokenizer import add_tokenizer
+
+    if quantization not in GGUF_QUANTIZATIONS:
+        raise GgufExportError(f"--quantize {quantization!r} is not one of {', '.join(GGUF_QUANTIZATIONS)}")
+    config = model.config
+    architecture = gguf_architecture(config.model_type)
+    writer = gguf.GGUFWriter(path=None, arch=architecture)
+    _add_hyperparameters(writer, config, quantization, name)
+    rows = model.get_input_embeddings().weight.shape[0]
+    add_tokenizer(writer, tokenizer, tokenizer_folder, rows, say)
+    tensors = list(_tensors(model, architecture))
+    for tensor_name, shape, _ in tensors:  # the header lists every tensor before the data
+        kind = _kind(shape, quantization)
+        writer.add_tensor_info(tensor_name, _stored_shape(shape, kind), _stored_dtype(kind),
+                               _stored_bytes(shape, kind), raw_dtype=kind)
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for _, shape, data in tensors:  # one tensor in memory at a time
+        writer.write_tensor_data(_encoded(data(), _kind(shape, quantization)))
+    writer.close()
+
+
+def _file_type(quantization: str):
+    import gguf
+
+    return {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "bf16": gguf.LlamaFileType.MOSTLY_BF16, "f32": gguf.LlamaFileType.ALL_F32}[quantization]
+
+
+def rope_settings(config) -> dict:
+    """The rotary embedding's settings, from ``rope_parameters`` (newer transformers) or ``rope_theta`` and
+    ``rope_scaling``; ``rope_type`` is ``default`` when unscaled."""
+    settings = dict(getattr(config, "rope_scaling", None) or {})
+    settings.update(getattr(config, "rope_parameters", None) or {})
+    settings.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    settings["rope_type"] = settings.get("rope_type", settings.get("type")) or "default"
+    return settings
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _add_hyperparameters(writer, config, quantization: str, name: str) -> None:
+    import gguf
+
+    writer.add_name(name)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_file_type(_file_type(quantization))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    dim = head_dim(config)
+    writer.add_rope_dimension_count(dim)
+    if dim != config.hidden_size // config.num_attention_heads:
+        writer.add_key_length(dim)
+        writer.add_value_length(dim)
+    rope = rope_settings(config)
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    kind = rope["rope_type"]
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    elif kind == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+    elif kind not in ("default", "llama3"):  # llama3 scaling travels as the rope_freqs tensor
+        raise GgufExportError(f"rope scaling {kind!r} cannot be written as GGUF (default, linear, yarn and "
+                              "llama3 can)")
+
+
+def permute_for_llama_cpp(weight, heads: int):
+    """Reorder the rows of a query or key projection (``heads`` heads) so that llama.cpp's rotation of adjacent
+    pairs equals transformers' rotation of the first half of each head against the second."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def llama3_rope_factors(config):
+    """llama.cpp's ``rope_freqs``: for each rotary frequency, the factor llama 3 scaling divides it by."""
+    import torch
+
+    rope = rope_settings(config)
+    dim = head_dim(config)
+    base = torch.arange(0, dim, 2, dtype=torch.float64) / dim
+    frequencies = 1.0 / float(rope["rope_theta"]) ** base
+    factor, low, high = float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+    context = float(rope["original_max_position_embeddings"])
+    factors = []
+    for frequency in frequencies.tolist():
+        wavelength = 2 * math.pi / frequency
+        if wavelength < context / high:
+            factors.append(1.0)
+        elif wavelength > context / low:
+            factors.append(factor)
+        else:
+            smooth = (context / wavelength - low) / (high - low)
+            factors.append(1.0 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32)
+
+
+def _tensors(model, architecture: str) -> Iterator[tuple[str, tuple[int, ...], Callable[[], object]]]:
+    """(GGUF name, shape, a function giving the float32 numpy data) of every tensor to write."""
+    import gguf
+
+    config = model.config
+    names = gguf.get_tensor_name_map(_arch_enum(architecture), config.num_hidden_layers)
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    for hf_name, tensor in model.state_dict().items():
+        if tied and hf_name == "lm_head.weight":
+            continue
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise GgufExportError(f"tensor {hf_name} has no GGUF name for the {architecture} architecture")
+        permuted_heads = None
+        if config.model_type in PERMUTED_FAMILIES and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            permuted_heads = heads
+        elif config.model_type in PERMUTED_FAMILIES and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            permuted_heads = kv_heads
+        yield gguf_name, tuple(tensor.shape), partial(_float_data, tensor, permuted_heads)
+    if rope_settings(config)["rope_type"] == "llama3":
+        factors = llama3_rope_factors(config)
+        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS], tuple(factors.shape), factors.numpy
+
+
+def _float_data(tensor, permuted_heads: int | None):
+    data = tensor.detach().to("cpu").float()
+    if permuted_heads:
+        data = permute_for_llama_cpp(data, permuted_heads)
+    return data.numpy()
+
+
+def _arch_enum(architecture: str):
+    import gguf
+
+    return next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == architecture)
+
+
+def _kind(shape: tuple[int, ...], quantization: str):
+    """The GGML type a tensor of ``shape`` is stored in: 1-D tensors stay f32; Q8_0 needs rows that split
+    into its blocks (else f16)."""
+    import gguf
+
+    kinds = gguf.GGMLQuantizationType
+    if len(shape) <= 1 or quantization == "f32":
+        return kinds.F32
+    if quantization == "q8_0":
+        block, _ = gguf.GGML_QUANT_SIZES[kinds.Q8_0]
+        return kinds.Q8_0 if shape[-1] % block == 0 else kinds.F16
+    return kinds.BF16 if quantization == "bf16" else kinds.F16
+
+
+def _stored_dtype(kind):
+    import gguf
+    import numpy as np
+
+    kinds = gguf.GGMLQuantizationType
+    return {kinds.F32: np.float32, kinds.F16: np.float16}.get(kind, np.uint8)
+
+
+def _stored_shape(shape: tuple[int, ...], kind) -> tuple[int, ...]:
+    import gguf
+
+    kinds = gguf.GGMLQuantizationType
+    return shape if kind in (kinds.F32, kinds.F16) else gguf.quants.quant_shape_to_byte_shape(shape, kind)
+
+
+def _stored_bytes(shape: tuple[int, ...], kind) -> int:
+    import numpy as np
+
+    return int(np.prod(_stored_shape(shape, kind), dtype=np.int64)) * np.dtype(_stored_dtype(kind)).itemsize
+
+
+def _encoded(data, kind):
+    """Float32 ``data`` in the GGML type ``kind``."""
+    import gguf
+    import numpy as np
+
+    kinds = gguf.GGMLQuantizationType
+    if kind == kinds.F32:
+        return data.astype(np.float32)
+    if kind == kinds.F16:
+        return data.astype(np.float16)
+    return gguf.quants.quantize(data, kind)
