@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "memory_report_interval": 10,
     "seed": 42,
     "step_mode": "auto",
+    "dora": False,
 }
 
 
