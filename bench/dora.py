@@ -31,7 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from gpu_lora import CONFIGS, SMOKE, BenchConfig, environment, make_batch, objective_for, parse_custom, synchronize  # noqa: E402
+from gpu_lora import (  # noqa: E402
+    CONFIGS,
+    SMOKE,
+    BenchConfig,
+    environment,
+    make_batch,
+    objective_for,
+    parse_custom,
+    synchronize,
+)
 
 VARIANTS = ("lora", "dora", "lora-fast")
 GB = 1e9
