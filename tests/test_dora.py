@@ -113,3 +113,20 @@ def test_dora_takes_the_plain_step_and_refuses_a_fast_one(tiny_model_dir):
         with pytest.raises(TrainingArgsError, match="--dora is a feature of the torch engine"):
             TrainingArgs(model="tiny", dora=True, engine="mlx").validate()
     assert TrainingArgs(model="tiny", dora=True, device="cpu").with_defaults().engine == "torch"
+
+
+@pytest.mark.slow
+def test_sharded_dora_run_trains_as_one_process(tmp_path, tiny_model_dir):
+    """Under --strategy fsdp the magnitudes start from the weights each process read, as one process starts them."""
+    from test_distributed import RUN, one_process, torchrun
+    from test_train import write_corpus
+
+    write_corpus(tmp_path / "corpus.jsonl", 14)
+    one_process(*RUN, "--dora", "--batch-size", "4", "--output-dir", "one", "--no-tensorboard", cwd=tmp_path)
+    torchrun(2, *RUN, "--dora", "--batch-size", "2", "--output-dir", "fsdp", "--strategy", "fsdp", "--no-tensorboard",
+             cwd=tmp_path)
+    single = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    sharded = load_file(tmp_path / "fsdp" / "adapter_model.safetensors")
+    assert single.keys() == sharded.keys() and any(MAGNITUDE in key for key in single)
+    for key in single:
+        torch.testing.assert_close(single[key], sharded[key], rtol=1e-4, atol=1e-5)
