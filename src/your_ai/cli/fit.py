@@ -49,10 +49,11 @@ def setup(output, as_json):
 @click.option("--max-seq-length", type=click.IntRange(min=2),
               help="Tokens per sample (default: train's default for each model).")
 @click.option("--quantize", type=int, help="4: estimate QLoRA, the decoder linear weights in 4-bit NF4.")
+@click.option("--dora", is_flag=True, help="Estimate DoRA adapters (as `train --dora`), in the plain step.")
 @click.option("--model", "models", multiple=True, help="Estimate this model instead of the presets: a preset, a hub "
               "id (from the local cache) or a model directory; repeat it or give a comma-separated list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, models, as_json):
+def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, dora, models, as_json):
     """List the presets (or the given models) whose estimated LoRA training memory fits 80% of MEMORY, each in
     the run `your-ai train --model MODEL` makes with the same flags.
 
@@ -68,6 +69,7 @@ def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quanti
             lora_layers=lora_layers,
             seq_length=max_seq_length,
             quantize=quantize,
+            dora=dora,
             models=[name.strip() for value in models for name in value.split(",") if name.strip()],
         )
     except ValueError as error:  # --quantize 8, not a model name
@@ -104,6 +106,7 @@ def _fit_options(function):
                           "model fits one GPU by the estimate, else fsdp."),
         click.option("--quantize", type=int, help="4: fit tests of QLoRA, the decoder linear weights in 4-bit NF4 "
                      "(as `train --quantize 4`)."),
+        click.option("--dora", is_flag=True, help="Fit tests of DoRA adapters (as `train --dora`)."),
     )):
         function = option(function)
     return function
@@ -134,7 +137,7 @@ def _fit_options(function):
 @printed_run_file_options
 def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log_path, force, batch_size,
               lora_rank, lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, engine, synthetic, timeout,
-              gpus, strategy, quantize):
+              gpus, strategy, quantize, dora):
     """Empirically test which models fit this machine, one subprocess per model.
 
     Exit code 0 when at least one model passed, 1 when none did.
@@ -142,7 +145,7 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
     try:
         config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=steps,
                            seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
-                           quantize=quantize)
+                           quantize=quantize, dora=dora)
         device = fit_device(device, engine)
     except ValueError as error:  # --grad-checkpoint with --step-mode fast or selective, --quantize 8, --engine
         fail(str(error))
@@ -187,7 +190,7 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
 @_fit_options
 @printed_run_file_options
 def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, step_mode, device, engine,
-             synthetic, timeout, gpus, strategy, quantize):
+             synthetic, timeout, gpus, strategy, quantize, dora):
     """Sweep batch size x LoRA rank x layers for the fastest config that fits; save a hardware profile.
 
     Exit code 0 when a config fits, 1 when none does or the model is not available.
@@ -202,7 +205,7 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
         outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
                                timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
                                grad_checkpoint=grad_checkpoint, step_mode=step_mode, output=output, gpus=gpus,
-                               strategy=strategy, quantize=quantize)
+                               strategy=strategy, quantize=quantize, dora=dora)
     except ModelResolutionError as error:
         fail(str(error), code=1)
     except ValueError as error:

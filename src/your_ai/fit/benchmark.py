@@ -260,6 +260,7 @@ class _Run:
                 timeout_s=self.timeout_s, synthetic=self.synthetic, seq_length=self.config.seq_length,
                 grad_checkpoint=self.config.grad_checkpoint, step_mode=self.config.step_mode, stream=self.stream,
                 say=self.say, gpus=self.gpus, strategy=self.strategy, quantize=self.config.quantize,
+                dora=self.config.dora,
             )
             result.optimal_config = outcome["best"] and {**outcome["best"], "profile": outcome["path"]}
             self.log.log("optimize_complete", model=result.model, preset=result.preset,
@@ -408,7 +409,7 @@ def _print_summary(report: dict, say) -> None:
             say(f"Alternatives: {', '.join(report['alternatives'])}")
         best = passed[-1]
         flags = train_flags(processes=best["processes"], device=best["device"], strategy=best["strategy"],
-                            quantize=best["config"].get("quantize"))
+                            quantize=best["config"].get("quantize"), dora=bool(best["config"].get("dora")))
         say(f"Train it with: your-ai train {flags}--model {report['recommended']}")
         return
     say("No models passed benchmark.")

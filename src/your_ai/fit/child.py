@@ -50,6 +50,7 @@ from your_ai.fit.watchdog import watch_parent
 from your_ai.model.architecture import architecture_from_config
 from your_ai.model.presets import PRESETS, params_label
 from your_ai.step import memory
+from your_ai.step.modes import runs_plain
 from your_ai.train.defaults import DEFAULTS
 
 WARMUP_STEPS = 1
@@ -211,7 +212,7 @@ def _load(session: _Session, result: FitResult):
     test, loaded = session.test, time.monotonic()
     training = load_for_training(
         test.model, test.config.lora, test.device,
-        grad_checkpoint=test.config.grad_checkpoint and test.config.step_mode == "plain",
+        grad_checkpoint=test.config.grad_checkpoint and runs_plain(test.config.step_mode, test.config.dora),
         synthetic=test.synthetic, quantize=test.config.quantize,
         on_meta=session.sharded and not test.config.quantize,  # 4-bit weights are built whole, then sharded
     )

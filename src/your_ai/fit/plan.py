@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from your_ai.fit.result import FitResult
 from your_ai.hardware import pick_device
 from your_ai.model.architecture import Architecture
-from your_ai.model.lora import LoraSettings
+from your_ai.model.lora import LoraSettings, check_dora
 from your_ai.model.presets import PRESETS, Preset
 from your_ai.model.quantize import check_bits
 from your_ai.model.resolve import ResolvedModel, resolve_model
@@ -43,6 +43,7 @@ class FitConfig:
     grad_checkpoint: bool = False
     step_mode: str = "auto"  # your_ai.step.modes.STEP_MODES; auto: the fastest that fits the budget
     quantize: int | None = None  # 4: QLoRA, NF4 decoder linears (your_ai.model.quantize)
+    dora: bool = False  # DoRA adapters (your_ai.model.lora), in the plain step
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "lora_rank", "lora_layers", "steps"):
@@ -51,12 +52,13 @@ class FitConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.seq_length is not None and self.seq_length < 2:
             raise ValueError(f"seq_length={self.seq_length!r} must be at least 2")
-        check_step_mode(self.step_mode, self.grad_checkpoint)
+        check_step_mode(self.step_mode, self.grad_checkpoint, self.dora)
         check_bits(self.quantize)
+        check_dora(self.dora, self.quantize)
 
     @property
     def lora(self) -> LoraSettings:
-        return LoraSettings(rank=self.lora_rank, layers=self.lora_layers)
+        return LoraSettings(rank=self.lora_rank, layers=self.lora_layers, dora=self.dora)
 
     def seq_length_for(self, architecture: Architecture) -> int:
         """The sequence length it trains on for a model of ``architecture``."""
@@ -68,6 +70,7 @@ class FitConfig:
             "batch_size": self.batch_size, "lora_rank": self.lora_rank, "lora_layers": self.lora_layers,
             "seq_length": self.seq_length, "steps": self.steps, "dtype": None,
             "grad_checkpoint": self.grad_checkpoint, "step_mode": self.step_mode, "quantize": self.quantize,
+            **({"dora": True} if self.dora else {}),  # DoRA runs only: LoRA results keep their shape
         }
 
     def cli_args(self) -> list[str]:
@@ -84,11 +87,13 @@ class FitConfig:
             args += ["--step-mode", self.step_mode]
         if self.quantize:
             args += ["--quantize", str(self.quantize)]
+        if self.dora:
+            args.append("--dora")
         return args
 
     def describe(self) -> str:
         """"batch B, rank R, layers L"."""
-        return f"batch {self.batch_size}, rank {self.lora_rank}, layers {self.lora_layers}"
+        return f"batch {self.batch_size}, {'DoRA ' if self.dora else ''}rank {self.lora_rank}, layers {self.lora_layers}"
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,9 @@ def step_mode_for(architecture: Architecture, device: str, config: FitConfig,
 def mlx_step_mode(shape: memory.StepShape, config: FitConfig, budget_gb: float | None) -> StepMode:
     """The MLX engine's step: the forward through the full logits, every layer recomputed in the backward
     pass with ``--grad-checkpoint``; ``--step-mode`` auto or plain."""
+    if config.dora:
+        raise ValueError("--dora is a feature of the torch engine; the MLX engine trains LoRA adapters "
+                         "(leave out --dora, or use --engine torch)")
     if config.step_mode not in MLX_STEP_MODES:
         raise ValueError(f"--step-mode {config.step_mode} is a step of the torch engine; the MLX engine runs "
                          f"{' or '.join(MLX_STEP_MODES)}")
@@ -171,7 +179,7 @@ def estimate_for(architecture: Architecture, device: str, config: FitConfig,
 def step_shape(architecture: Architecture, device: str, config: FitConfig) -> memory.StepShape:
     """The shape of a fit test of ``config`` on ``device``, as the memory estimator takes it."""
     return memory.StepShape(architecture, config.batch_size, config.seq_length_for(architecture), config.lora_rank,
-                            config.lora_layers, device, config.quantize)
+                            config.lora_layers, device, config.quantize, dora=config.dora)
 
 
 def fit_strategy(strategy: str | None, architecture: Architecture, device: str, config: FitConfig,

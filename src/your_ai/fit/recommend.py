@@ -29,12 +29,12 @@ TRAIN_FLAGS = {"batch_size": "--batch-size", "lora_rank": "--lora-rank", "lora_l
 
 def train_config(name: str, architecture: Architecture, device: str, given: dict, quantize: int | None) -> FitConfig:
     """The config ``your-ai train --model NAME`` runs on ``device``: train's defaults for the model's size and
-    the device, with the values in ``given`` (None: not given) instead."""
+    the device, with the values in ``given`` (None: not given) instead; DoRA adapters with ``given["dora"]``."""
     rule = choose(name, device, architecture.parameter_count(), builtin=name == TINY.name).rule
     defaults = {"batch_size": rule.batch_size, "lora_rank": rule.lora_rank, "lora_layers": rule.lora_layers,
                 "seq_length": rule.max_seq_length}
     values = {key: defaults[key] if given.get(key) is None else given[key] for key in CONFIG_KEYS}
-    return FitConfig(**values, steps=1, quantize=quantize)
+    return FitConfig(**values, steps=1, quantize=quantize, dora=bool(given.get("dora")))
 
 
 def recommend_presets(
@@ -46,10 +46,11 @@ def recommend_presets(
     device: str | None = None,
     quantize: int | None = None,
     models: list[str] | None = None,
+    dora: bool = False,
 ) -> dict:
     """Every preset (smallest first) with its estimate and whether it fits 80% of ``memory_gb``, each in the
     run ``train`` makes of it (``train_config``: its defaults, or the values given); ``quantize`` 4: with the
-    decoder linears in 4-bit NF4 (QLoRA). ``models``: instead of the presets, these (presets, hub ids,
+    decoder linears in 4-bit NF4 (QLoRA); ``dora``: DoRA adapters. ``models``: instead of the presets, these (presets, hub ids,
     directories), in ``report["models"]``, each with ``error`` when it has no estimate."""
     if memory_gb is not None and not memory_gb > 0:
         raise ValueError(f"memory={memory_gb!r} must be a positive number of GB")
@@ -59,7 +60,8 @@ def recommend_presets(
     if memory_gb is None:
         memory_gb = memory.device_memory_gb(device)
         source = f"detected {'GPU' if device.startswith('cuda') else 'system'} memory"
-    given = {"batch_size": batch_size, "lora_rank": lora_rank, "lora_layers": lora_layers, "seq_length": seq_length}
+    given = {"batch_size": batch_size, "lora_rank": lora_rank, "lora_layers": lora_layers, "seq_length": seq_length,
+             **({"dora": True} if dora else {})}
     budget = memory.BUDGET_FRACTION * memory_gb
     report = {
         "memory_gb": round(memory_gb, 2),
@@ -77,7 +79,7 @@ def recommend_presets(
                                  key=lambda p: p.architecture.parameter_count())]
     fitting = [row["preset"] for row in rows if row["fits"]]
     quantized = None
-    if quantize is None:  # what 4-bit weights would fit, for the advice
+    if quantize is None and not dora:  # what 4-bit weights would fit, for the advice (DoRA reads whole weights)
         in_4_bits = recommend_presets(memory_gb, batch_size, lora_rank, lora_layers, seq_length, device, quantize=4)
         largest = next((row for row in reversed(in_4_bits["presets"]) if row["fits"]), None)
         quantized = {"quantize": 4, "fitting": in_4_bits["fitting"], "largest_fit": largest and largest["preset"],
@@ -135,7 +137,8 @@ def format_recommendation(report: dict) -> str:
     weights = f"{dtype} weights"
     if report["config"].get("quantize"):
         weights = f"decoder linear weights in 4-bit NF4, the rest in {dtype}"
-    flags = "".join(f" {TRAIN_FLAGS[key]} {value}" for key, value in report["config"].items() if value is not None)
+    flags = "".join(f" {TRAIN_FLAGS[key]} {value}" for key, value in report["config"].items()
+                    if value is not None and key in TRAIN_FLAGS) + (" --dora" if report["config"].get("dora") else "")
     lines = [
         f"Memory: {report['memory_gb']:.1f} GB ({report['memory_source']}, {report['device']}); "
         f"budget {report['budget_gb']:.1f} GB ({report['budget_fraction']:.0%})",

@@ -187,6 +187,8 @@ def _tags(result: FitResult) -> str:
         tags.append("synthetic")
     if result.config.get("quantize"):
         tags.append(f"{result.config['quantize']}-bit")
+    if result.config.get("dora"):
+        tags.append("DoRA")
     if result.processes > 1 and result.strategy:
         tags.append(result.strategy)
     return f" [{', '.join(tags)}]" if tags else ""
@@ -200,11 +202,11 @@ def processes_word(device: str | None, count: int = 1) -> str:
 
 
 def train_flags(*, processes: int = 1, device: str | None = None, strategy: str | None = None,
-                quantize: int | None = None) -> str:
+                quantize: int | None = None, dora: bool = False) -> str:
     """The ``train`` flags that reproduce how a fit test held the model: ``--gpus N [--strategy fsdp] ``
-    when it ran on several processes, ``--quantize 4 `` when quantized, ``--engine mlx `` on MLX; else
-    nothing."""
-    flags = f"--quantize {quantize} " if quantize else ""
+    when it ran on several processes, ``--quantize 4 `` when quantized, ``--dora `` for DoRA adapters,
+    ``--engine mlx `` on MLX; else nothing."""
+    flags = (f"--quantize {quantize} " if quantize else "") + ("--dora " if dora else "")
     if device == MLX_DEVICE:
         flags = f"--engine mlx {flags}"
     if processes <= 1:

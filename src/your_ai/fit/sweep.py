@@ -65,7 +65,8 @@ def fits(peak_gb: float | None, budget_gb: float) -> bool:
 def grid_configs(architecture, device: str, *, quick: bool, steps: int, seq_length: int | None,
                  grad_checkpoint: bool = False, step_mode: str = "auto",
                  budget_gb: float | None = None, gpus: int = 1,
-                 strategy: str | None = None, quantize: int | None = None) -> tuple[list[tuple[FitConfig, float]], list[str]]:
+                 strategy: str | None = None, quantize: int | None = None,
+                 dora: bool = False) -> tuple[list[tuple[FitConfig, float]], list[str]]:
     """The grid's distinct configs for this model, lightest first, with their estimates (GB): each in the
     step mode its fit test runs within ``budget_gb`` (``plan.step_mode_for``); on ``gpus`` > 1 per process,
     in the strategy ``plan.fit_strategy`` picks for the config.
@@ -81,7 +82,7 @@ def grid_configs(architecture, device: str, *, quick: bool, steps: int, seq_leng
         if key not in seen:
             seen[key] = FitConfig(batch_size=batch, lora_rank=rank, lora_layers=key[2], steps=steps,
                                   seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
-                                  quantize=quantize)
+                                  quantize=quantize, dora=dora)
     clamped = sorted({layers for layers in grid["lora_layers"] if layers > depth})
     if clamped:
         notes.append(f"LoRA layers {', '.join(map(str, clamped))} clamped to the model's {depth} layers "
@@ -219,6 +220,7 @@ def run_optimize(
     gpus: int = 1,
     strategy: str | None = None,
     quantize: int | None = None,
+    dora: bool = False,
 ) -> dict:
     """Sweep the grid for ``model`` and save the best config as a hardware profile.
 
@@ -238,7 +240,7 @@ def run_optimize(
         max_memory_gb = memory.default_budget_gb(device)
     configs, notes = grid_configs(shape.architecture, device, quick=quick, steps=steps, seq_length=seq_length,
                                   grad_checkpoint=grad_checkpoint, step_mode=step_mode, budget_gb=max_memory_gb,
-                                  gpus=gpus, strategy=strategy, quantize=quantize)
+                                  gpus=gpus, strategy=strategy, quantize=quantize, dora=dora)
     seq_used = memory.fit_seq_length(seq_length, shape.architecture)
     on = f"{device}, {gpus} {processes_word(device, gpus)} (strategy {strategy or 'auto'})" if gpus > 1 else device
     say(f"Sweeping {len(configs)} configs of {model} ({'quick' if quick else 'full'} grid) on {on}: "
@@ -250,7 +252,7 @@ def run_optimize(
     sweep.run_all(configs)
     winners = [r for r in sweep.results if r["fits"]]
     ranking = _check_ranking(winners, sweep.measure_again, say)
-    best = _best(max(winners, key=_speed_order), seq_used, gpus, quantize) if winners else None
+    best = _best(max(winners, key=_speed_order), seq_used, gpus, quantize, dora) if winners else None
     say()
     say(format_table(sweep.results))
     say()
@@ -270,9 +272,9 @@ def run_optimize(
     return outcome
 
 
-def _best(top: dict, seq_used: int, gpus: int, quantize: int | None) -> dict:
-    """The profile's values from the fastest fitting row."""
-    return {
+def _best(top: dict, seq_used: int, gpus: int, quantize: int | None, dora: bool = False) -> dict:
+    """The profile's values from the fastest fitting row (``dora``: measured with DoRA adapters)."""
+    return {**({"dora": True} if dora else {}),
         "batch_size": top["batch_size"], "lora_rank": top["lora_rank"], "lora_alpha": 2 * top["lora_rank"],
         "lora_layers": top["lora_layers"], "seq_length": top.get("seq_length", seq_used),
         "peak_memory_gb": top["peak_memory_gb"], "peak_with_margin_gb": round(top["peak_memory_gb"] * (1 + SAFETY_MARGIN), 3),
@@ -286,7 +288,8 @@ def _print_best(best: dict, model: str, path, device: str, max_memory_gb: float,
         f"{best['lora_layers']} layers: {best['tokens_per_s']:.0f} tokens/s, {best['peak_memory_gb']:.2f} GB peak "
         f"({best['peak_with_margin_gb']:.2f} GB with the margin; budget {max_memory_gb:.2f} GB)")
     say(f"Saved hardware profile to {path}")
-    flags = train_flags(processes=best["gpus"], device=device, strategy=best["strategy"], quantize=best["quantize"])
+    flags = train_flags(processes=best["gpus"], device=device, strategy=best["strategy"], quantize=best["quantize"],
+                        dora=bool(best.get("dora")))
     say(f"Apply it with: your-ai train {flags}--model {model} --profile {path}")
 
 

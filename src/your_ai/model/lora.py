@@ -1,4 +1,8 @@
-"""LoRA through PEFT: one config builder and one way to wrap a model, used by train and the fit test."""
+"""LoRA through PEFT: one config builder and one way to wrap a model, used by train and the fit test.
+
+With ``LoraSettings.dora`` the adapters are DoRA (weight-decomposed LoRA, PEFT's ``use_dora``): each adapted
+projection also trains a magnitude vector, one value per output feature (``lora_magnitude_vector``).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ class LoraSettings:
     layers: int = 16  # the last N decoder layers
     dropout: float = 0.0
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    dora: bool = False  # DoRA: a trained magnitude per output feature of each adapted projection
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -25,6 +30,14 @@ class LoraSettings:
     @property
     def effective_alpha(self) -> float:
         return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
+
+
+def check_dora(dora: bool, quantize: int | None) -> None:
+    """A ``ValueError`` naming the flags when DoRA cannot go with the other settings: PEFT's DoRA reads the
+    base weights whole, which it cannot do for 4-bit NF4 weights."""
+    if dora and quantize:
+        raise ValueError(f"--dora cannot go with --quantize {quantize}: DoRA reads the base weights whole, which "
+                         f"it cannot do for 4-bit weights; leave out one of them")
 
 
 def layers_to_transform(num_hidden_layers: int, requested: int) -> tuple[list[int], str | None]:
@@ -50,6 +63,7 @@ def lora_config(settings: LoraSettings, num_hidden_layers: int):
         layers_to_transform=layers,
         layers_pattern="layers",
         bias="none",
+        use_dora=settings.dora,
     )
     return config, note
 
@@ -62,6 +76,7 @@ def apply_lora(model, settings: LoraSettings, seed: int = 0):
     config, note = lora_config(settings, model.config.num_hidden_layers)
     peft_model = get_peft_model(model, config)
     reset_adapters(peft_model, seed)
+    start_magnitudes(peft_model)
     return peft_model, note
 
 
@@ -110,6 +125,34 @@ def set_full_value(parameter, full) -> None:
         full = distribute_tensor(full, parameter.device_mesh, parameter.placements, src_data_rank=None).to_local()
         parameter = parameter.to_local()
     parameter.copy_(full)
+
+
+MAGNITUDE = "lora_magnitude_vector"  # PEFT's name of DoRA's magnitude vectors
+
+
+def start_magnitudes(model) -> int:
+    """Start every DoRA magnitude vector of ``model`` at the row norms of its projection's base weight,
+    computed in fp32 (``lora_B`` is zero at the start, so DoRA's forward then equals the base model's
+    exactly, in any training dtype). A base weight sharded over processes is gathered whole, one at a time
+    (every process must call this); a module still on the meta device is skipped. Returns the number of
+    vectors set."""
+    import torch
+
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            vectors = getattr(module, MAGNITUDE, None)
+            if not vectors:
+                continue
+            weight = module.get_base_layer().weight
+            if weight.is_meta:
+                continue
+            full = weight.full_tensor() if hasattr(weight, "full_tensor") else weight
+            norms = full.float().norm(dim=1)
+            for layer in vectors.values():
+                set_full_value(layer.weight, norms.to(layer.weight.dtype))
+                count += 1
+    return count
 
 
 def projection_shapes(config: dict) -> dict[str, tuple[int, int]]:

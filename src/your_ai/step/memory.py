@@ -189,8 +189,8 @@ class PeakMemory:
 @dataclass(frozen=True)
 class StepShape:
     """What a LoRA training step's memory depends on besides its step mode: the model, the batch, the
-    adapters (``lora_rank`` on the last ``lora_layers`` layers), the device (its training dtype) and the
-    weights' quantization (4: NF4 decoder linears, ``your_ai.model.quantize``)."""
+    adapters (``lora_rank`` on the last ``lora_layers`` layers; ``dora``: DoRA adapters), the device (its
+    training dtype) and the weights' quantization (4: NF4 decoder linears, ``your_ai.model.quantize``)."""
 
     architecture: Architecture
     batch_size: int
@@ -200,6 +200,7 @@ class StepShape:
     device: str
     quantize: int | None = None
     weight_bytes: int | None = None  # the training dtype's bytes per weight; None: the device's
+    dora: bool = False  # DoRA adapters (PEFT's use_dora): a magnitude vector per adapted projection
 
     @property
     def adapted_layers(self) -> int:
@@ -211,8 +212,8 @@ class StepShape:
         return self.weight_bytes or training_dtype_bytes(self.device)
 
     def describe(self) -> str:
-        return (f"batch {self.batch_size} x {self.seq_length} tokens, LoRA rank {self.lora_rank} on "
-                f"{self.adapted_layers} layers")
+        return (f"batch {self.batch_size} x {self.seq_length} tokens, {'DoRA' if self.dora else 'LoRA'} rank "
+                f"{self.lora_rank} on {self.adapted_layers} layers")
 
 
 @dataclass
@@ -287,17 +288,46 @@ def weight_bytes_total(architecture: Architecture, dtype_bytes: float, quantize:
     return (total - linear) * dtype_bytes + linear * per_weight
 
 
-def lora_parameter_count(architecture: Architecture, rank: int, layers: int,
-                         targets=("q_proj", "k_proj", "v_proj", "o_proj")) -> int:
+ADAPTED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")  # model.lora.DEFAULT_TARGET_MODULES
+
+
+def projection_features(architecture: Architecture) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear projection of a decoder layer."""
+    h, i = architecture.hidden_size, architecture.intermediate_size
+    q = architecture.num_attention_heads * architecture.head_dim
+    kv = architecture.num_key_value_heads * architecture.head_dim
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+def lora_parameter_count(architecture: Architecture, rank: int, layers: int, targets=ADAPTED_PROJECTIONS) -> int:
     """Exact LoRA parameter count: r * (in + out) per targeted projection per adapted layer."""
-    h, kv = architecture.hidden_size, architecture.num_key_value_heads * architecture.head_dim
-    i = architecture.intermediate_size
-    shapes = {
-        "q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-        "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
-    }
+    shapes = projection_features(architecture)
     per_layer = sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets)
     return per_layer * min(layers, architecture.num_hidden_layers)
+
+
+def dora_extra_bytes(shape: StepShape, targets=ADAPTED_PROJECTIONS) -> dict[str, float]:
+    """What DoRA adds to a LoRA step in bytes, as PEFT's DoRA forward (``peft.tuners.lora.dora``) computes
+    it; zero without ``shape.dora``. Adapters are fp32 (the projection's input is cast to them).
+
+    * ``magnitudes``: one magnitude per output feature of each adapted projection, with its gradient and
+      AdamW state (16 bytes each);
+    * ``activations``: per token and adapted projection, the LoRA branch's fp32 output and the base output
+      (training dtype), kept for the magnitude's and the LoRA branch's gradients;
+    * ``temporaries``: the weight norm of W + scale * B @ A, computed in every forward for one projection at
+      a time: an fp32 identity (in x in) through the adapters, their (out x in) product, W cast to fp32 and
+      the sum (three out x in fp32 matrices), for the largest projection.
+    """
+    if not shape.dora:
+        return {"magnitudes": 0.0, "activations": 0.0, "temporaries": 0.0}
+    features = projection_features(shape.architecture)
+    outs = sum(features[t][1] for t in targets)
+    tokens = shape.batch_size * shape.seq_length
+    largest = max((features[t][0] ** 2 + 3 * features[t][0] * features[t][1]) * 4 for t in targets)
+    return {"magnitudes": outs * shape.adapted_layers * 16.0,
+            "activations": tokens * outs * (4 + shape.dtype_bytes) * shape.adapted_layers * 1.0,
+            "temporaries": float(largest)}
 
 
 def estimate_training_memory(shape: StepShape, *, recomputed_layers: int = 0, logits_chunk_tokens: int | None = None,
@@ -334,7 +364,8 @@ def estimate_training_memory(shape: StepShape, *, recomputed_layers: int = 0, lo
         # One weight dequantized at a time (on CUDA by one compiled kernel, ``quantize._dequantize``;
         # torchao's eager path on the CPU takes up to 4 such copies).
         weights += h * i * nbytes
-    lora = lora_parameter_count(architecture, shape.lora_rank, layers) * 16
+    dora = dora_extra_bytes(shape)
+    lora = lora_parameter_count(architecture, shape.lora_rank, layers) * 16 + dora["magnitudes"]
     if fused_kernels:
         per_token_layer = (6 * h + 2 * i + 2 * kv) * nbytes
     else:
@@ -343,6 +374,8 @@ def estimate_training_memory(shape: StepShape, *, recomputed_layers: int = 0, lo
     activations = tokens * (h * nbytes * recomputed + per_token_layer * (layers - recomputed))
     if recomputed:
         activations += tokens * per_token_layer  # the layer being recomputed
+    if dora["activations"]:  # the plain step: recomputed layers keep DoRA's activations of one layer only
+        activations += dora["activations"] * (layers - recomputed + (1 if recomputed else 0)) / layers
     if logits_chunk_tokens:
         chunk = min(logits_chunk_tokens, tokens)
         # the chunk's logits; the PyTorch ops add an fp32 copy and the gradient, the Triton kernel
@@ -358,6 +391,8 @@ def estimate_training_memory(shape: StepShape, *, recomputed_layers: int = 0, lo
         "logits": logits / GB,
         "overhead": overhead_gb,
     }
+    if shape.dora:
+        parts["dora_temporaries"] = dora["temporaries"] / GB
     return MemoryEstimate(
         total_gb=sum(parts.values()),
         parts_gb={key: round(value, 3) for key, value in parts.items()},
@@ -365,6 +400,6 @@ def estimate_training_memory(shape: StepShape, *, recomputed_layers: int = 0, lo
             "batch_size": shape.batch_size, "seq_length": shape.seq_length, "lora_rank": shape.lora_rank,
             "lora_layers": layers, "weight_bytes": nbytes, "grad_checkpoint": recomputed > 0,
             "checkpointed_layers": recomputed, "logits_chunk_tokens": logits_chunk_tokens,
-            "fused_kernels": fused_kernels, "quantize": shape.quantize,
+            "fused_kernels": fused_kernels, "quantize": shape.quantize, "dora": shape.dora,
         },
     )

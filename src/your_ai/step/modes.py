@@ -4,9 +4,10 @@ A mode is a ``StepMode``: ``fast`` recomputes nothing, ``small`` recomputes ever
 in the backward pass, ``selective`` only as many adapted layers as the memory estimate needs;
 ``plain`` is the Hugging Face forward through the full logits (with Hugging Face gradient
 checkpointing of every layer under ``--grad-checkpoint``), the step the others are compared
-against. ``select_step_mode`` turns a ``--step-mode`` (``STEP_MODES``, ``check_step_mode``), the
-step's ``StepShape`` and a budget into a mode with the reason for it; ``your_ai.step.fast.prepare_step``
-applies it to a model.
+against. DoRA adapters (``StepShape.dora``) train in the plain step only: ``auto`` picks it for them
+and says why (``DORA_PLAIN``), an explicit fast mode is refused. ``select_step_mode`` turns a
+``--step-mode`` (``STEP_MODES``, ``check_step_mode``), the step's ``StepShape`` and a budget into a mode
+with the reason for it; ``your_ai.step.fast.prepare_step`` applies it to a model.
 
 Choosing needs only the analytic estimate (``your_ai.step.memory``), so this module imports no torch:
 the benchmark's parent process and ``recommend`` use it too.
@@ -35,6 +36,9 @@ LIGER_PATCHES = {
     "mistral": "apply_liger_kernel_to_mistral",
     "qwen2": "apply_liger_kernel_to_qwen2",
 }
+
+# Why a DoRA run takes the plain step: the fast step computes the LoRA projections its own way.
+DORA_PLAIN = "DoRA: the fast step does not support it; plain step"
 
 CHUNK_FP32_BYTES = 512 * 2**20  # fp32 logits of one chunk of the chunked head
 # Modes that recompute layers are short of memory: their head chunks are 4x smaller (the head's
@@ -82,15 +86,25 @@ def fused_kernels_available(device: str, model_type: str) -> bool:
     return device.startswith("cuda") and model_type in LIGER_PATCHES and liger_available()
 
 
-def check_step_mode(step_mode: str, grad_checkpoint: bool = False) -> str:
+def check_step_mode(step_mode: str, grad_checkpoint: bool = False, dora: bool = False) -> str:
     """``step_mode`` when it is one of ``STEP_MODES`` and goes with ``grad_checkpoint`` (which recomputes every
-    layer: not with ``fast`` or ``selective``); a ``ValueError`` saying why not otherwise."""
+    layer: not with ``fast`` or ``selective``) and with ``dora`` (the plain step only: ``auto`` or ``plain``);
+    a ``ValueError`` saying why not otherwise."""
     if step_mode not in STEP_MODES:
         raise ValueError(f"--step-mode {step_mode!r} must be one of {', '.join(STEP_MODES)}")
+    if dora and step_mode in MODE_NAMES:
+        raise ValueError(f"--step-mode {step_mode} does not support --dora (DoRA trains in the plain step); "
+                         f"use --step-mode auto or plain")
     if grad_checkpoint and step_mode in ("fast", "selective"):
         raise ValueError(f"--grad-checkpoint recomputes every layer; it cannot go with --step-mode {step_mode} "
                          f"(use auto, small or plain)")
     return step_mode
+
+
+def runs_plain(step_mode: str, dora: bool = False) -> bool:
+    """Whether ``--step-mode step_mode`` trains in the plain step (``plain``, or ``auto`` with DoRA): the
+    model is then loaded with Hugging Face gradient checkpointing under ``--grad-checkpoint``."""
+    return step_mode == "plain" or (dora and step_mode == "auto")
 
 
 def mode_estimate(shape: StepShape, mode: StepMode) -> MemoryEstimate:
@@ -157,15 +171,15 @@ def choose_mode(shape: StepShape, budget_gb: float, *, fused_kernels: bool | Non
 
 
 def plain_mode(shape: StepShape, *, grad_checkpoint: bool = False, budget_gb: float | None = None,
-               reason: str | None = None) -> StepMode:
+               reason: str | None = None, origin: str = "--step-mode plain") -> StepMode:
     """The plain step: the Hugging Face forward through the full logits; with ``grad_checkpoint``,
-    Hugging Face gradient checkpointing of every layer."""
+    Hugging Face gradient checkpointing of every layer. ``origin``: why it was chosen, for the reason."""
     adapted = shape.adapted_layers
     mode = StepMode("plain", adapted if grad_checkpoint else 0, adapted, 0.0, budget_gb, True, False, 0, "")
     estimate = mode_estimate(shape, mode).total_gb
     if reason is None:
         recomputed = ", every layer recomputed (--grad-checkpoint)" if grad_checkpoint else ""
-        reason = (f"plain: the Hugging Face forward through the full logits{recomputed} (--step-mode plain); "
+        reason = (f"plain: the Hugging Face forward through the full logits{recomputed} ({origin}); "
                   f"{shape.describe()} is estimated at {estimate:.2f} GB{_against(estimate, budget_gb)}")
     return replace(mode, estimate_gb=round(estimate, 3), fits=budget_gb is None or estimate <= budget_gb,
                    reason=reason)
@@ -185,17 +199,19 @@ def select_step_mode(requested: str, shape: StepShape, budget_gb: float | None, 
       ``fast``); ``grad_checkpoint`` makes it ``small``;
     * ``fast`` / ``small``: nothing / every adapted layer recomputed, whatever the budget;
     * ``selective``: the fewest recomputed adapted layers that fit the budget, at least one;
-    * ``plain``: the Hugging Face forward through the full logits (``plain_mode``).
+    * ``plain``: the Hugging Face forward through the full logits (``plain_mode``); also ``auto`` for
+      DoRA adapters (``shape.dora``), which the other modes refuse.
 
     ``grad_checkpoint`` recomputes every layer, so it cannot go with ``fast`` or ``selective``
     (``check_step_mode``). ``full_logits``: the model's head is not a plain linear layer
     (``supports_fast_head``). The reason says which mode, why, and the estimate against the budget.
     """
-    check_step_mode(requested, grad_checkpoint)
+    check_step_mode(requested, grad_checkpoint, shape.dora)
     if budget_gb is not None and not budget_gb > 0:
         raise ValueError(f"budget_gb={budget_gb!r} must be a positive number of GB")
-    if requested == "plain":
-        return plain_mode(shape, grad_checkpoint=grad_checkpoint, budget_gb=budget_gb)
+    if runs_plain(requested, shape.dora):
+        origin = DORA_PLAIN if requested == "auto" else "--step-mode plain"
+        return plain_mode(shape, grad_checkpoint=grad_checkpoint, budget_gb=budget_gb, origin=origin)
     if requested == "auto" and not grad_checkpoint and budget_gb is not None:
         chosen = choose_mode(shape, budget_gb, full_logits=full_logits)
     else:

@@ -17,7 +17,7 @@ from your_ai.data.records import count_lines, training_files
 from your_ai.hardware import ENGINES, pick_device, pick_engine
 from your_ai.model.architecture import read_architecture, read_config_values
 from your_ai.model.errors import ModelFileError, ModelResolutionError
-from your_ai.model.lora import LoraSettings, smallest_adapted_dimension
+from your_ai.model.lora import LoraSettings, check_dora, smallest_adapted_dimension
 from your_ai.model.presets import PRESETS, TINY
 from your_ai.model.quantize import QuantizationError, check_bits
 from your_ai.model.resolve import (
@@ -34,7 +34,7 @@ from your_ai.train.sinks import check_installed, parse_report_to
 RUN_SHAPE_FIELDS = (
     "model", "data", "batch_size", "lora_rank", "lora_alpha", "lora_layers", "learning_rate",
     "warmup_steps", "max_steps", "grad_accum", "max_grad_norm", "max_seq_length", "weight_decay",
-    "distrust_mode", "alpha", "lambda_weight", "seed", "quantize", "packing",
+    "distrust_mode", "alpha", "lambda_weight", "seed", "quantize", "packing", "dora",
 )
 
 STRATEGIES = ("auto", "ddp", "fsdp")  # data-parallel strategies (your_ai.train.parallel)
@@ -105,6 +105,7 @@ class TrainingArgs:
     engine: str | None = None  # auto | torch | mlx (your_ai.hardware.pick_engine); None: auto
     packing: bool | None = None  # several records a row (your_ai.data.packing); None: when it pays
     attn_implementation: str | None = None  # sdpa | flex_attention | eager (transformers'); None: auto
+    dora: bool | None = None  # DoRA adapters (your_ai.model.lora); None: DEFAULTS (plain LoRA)
 
     def with_defaults(self) -> "TrainingArgs":
         model = model_or_default(self.model)
@@ -126,7 +127,7 @@ class TrainingArgs:
         if values["eval_every"] is None:
             values["eval_every"] = values["save_every"]
         if not self.resume or values["engine"] is not None:  # resumed: the checkpoint's (merge_for_resume)
-            values["engine"] = pick_engine(values["engine"])
+            values["engine"] = _engine_for(values["engine"], values["dora"])
         return TrainingArgs(**values)
 
     def validate(self) -> None:
@@ -147,7 +148,8 @@ class TrainingArgs:
         if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise TrainingArgsError(f"--weight-decay must be a number >= 0 (got {self.weight_decay!r})")
         try:
-            check_step_mode(self.step_mode or "auto", self.grad_checkpoint)
+            check_step_mode(self.step_mode or "auto", self.grad_checkpoint, bool(self.dora))
+            check_dora(bool(self.dora), self.quantize)
         except ValueError as error:
             raise TrainingArgsError(str(error)) from None
         self._check_engine()
@@ -190,11 +192,14 @@ class TrainingArgs:
         if self.engine in (None, "auto") and self.resume:
             return  # the checkpoint's engine, checked when merged
         try:
-            engine = pick_engine(self.engine)
+            engine = _engine_for(self.engine, self.dora)
         except ValueError as error:
             raise TrainingArgsError(str(error)) from None
         if engine != "mlx":
             return
+        if self.dora:
+            raise TrainingArgsError("--dora is a feature of the torch engine; --engine mlx trains LoRA adapters "
+                                    "(leave out --dora, or use --engine torch)")
         if self.step_mode not in (None, "auto", "plain"):
             raise TrainingArgsError(f"--step-mode {self.step_mode} is a step of the torch engine; --engine mlx takes "
                                     f"the plain step (add --grad-checkpoint to recompute the layers)")
@@ -212,7 +217,13 @@ class TrainingArgs:
                                     "batches (leave out --packing)")
 
     def lora_settings(self) -> LoraSettings:
-        return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, layers=self.lora_layers)
+        return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, layers=self.lora_layers,
+                            dora=bool(self.dora))
+
+
+def _engine_for(engine: str | None, dora: bool | None) -> str:
+    """``hardware.pick_engine``, except that ``auto`` picks torch for DoRA (the MLX engine trains LoRA only)."""
+    return pick_engine("torch" if dora and engine in (None, "auto") else engine)
 
 
 def check_lora_rank(args: TrainingArgs, resolved: ResolvedModel) -> None:
@@ -270,6 +281,7 @@ def merge_for_resume(given: TrainingArgs, saved: dict, output_dir: Path) -> Trai
     """The checkpoint's settings; this invocation may change only those that do not shape the numbers."""
     values = {key: saved.get(key) for key in RUN_SHAPE_FIELDS}
     values["packing"] = saved.get("packing", False)  # a run saved before packing existed did not pack
+    values["dora"] = saved.get("dora", False)  # nor one saved before DoRA was offered
     for key in RUN_SHAPE_FIELDS:
         value = getattr(given, key)
         if value is None or value == values[key]:

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 42,
     "step_mode": "auto",
     "report_to": "tensorboard",
+    "dora": False,
 }
 
 

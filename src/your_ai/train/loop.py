@@ -27,6 +27,7 @@ from your_ai.hardware import pick_device
 from your_ai.model.load import load_tokenizer
 from your_ai.model.resolve import resolve_model
 from your_ai.step.memory import PeakMemory, default_budget_gb, use_expandable_segments
+from your_ai.step.modes import runs_plain
 from your_ai.train import defaults as run_defaults
 from your_ai.train.args import (
     MemoryLimitExceeded,
@@ -191,7 +192,7 @@ def _build_model(given: TrainingArgs, planned: RunPlan, strategy: Strategy, data
     torch.manual_seed(args.seed)
     loaded = load_for_training(
         args.model, args.lora_settings(), strategy.device,
-        grad_checkpoint=args.grad_checkpoint and args.step_mode == "plain", trust_remote_code=args.trust_remote_code,
+        grad_checkpoint=args.grad_checkpoint and runs_plain(args.step_mode, args.dora), trust_remote_code=args.trust_remote_code,
         quantize=args.quantize, seed=args.seed,
         on_meta=strategy.sharded and not args.quantize,  # 4-bit weights are built whole on each rank, then sharded
         attn_implementation=attention_for(args.attn_implementation, strategy.device),

@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from your_ai.lifeline import end_with_parent, launched_by_agent
 from your_ai.model.load import weight_files
-from your_ai.model.lora import reset_adapters
+from your_ai.model.lora import reset_adapters, start_magnitudes
 from your_ai.model.meta import decoder_layers
 from your_ai.model.quantize import is_quantized
 from your_ai.train.args import check_strategy
@@ -216,14 +216,17 @@ def shard_and_load(module: torch.nn.Module, world: World, device: str, weights_d
     """Shard ``module`` (holding a PEFT model) over the ranks. Built under ``parameters_on_meta``, this rank's
     shards are then allocated and filled: the base weights read from the safetensors files in ``weights_dir``
     (each rank reads its shards only; ``None``: random, ``materialize``), the LoRA adapters started by
-    ``lora.reset_adapters(..., seed)`` as one process starts them. Returns the number of tensors read."""
+    ``lora.reset_adapters(..., seed)`` as one process starts them, then DoRA's magnitudes from the base weights
+    read (``lora.start_magnitudes``). Returns the number of tensors read."""
     on_meta = any(parameter.is_meta for parameter in module.parameters())
     shard(module, world, device)
     if not on_meta:  # loaded whole on each rank (4-bit weights): sharding frees the other ranks' parts
         return 0
     materialize(module, device)
     reset_adapters(module, seed)
-    return load_hf_weights(module, weights_dir) if weights_dir is not None else 0
+    read = load_hf_weights(module, weights_dir) if weights_dir is not None else 0
+    start_magnitudes(module)
+    return read
 
 
 def checkpoint_name(parameter_name: str) -> str:

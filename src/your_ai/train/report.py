@@ -138,7 +138,7 @@ def print_plan(console, args: TrainingArgs, model_line: str, trainable: int, dat
     for use in data.token_caches:
         console.print(f"Tokenized cache {use.status}: {use.path}", highlight=False)
     console.print(
-        f"LoRA: rank {args.lora_rank}, alpha {args.lora_settings().effective_alpha:g}, last {args.lora_layers} layers, "
+        f"{'DoRA' if args.dora else 'LoRA'}: rank {args.lora_rank}, alpha {args.lora_settings().effective_alpha:g}, last {args.lora_layers} layers, "
         f"{trainable:,} trainable parameters | batch {args.batch_size} x {args.grad_accum}, seq {args.max_seq_length}, "
         f"lr {args.learning_rate:g}, {args.max_steps} steps",
         highlight=False,

@@ -175,7 +175,7 @@ def apply_step_mode(model, requested: str, lora: LoraSettings, batch_size: int, 
     except ValueError as error:
         raise TrainingError(f"the step mode needs the model's shape: {error}") from None
     full_logits = not supports_fast_head(model)
-    shape = StepShape(architecture, batch_size, seq_length, lora.rank, lora.layers, device, quantize)
+    shape = StepShape(architecture, batch_size, seq_length, lora.rank, lora.layers, device, quantize, dora=lora.dora)
     try:
         if kept is not None and kept.get("name") in MODE_NAMES:
             mode = resumed_mode(kept, shape, budget_gb, full_logits=full_logits)
@@ -226,7 +226,7 @@ def sharding_saves(args: TrainingArgs, world: World, device: str, limit_gb: floa
     architecture = read_architecture(resolved.path)
     if asked == "auto":
         shape = StepShape(architecture, args.batch_size, args.max_seq_length, args.lora_rank, args.lora_layers,
-                          device, args.quantize)
+                          device, args.quantize, dora=bool(args.dora))
         smallest = select_step_mode("auto", shape, limit_gb)
         if pick_strategy(args.strategy, smallest.fits) != "fsdp":
             return None
