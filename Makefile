@@ -23,7 +23,7 @@ train: setup
 	$(VENV)/bin/your-ai train
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV)
