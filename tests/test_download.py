@@ -216,3 +216,12 @@ def test_downloaded_records_train(prepared, tmp_path):
                               "--no-tensorboard", "--output-dir", str(tmp_path / "run")],
                              capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-2000:]
+
+
+def test_a_hugging_face_source_with_the_hub_unreachable_fails_at_once(tmp_path):
+    offline = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "",  # nothing there
+               "HTTP_PROXY": "", "http_proxy": "", "COLUMNS": "300"}
+    started = time.monotonic()
+    result = run_download("sciq", "--limit", "2", "--output", str(tmp_path), env=offline)
+    assert time.monotonic() - started < 30  # the libraries' own retries would take longer
+    assert result.returncode == 1 and "the Hugging Face Hub cannot be reached" in result.stdout

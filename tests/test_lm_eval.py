@@ -141,7 +141,7 @@ def test_missing_lm_eval_names_the_flag_and_the_install_command(monkeypatch):
 def test_an_unreachable_hub_turns_offline_at_once(monkeypatch):
     import time
 
-    from your_ai.eval.lm_eval_tasks import offline_reason
+    from your_ai.hub_offline import offline_reason
 
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.delenv(name, raising=False)

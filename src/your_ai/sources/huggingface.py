@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
+from your_ai.hub_offline import offline_reason
 from your_ai.sources.fetched import Fetched, make_record
 from your_ai.sources.http import FetchError, Settings
 from your_ai.sources.table import Source
@@ -114,6 +115,7 @@ def _stream(source: Source, config: str | None, local: tuple[str, list[str]] | N
     except ImportError:
         raise FetchError("needs the datasets library: pip install 'your-ai[download]'") from None
     datasets.logging.disable_progress_bar()
+    offline = None if local else offline_reason()  # an unreachable Hub: fail at once, not after the retries
     try:
         if local:
             builder, files = local
@@ -122,7 +124,7 @@ def _stream(source: Source, config: str | None, local: tuple[str, list[str]] | N
             stream = datasets.load_dataset(source.dataset, config, split=source.split, streaming=True)
     except Exception as error:  # not found, offline without a cache, no connection, a script-only dataset ...
         where = f"{source.dataset}" + (f" ({config})" if config else "")
-        raise FetchError(f"{where}: {_describe(error)}") from error
+        raise FetchError(f"{where}: {_describe(error)}" + (f" ({offline})" if offline else "")) from error
     return stream.skip(skip) if skip else stream
 
 
