@@ -244,6 +244,8 @@ DISK_FULL = {  # written after the work, when the disk is found full
     "benchmark --log": (["benchmark", "--synthetic", "--models", "tiny", "--log", "{out}/log.jsonl"],
                         "{out}/log.jsonl"),
     "export --output": (["export", "--checkpoint", "{adapter}", "--output", "{out}/merged"], "{out}/merged"),
+    "export --format gguf": (["export", "--checkpoint", "{adapter}", "--output", "{out}/merged.gguf", "--format",
+                              "gguf"], "{out}/merged.gguf"),
     "train --output-dir": (["train", "--model", "tiny", "--output-dir", "{out}/run", "--max-steps", "1"],
                            "{out}/run/run.yaml"),  # the run file, written first
 }

@@ -47,6 +47,8 @@ ENVIRONMENT_ERRORS = {
 
 # Errors raised by the safetensors writer (Rust) carry the OS error only in their text.
 _OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
+# numpy's ``tofile`` (the GGUF writer's) reports a short write, which a full disk causes, without an errno.
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
 
 # The exception types that can carry an error of the environment, and all ``user_message`` can recognise.
 ENVIRONMENT_ERROR_TYPES = (OSError, SafetensorError)
@@ -60,6 +62,8 @@ def environment_reason(error: BaseException) -> str | None:
     if code is None and isinstance(error, SafetensorError):
         match = _OS_ERROR_CODE.search(str(error))
         code = int(match.group(1)) if match else None
+    if code is None and isinstance(error, OSError) and _SHORT_WRITE.match(str(error)):
+        code = errno.ENOSPC
     return ENVIRONMENT_ERRORS.get(code)
 
 
