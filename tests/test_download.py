@@ -66,7 +66,7 @@ def settings(server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def downloaded(server, settings, tmp_path_factory):
     """One run over the local Hugging Face sources and the stand-in archives, with faults on the way."""
-    server.fault_once("/advancedsearch.php", "503")
+    server.fault_once("/services/search/v1/scrape", "503")
     server.fault_once("/metadata/item-01", "503")
     server.fault_once("/download/item-02/", "truncated")
     server.fault_once("/search/pages/results/?andtext=&date1=1850&date2=1920&dateFilterType=yearRange&"
@@ -108,7 +108,9 @@ def test_records_carry_priors_and_provenance_in_the_format_prepare_reads(downloa
 def test_search_pages_retries_and_rate_limit(downloaded):
     _, results, log = downloaded
     paths = [path for _, path, _ in log]
-    assert sum(path.startswith("/advancedsearch.php") for path in paths) == 4  # page 1 twice (503), pages 2 and 3
+    searches = [path for path in paths if path.startswith("/services/search/v1/scrape")]
+    assert len(searches) == 4  # page 1 twice (503), then pages 2 and 3 by their cursors
+    assert "cursor=" not in searches[1] and all("cursor=" in path for path in searches[2:])
     assert sum(path.startswith("/metadata/item-01") for path in paths) == 2
     assert sum(path.startswith("/download/item-02/") for path in paths) == 2  # the cut body was asked again
     assert all(agent == USER_AGENT for _, _, agent in log)
