@@ -1,16 +1,18 @@
-"""A stand-in for the Internet Archive and Chronicling America on 127.0.0.1: their search, metadata and full-text
-answers in the real formats, served from a few recorded items, with faults served once each on request (a 429
-with Retry-After, a 503, a body cut short)."""
+"""A stand-in for the Internet Archive and Chronicling America on 127.0.0.1: their search (the Internet Archive's
+scrape API, paged by cursor), metadata and full-text answers in the real formats, served from a few recorded items,
+with faults served once each on request (a 429 with Retry-After, a 503, a body cut short)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-PAGE_ROWS = 3  # items per search page, whatever rows= asks (so that a few items span several pages)
+PAGE_ROWS = 3  # items per search page, whatever rows= or count= asks (so that a few items span several pages)
+SCRAPE_MIN_COUNT = 100  # the scrape API's least count=
 BOOK = ("Of the nature of things. It is the business of the natural philosopher to observe, to measure and to "
         "record what he sees, and to set down the experiment as he made it, with every reading in its place. ")
 
@@ -112,8 +114,8 @@ class ArchiveServer:
         parts = urllib.parse.urlsplit(path)
         query = urllib.parse.parse_qs(parts.query)
         page = int(query.get("page", ["1"])[0])
-        if parts.path == "/advancedsearch.php":
-            return 200, json.dumps(self._archive_search(query, page)).encode()
+        if parts.path == "/services/search/v1/scrape":
+            return self._archive_scrape(query)
         if parts.path.startswith("/metadata/"):
             identifier = urllib.parse.unquote(parts.path.removeprefix("/metadata/"))
             return (200, json.dumps(self._metadata(identifier)).encode()) if identifier in self.items else (200, b"{}")
@@ -127,14 +129,22 @@ class ArchiveServer:
             return 200, json.dumps(self._chronam_search(page)).encode()
         return 404, b"not found"
 
-    def _archive_search(self, query, page: int) -> dict:
+    def _archive_scrape(self, query) -> tuple[int, bytes]:
+        """A page of the scrape API: the items after the cursor's identifier, and a cursor unless it is the last."""
+        count = int(query.get("count", ["5000"])[0])
+        if count < SCRAPE_MIN_COUNT:
+            return 400, json.dumps({"error": f"count must be at least {SCRAPE_MIN_COUNT}"}).encode()
+        fields = query.get("fields", ["identifier"])[0].split(",")
         docs = [item["doc"] for _, item in sorted(self.items.items())]
-        start = (page - 1) * PAGE_ROWS
-        return {"responseHeader": {"status": 0, "QTime": 7, "params": {
-                    "query": query.get("q", [""])[0], "qin": query.get("q", [""])[0],
-                    "fields": ",".join(query.get("fl[]", [])), "wt": "json", "sort": "identifier asc",
-                    "rows": str(PAGE_ROWS), "start": start}},
-                "response": {"numFound": len(docs), "start": start, "docs": docs[start:start + PAGE_ROWS]}}
+        cursor = query.get("cursor", [""])[0]
+        if cursor:
+            after = json.loads(base64.urlsafe_b64decode(cursor))["after"]
+            docs = [doc for doc in docs if doc["identifier"] > after]
+        page = [{name: doc[name] for name in fields if name in doc} for doc in docs[:PAGE_ROWS]]
+        answer = {"items": page, "count": len(page), "total": len(docs)}
+        if len(docs) > PAGE_ROWS:
+            answer["cursor"] = base64.urlsafe_b64encode(json.dumps({"after": page[-1]["identifier"]}).encode()).decode()
+        return 200, json.dumps(answer).encode()
 
     def _metadata(self, identifier: str) -> dict:
         item = self.items[identifier]

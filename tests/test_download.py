@@ -1,6 +1,7 @@
 """`your-ai download`: Hugging Face sources from local files through `datasets`' streaming path, the Internet
 Archive and Chronicling America from a recorded stand-in on 127.0.0.1 (pagination, a 429, a 503, a body cut
-short), resume after a kill, the record format, and the records through `prepare` and (slow) `train`."""
+short), resume after a kill and in the middle of a page, the record format, and the records through `prepare` and
+(slow) `train`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -66,7 +68,7 @@ def settings(server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def downloaded(server, settings, tmp_path_factory):
     """One run over the local Hugging Face sources and the stand-in archives, with faults on the way."""
-    server.fault_once("/advancedsearch.php", "503")
+    server.fault_once("/services/search/v1/scrape", "503")
     server.fault_once("/metadata/item-01", "503")
     server.fault_once("/download/item-02/", "truncated")
     server.fault_once("/search/pages/results/?andtext=&date1=1850&date2=1920&dateFilterType=yearRange&"
@@ -108,12 +110,15 @@ def test_records_carry_priors_and_provenance_in_the_format_prepare_reads(downloa
 def test_search_pages_retries_and_rate_limit(downloaded):
     _, results, log = downloaded
     paths = [path for _, path, _ in log]
-    assert sum(path.startswith("/advancedsearch.php") for path in paths) == 4  # page 1 twice (503), pages 2 and 3
+    searches = [path for path in paths if path.startswith("/services/search/v1/scrape")]
+    assert len(searches) == 4  # page 1 twice (503), then pages 2 and 3 by their cursors
+    assert "cursor=" not in searches[1] and all("cursor=" in path for path in searches[2:])
     assert sum(path.startswith("/metadata/item-01") for path in paths) == 2
     assert sum(path.startswith("/download/item-02/") for path in paths) == 2  # the cut body was asked again
     assert all(agent == USER_AGENT for _, _, agent in log)
-    times = [when for when, _, _ in log]
-    assert min(later - earlier for earlier, later in zip(times, times[1:])) >= INTERVAL * 0.8
+    times = [when for when, _, _ in log]  # when each request arrived: its start plus a varying delay
+    assert min(later - earlier for earlier, later in zip(times, times[1:])) >= INTERVAL * 0.5
+    assert times[-1] - times[0] >= (len(times) - 1) * INTERVAL - 0.02
     limited = [when for when, path, _ in log if path.startswith("/search/pages/results/") and "page=2" in path]
     assert len(limited) == 2 and limited[1] - limited[0] >= 0.95  # Retry-After: 1 honoured
     assert results["newspapers"].status == "fetched" and results["newspapers"].exhausted
@@ -166,10 +171,32 @@ def test_resume_after_a_kill_duplicates_nothing_and_loses_nothing(server, settin
     with partial.open("ab") as handle:
         handle.write(b'{"text": "a line cut short by the ki')
     committed = json.loads(state.read_text())["records"]
+    server.log.clear()
     result = download([find_source("philosophy")], tmp_path, settings=settings)[0]
     identifiers = [record.fields["identifier"] for record in read_records(tmp_path / "philosophy.jsonl").records]
     assert identifiers == ["item-00", "item-01", "item-02", "item-04", "item-05", "item-06"]
     assert result.fetched == 6 - committed and result.exhausted
+    assert not set(items_asked(server)) & set(identifiers[:committed])  # no committed item is fetched again
+
+
+def items_asked(server) -> list[str]:
+    """The identifiers whose metadata the stand-in was asked for, in order."""
+    return [path.removeprefix("/metadata/") for _, path, _ in server.log if path.startswith("/metadata/")]
+
+
+def test_a_resume_in_the_middle_of_a_scrape_page_continues_at_the_next_item(server, settings, tmp_path):
+    philosophy = find_source("philosophy")
+    first = download([philosophy], tmp_path, limit=4, settings=settings)[0]
+    cursor = json.loads((tmp_path / "philosophy.state.json").read_text())["cursor"]
+    assert first.records == 4 and cursor["index"] == 2 and cursor["scrape"]  # item-04, the second of page 2
+    server.log.clear()
+    more = download([philosophy], tmp_path, limit=6, settings=settings)[0]
+    search = urllib.parse.urlsplit(server.log[0][1])
+    assert search.path == "/services/search/v1/scrape"
+    assert urllib.parse.parse_qs(search.query)["cursor"] == [cursor["scrape"]]  # page 2 asked again, by its cursor
+    assert items_asked(server) == ["item-05", "item-06"] and (more.fetched, more.records) == (2, 6)
+    identifiers = [record.fields["identifier"] for record in read_records(tmp_path / "philosophy.jsonl").records]
+    assert identifiers == ["item-00", "item-01", "item-02", "item-04", "item-05", "item-06"]
 
 
 def test_command_line_summary_list_and_exit_codes(server, tmp_path):

@@ -1,8 +1,10 @@
-"""The public archives: the Internet Archive (advanced search, item metadata, the item's OCR full text) and the
-Library of Congress's Chronicling America (its JSON page search, whose results carry the OCR text).
+"""The public archives: the Internet Archive (its scrape API to list the items of a search, item metadata, the
+item's OCR full text) and the Library of Congress's Chronicling America (its JSON page search, whose results carry
+the OCR text).
 
-Both walk search result pages in a stable order; the cursor is the page and the position in it after the last
-item handled, so a resumed download asks for the same page again and carries on after that item.
+Both walk result pages in a stable order. A page is named by its key (the scrape API's cursor, or Chronicling
+America's page number); the fetcher's cursor is that key and the position in the page after the last item handled,
+so a resumed download asks for the same page again and carries on after that item.
 """
 
 from __future__ import annotations
@@ -21,46 +23,50 @@ from your_ai.sources.fetched import (
 from your_ai.sources.http import Client, FetchError, Settings
 from your_ai.sources.table import Source
 
-ARCHIVE_ROWS = 50
+SCRAPE_COUNT = 1000  # items per scrape page (the API takes 100 to 10,000)
 ARCHIVE_FIELDS = ("identifier", "title", "date", "year", "publisher", "creator", "licenseurl")
 CHRONAM_ROWS = 20
 GONE = (403, 404, 410)  # statuses that skip an item rather than fail its source
 TEXT_BYTES = MAX_TEXT_CHARS * 4  # the most of an item's text asked for (a UTF-8 character is at most 4 bytes)
 
 
-def _pages(cursor: dict[str, Any], fetch_page) -> Iterator[tuple[int, int, dict]]:
-    """(page, index, item) from the cursor on; ``fetch_page(page)`` returns (items, whether more pages follow)."""
-    page, index = cursor.get("page", 1), cursor.get("index", 0)
+def _pages(first: Any, index: int, fetch_page) -> Iterator[tuple[Any, int, dict]]:
+    """(page key, position after the item, item) from item ``index`` of page ``first`` on; ``fetch_page(key)``
+    returns (items, the key of the next page or None after the last)."""
+    key = first
     while True:
-        items, more = fetch_page(page)
+        items, following = fetch_page(key)
         for position in range(index, len(items)):
-            yield page, position + 1, items[position]
-        if not items or not more:
+            yield key, position + 1, items[position]
+        if not items or following is None:
             return
-        page, index = page + 1, 0
+        key, index = following, 0
 
 
 # ---------------------------------------------------------------------------------------- Internet Archive
 
 
-def archive_search_url(settings: Settings, source: Source, page: int) -> str:
-    query = [("q", source.query), *(("fl[]", name) for name in ARCHIVE_FIELDS), ("sort[]", "identifier asc"),
-             ("rows", ARCHIVE_ROWS), ("page", page), ("output", "json")]
-    return f"{settings.archive_url}/advancedsearch.php?{urllib.parse.urlencode(query)}"
+def archive_scrape_url(settings: Settings, source: Source, cursor: str | None) -> str:
+    query = [("q", source.query), ("fields", ",".join(ARCHIVE_FIELDS)), ("count", SCRAPE_COUNT)]
+    if cursor:
+        query.append(("cursor", cursor))
+    return f"{settings.archive_url}/services/search/v1/scrape?{urllib.parse.urlencode(query)}"
 
 
 def archive_items(source: Source, cursor: dict[str, Any], settings: Settings, client: Client) -> Iterator[Fetched]:
-    """The Internet Archive items matching ``source.query``, each as its full text and metadata."""
-    def fetch_page(page: int):
-        answer = client.get_json(archive_search_url(settings, source, page))
-        response = answer.get("response") if isinstance(answer, dict) else None
-        if not isinstance(response, dict) or not isinstance(response.get("docs"), list):
-            raise FetchError(f"{settings.archive_url}/advancedsearch.php: unexpected answer (no response.docs)")
-        docs = response["docs"]
-        return docs, int(response.get("start", 0)) + len(docs) < int(response.get("numFound", 0))
+    """The Internet Archive items matching ``source.query``, each as its full text and metadata. ``cursor``:
+    ``scrape``, the scrape cursor that asked for the page (None for the first), and ``index``, its items handled."""
+    def fetch_page(scrape: str | None):
+        answer = client.get_json(archive_scrape_url(settings, source, scrape))
+        where = f"{settings.archive_url}/services/search/v1/scrape"
+        if isinstance(answer, dict) and answer.get("error"):
+            raise FetchError(f"{where}: {answer['error']}")
+        if not isinstance(answer, dict) or not isinstance(answer.get("items"), list):
+            raise FetchError(f"{where}: unexpected answer (no items)")
+        return answer["items"], answer.get("cursor") or None
 
-    for page, index, doc in _pages(cursor, fetch_page):
-        yield archive_item(source, doc, {"page": page, "index": index}, settings, client)
+    for scrape, index, doc in _pages(cursor.get("scrape"), cursor.get("index", 0), fetch_page):
+        yield archive_item(source, doc, {"scrape": scrape, "index": index}, settings, client)
 
 
 def archive_item(source: Source, doc: dict, cursor: dict, settings: Settings, client: Client) -> Fetched:
@@ -116,9 +122,9 @@ def chronam_pages(source: Source, cursor: dict[str, Any], settings: Settings, cl
         if not isinstance(answer, dict) or not isinstance(answer.get("items"), list):
             raise FetchError(f"{settings.chronam_url}/search/pages/results/: unexpected answer (no items)")
         items = answer["items"]
-        return items, int(answer.get("endIndex", 0)) < int(answer.get("totalItems", 0))
+        return items, page + 1 if int(answer.get("endIndex", 0)) < int(answer.get("totalItems", 0)) else None
 
-    for page, index, item in _pages(cursor, fetch_page):
+    for page, index, item in _pages(cursor.get("page", 1), cursor.get("index", 0), fetch_page):
         yield chronam_page(source, item, {"page": page, "index": index}, settings)
 
 

@@ -17,7 +17,8 @@ FETCHERS = (HUGGINGFACE, ARCHIVE, CHRONAM)
 @dataclass(frozen=True)
 class Source:
     """One curated source. ``fetcher`` is HUGGINGFACE (``dataset``, ``configs``, ``split``), ARCHIVE (``query``: an
-    Internet Archive advanced-search query) or CHRONAM (``years``: the first and last year of the pages searched)."""
+    Internet Archive search query, in advanced-search syntax) or CHRONAM (``years``: the first and last year of the
+    pages searched)."""
 
     name: str
     title: str
