@@ -4,7 +4,8 @@ Writes N synthetic raw documents (``bench/prepare_throughput.py``'s generator; `
 their own scores, the others are scored), then, each in a fresh process with an empty or a filled
 ``YOUR_AI_CACHE``, does what ``train`` does before it loads the model: ``read_run_data`` (the records
 checked and scored, or their scores loaded from the cache) and ``RunData.tokenize`` (the tokenized cache
-built or opened). Reports each process's seconds (the tokenizer loaded before) and peak RSS:
+built or opened). Reports each process's seconds (the tokenizer loaded before), its peak RSS, and at the end
+its anonymous memory and the pages of mapped files (the memory-mapped tokens) it holds (Linux):
 
 - ``first``: an empty cache (the first run on the file);
 - ``later``: the cache the first run filled (a later run, or ``--resume``).
@@ -47,9 +48,12 @@ data = read_run_data(planned, notes)
 scored = time.perf_counter()
 data.tokenize(tokenizer, 1024, notes)
 done = time.perf_counter()
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith("Rss"))
 print(json.dumps({"records": len(data.train_scores), "scores_s": scored - imported, "tokens_s": done - scored,
                   "total_s": done - imported, "cache": [use.status for use in data.token_caches],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "end_rss_anon_mb": int(status["RssAnon"].split()[0]) / 1024,
+                  "end_rss_file_mb": int(status["RssFile"].split()[0]) / 1024}))
 """
 
 
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.docs} records ({size_mb:.0f} MB), {args.model} tokenizer, {os.cpu_count()} CPUs")
     for row in rows:
         print(f"{row['run']:6} scores {row['scores_s']:7.2f} s  tokens {row['tokens_s']:7.2f} s  "
-              f"total {row['total_s']:7.2f} s  peak RSS {row['peak_rss_mb']:7.0f} MB  {row['cache']}")
+              f"total {row['total_s']:7.2f} s  peak RSS {row['peak_rss_mb']:7.0f} MB (at the end: "
+              f"{row['end_rss_anon_mb']:.0f} MB anonymous, {row['end_rss_file_mb']:.0f} MB mapped files)  {row['cache']}")
     result = {"benchmark": "run_data", "date": time.strftime("%Y-%m-%d"), "docs": args.docs, "file_mb": size_mb,
               "model": args.model, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
