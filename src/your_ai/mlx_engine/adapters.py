@@ -12,9 +12,8 @@ value per output feature in both, is the same vector).
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -28,7 +27,6 @@ from your_ai.train.outputs import (
     ADAPTER_WEIGHTS_FILE,
     CheckpointError,
 )
-
 
 LORA_PARTS = (("lora_A", "lora_a"), ("lora_B", "lora_b"))  # (PEFT's part, mlx-lm's attribute)
 DORA_PARTS = (*LORA_PARTS, (MAGNITUDE, "m"))
