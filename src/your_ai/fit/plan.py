@@ -156,8 +156,8 @@ def mlx_step_mode(shape: memory.StepShape, config: FitConfig, budget_gb: float |
     """The MLX engine's step: the forward through the full logits, every layer recomputed in the backward
     pass with ``--grad-checkpoint``; ``--step-mode`` auto or plain."""
     if config.dora:
-        raise ValueError("--dora is a feature of the torch engine; the MLX engine trains LoRA adapters "
-                         "(leave out --dora, or use --engine torch)")
+        raise ValueError("--dora fit tests run on the torch engine; the MLX engine's fit test measures LoRA adapters "
+                         "(leave out --dora, or use --engine torch; train --engine mlx takes --dora)")
     if config.step_mode not in MLX_STEP_MODES:
         raise ValueError(f"--step-mode {config.step_mode} is a step of the torch engine; the MLX engine runs "
                          f"{' or '.join(MLX_STEP_MODES)}")
