@@ -135,3 +135,22 @@ def _example():
 
     ids = IDS[0].tolist()
     return Example(ids, list(ids), 0.1, 5.0)
+
+
+def test_a_fit_test_of_dora_on_a_4_bit_mlx_base(tiny_model_dir):
+    from dataclasses import replace
+
+    from your_ai.fit.mlx_child import train_on_mlx
+    from your_ai.fit.plan import FitConfig, FitTest, check_fit_dora, estimate_for
+    from your_ai.model.presets import TINY
+    from your_ai.step import memory
+
+    config = FitConfig(batch_size=2, lora_rank=4, lora_layers=4, steps=2, seq_length=32, quantize=4, dora=True)
+    test = FitTest("tiny", memory.MLX_DEVICE, config, None, synthetic=True)
+    result = test.result()
+    train_on_mlx(test, result, memory.PeakMemory(memory.MLX_DEVICE))
+    assert len(result.step_times_s) == 2 and result.config["dora"] is True
+    lora = estimate_for(TINY.architecture, memory.MLX_DEVICE, replace(config, dora=False))
+    assert result.estimate_gb > lora.total_gb  # the magnitudes and DoRA's forward counted
+    with pytest.raises(ValueError, match="--dora cannot go with --quantize 4 on the torch engine"):
+        check_fit_dora(config, "cpu")
