@@ -52,7 +52,7 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
 @click.option("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank).")
 @click.option("--lora-layers", type=POSITIVE, help="Adapt the last N decoder layers (default: by model size and device; clamped to the model).")
 @click.option("--dora/--no-dora", default=None, help="DoRA adapters (weight-decomposed LoRA): a trained magnitude "
-              f"per output feature of each adapted projection; the plain step, the torch engine (default: "
+              f"per output feature of each adapted projection; the plain step, either engine (default: "
               f"{'on' if DEFAULTS['dora'] else 'off'}; see docs/dora.md).")
 @click.option("--learning-rate", type=float, help="Peak learning rate (default: by model size and device).")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warmup steps before the cosine decay "

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_unflatten
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_sampler
 
@@ -59,16 +60,14 @@ class MlxRunner:
 
     @contextmanager
     def disable_adapter(self):
-        """The base model alone while inside: every LoRA layer's scale set to 0."""
-        modules = [module for _, module in self.loaded.adapted_modules()]
-        scales = [module.scale for module in modules]
-        for module in modules:
-            module.scale = 0.0
+        """The base model alone while inside: every adapted projection's base layer back in its place (a
+        LoRA or DoRA layer's own), the adapted layers put back after."""
+        adapted = self.loaded.adapted_modules()
+        self.loaded.model.update_modules(tree_unflatten([(path, module.linear) for path, module in adapted]))
         try:
             yield
         finally:
-            for module, scale in zip(modules, scales):
-                module.scale = scale
+            self.loaded.model.update_modules(tree_unflatten(adapted))
 
 
 def load_mlx_runner(resolved: ResolvedModel, checkpoint: Path | None, trust_remote_code: bool = False) -> MlxRunner:

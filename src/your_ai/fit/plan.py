@@ -54,7 +54,6 @@ class FitConfig:
             raise ValueError(f"seq_length={self.seq_length!r} must be at least 2")
         check_step_mode(self.step_mode, self.grad_checkpoint, self.dora)
         check_bits(self.quantize)
-        check_dora(self.dora, self.quantize)
 
     @property
     def lora(self) -> LoraSettings:
@@ -144,6 +143,7 @@ def step_mode_for(architecture: Architecture, device: str, config: FitConfig,
     """The step mode a fit test of ``config`` runs on ``device`` within ``budget_gb`` (None: no budget), as
     the fit test chooses it (``step.modes.select_step_mode``), from the architecture alone. On MLX it is the
     plain step (``mlx_step_mode``)."""
+    check_fit_dora(config, device)
     if device == memory.MLX_DEVICE:
         return mlx_step_mode(step_shape(architecture, device, config), config, budget_gb)
     return select_step_mode(
@@ -152,12 +152,15 @@ def step_mode_for(architecture: Architecture, device: str, config: FitConfig,
     )
 
 
+def check_fit_dora(config: FitConfig, device: str | None) -> None:
+    """``model.lora.check_dora`` on the engine ``device`` runs (``fit_device``'s "mlx": the MLX engine, which
+    takes DoRA on a 4-bit base; any other: the torch engine, which does not)."""
+    check_dora(config.dora, config.quantize, "mlx" if device == memory.MLX_DEVICE else "torch")
+
+
 def mlx_step_mode(shape: memory.StepShape, config: FitConfig, budget_gb: float | None) -> StepMode:
     """The MLX engine's step: the forward through the full logits, every layer recomputed in the backward
     pass with ``--grad-checkpoint``; ``--step-mode`` auto or plain."""
-    if config.dora:
-        raise ValueError("--dora is a feature of the torch engine; the MLX engine trains LoRA adapters "
-                         "(leave out --dora, or use --engine torch)")
     if config.step_mode not in MLX_STEP_MODES:
         raise ValueError(f"--step-mode {config.step_mode} is a step of the torch engine; the MLX engine runs "
                          f"{' or '.join(MLX_STEP_MODES)}")

@@ -1,8 +1,10 @@
 """Models in MLX (mlx-lm): a resolved model's safetensors loaded, or a random model of an ``Architecture``,
 in the engine's dtype, its base optionally quantized (QLoRA) and frozen, with LoRA on the attention
-projections of the last layers as ``LoraSettings`` says.
+projections of the last layers as ``LoraSettings`` says (DoRA with ``LoraSettings.dora``: mlx-lm's
+``DoRALinear``, whose magnitude ``m`` is PEFT's ``lora_magnitude_vector``).
 
-The adapters start from the same values as the torch engine's (``model.lora.initial_adapter_values``), and
+The adapters start from the same values as the torch engine's (``model.lora.initial_adapter_values``; DoRA's
+magnitudes at the row norms of the base weights, in fp32, as ``model.lora.start_magnitudes`` starts them), and
 their scale is alpha / rank, as PEFT's: one adapter means the same thing in either engine.
 """
 
@@ -21,6 +23,7 @@ from your_ai.model.architecture import Architecture, read_config_values
 from your_ai.model.load import weight_files
 from your_ai.model.lora import (
     DEFAULT_TARGET_MODULES,
+    MAGNITUDE,
     LoraSettings,
     initial_adapter_values,
     layers_to_transform,
@@ -116,14 +119,16 @@ def quantize_base(loaded: MlxModel, bits: int = 4) -> MlxModel:
 
 def add_lora(loaded: MlxModel, settings: LoraSettings, *, seed: int = 0) -> MlxModel:
     """Freeze the model and put LoRA on ``settings.target_modules`` of the last ``settings.layers`` layers
-    (mlx-lm's LoRA layers, scale alpha / rank), started as the torch engine starts them (from ``seed``)."""
+    (mlx-lm's LoRA layers, or its DoRA layers with ``settings.dora``, scale alpha / rank), started as the torch
+    engine starts them (from ``seed``; DoRA's magnitudes at the base weights' row norms, as mlx-lm starts them)."""
     layers, note = layers_to_transform(len(loaded.model.layers), settings.layers)
     if note:
         loaded.notes.append(note)
     loaded.model.freeze()
     keys = {f"self_attn.{name}" for name in settings.target_modules}
     linear_to_lora_layers(loaded.model, len(layers), {"rank": settings.rank, "dropout": settings.dropout,
-                                                      "scale": settings.effective_alpha / settings.rank, "keys": keys})
+                                                      "scale": settings.effective_alpha / settings.rank, "keys": keys},
+                          use_dora=settings.dora)
     loaded.lora, loaded.lora_layers = settings, layers
     start_adapters(loaded, seed)
     return loaded
@@ -153,13 +158,14 @@ def adapted_paths(settings: LoraSettings | None, layers: list[int]) -> list[str]
 
 
 def peft_name(path: str, part: str) -> str:
-    """PEFT's saved name of an adapter weight: ``base_model.model.<path>.lora_A.weight`` (or ``lora_B``)."""
-    return f"{PEFT_PREFIX}{path}.{part}.weight"
+    """PEFT's saved name of an adapter weight: ``base_model.model.<path>.lora_A.weight`` (or ``lora_B``;
+    DoRA's magnitude vector: ``base_model.model.<path>.lora_magnitude_vector``)."""
+    return f"{PEFT_PREFIX}{path}.{part}" + ("" if part == MAGNITUDE else ".weight")
 
 
 def prepare_for_training(loaded: MlxModel, lora, *, quantize: int | None, grad_checkpoint: bool, seed: int) -> MlxModel:
-    """``loaded`` as a run trains it: the base in 4 bits with ``quantize`` 4, fresh LoRA adapters (from
-    ``seed``), each layer recomputed in the backward pass with ``grad_checkpoint`` (mlx-lm's, which patches
+    """``loaded`` as a run trains it: the base in 4 bits with ``quantize`` 4, fresh LoRA (or DoRA) adapters
+    (from ``seed``), each layer recomputed in the backward pass with ``grad_checkpoint`` (mlx-lm's, which patches
     the model's layer class)."""
     if quantize:
         quantize_base(loaded, quantize)

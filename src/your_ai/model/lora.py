@@ -32,12 +32,13 @@ class LoraSettings:
         return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
 
 
-def check_dora(dora: bool, quantize: int | None) -> None:
-    """A ``ValueError`` naming the flags when DoRA cannot go with the other settings: PEFT's DoRA reads the
-    base weights whole, which it cannot do for 4-bit NF4 weights."""
-    if dora and quantize:
-        raise ValueError(f"--dora cannot go with --quantize {quantize}: DoRA reads the base weights whole, which "
-                         f"it cannot do for 4-bit weights; leave out one of them")
+def check_dora(dora: bool, quantize: int | None, engine: str = "torch") -> None:
+    """A ``ValueError`` naming the flags when DoRA cannot go with the other settings on ``engine``: PEFT's DoRA
+    (the torch engine) reads the base weights whole, which it cannot do for 4-bit NF4 weights; mlx-lm's DoRA
+    dequantizes MLX's 4-bit weights, so the MLX engine takes both."""
+    if dora and quantize and engine != "mlx":
+        raise ValueError(f"--dora cannot go with --quantize {quantize} on the torch engine: DoRA reads the base "
+                         f"weights whole, which PEFT cannot do for 4-bit NF4 weights; leave out one of them")
 
 
 def layers_to_transform(num_hidden_layers: int, requested: int) -> tuple[list[int], str | None]:

@@ -127,7 +127,7 @@ class TrainingArgs:
         if values["eval_every"] is None:
             values["eval_every"] = values["save_every"]
         if not self.resume or values["engine"] is not None:  # resumed: the checkpoint's (merge_for_resume)
-            values["engine"] = _engine_for(values["engine"], values["dora"])
+            values["engine"] = pick_engine(values["engine"])
         return TrainingArgs(**values)
 
     def validate(self) -> None:
@@ -149,7 +149,6 @@ class TrainingArgs:
             raise TrainingArgsError(f"--weight-decay must be a number >= 0 (got {self.weight_decay!r})")
         try:
             check_step_mode(self.step_mode or "auto", self.grad_checkpoint, bool(self.dora))
-            check_dora(bool(self.dora), self.quantize)
         except ValueError as error:
             raise TrainingArgsError(str(error)) from None
         self._check_engine()
@@ -192,14 +191,12 @@ class TrainingArgs:
         if self.engine in (None, "auto") and self.resume:
             return  # the checkpoint's engine, checked when merged
         try:
-            engine = _engine_for(self.engine, self.dora)
+            engine = pick_engine(self.engine)
+            check_dora(bool(self.dora), self.quantize, engine)
         except ValueError as error:
             raise TrainingArgsError(str(error)) from None
         if engine != "mlx":
             return
-        if self.dora:
-            raise TrainingArgsError("--dora is a feature of the torch engine; --engine mlx trains LoRA adapters "
-                                    "(leave out --dora, or use --engine torch)")
         if self.step_mode not in (None, "auto", "plain"):
             raise TrainingArgsError(f"--step-mode {self.step_mode} is a step of the torch engine; --engine mlx takes "
                                     f"the plain step (add --grad-checkpoint to recompute the layers)")
@@ -219,11 +216,6 @@ class TrainingArgs:
     def lora_settings(self) -> LoraSettings:
         return LoraSettings(rank=self.lora_rank, alpha=self.lora_alpha, layers=self.lora_layers,
                             dora=bool(self.dora))
-
-
-def _engine_for(engine: str | None, dora: bool | None) -> str:
-    """``hardware.pick_engine``, except that ``auto`` picks torch for DoRA (the MLX engine trains LoRA only)."""
-    return pick_engine("torch" if dora and engine in (None, "auto") else engine)
 
 
 def check_lora_rank(args: TrainingArgs, resolved: ResolvedModel) -> None:
