@@ -465,3 +465,30 @@ def test_llama_cpp_runs_the_export_like_transformers(real_export):
     with torch.no_grad():
         expected = tokenizer.decode(merged.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:])
     assert llm(prompt, max_tokens=6, temperature=0)["choices"][0]["text"] == expected
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_the_default_models_q4_1_export_is_typed_as_llama_quantize_types_it(real_export):
+    """The packaged SmolLM2 Q4_1 file was made by llama.cpp's llama-quantize: the q4_1 export stores every tensor
+    in the same type (the tied token embedding at Q8_0) under the same file type, and transformers reading it
+    back continues a chat as the merged model does. (The packaged file is what the default model's weights came
+    from, so they lie on Q4_1's grid already, but for the adapter's changes.)"""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from your_ai.model.default_model import packaged_gguf
+
+    f16, merged, tokenizer = real_export
+    path = export_gguf(f16.parent / "adapter", f16.parent / "smollm2-q4_1.gguf", "q4_1", "cpu", say=lambda line: None)
+    ours, theirs = gguf.GGUFReader(path), gguf.GGUFReader(packaged_gguf())
+    assert {t.name: t.tensor_type.name for t in ours.tensors} == {t.name: t.tensor_type.name for t in theirs.tensors}
+    assert ours.fields["general.file_type"].contents() == theirs.fields["general.file_type"].contents() == 3
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        expected, got = merged(**ids).logits, loaded(**ids).logits
+        assert (got - expected).norm() < 0.05 * expected.norm()
+        expected = merged.generate(**ids, max_new_tokens=8, do_sample=False)
+        assert loaded.generate(**ids, max_new_tokens=8, do_sample=False).tolist() == expected.tolist()

@@ -61,7 +61,7 @@ def write_gguf(model, tokenizer, tokenizer_folder: Path, path: Path, quantizatio
     _add_hyperparameters(writer, config, quantization, name)
     rows = model.get_input_embeddings().weight.shape[0]
     add_tokenizer(writer, tokenizer, tokenizer_folder, rows, say)
-    tensors = list(_tensors(model, architecture))
+    tensors = list(gguf_tensors(model, architecture))
     kinds = tensor_types([(tensor_name, shape) for tensor_name, shape, _ in tensors], quantization)
     for tensor_name, shape, _ in tensors:  # the header lists every tensor before the data
         kind = kinds[tensor_name]
@@ -187,7 +187,7 @@ def llama3_rope_factors(config):
     return torch.tensor(factors, dtype=torch.float32)
 
 
-def _tensors(model, architecture: str) -> Iterator[tuple[str, tuple[int, ...], Callable[[], object]]]:
+def gguf_tensors(model, architecture: str) -> Iterator[tuple[str, tuple[int, ...], Callable[[], object]]]:
     """(GGUF name, shape, a function giving the float32 numpy data) of every tensor to write."""
     import gguf
 
