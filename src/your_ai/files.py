@@ -4,6 +4,7 @@ Every file your-ai writes for a user (JSON results, profiles, reports, charts, p
 goes through here, so a run that fails or is killed leaves the previous file intact. An output
 that cannot be written (no space left, a read-only disk, a path under a regular file) raises
 ``OutputError`` naming it; ``check_writable`` finds most of those before a command does its work.
+A long write can run inside ``interrupted_by_signals``, so that SIGINT or SIGTERM removes its temporary file.
 """
 
 from __future__ import annotations
