@@ -342,6 +342,32 @@ def test_sigterm_during_the_write_leaves_no_file(exported, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) is handler
 
 
+
+def test_sigterm_while_saving_a_hugging_face_folder_leaves_the_previous_one(exported, tmp_path, monkeypatch):
+    """The same for --format hf: SIGTERM once the weights are saved in the staging folder removes it, and the
+    folder --force would have replaced is intact."""
+    import signal
+
+    from transformers import PreTrainedTokenizerBase
+
+    from your_ai.eval.export import merge_adapter
+    from your_ai.files import Interrupted
+
+    adapter, _, _, _ = exported
+    output = tmp_path / "merged"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    save = PreTrainedTokenizerBase.save_pretrained
+
+    def save_then_signal(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", save_then_signal)
+    with pytest.raises(Interrupted):
+        merge_adapter(adapter, output, "cpu", force=True)
+    assert [path.name for path in tmp_path.iterdir()] == ["merged"] and (output / "keep.txt").read_text() == "mine"
+
 # ---------------------------------------------------------------------------- GGUF in
 
 def test_a_gguf_model_trains_and_the_next_command_reuses_its_conversion(exported, tmp_path, capsys, monkeypatch):
