@@ -179,7 +179,8 @@ def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT (Ctrl-C) or SIGTERM arrived inside ``interrupted_by_signals``; the command exits with ``exit_code``."""
+    """SIGINT (Ctrl-C) or SIGTERM arrived inside ``interrupted_by_signals``; the command exits with ``exit_code``
+    (128 + the signal's number)."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -187,16 +188,23 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
+        return signal_name(self.signum)
 
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
 
 
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 @contextmanager
-def interrupted_by_signals() -> Iterator[None]:
-    """While inside: SIGINT and SIGTERM raise ``Interrupted`` in the main thread, so the ``finally`` blocks that
+def interrupted_by_signals(error: type[Interrupted] = Interrupted) -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM raise ``error`` (``Interrupted`` or a kind of it) in the main thread, so the ``finally`` blocks that
     remove a temporary file or staging folder run (Python's default for SIGTERM ends the process at once,
     leaving them). After the first signal both are ignored until the block is left, so a second Ctrl-C cannot
     cut that cleanup short. A signal ignored from the start (``nohup``) stays ignored; outside the main thread,
@@ -210,7 +218,7 @@ def interrupted_by_signals() -> Iterator[None]:
     def interrupt(signum, _frame):
         for number in numbers:
             signal.signal(number, signal.SIG_IGN)
-        raise Interrupted(signum)
+        raise error(signum)
 
     for number, handler in previous.items():
         if handler is not signal.SIG_IGN:
