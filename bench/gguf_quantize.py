@@ -138,7 +138,8 @@ def main() -> None:
                           expected, Path(args.checkpoint).name)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    print("\n| `--quantize` | file | export s | write s | peak | max rel | mean rel | logits rel | top-1 | same reply |")
+    print("\n| `--quantize` | file | export s | write s | peak | max rel | mean rel | logits rel | top-1 "
+          "| same reply |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['quantize']} | {row['size_mb']} MB | {row['export_s']} | {row['write_s']} | "

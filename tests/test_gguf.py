@@ -315,7 +315,8 @@ def test_ctrl_c_during_the_write_leaves_no_file(exported, tmp_path):
     output.parent.mkdir()
     scratch.mkdir()
     script = SIGNAL_AT_THE_THIRD_TENSOR.replace("SIGNUM", str(int(signal.SIGINT)))
-    script += "gguf.GGUFWriter.write_tensor_data = write_then_signal\nfrom your_ai.cli import main\nmain(sys.argv[1:])\n"
+    script += "gguf.GGUFWriter.write_tensor_data = write_then_signal\n"
+    script += "from your_ai.cli import main\nmain(sys.argv[1:])\n"
     result = subprocess.run([sys.executable, "-c", script, "export", "--checkpoint", str(adapter), "--output",
                              str(output), "--format", "gguf", "--quantize", "q4_0"], capture_output=True, text=True,
                             env={**os.environ, "TMPDIR": str(scratch)}, timeout=120)

@@ -204,11 +204,11 @@ def signal_name(number: int) -> str:
 
 @contextmanager
 def interrupted_by_signals(error: type[Interrupted] = Interrupted) -> Iterator[None]:
-    """While inside: SIGINT and SIGTERM raise ``error`` (``Interrupted`` or a kind of it) in the main thread, so the ``finally`` blocks that
-    remove a temporary file or staging folder run (Python's default for SIGTERM ends the process at once,
-    leaving them). After the first signal both are ignored until the block is left, so a second Ctrl-C cannot
-    cut that cleanup short. A signal ignored from the start (``nohup``) stays ignored; outside the main thread,
-    and in a block nested in another, nothing is installed."""
+    """While inside: SIGINT and SIGTERM raise ``error`` (``Interrupted`` or a kind of it) in the main thread,
+    so the ``finally`` blocks that remove a temporary file or staging folder run (Python's default for SIGTERM
+    ends the process at once, leaving them). After the first signal both are ignored until the block is left,
+    so a second Ctrl-C cannot cut that cleanup short. A signal ignored from the start (``nohup``) stays
+    ignored; outside the main thread, and in a block nested in another, nothing is installed."""
     numbers = (signal.SIGINT, signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or _interrupting.is_set():
         yield

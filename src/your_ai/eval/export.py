@@ -34,9 +34,10 @@ def merge_adapter(
     model (safetensors + tokenizer) in ``output``.
 
     The model is written to a temporary folder beside ``output`` and renamed into place, so
-    a failure, or SIGINT or SIGTERM (``files.Interrupted``), leaves nothing half-written; the folder and its files get the permissions the
-    user's umask gives. An existing non-empty ``output`` is replaced only with ``force``. An
-    ``output`` that cannot be written is refused before the model is loaded (``OutputError``).
+    a failure, or SIGINT or SIGTERM (``files.Interrupted``), leaves nothing half-written; the folder
+    and its files get the permissions the user's umask gives. An existing non-empty ``output`` is
+    replaced only with ``force``. An ``output`` that cannot be written is refused before the model is
+    loaded (``OutputError``).
     """
     output_path, checkpoint_path = _paths(checkpoint, output)
     if output_path.exists() and not output_path.is_dir():
@@ -78,8 +79,9 @@ def export_gguf(
     (``quantization``: one of ``gguf_export.GGUF_QUANTIZATIONS``).
 
     The file is written beside ``output`` under a temporary name and renamed into place, so a failure, or
-    SIGINT or SIGTERM (``files.Interrupted``), leaves no half file; an existing ``output`` is replaced only with ``force``. A family GGUF export does
-    not support fails before the weights are merged (``GgufExportError``)."""
+    SIGINT or SIGTERM (``files.Interrupted``), leaves no half file; an existing ``output`` is replaced only
+    with ``force``. A family GGUF export does not support fails before the weights are merged
+    (``GgufExportError``)."""
     from your_ai.eval.gguf_export import (
         GGUF_QUANTIZATIONS,
         GgufExportError,
@@ -103,7 +105,8 @@ def export_gguf(
     base = model or base_model_of(checkpoint_path)
     gguf_architecture(read_config_values(resolve_model(base).path).get("model_type", ""))  # refuse early
     merged, tokenizer = _merged(checkpoint_path, model, device, trust_remote_code)
-    with interrupted_by_signals(), writing(output_path), tempfile.TemporaryDirectory(prefix=".your-ai-tokenizer.") as folder:
+    with (interrupted_by_signals(), writing(output_path),
+          tempfile.TemporaryDirectory(prefix=".your-ai-tokenizer.") as folder):
         tokenizer.save_pretrained(folder)
         handle = temporary_sibling(output_path)
         handle.close()
