@@ -16,9 +16,11 @@ from your_ai.cli import main
 from your_ai.eval.export import export_gguf
 from your_ai.eval.gguf_export import (
     GgufExportError,
+    file_type,
     gguf_architecture,
     llama3_rope_factors,
     permute_for_llama_cpp,
+    tensor_types,
     write_gguf,
 )
 from your_ai.eval.gguf_tokenizer import pre_tokenizer_name
@@ -33,19 +35,18 @@ DEMO_CORPUS = Path(__file__).parents[1] / "src" / "your_ai" / "assets" / "demo_c
 
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, tmp_path_factory):
-    """A tiny adapter, the model it merges into, and its GGUF exports in f16 and q8_0."""
+    """A tiny adapter, the model it merges into, and its GGUF exports in f16, q8_0, q5_1, q5_0 and q4_0."""
     root = tmp_path_factory.mktemp("gguf")
     adapter = make_adapter(root / "adapter")
     files = {quantization: export_gguf(adapter, root / f"tiny-{quantization}.gguf", quantization, "cpu",
                                        say=lambda line: None)
-             for quantization in ("f16", "q8_0")}
+             for quantization in ("f16", "q8_0", "q5_1", "q5_0", "q4_0")}
     im = load_for_inference(None, adapter, "cpu")
     return adapter, im.model.merge_and_unload(), im.tokenizer, files
 
 
-def _expected_tensors(model) -> dict[str, tuple[int, ...]]:
-    """GGUF tensor name -> shape (GGUF lists the fastest-varying dimension first) of the tiny Llama."""
-    config = model.config
+def _gguf_names(config) -> dict[str, str]:
+    """Hugging Face tensor name -> GGUF tensor name, of the tiny Llama."""
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     layer = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -54,8 +55,13 @@ def _expected_tensors(model) -> dict[str, tuple[int, ...]]:
     for index in range(config.num_hidden_layers):
         for hf, gguf_name in layer.items():
             names[f"model.layers.{index}.{hf}.weight"] = f"blk.{index}.{gguf_name}.weight"
+    return names
+
+
+def _expected_tensors(model) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor name -> shape (GGUF lists the fastest-varying dimension first) of the tiny Llama."""
     shapes = dict(model.state_dict().items())
-    return {gguf_name: tuple(reversed(shapes[hf].shape)) for hf, gguf_name in names.items()}
+    return {gguf_name: tuple(reversed(shapes[hf].shape)) for hf, gguf_name in _gguf_names(model.config).items()}
 
 
 def _dequantized(path: Path) -> tuple[dict[str, np.ndarray], object]:
@@ -86,7 +92,10 @@ def test_the_file_names_its_architecture_tensors_and_shapes_as_llama_cpp_expects
     assert kinds["blk.0.ffn_down.weight"] == "F16"  # rows of 688 do not split into blocks of 32
 
 
-@pytest.mark.parametrize("quantization, tolerance", [("f16", 1e-3), ("q8_0", 1 / 127)])
+# The largest rounding error of a block's value, as a share of the block's largest magnitude m: q8_0 and q5_1 round
+# to steps of m/127 and at most 2m/31; q4_0's 16 steps of m/8 span -m to 7m/8, so +m may end up at 7m/8.
+@pytest.mark.parametrize("quantization, tolerance", [("f16", 1e-3), ("q8_0", 1 / 127), ("q5_1", 1 / 31),
+                                                     ("q4_0", 1 / 8 + 1e-3)])
 def test_the_dequantized_weights_are_the_merged_models(exported, quantization, tolerance):
     _, merged, _, files = exported
     weights, _ = _dequantized(files[quantization])
@@ -118,6 +127,58 @@ def test_transformers_reads_the_file_back_to_the_same_greedy_continuation(export
         assert (loaded(ids).logits - merged(ids).logits).abs().max() < 0.05
         expected = merged.generate(ids, max_new_tokens=6, do_sample=False)
         assert loaded.generate(ids, max_new_tokens=6, do_sample=False).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("quantization, file_type", [("q4_0", 2), ("q5_1", 9)])
+def test_4_and_5_bit_files_keep_the_output_layer_at_8_bits_as_llama_quantize_does(exported, quantization, file_type):
+    _, merged, _, files = exported
+    weights, reader = _dequantized(files[quantization])
+    assert reader.fields["general.file_type"].contents() == file_type  # llama.cpp's LLAMA_FTYPE_MOSTLY_*
+    kinds = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+    for name in ("token_embd.weight", "blk.0.attn_q.weight", "blk.3.attn_v.weight", "blk.1.ffn_up.weight"):
+        assert kinds[name] == quantization.upper(), name
+    assert kinds["output.weight"] == "Q8_0" and kinds["blk.0.ffn_norm.weight"] == kinds["output_norm.weight"] == "F32"
+    assert kinds["blk.2.ffn_down.weight"] == "F16"  # rows of 688 do not split into blocks of 32
+    output, lm_head = torch.from_numpy(weights["output.weight"].copy()), merged.state_dict()["lm_head.weight"]
+    assert (output - lm_head).abs().max() <= lm_head.abs().max() / 127
+
+
+def test_a_tied_output_layer_makes_the_token_embedding_8_bit():
+    shapes = [("token_embd.weight", (49152, 576)), ("blk.0.attn_q.weight", (576, 576)),
+              ("blk.0.attn_norm.weight", (576,))]
+    assert {name: kind.name for name, kind in tensor_types(shapes, "q4_1").items()} == {
+        "token_embd.weight": "Q8_0", "blk.0.attn_q.weight": "Q4_1", "blk.0.attn_norm.weight": "F32"}
+    assert [file_type(quantization).value for quantization in ("q8_0", "f16", "bf16", "f32")] == [7, 1, 32, 0]
+
+
+@pytest.mark.parametrize("quantization, bound", [("q4_0", 0.3), ("q5_0", 0.2)])
+def test_transformers_reads_a_4_or_5_bit_file_back_to_the_weights_it_holds(exported, quantization, bound):
+    """transformers' model of the file computes what the merged model computes with the file's dequantized
+    weights. The rounding moves the tiny random model's logits far more than a trained model's (bench/RESULTS.md
+    has both): the bound on their distance to the merged model's only catches a wrong dequantization."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    _, merged, tokenizer, files = exported
+    path = files[quantization]
+    weights, _ = _dequantized(path)
+    config = merged.config
+    rounded = copy.deepcopy(merged)
+    state = {}
+    for hf_name, gguf_name in _gguf_names(config).items():
+        weight = torch.from_numpy(weights[gguf_name].copy())
+        heads = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}.get(hf_name.split(".")[-2])
+        if heads:  # undo the reordering for llama.cpp's rotary embedding
+            weight = weight.reshape(heads, -1, 2, weight.shape[-1]).swapaxes(1, 2).reshape(weight.shape)
+        state[hf_name] = weight
+    rounded.load_state_dict(state)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected, got = merged(ids).logits, loaded(ids).logits
+        assert torch.allclose(got, rounded(ids).logits, atol=1e-4)
+    assert (got - expected).norm() < bound * expected.norm()
 
 
 def test_qwen2_is_written_without_the_permutation_and_with_its_biases(tmp_path, tiny_model_dir):
@@ -228,6 +289,85 @@ def test_export_flags_and_an_existing_output(exported, tmp_path):
                                   "--format", "gguf"])
     assert result.exit_code == 1 and "exists; pass --force" in result.output and "Traceback" not in result.output
 
+
+SIGNAL_AT_THE_THIRD_TENSOR = """
+import signal, sys, gguf
+write = gguf.GGUFWriter.write_tensor_data
+written = []
+def write_then_signal(self, *args, **kwargs):
+    write(self, *args, **kwargs)
+    written.append(1)
+    if len(written) == 3:
+        signal.raise_signal(SIGNUM)
+"""  # a GGUFWriter.write_tensor_data that sends the signal SIGNUM to its process after the third tensor
+
+
+def test_ctrl_c_during_the_write_leaves_no_file(exported, tmp_path):
+    """A real export process gets SIGINT after writing three tensors: it removes its temporary file and the
+    tokenizer's temporary folder, says so in one line and exits with 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    adapter, _, _, _ = exported
+    output, scratch = tmp_path / "out" / "model.gguf", tmp_path / "tmp"
+    output.parent.mkdir()
+    scratch.mkdir()
+    script = SIGNAL_AT_THE_THIRD_TENSOR.replace("SIGNUM", str(int(signal.SIGINT)))
+    script += "gguf.GGUFWriter.write_tensor_data = write_then_signal\n"
+    script += "from your_ai.cli import main\nmain(sys.argv[1:])\n"
+    result = subprocess.run([sys.executable, "-c", script, "export", "--checkpoint", str(adapter), "--output",
+                             str(output), "--format", "gguf", "--quantize", "q4_0"], capture_output=True, text=True,
+                            env={**os.environ, "TMPDIR": str(scratch)}, timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"Stopped by SIGINT: nothing written to {output}"
+    assert list(output.parent.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
+def test_sigterm_during_the_write_leaves_no_file(exported, tmp_path, monkeypatch):
+    import signal
+
+    import gguf
+
+    from your_ai.files import Interrupted
+
+    adapter, _, _, _ = exported
+    namespace = {}
+    exec(SIGNAL_AT_THE_THIRD_TENSOR.replace("SIGNUM", str(int(signal.SIGTERM))), namespace)
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", namespace["write_then_signal"])
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as stopped:
+        export_gguf(adapter, tmp_path / "model.gguf", "q5_0", "cpu", say=lambda line: None)
+    assert stopped.value.exit_code == 143 and stopped.value.signal_name == "SIGTERM"
+    assert list(tmp_path.iterdir()) == [] and signal.getsignal(signal.SIGTERM) is handler
+
+
+
+def test_sigterm_while_saving_a_hugging_face_folder_leaves_the_previous_one(exported, tmp_path, monkeypatch):
+    """The same for --format hf: SIGTERM once the weights are saved in the staging folder removes it, and the
+    folder --force would have replaced is intact."""
+    import signal
+
+    from transformers import PreTrainedTokenizerBase
+
+    from your_ai.eval.export import merge_adapter
+    from your_ai.files import Interrupted
+
+    adapter, _, _, _ = exported
+    output = tmp_path / "merged"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+    save = PreTrainedTokenizerBase.save_pretrained
+
+    def save_then_signal(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", save_then_signal)
+    with pytest.raises(Interrupted):
+        merge_adapter(adapter, output, "cpu", force=True)
+    assert [path.name for path in tmp_path.iterdir()] == ["merged"] and (output / "keep.txt").read_text() == "mine"
 
 # ---------------------------------------------------------------------------- GGUF in
 
@@ -352,3 +492,30 @@ def test_llama_cpp_runs_the_export_like_transformers(real_export):
     with torch.no_grad():
         expected = tokenizer.decode(merged.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:])
     assert llm(prompt, max_tokens=6, temperature=0)["choices"][0]["text"] == expected
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_the_default_models_q4_1_export_is_typed_as_llama_quantize_types_it(real_export):
+    """The packaged SmolLM2 Q4_1 file was made by llama.cpp's llama-quantize: the q4_1 export stores every tensor
+    in the same type (the tied token embedding at Q8_0) under the same file type, and transformers reading it
+    back continues a chat as the merged model does. (The packaged file is what the default model's weights came
+    from, so they lie on Q4_1's grid already, but for the adapter's changes.)"""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from your_ai.model.default_model import packaged_gguf
+
+    f16, merged, tokenizer = real_export
+    path = export_gguf(f16.parent / "adapter", f16.parent / "smollm2-q4_1.gguf", "q4_1", "cpu", say=lambda line: None)
+    ours, theirs = gguf.GGUFReader(path), gguf.GGUFReader(packaged_gguf())
+    assert {t.name: t.tensor_type.name for t in ours.tensors} == {t.name: t.tensor_type.name for t in theirs.tensors}
+    assert ours.fields["general.file_type"].contents() == theirs.fields["general.file_type"].contents() == 3
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        expected, got = merged(**ids).logits, loaded(**ids).logits
+        assert (got - expected).norm() < 0.05 * expected.norm()
+        expected = merged.generate(**ids, max_new_tokens=8, do_sample=False)
+        assert loaded.generate(**ids, max_new_tokens=8, do_sample=False).tolist() == expected.tolist()

@@ -4,6 +4,7 @@ Every file your-ai writes for a user (JSON results, profiles, reports, charts, p
 goes through here, so a run that fails or is killed leaves the previous file intact. An output
 that cannot be written (no space left, a read-only disk, a path under a regular file) raises
 ``OutputError`` naming it; ``check_writable`` finds most of those before a command does its work.
+A long write can run inside ``interrupted_by_signals``, so that SIGINT or SIGTERM removes its temporary file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -173,6 +176,63 @@ def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         finally:
             if os.path.exists(handle.name):
                 os.unlink(handle.name)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM arrived inside ``interrupted_by_signals``; the command exits with ``exit_code``
+    (128 + the signal's number)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal_name(self.signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+@contextmanager
+def interrupted_by_signals(error: type[Interrupted] = Interrupted) -> Iterator[None]:
+    """While inside: SIGINT and SIGTERM raise ``error`` (``Interrupted`` or a kind of it) in the main thread,
+    so the ``finally`` blocks that remove a temporary file or staging folder run (Python's default for SIGTERM
+    ends the process at once, leaving them). After the first signal both are ignored until the block is left,
+    so a second Ctrl-C cannot cut that cleanup short. A signal ignored from the start (``nohup``) stays
+    ignored; outside the main thread, and in a block nested in another, nothing is installed."""
+    numbers = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or _interrupting.is_set():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in numbers}
+
+    def interrupt(signum, _frame):
+        for number in numbers:
+            signal.signal(number, signal.SIG_IGN)
+        raise error(signum)
+
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, interrupt)
+    _interrupting.set()
+    try:
+        yield
+    finally:
+        _interrupting.clear()
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
+_interrupting = threading.Event()  # set while interrupted_by_signals' handlers are installed
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

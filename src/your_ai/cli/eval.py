@@ -121,7 +121,8 @@ def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, engine
               help="hf: a Hugging Face folder (safetensors); gguf: one file for llama.cpp, LM Studio and Ollama "
                    "(Llama, Mistral and Qwen2 families).")
 @click.option("--quantize", type=click.Choice(GGUF_QUANTIZATIONS), help="Weights of a GGUF file "
-              f"(default {DEFAULT_GGUF_QUANTIZATION}; needs --format gguf).")
+              f"(default {DEFAULT_GGUF_QUANTIZATION}; q4_0 to q5_1: 4 and 5 bits, smaller and less exact; "
+              "needs --format gguf).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --output.")
 @click.option("--device", help="cuda, mps or cpu (default: the best available).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
@@ -130,6 +131,7 @@ def export(checkpoint, output, model, export_format, quantize, force, device, tr
     if quantize and export_format != "gguf":
         raise click.UsageError("--quantize applies to --format gguf only")
     from your_ai.eval.export import export_gguf, merge_adapter
+    from your_ai.files import Interrupted
     try:
         if export_format == "gguf":
             path = export_gguf(checkpoint, output, quantize or DEFAULT_GGUF_QUANTIZATION, device, model=model,
@@ -139,6 +141,9 @@ def export(checkpoint, output, model, export_format, quantize, force, device, tr
                                  trust_remote_code=trust_remote_code)
     except ValueError as error:  # an unusable --device
         fail(str(error))
+    except Interrupted as stop:  # SIGINT or SIGTERM while writing: the temporary file or folder was removed
+        click.echo(f"Stopped by {stop.signal_name}: nothing written to {output}", err=True)
+        sys.exit(stop.exit_code)
     kind = f" as GGUF ({quantize or DEFAULT_GGUF_QUANTIZATION})" if export_format == "gguf" else ""
     click.echo(f"Saved the merged model{kind} to {path}")
 

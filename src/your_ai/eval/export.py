@@ -14,6 +14,7 @@ from your_ai.eval.inference import InferenceError, load_for_inference
 from your_ai.files import (
     check_writable,
     give_default_permissions,
+    interrupted_by_signals,
     staging_directory,
     temporary_sibling,
     writing,
@@ -33,9 +34,10 @@ def merge_adapter(
     model (safetensors + tokenizer) in ``output``.
 
     The model is written to a temporary folder beside ``output`` and renamed into place, so
-    a failure leaves nothing half-written; the folder and its files get the permissions the
-    user's umask gives. An existing non-empty ``output`` is replaced only with ``force``. An
-    ``output`` that cannot be written is refused before the model is loaded (``OutputError``).
+    a failure, or SIGINT or SIGTERM (``files.Interrupted``), leaves nothing half-written; the folder
+    and its files get the permissions the user's umask gives. An existing non-empty ``output`` is
+    replaced only with ``force``. An ``output`` that cannot be written is refused before the model is
+    loaded (``OutputError``).
     """
     output_path, checkpoint_path = _paths(checkpoint, output)
     if output_path.exists() and not output_path.is_dir():
@@ -44,7 +46,7 @@ def merge_adapter(
         raise InferenceError(f"output {str(output_path)!r} exists and is not empty; pass --force to replace it")
     check_writable(output_path.parent, directory=True, shown_as=str(output_path))  # the model is staged there
     merged, tokenizer = _merged(checkpoint_path, model, device, trust_remote_code)
-    with writing(output_path):
+    with interrupted_by_signals(), writing(output_path):  # SIGINT or SIGTERM: the staging folder is removed
         staging = staging_directory(output_path)
         try:
             merged.save_pretrained(staging, safe_serialization=True)
@@ -76,9 +78,10 @@ def export_gguf(
     """Merge the LoRA adapter in ``checkpoint`` into its base model and write the GGUF file ``output``
     (``quantization``: one of ``gguf_export.GGUF_QUANTIZATIONS``).
 
-    The file is written beside ``output`` under a temporary name and renamed into place, so a failure
-    leaves no half file; an existing ``output`` is replaced only with ``force``. A family GGUF export does
-    not support fails before the weights are merged (``GgufExportError``)."""
+    The file is written beside ``output`` under a temporary name and renamed into place, so a failure, or
+    SIGINT or SIGTERM (``files.Interrupted``), leaves no half file; an existing ``output`` is replaced only
+    with ``force``. A family GGUF export does not support fails before the weights are merged
+    (``GgufExportError``)."""
     from your_ai.eval.gguf_export import (
         GGUF_QUANTIZATIONS,
         GgufExportError,
@@ -102,7 +105,8 @@ def export_gguf(
     base = model or base_model_of(checkpoint_path)
     gguf_architecture(read_config_values(resolve_model(base).path).get("model_type", ""))  # refuse early
     merged, tokenizer = _merged(checkpoint_path, model, device, trust_remote_code)
-    with writing(output_path), tempfile.TemporaryDirectory(prefix=".your-ai-tokenizer.") as folder:
+    with (interrupted_by_signals(), writing(output_path),
+          tempfile.TemporaryDirectory(prefix=".your-ai-tokenizer.") as folder):
         tokenizer.save_pretrained(folder)
         handle = temporary_sibling(output_path)
         handle.close()

@@ -10,9 +10,9 @@ matter for llama.cpp to compute the same thing as transformers:
   ``k_proj`` are permuted to match. Qwen2 (``qwen2``) rotates halves as transformers does: no permutation.
 - A tied output layer has no ``output.weight``: llama.cpp then uses ``token_embd.weight``.
 
-Weights are written as the chosen quantization (``GGUF_QUANTIZATIONS``); one-dimensional tensors (norms,
-biases) stay f32, and a matrix whose rows do not split into Q8_0 blocks of 32 falls back to f16, as
-llama.cpp's converter does.
+Weights are written as the chosen quantization (``GGUF_QUANTIZATIONS``), each tensor in the type llama.cpp
+would give it (``tensor_types``): f32 and f16 to q8_0 as its converter (``convert_hf_to_gguf.py``) writes
+them, the 4- and 5-bit types as its ``llama-quantize`` makes them from an f16 file.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from pathlib import Path
 from your_ai.errors import UserError
 
 EXPORT_FORMATS = ("hf", "gguf")  # `your-ai export --format`: a Hugging Face folder, or one GGUF file
-GGUF_QUANTIZATIONS = ("q8_0", "f16", "bf16", "f32")
+GGUF_QUANTIZATIONS = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "f16", "bf16", "f32")
+BLOCK_QUANTIZATIONS = ("q5_1", "q5_0", "q4_1", "q4_0")  # llama-quantize's types; the output layer is kept at 8 bits
 DEFAULT_GGUF_QUANTIZATION = "q8_0"  # near the f16 output at about half its size; what local runners use widely
 GGUF_FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # transformers model_type -> llama.cpp arch
 PERMUTED_FAMILIES = ("llama", "mistral")  # query/key rows reordered for llama.cpp's rotary embedding
+OUTPUT_TENSOR, TOKEN_EMBEDDING = "output.weight", "token_embd.weight"
 
 
 class GgufExportError(UserError):
@@ -59,24 +61,51 @@ def write_gguf(model, tokenizer, tokenizer_folder: Path, path: Path, quantizatio
     _add_hyperparameters(writer, config, quantization, name)
     rows = model.get_input_embeddings().weight.shape[0]
     add_tokenizer(writer, tokenizer, tokenizer_folder, rows, say)
-    tensors = list(_tensors(model, architecture))
+    tensors = list(gguf_tensors(model, architecture))
+    kinds = tensor_types([(tensor_name, shape) for tensor_name, shape, _ in tensors], quantization)
     for tensor_name, shape, _ in tensors:  # the header lists every tensor before the data
-        kind = _kind(shape, quantization)
+        kind = kinds[tensor_name]
         writer.add_tensor_info(tensor_name, _stored_shape(shape, kind), _stored_dtype(kind),
                                _stored_bytes(shape, kind), raw_dtype=kind)
     writer.write_header_to_file(path=path)
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for _, shape, data in tensors:  # one tensor in memory at a time
-        writer.write_tensor_data(_encoded(data(), _kind(shape, quantization)))
+    for tensor_name, _, data in tensors:  # one tensor in memory at a time
+        writer.write_tensor_data(_encoded(data(), kinds[tensor_name]))
     writer.close()
 
 
-def _file_type(quantization: str):
+def file_type(quantization: str):
+    """``general.file_type``: llama.cpp's ``LlamaFileType`` of a file of ``quantization`` (``GGUF_QUANTIZATIONS``)."""
     import gguf
 
-    return {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f16": gguf.LlamaFileType.MOSTLY_F16,
-            "bf16": gguf.LlamaFileType.MOSTLY_BF16, "f32": gguf.LlamaFileType.ALL_F32}[quantization]
+    return gguf.LlamaFileType["ALL_F32" if quantization == "f32" else f"MOSTLY_{quantization.upper()}"]
+
+
+def tensor_types(tensors: list[tuple[str, tuple[int, ...]]], quantization: str) -> dict:
+    """The GGML type each tensor (GGUF name, shape) is stored in, as llama.cpp chooses it for a file of
+    ``quantization``:
+
+    - one-dimensional tensors (norms, biases, ``rope_freqs``) stay f32;
+    - in a 4- or 5-bit file the output layer (the token embedding when the output is tied to it) is Q8_0:
+      ``llama-quantize`` keeps it at Q6_K, or Q8_0 when its rows do not split into Q6_K's blocks of 256, and
+      the ``gguf`` package writes Q8_0 but not Q6_K; every other matrix, ``token_embd`` included, gets the
+      file's type;
+    - a matrix whose rows do not split into its type's blocks of 32 is f16 (``convert_hf_to_gguf.py``'s
+      fallback; ``llama-quantize`` refuses such a tensor for the 4- and 5-bit types)."""
+    import gguf
+
+    names = {name for name, _ in tensors}
+    output = OUTPUT_TENSOR if OUTPUT_TENSOR in names else TOKEN_EMBEDDING
+    kinds = gguf.GGMLQuantizationType
+    chosen = {}
+    for name, shape in tensors:
+        kind = kinds.F32 if len(shape) <= 1 else kinds[quantization.upper()]
+        if name == output and quantization in BLOCK_QUANTIZATIONS:
+            kind = kinds.Q8_0
+        block, _ = gguf.GGML_QUANT_SIZES[kind]
+        chosen[name] = kinds.F16 if shape[-1] % block else kind
+    return chosen
 
 
 def rope_settings(config) -> dict:
@@ -98,7 +127,7 @@ def _add_hyperparameters(writer, config, quantization: str, name: str) -> None:
 
     writer.add_name(name)
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_file_type(_file_type(quantization))
+    writer.add_file_type(file_type(quantization))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -158,7 +187,7 @@ def llama3_rope_factors(config):
     return torch.tensor(factors, dtype=torch.float32)
 
 
-def _tensors(model, architecture: str) -> Iterator[tuple[str, tuple[int, ...], Callable[[], object]]]:
+def gguf_tensors(model, architecture: str) -> Iterator[tuple[str, tuple[int, ...], Callable[[], object]]]:
     """(GGUF name, shape, a function giving the float32 numpy data) of every tensor to write."""
     import gguf
 
@@ -195,20 +224,6 @@ def _arch_enum(architecture: str):
     import gguf
 
     return next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == architecture)
-
-
-def _kind(shape: tuple[int, ...], quantization: str):
-    """The GGML type a tensor of ``shape`` is stored in: 1-D tensors stay f32; Q8_0 needs rows that split
-    into its blocks (else f16)."""
-    import gguf
-
-    kinds = gguf.GGMLQuantizationType
-    if len(shape) <= 1 or quantization == "f32":
-        return kinds.F32
-    if quantization == "q8_0":
-        block, _ = gguf.GGML_QUANT_SIZES[kinds.Q8_0]
-        return kinds.Q8_0 if shape[-1] % block == 0 else kinds.F16
-    return kinds.BF16 if quantization == "bf16" else kinds.F16
 
 
 def _stored_dtype(kind):

@@ -19,10 +19,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from your_ai.files import Interrupted, interrupted_by_signals, signal_name
 from your_ai.fit.plan import DEFAULT_TIMEOUT_S, FitTest
 from your_ai.fit.result import (
     PHASE_PREFIX,
@@ -41,28 +41,15 @@ READER_JOIN_S = 10
 
 # ---------------------------------------------------------------------------- stopping by a signal
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_stopping = threading.Event()  # set while stop_on_signals' handlers are installed
-
-
-class Stopped(KeyboardInterrupt):
+class Stopped(Interrupted):
     """SIGINT or SIGTERM stopped a benchmark or optimize run; the fit test it was running (``child_pid``,
     of ``model``) was killed with its process group. The command exits with ``exit_code`` (128 + signal)."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
-        self.signum = signum
         self.child_pid: int | None = None
         self.model: str | None = None  # the model of the fit test running when the signal came
         self.detail: str | None = None  # its config, when that tells it apart (optimize)
-
-    @property
-    def signal_name(self) -> str:
-        return signal_name(self.signum)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
     def line(self) -> str:
         """The one line that says what was stopped."""
@@ -73,39 +60,11 @@ class Stopped(KeyboardInterrupt):
                 f"(process group {self.child_pid}).")
 
 
-@contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_on_signals():
     """While inside: SIGINT and SIGTERM raise ``Stopped`` in the main thread, so the running fit test's
-    process group is killed on the way out (``run_in_subprocess``). After the first signal both are
-    ignored until the block is left, so a second Ctrl-C cannot cut the cleanup short. A signal the
-    process ignored from the start (``nohup``) stays ignored; nested blocks install nothing."""
-    if _stopping.is_set() or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-
-    def stop(signum, _frame):
-        for number in STOP_SIGNALS:
-            signal.signal(number, signal.SIG_IGN)
-        raise Stopped(signum)
-
-    for number, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(number, stop)
-    _stopping.set()
-    try:
-        yield
-    finally:
-        _stopping.clear()
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+    process group is killed on the way out (``run_in_subprocess``); ``files.interrupted_by_signals`` says the
+    rest (a second signal is ignored during the cleanup, ``nohup`` is respected, nested blocks install nothing)."""
+    return interrupted_by_signals(Stopped)
 
 
 # ---------------------------------------------------------------------------- one fit test in a subprocess
