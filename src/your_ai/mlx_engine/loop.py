@@ -37,7 +37,6 @@ from your_ai.model.resolve import resolve_model
 from your_ai.objective.distrust import LossParts
 from your_ai.step.memory import MLX_DEVICE, PeakMemory, default_budget_gb
 from your_ai.train.args import (
-    MemoryLimitExceeded,
     TrainingArgs,
     TrainingError,
     check_lora_rank,
@@ -51,7 +50,14 @@ from your_ai.train.report import (
     print_plan,
     report_result,
 )
-from your_ai.train.run import Progress, StopOnSignal, TrainResult, due, settings_notes
+from your_ai.train.run import (
+    Progress,
+    StepEnd,
+    StopOnSignal,
+    TrainResult,
+    due,
+    settings_notes,
+)
 from your_ai.train.run_file import write_run_file
 from your_ai.train.sinks import Sinks
 
@@ -208,7 +214,8 @@ def _loop(run: MlxRun, sinks: Sinks, stop_after: int | None) -> tuple[float | No
     sampler = BatchSampler(len(run.data.train_examples), args.batch_size, args.seed, progress.position)
     reporter = Reporter(run.console, sinks, args, progress.step)
     window, final_loss, stopped_early, stopped_by = MetricsWindow(), None, False, None
-    last_saved = progress.step if progress.resumed_from is not None else None
+    step_end = StepEnd(args, run.save, run.limit_gb, stop_after,
+                       last_saved=progress.step if progress.resumed_from is not None else None)
     stop = StopOnSignal()
     stop.install()  # SIGINT / SIGTERM from here on: finish the step, save a checkpoint, stop
     try:
@@ -228,15 +235,8 @@ def _loop(run: MlxRun, sinks: Sinks, stop_after: int | None) -> tuple[float | No
                 window = MetricsWindow()
             if run.data.val_examples and due(step, args.eval_every, args.max_steps):
                 _validate(run, reporter)
-            if peak > run.limit_gb:
-                raise MemoryLimitExceeded(peak, run.limit_gb, step, run.save())
-            if due(step, args.save_every, args.max_steps):
-                run.save()
-                last_saved = step
             stopped_by = stop.agreed() if step < args.max_steps else None
-            if stopped_by or (stop_after is not None and stop_after <= step < args.max_steps):
-                if last_saved != step:
-                    run.save()
+            if step_end.stops(step, peak, stopped_by):
                 stopped_early = True
                 break
     finally:

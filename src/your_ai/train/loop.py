@@ -30,7 +30,6 @@ from your_ai.step.memory import PeakMemory, default_budget_gb, use_expandable_se
 from your_ai.step.modes import runs_plain
 from your_ai.train import defaults as run_defaults
 from your_ai.train.args import (
-    MemoryLimitExceeded,
     TrainingArgs,
     TrainingError,
     check_lora_rank,
@@ -50,6 +49,7 @@ from your_ai.train.report import (
     report_result,
 )
 from your_ai.train.run import (
+    StepEnd,
     StopOnSignal,
     TrainResult,
     due,
@@ -270,7 +270,8 @@ def _loop(run: _Run, sinks: Sinks, stop_after: int | None) -> tuple[float | None
     sampler = _sampler(run)
     reporter = Reporter(run.console, sinks, args, progress.step) if strategy.is_writer else QuietReporter()
     window, final_loss, stopped_early, stopped_by = MetricsWindow(), None, False, None
-    last_saved = progress.step if progress.resumed_from is not None else None
+    step_end = StepEnd(args, run.save, run.limit_gb, stop_after,
+                       last_saved=progress.step if progress.resumed_from is not None else None)
     stop = StopOnSignal(quiet=not strategy.is_writer)
     stop.install()  # SIGINT / SIGTERM from here on: finish the step, save a checkpoint, stop
     try:
@@ -290,15 +291,8 @@ def _loop(run: _Run, sinks: Sinks, stop_after: int | None) -> tuple[float | None
                 window = MetricsWindow()
             if strategy.evaluates and run.data.val_examples and due(step, args.eval_every, args.max_steps):
                 _validate(run, reporter)
-            if peak_gb > run.limit_gb:
-                raise MemoryLimitExceeded(peak_gb, run.limit_gb, step, run.save())
-            if due(step, args.save_every, args.max_steps):
-                run.save()
-                last_saved = step
             stopped_by = stop.agreed(strategy.all_max) if step < args.max_steps else None
-            if stopped_by or (stop_after is not None and stop_after <= step < args.max_steps):
-                if last_saved != step:
-                    run.save()
+            if step_end.stops(step, peak_gb, stopped_by):
                 stopped_early = True
                 break
     finally:

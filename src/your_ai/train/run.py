@@ -1,6 +1,6 @@
 """What a training run is, whichever engine runs it: how far it got (``Progress``), its result
 (``TrainResult``), the answer to a ``--resume`` of a finished run, the notes on the defaulted settings,
-the rule for periodic work, and the stop on SIGINT / SIGTERM. Nothing here loads a model or imports an
+the rule for periodic work, what follows every step (``StepEnd``), and the stop on SIGINT / SIGTERM. Nothing here loads a model or imports an
 engine.
 """
 
@@ -16,7 +16,7 @@ from typing import Callable
 
 from your_ai.data.records import DataPosition
 from your_ai.train import defaults as run_defaults
-from your_ai.train.args import TrainingArgs, default_choice
+from your_ai.train.args import MemoryLimitExceeded, TrainingArgs, default_choice
 from your_ai.train.plan import RunPlan
 
 
@@ -88,6 +88,30 @@ def settings_notes(given: TrainingArgs, planned: RunPlan) -> list[str]:
 def due(step: int, every: int, max_steps: int) -> bool:
     """Every ``every`` steps, and at the last step."""
     return step % every == 0 or step == max_steps
+
+
+class StepEnd:
+    """What follows every optimizer step, in either engine: the memory limit, the checkpoint ``--save-every``
+    asks for, and the decision to stop here (a signal, or ``stop_after``) with this step saved."""
+
+    def __init__(self, args: TrainingArgs, save: Callable[[], Path], limit_gb: float, stop_after: int | None,
+                 last_saved: int | None):
+        self.args, self.save, self.limit_gb, self.stop_after = args, save, limit_gb, stop_after
+        self.last_saved = last_saved
+
+    def stops(self, step: int, peak_gb: float, stopped_by: str | None) -> bool:
+        """Check and save after ``step``; True when the run stops here (its checkpoint written)."""
+        args = self.args
+        if peak_gb > self.limit_gb:
+            raise MemoryLimitExceeded(peak_gb, self.limit_gb, step, self.save())
+        if due(step, args.save_every, args.max_steps):
+            self.save()
+            self.last_saved = step
+        if stopped_by or (self.stop_after is not None and self.stop_after <= step < args.max_steps):
+            if self.last_saved != step:
+                self.save()
+            return True
+        return False
 
 
 class StopOnSignal:
