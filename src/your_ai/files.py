@@ -44,20 +44,28 @@ _SHA256_SEEN: dict[tuple, str] = {}  # (path, inode, size, mtime): a file is has
 
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, read in blocks; remembered for the process while the file is unchanged."""
-    stat = os.stat(path)
-    seen = (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    seen = _identity(path)
     if seen not in _SHA256_SEEN:
-        _SHA256_SEEN[seen] = hash_files(hashlib.sha256(), path).hexdigest()
+        hash_files(hashlib.sha256(), path)
     return _SHA256_SEEN[seen]
 
 
 def hash_files(digest, *paths: str | os.PathLike):
-    """``digest`` (a hashlib object) updated with the files' bytes one after another, read in blocks."""
+    """``digest`` (a hashlib object) updated with the files' bytes one after another, read in blocks; each
+    file's own sha256, computed in the same pass, is remembered for ``file_sha256``."""
     for path in paths:
+        seen, own = _identity(path), hashlib.sha256()
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+                own.update(block)
+        _SHA256_SEEN[seen] = own.hexdigest()
     return digest
+
+
+def _identity(path: str | os.PathLike) -> tuple:
+    stat = os.stat(path)
+    return str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -283,6 +283,7 @@ def read_run_data(planned: RunPlan, notes: list[str]) -> RunData:
     fixed here, once."""
     args = planned.args
     files = training_files(args.data)
+    digest = _data_digest(files)  # one read of each file: its own sha256, for the caches' keys, comes with it
     train_scores = data_file_scores(files.train)
     if not len(train_scores):
         raise no_records(files.train)
@@ -296,7 +297,6 @@ def read_run_data(planned: RunPlan, notes: list[str]) -> RunData:
     computed = train_scores.computed + (val_scores.computed if val_scores is not None else 0)
     if computed:
         notes.append(f"scored {computed} record(s) without auth_weight/prov_entropy from their text and metadata")
-    digest = _data_digest(files)
     if planned.state is not None and planned.state.get("data_sha256") != digest:
         raise TrainingError(f"the data in {args.data} changed since checkpoint {planned.checkpoint}; a resumed run "
                             f"needs the same data")
