@@ -233,16 +233,21 @@ def no_records(path: str | Path) -> DataError:
     return DataError(path, 0, "no records: the file is empty (or holds only blank lines)")
 
 
-def read_records(path: str | Path, *, collect_errors: bool = False) -> ReadResult:
-    """Read a whole JSONL file. Stops at the first bad line unless ``collect_errors``."""
-    result = ReadResult()
+def checked_records(path: str | Path) -> Iterator[Record]:
+    """The records of a JSONL file, streamed; ``DataError`` at the first bad line."""
     for item in iter_records(path):
         if isinstance(item, DataError):
-            if not collect_errors:
-                raise item
-            result.errors.append(item)
-        else:
-            result.records.append(item)
+            raise item
+        yield item
+
+
+def read_records(path: str | Path, *, collect_errors: bool = False) -> ReadResult:
+    """Read a whole JSONL file. Stops at the first bad line unless ``collect_errors``."""
+    if not collect_errors:
+        return ReadResult(records=list(checked_records(path)))
+    result = ReadResult()
+    for item in iter_records(path):
+        (result.errors if isinstance(item, DataError) else result.records).append(item)
     return result
 
 

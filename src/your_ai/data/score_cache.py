@@ -21,7 +21,6 @@ import hashlib
 import json
 import zipfile
 from array import array
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from your_ai.data import records as records_module
 from your_ai.data import score_tables, scores
-from your_ai.data.records import DataError, Record, iter_records
+from your_ai.data.records import DataError, checked_records
 from your_ai.errors import OutputError
 from your_ai.files import atomic_file, file_sha256
 from your_ai.objective import scoring, scoring_patterns
@@ -57,14 +56,6 @@ def scorer_fingerprint() -> str:
     for module in SCORER_MODULES:
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
-
-
-def checked_records(path: str | Path) -> Iterator[Record]:
-    """The records of a JSONL file, streamed; ``DataError`` at the first bad line."""
-    for item in iter_records(path):
-        if isinstance(item, DataError):
-            raise item
-        yield item
 
 
 def read_file_scores(path: str | Path, workers: int = 1) -> FileScores:

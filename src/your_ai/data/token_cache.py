@@ -37,8 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from your_ai.data.records import DataError, Example, Record, tokenize_record
-from your_ai.data.score_cache import checked_records
+from your_ai.data.records import (
+    DataError,
+    Example,
+    Record,
+    checked_records,
+    tokenize_record,
+)
 from your_ai.files import file_sha256
 from your_ai.objective.distrust import IGNORE_INDEX
 

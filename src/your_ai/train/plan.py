@@ -16,11 +16,12 @@ from your_ai.data.records import (
     VAL_FILE,
     Example,
     TrainingFiles,
+    checked_records,
     no_records,
     tokenize_records,
     training_files,
 )
-from your_ai.data.score_cache import FileScores, cached_file_scores, checked_records
+from your_ai.data.score_cache import FileScores, cached_file_scores
 from your_ai.data.scores import default_workers
 from your_ai.data.token_cache import CachedExamples, CacheUse, cached_tokens
 from your_ai.files import hash_files
