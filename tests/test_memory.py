@@ -10,6 +10,7 @@ import torch
 
 from your_ai.model.architecture import (
     Architecture,
+    architecture_from_config,
     build_random_model,
     read_architecture,
 )
@@ -19,12 +20,19 @@ from your_ai.model.presets import PRESETS, TINY
 from your_ai.step import memory
 
 SMALL_QWEN2 = Architecture("qwen2", 64, 160, 3, 4, 2, 300, 256, tie_word_embeddings=True)
+# heads x head_dim is not the hidden size (as in Mistral-Nemo: 32 x 128 against 5120)
+WIDE_HEADS = Architecture("mistral", 80, 160, 3, 4, 2, 300, 256, head_dim=32)
 
 
-@pytest.mark.parametrize("architecture", [TINY.architecture, SMALL_QWEN2], ids=["llama", "qwen2-tied"])
+@pytest.mark.parametrize("architecture", [TINY.architecture, SMALL_QWEN2, WIDE_HEADS],
+                         ids=["llama", "qwen2-tied", "mistral-wide-heads"])
 def test_parameter_and_lora_counts_match_real_models(architecture):
     model = build_random_model(architecture)
     assert architecture.parameter_count() == sum(p.numel() for p in model.parameters())
+    assert architecture_from_config(model.config) == architecture
+    linear = {name: (module.in_features, module.out_features) for name, module in model.named_modules()
+              if name.startswith("model.layers.0.") and hasattr(module, "in_features")}
+    assert {name.rsplit(".", 1)[1]: shape for name, shape in linear.items()} == architecture.projection_features()
     peft_model, _ = apply_lora(model, LoraSettings(rank=8, layers=2))
     assert memory.lora_parameter_count(architecture, 8, 2) == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     # asking for more layers than the model has counts the model's layers

@@ -408,6 +408,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_keeps_it(tmp_path, tiny
 
 
 def test_lora_rank_above_the_adapted_dimensions_is_refused_before_loading(tmp_path, tiny_model_dir):
+    from your_ai.model.architecture import Architecture
     from your_ai.model.lora import smallest_adapted_dimension
 
     data = str(write_corpus(tmp_path / "train.jsonl", 4))
@@ -415,6 +416,6 @@ def test_lora_rank_above_the_adapted_dimensions_is_refused_before_loading(tmp_pa
                                                 r"\(k_proj out 128 of model tiny\); use at most 128$"):
         train(TrainingArgs(output_dir=str(tmp_path / "out"), data=data, **{**SMALL, "lora_rank": 20000}))
     assert not (tmp_path / "out").exists()
-    config = {"hidden_size": 2048, "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 256}
-    assert smallest_adapted_dimension(config) == ("k_proj out", 1024)
-    assert smallest_adapted_dimension(config, ("q_proj", "o_proj")) == ("q_proj in", 2048)
+    wide_heads = Architecture("llama", 2048, 5632, 2, 16, 4, 1000, 256, head_dim=256)
+    assert smallest_adapted_dimension(wide_heads) == ("k_proj out", 1024)
+    assert smallest_adapted_dimension(wide_heads, ("q_proj", "o_proj")) == ("q_proj in", 2048)

@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from your_ai.errors import UserError
+from your_ai.model.architecture import architecture_from_config
 
 EXPORT_FORMATS = ("hf", "gguf")  # `your-ai export --format`: a Hugging Face folder, or one GGUF file
 GGUF_QUANTIZATIONS = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "f16", "bf16", "f32")
@@ -118,10 +119,6 @@ def rope_settings(config) -> dict:
     return settings
 
 
-def head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
 def _add_hyperparameters(writer, config, quantization: str, name: str) -> None:
     import gguf
 
@@ -137,7 +134,7 @@ def _add_hyperparameters(writer, config, quantization: str, name: str) -> None:
     writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    dim = head_dim(config)
+    dim = architecture_from_config(config).head_dim
     writer.add_rope_dimension_count(dim)
     if dim != config.hidden_size // config.num_attention_heads:
         writer.add_key_length(dim)
@@ -169,7 +166,7 @@ def llama3_rope_factors(config):
     import torch
 
     rope = rope_settings(config)
-    dim = head_dim(config)
+    dim = architecture_from_config(config).head_dim
     base = torch.arange(0, dim, 2, dtype=torch.float64) / dim
     frequencies = 1.0 / float(rope["rope_theta"]) ** base
     factor, low, high = float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"])

@@ -35,10 +35,23 @@ class Architecture:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
+    head_dim: int = 0  # config.json's head_dim where it has one (Mistral-Nemo: 128, not 5120 / 32); 0: hidden / heads
+
+    def __post_init__(self):
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def attention_size(self) -> int:
+        """Output features of the query projection (input features of o_proj): heads x head_dim."""
+        return self.num_attention_heads * self.head_dim
+
+    def projection_features(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear projection of a decoder layer."""
+        h, i, q = self.hidden_size, self.intermediate_size, self.attention_size
+        kv = self.num_key_value_heads * self.head_dim
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
     def config_dict(self) -> dict[str, Any]:
         """Keyword arguments for ``transformers.AutoConfig.for_model``."""
@@ -50,10 +63,10 @@ class Architecture:
     def parameter_count(self) -> int:
         """Exact parameter count of the decoder (embeddings, layers, norm, head)."""
         h, i, layers = self.hidden_size, self.intermediate_size, self.num_hidden_layers
-        kv = self.num_key_value_heads * self.head_dim
-        attention = h * h * 2 + h * kv * 2
+        q, kv = self.attention_size, self.num_key_value_heads * self.head_dim
+        attention = h * q * 2 + h * kv * 2
         if self.model_type == "qwen2":
-            attention += h + 2 * kv  # q/k/v biases
+            attention += q + 2 * kv  # q/k/v biases
         per_layer = attention + 3 * h * i + 2 * h
         return self.outside_layers_parameter_count() + layers * per_layer
 
@@ -67,7 +80,7 @@ class Architecture:
         """Weights of the decoder layers' linear projections (q/k/v/o, gate/up/down): what 4-bit
         quantization turns into NF4."""
         h, i, kv = self.hidden_size, self.intermediate_size, self.num_key_value_heads * self.head_dim
-        return self.num_hidden_layers * (h * h * 2 + h * kv * 2 + 3 * h * i)
+        return self.num_hidden_layers * (h * self.attention_size * 2 + h * kv * 2 + 3 * h * i)
 
 
 def architecture_from_config(config) -> Architecture:
@@ -90,6 +103,7 @@ def architecture_from_config(config) -> Architecture:
             vocab_size=int(get("vocab_size")),
             max_position_embeddings=int(get("max_position_embeddings") or 2048),
             tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+            head_dim=int(get("head_dim") or 0),
         )
     except (TypeError, ValueError):
         missing = [key for key in ("num_attention_heads", "hidden_size", "intermediate_size", "num_hidden_layers",

@@ -156,19 +156,11 @@ def start_magnitudes(model) -> int:
     return count
 
 
-def projection_shapes(config: dict) -> dict[str, tuple[int, int]]:
-    """(in, out) features of the attention projections of a Llama-like model, from its config.json."""
-    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    return {"q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv_heads * head_dim),
-            "v_proj": (hidden, kv_heads * head_dim), "o_proj": (heads * head_dim, hidden)}
-
-
-def smallest_adapted_dimension(config: dict, target_modules=DEFAULT_TARGET_MODULES) -> tuple[str, int]:
-    """The smallest in/out dimension of the adapted projections, named (e.g. ("k_proj out", 64)): the
-    largest LoRA rank that can be used (a rank r adapter is a product of an r x in and an out x r matrix)."""
-    shapes = projection_shapes(config)
+def smallest_adapted_dimension(architecture, target_modules=DEFAULT_TARGET_MODULES) -> tuple[str, int]:
+    """The smallest in/out dimension of the adapted projections of an ``Architecture``, named (e.g.
+    ("k_proj out", 64)): the largest LoRA rank that can be used (a rank r adapter is a product of an r x in
+    and an out x r matrix)."""
+    shapes = architecture.projection_features()
     sides = [(f"{name} {side}", size) for name in target_modules if name in shapes
              for side, size in zip(("in", "out"), shapes[name])]
     if not sides:

@@ -291,18 +291,9 @@ def weight_bytes_total(architecture: Architecture, dtype_bytes: float, quantize:
 ADAPTED_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")  # model.lora.DEFAULT_TARGET_MODULES
 
 
-def projection_features(architecture: Architecture) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each linear projection of a decoder layer."""
-    h, i = architecture.hidden_size, architecture.intermediate_size
-    q = architecture.num_attention_heads * architecture.head_dim
-    kv = architecture.num_key_value_heads * architecture.head_dim
-    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-
-
 def lora_parameter_count(architecture: Architecture, rank: int, layers: int, targets=ADAPTED_PROJECTIONS) -> int:
     """Exact LoRA parameter count: r * (in + out) per targeted projection per adapted layer."""
-    shapes = projection_features(architecture)
+    shapes = architecture.projection_features()
     per_layer = sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets)
     return per_layer * min(layers, architecture.num_hidden_layers)
 
@@ -321,7 +312,7 @@ def dora_extra_bytes(shape: StepShape, targets=ADAPTED_PROJECTIONS) -> dict[str,
     """
     if not shape.dora:
         return {"magnitudes": 0.0, "activations": 0.0, "temporaries": 0.0}
-    features = projection_features(shape.architecture)
+    features = shape.architecture.projection_features()
     outs = sum(features[t][1] for t in targets)
     tokens = shape.batch_size * shape.seq_length
     largest = max((features[t][0] ** 2 + 3 * features[t][0] * features[t][1]) * 4 for t in targets)
@@ -352,7 +343,7 @@ def estimate_training_memory(shape: StepShape, *, recomputed_layers: int = 0, lo
     """
     architecture, nbytes, layers = shape.architecture, shape.dtype_bytes, shape.adapted_layers
     h, i = architecture.hidden_size, architecture.intermediate_size
-    kv = architecture.num_key_value_heads * architecture.head_dim
+    q, kv = architecture.attention_size, architecture.num_key_value_heads * architecture.head_dim
     tokens = shape.batch_size * shape.seq_length
     on_mlx = shape.device == MLX_DEVICE
     if overhead_gb is None:
@@ -367,9 +358,9 @@ def estimate_training_memory(shape: StepShape, *, recomputed_layers: int = 0, lo
     dora = dora_extra_bytes(shape)
     lora = lora_parameter_count(architecture, shape.lora_rank, layers) * 16 + dora["magnitudes"]
     if fused_kernels:
-        per_token_layer = (6 * h + 2 * i + 2 * kv) * nbytes
-    else:
-        per_token_layer = (10 * h + 4 * i + 4 * kv) * nbytes
+        per_token_layer = (4 * h + 2 * q + 2 * i + 2 * kv) * nbytes
+    else:  # two of the per-token vectors kept are the queries and the attention's output (q wide)
+        per_token_layer = (8 * h + 2 * q + 4 * i + 4 * kv) * nbytes
     recomputed = max(0, min(recomputed_layers, layers))
     activations = tokens * (h * nbytes * recomputed + per_token_layer * (layers - recomputed))
     if recomputed:

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from your_ai.data.records import count_lines, training_files
 from your_ai.hardware import ENGINES, pick_device, pick_engine
-from your_ai.model.architecture import read_architecture, read_config_values
+from your_ai.model.architecture import (
+    architecture_from_config,
+    read_architecture,
+    read_config_values,
+)
 from your_ai.model.errors import ModelFileError, ModelResolutionError
 from your_ai.model.lora import LoraSettings, check_dora, smallest_adapted_dimension
 from your_ai.model.presets import PRESETS, TINY
@@ -222,8 +226,8 @@ def check_lora_rank(args: TrainingArgs, resolved: ResolvedModel) -> None:
     """Refuse a LoRA rank above the smallest dimension of an adapted projection (read from the model's
     config.json, before any weight is loaded): the rank could not be used, only stored."""
     try:
-        config = read_config_values(resolved.path)
-        name, size = smallest_adapted_dimension(config, args.lora_settings().target_modules)
+        architecture = architecture_from_config(read_config_values(resolved.path))
+        name, size = smallest_adapted_dimension(architecture, args.lora_settings().target_modules)
     except (ModelFileError, ValueError, KeyError, TypeError, ZeroDivisionError):
         return  # loading the model reports an unreadable config
     if args.lora_rank > size:
