@@ -127,3 +127,32 @@ def test_a_larger_preset_in_4_bits_is_named_next_to_the_largest_fit():
     assert "With --quantize 4 (QLoRA: the decoder linear weights in 4-bit NF4) a larger preset fits: " in text
     quantized = recommend_presets(memory_gb=40, device="cpu", quantize=4, lora_rank=64)
     assert quantized["quantized"] is None and f"fits: {quantized['largest_fit']} (estimated" in text
+
+
+def test_on_the_mlx_engine_the_estimate_is_mlx_s():
+    from your_ai.fit.plan import estimate_for
+    from your_ai.fit.recommend import train_config
+    from your_ai.step import memory
+
+    pytest.importorskip("mlx.core")
+    report = recommend_presets(memory_gb=32, engine="mlx", quantize=4)
+    assert (report["device"], report["engine"], report["budget_gb"]) == ("mlx", "mlx", 25.6)
+    seven_b = next(row for row in report["presets"] if row["preset"] == "hermes-mistral-7b")
+    architecture = PRESETS["hermes-mistral-7b"].architecture
+    config = train_config("hermes-mistral-7b", architecture, "mlx", {}, 4)
+    assert seven_b["estimate_gb"] == round(estimate_for(architecture, "mlx", config, 25.6).total_gb, 2)
+    assert seven_b["parts_gb"]["weights"] == pytest.approx(memory.weight_bytes_total(
+        architecture, report["weight_bytes"], 4, "mlx") / memory.GB, abs=1e-3)  # MLX's 4-bit layout, not NF4
+    torch_run = recommend_presets(memory_gb=32, device="cpu", quantize=4)  # train's defaults for this machine's CPU
+    assert seven_b["config"] == next(r for r in torch_run["presets"] if r["preset"] == "hermes-mistral-7b")["config"]
+    text = format_recommendation(report)
+    assert "`your-ai train --model MODEL --quantize 4 --engine mlx` on mlx" in text
+    assert "decoder linear weights in MLX 4-bit (group size 64)" in text
+    assert "`your-ai benchmark --engine mlx` measures the real peak" in text
+    with pytest.raises(ValueError, match="--device cuda is a device of the torch engine"):
+        recommend_presets(memory_gb=32, device="cuda", engine="mlx")
+    proc = subprocess.run([sys.executable, "-m", "your_ai", "recommend", "--engine", "mlx", "--json"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    detected = json.loads(proc.stdout)  # no Metal here: 80% of the system memory, as train --engine mlx budgets
+    assert detected["engine"] == "mlx" and detected["budget_source"] == memory.default_budget("mlx")[1]

@@ -12,9 +12,14 @@ import click
 
 from your_ai.errors import UserError
 from your_ai.files import check_writable
+from your_ai.hardware import ENGINES
 
 CHECKPOINT_HELP = "LoRA adapter folder (adapter_config.json + adapter_model.safetensors)."
 POSITIVE = click.IntRange(min=1)
+ENGINE_OPTION = click.option(
+    "--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+    help="torch, or mlx (Apple's MLX, on Metal; the CPU elsewhere); auto: mlx on Apple Silicon when MLX is installed, "
+         "else torch.")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

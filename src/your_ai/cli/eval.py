@@ -10,6 +10,7 @@ import click
 
 from your_ai.cli.common import (
     CHECKPOINT_HELP,
+    ENGINE_OPTION,
     check_output,
     comparison,
     fail,
@@ -25,12 +26,7 @@ from your_ai.eval.gguf_export import (
 )
 from your_ai.eval.suite import SuiteError, load_suite
 from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
-from your_ai.hardware import ENGINES
 
-ENGINE_OPTION = click.option(
-    "--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
-    help="torch, or mlx (Apple's MLX, on Metal; the CPU elsewhere); auto: mlx on Apple Silicon when MLX is installed, "
-         "else torch.")
 MODEL_HELP = ("Preset, hub id or model directory (default: the checkpoint's base model, else smollm2-135m, "
                "SmolLM2-135M-Instruct; `tiny` is a random-weight model for tests).")
 

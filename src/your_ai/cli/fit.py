@@ -8,6 +8,7 @@ import sys
 import click
 
 from your_ai.cli.common import (
+    ENGINE_OPTION,
     POSITIVE,
     check_output,
     fail,
@@ -24,7 +25,6 @@ from your_ai.fit.plan import (
     check_fit_dora,
     fit_device,
 )
-from your_ai.hardware import ENGINES
 from your_ai.step.modes import STEP_MODES
 
 
@@ -53,10 +53,12 @@ def setup(output, as_json):
 @click.option("--dora", is_flag=True, help="Estimate DoRA adapters (as `train --dora`), in the plain step.")
 @click.option("--model", "models", multiple=True, help="Estimate this model instead of the presets: a preset, a hub "
               "id (from the local cache) or a model directory; repeat it or give a comma-separated list.")
+@ENGINE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, dora, models, as_json):
+def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, dora, models, engine, as_json):
     """List the presets (or the given models) whose estimated LoRA training memory fits 80% of MEMORY, each in
-    the run `your-ai train --model MODEL` makes with the same flags.
+    the run `your-ai train --model MODEL` makes with the same flags (on the MLX engine: within Metal's
+    recommended working set when MEMORY is not given).
 
     Exit code 1 when a given model has no estimate (not available, unreadable config)."""
     from your_ai.fit import recommend as recommend_module
@@ -72,8 +74,9 @@ def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quanti
             quantize=quantize,
             dora=dora,
             models=[name.strip() for value in models for name in value.split(",") if name.strip()],
+            engine=engine,
         )
-    except ValueError as error:  # --quantize 8, not a model name
+    except ValueError as error:  # --quantize 8, not a model name, --engine mlx without MLX
         fail(str(error))
     click.echo(json.dumps(report, indent=2) if as_json else recommend_module.format_recommendation(report))
     sys.exit(1 if any(row["error"] for row in report.get("models", [])) else 0)
@@ -91,9 +94,7 @@ def _fit_options(function):
                      help="The training step of each fit test, as `train --step-mode`: auto is the fastest that "
                           "fits --max-memory by the estimate."),
         click.option("--device", help="cuda, mps or cpu (default: the best available; the torch engine)."),
-        click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
-                     help="torch, or mlx (Apple's MLX, on Metal; the CPU elsewhere); auto: mlx on Apple Silicon "
-                          "when MLX is installed, else torch."),
+        ENGINE_OPTION,
         click.option("--synthetic", is_flag=True, help="Random-weight models of each preset's exact architecture: "
                      "measures the fit without downloading anything."),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT_S,
