@@ -8,6 +8,8 @@ import sys
 import click
 
 from your_ai.cli.common import (
+    ENGINE_OPTION,
+    MODEL_KINDS,
     POSITIVE,
     check_output,
     fail,
@@ -24,7 +26,6 @@ from your_ai.fit.plan import (
     check_fit_dora,
     fit_device,
 )
-from your_ai.hardware import ENGINES
 from your_ai.step.modes import STEP_MODES
 
 
@@ -51,8 +52,8 @@ def setup(output, as_json):
               help="Tokens per sample (default: train's default for each model).")
 @click.option("--quantize", type=int, help="4: estimate QLoRA, the decoder linear weights in 4-bit NF4.")
 @click.option("--dora", is_flag=True, help="Estimate DoRA adapters (as `train --dora`), in the plain step.")
-@click.option("--model", "models", multiple=True, help="Estimate this model instead of the presets: a preset, a hub "
-              "id (from the local cache) or a model directory; repeat it or give a comma-separated list.")
+@click.option("--model", "models", multiple=True, help=f"Estimate this model instead of the presets: {MODEL_KINDS}; "
+              "repeat it or give a comma-separated list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, dora, models, as_json):
     """List the presets (or the given models) whose estimated LoRA training memory fits 80% of MEMORY, each in
@@ -82,7 +83,7 @@ def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quanti
 def _fit_options(function):
     """The fit-test config options shared by ``benchmark`` and ``optimize``."""
     for option in reversed((
-        click.option("--max-seq-length", "--seq-length", "seq_length", type=click.IntRange(min=2),
+        click.option("--max-seq-length", "--seq-length", "max_seq_length", type=click.IntRange(min=2),
                      help="Tokens per sample, as `train --max-seq-length` (default 1024, or the model's context if "
                           "smaller)."),
         click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass."),
@@ -90,10 +91,8 @@ def _fit_options(function):
                      default="auto", show_default=True,
                      help="The training step of each fit test, as `train --step-mode`: auto is the fastest that "
                           "fits --max-memory by the estimate."),
-        click.option("--device", help="cuda, mps or cpu (default: the best available; the torch engine)."),
-        click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
-                     help="torch, or mlx (Apple's MLX, on Metal; the CPU elsewhere); auto: mlx on Apple Silicon "
-                          "when MLX is installed, else torch."),
+        click.option("--device", help="cuda, mps or cpu for the torch engine (default: the best available)."),
+        ENGINE_OPTION,
         click.option("--synthetic", is_flag=True, help="Random-weight models of each preset's exact architecture: "
                      "measures the fit without downloading anything."),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT_S,
@@ -116,8 +115,8 @@ def _fit_options(function):
 @click.command()
 @click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
               help="Budget in GB (default: 80% of the device's memory: GPU memory on CUDA, system memory elsewhere).")
-@click.option("--models", help="Comma-separated models to test: presets, hub ids (org/name, from the local cache) "
-              "and model directories, mixed (default: the five benchmark presets).")
+@click.option("--models", help="Comma-separated models to test: presets, hub ids (org/name, from the local cache), "
+              "model directories and GGUF files, mixed (default: the five benchmark presets).")
 @click.option("--cached", is_flag=True, help="Test every causal language model in the local Hugging Face cache "
               "($HF_HUB_CACHE) instead of the presets.")
 @click.option("--fit-test", "--single-model", "fit_test", metavar="MODEL", help="Run one fit test of MODEL in this "
@@ -137,7 +136,7 @@ def _fit_options(function):
 @_fit_options
 @printed_run_file_options
 def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log_path, force, batch_size,
-              lora_rank, lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, engine, synthetic, timeout,
+              lora_rank, lora_layers, steps, max_seq_length, grad_checkpoint, step_mode, device, engine, synthetic, timeout,
               gpus, strategy, quantize, dora):
     """Empirically test which models fit this machine, one subprocess per model.
 
@@ -145,7 +144,7 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
     """
     try:
         config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=steps,
-                           seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
+                           seq_length=max_seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
                            quantize=quantize, dora=dora)
         device = fit_device(device, engine)
         check_fit_dora(config, device)
@@ -182,7 +181,7 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
 
 
 @click.command()
-@click.option("--model", required=True, help="Preset, hub id or model directory.")
+@click.option("--model", required=True, help=f"Model: {MODEL_KINDS}.")
 @click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
               help="Budget in GB (default: 80% of the device's memory).")
 @click.option("--quick", is_flag=True, help="The quick grid: batch {2,4,8} x rank {64,128} x layers {16,24}.")
@@ -191,7 +190,7 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
               help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
 @_fit_options
 @printed_run_file_options
-def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, step_mode, device, engine,
+def optimize(model, max_memory, quick, steps, output, max_seq_length, grad_checkpoint, step_mode, device, engine,
              synthetic, timeout, gpus, strategy, quantize, dora):
     """Sweep batch size x LoRA rank x layers for the fastest config that fits; save a hardware profile.
 
@@ -205,7 +204,7 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
     try:
         device = fit_device(device, engine)
         outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
-                               timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
+                               timeout_s=timeout, synthetic=synthetic, seq_length=max_seq_length,
                                grad_checkpoint=grad_checkpoint, step_mode=step_mode, output=output, gpus=gpus,
                                strategy=strategy, quantize=quantize, dora=dora)
     except ModelResolutionError as error:
