@@ -26,7 +26,23 @@ from your_ai.fit.plan import (
     check_fit_dora,
     fit_device,
 )
+from your_ai.fit.sweep import FULL_GRID, QUICK_GRID
+from your_ai.step.memory import BUDGET_FRACTION
 from your_ai.step.modes import STEP_MODES
+
+
+def _grid_size(grid: dict) -> int:
+    return len(grid["batch_size"]) * len(grid["lora_rank"]) * len(grid["lora_layers"])
+
+
+QUICK_HELP = (f"the quick grid, batch {{{','.join(map(str, QUICK_GRID['batch_size']))}}} x rank "
+              f"{{{','.join(map(str, QUICK_GRID['lora_rank']))}}} x layers "
+              f"{{{','.join(map(str, QUICK_GRID['lora_layers']))}}} ({_grid_size(QUICK_GRID)} configs), instead of the "
+              f"full one ({_grid_size(FULL_GRID)}).")
+MAX_MEMORY_OPTION = click.option(
+    "--max-memory", type=click.FloatRange(min=0, min_open=True),
+    help=f"Budget in GB (default: {BUDGET_FRACTION:.0%} of the device's memory: GPU memory on CUDA, system memory "
+         "elsewhere).")
 
 
 @click.command()
@@ -113,8 +129,7 @@ def _fit_options(function):
 
 
 @click.command()
-@click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
-              help="Budget in GB (default: 80% of the device's memory: GPU memory on CUDA, system memory elsewhere).")
+@MAX_MEMORY_OPTION
 @click.option("--models", help="Comma-separated models to test: presets, hub ids (org/name, from the local cache), "
               "model directories and GGUF files, mixed (default: the five benchmark presets).")
 @click.option("--cached", is_flag=True, help="Test every causal language model in the local Hugging Face cache "
@@ -122,7 +137,7 @@ def _fit_options(function):
 @click.option("--fit-test", "--single-model", "fit_test", metavar="MODEL", help="Run one fit test of MODEL in this "
               "process and print one FIT_TEST_RESULT line (what the benchmark runs in each subprocess).")
 @click.option("--optimize", is_flag=True, help="Sweep batch x rank x layers for each model that passes.")
-@click.option("--quick", is_flag=True, help="With --optimize: the quick grid (12 configs) instead of the full one (96).")
+@click.option("--quick", is_flag=True, help=f"With --optimize: {QUICK_HELP}")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the results as JSON to FILE.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=DEFAULT_LOG, show_default=True,
               help="Append every event to this JSONL file.")
@@ -182,9 +197,8 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
 
 @click.command()
 @click.option("--model", required=True, help=f"Model: {MODEL_KINDS}.")
-@click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
-              help="Budget in GB (default: 80% of the device's memory).")
-@click.option("--quick", is_flag=True, help="The quick grid: batch {2,4,8} x rank {64,128} x layers {16,24}.")
+@MAX_MEMORY_OPTION
+@click.option("--quick", is_flag=True, help=f"Sweep {QUICK_HELP}")
 @click.option("--steps", type=POSITIVE, default=SWEEP_STEPS, show_default=True, help="Training steps per config.")
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
