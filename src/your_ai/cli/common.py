@@ -1,5 +1,5 @@
 """What the commands share: failing with one line, checking output paths, relaunching under torchrun,
-loading a model for inference, progress lines."""
+loading a model for inference, progress lines, and the options (and help) several commands take."""
 
 from __future__ import annotations
 
