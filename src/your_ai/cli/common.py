@@ -22,6 +22,7 @@ MODEL_HELP = (f"Model: {MODEL_KINDS} (default: the checkpoint's base model, else
 DEVICE_HELP = "cuda, mps or cpu (default: the best available)."
 TRUST_REMOTE_CODE_HELP = "Allow the model's own code to run."
 POSITIVE = click.IntRange(min=1)
+ALPHA_OPTION = click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
 ENGINE_OPTION = click.option(
     "--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
     help="torch, or mlx (Apple's MLX, on Metal; the CPU elsewhere); auto: mlx on Apple Silicon when MLX is installed, "

@@ -8,6 +8,7 @@ import sys
 import click
 
 from your_ai.cli.common import (
+    ALPHA_OPTION,
     DEVICE_HELP,
     MODEL_KINDS,
     POSITIVE,
@@ -67,7 +68,7 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
 @click.option("--distrust-mode", type=click.Choice(["weighted", "additive"]),
               help="weighted: per-sample CE weights from the distrust value (default); additive: CE + lambda * d, "
                    "which changes no gradient.")
-@click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
+@ALPHA_OPTION
 @click.option("--lambda-weight", type=float, help=f"Strength of the distrust term (default {DEFAULTS['lambda_weight']}; "
               "[0, 1] when weighted).")
 @click.option("--save-every", type=POSITIVE, help=f"Checkpoint every N steps (default {SAVE_EVERY}; tiny: "
