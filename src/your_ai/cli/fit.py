@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
@@ -31,14 +32,19 @@ from your_ai.step.memory import BUDGET_FRACTION
 from your_ai.step.modes import STEP_MODES
 
 
-def _grid_size(grid: dict) -> int:
-    return len(grid["batch_size"]) * len(grid["lora_rank"]) * len(grid["lora_layers"])
+def _quick_grid_help() -> str:
+    """``--quick`` in words, from the sweep's own grids: the quick grid, batch {2,4,8} x rank {64,128} x ..."""
+    def values(key: str) -> str:
+        return "{" + ",".join(map(str, QUICK_GRID[key])) + "}"
+
+    def size(grid: dict) -> int:
+        return math.prod(len(choices) for choices in grid.values())
+
+    return (f"the quick grid, batch {values('batch_size')} x rank {values('lora_rank')} x layers "
+            f"{values('lora_layers')} ({size(QUICK_GRID)} configs), instead of the full one ({size(FULL_GRID)}).")
 
 
-QUICK_HELP = (f"the quick grid, batch {{{','.join(map(str, QUICK_GRID['batch_size']))}}} x rank "
-              f"{{{','.join(map(str, QUICK_GRID['lora_rank']))}}} x layers "
-              f"{{{','.join(map(str, QUICK_GRID['lora_layers']))}}} ({_grid_size(QUICK_GRID)} configs), instead of the "
-              f"full one ({_grid_size(FULL_GRID)}).")
+QUICK_HELP = _quick_grid_help()
 MAX_MEMORY_OPTION = click.option(
     "--max-memory", type=click.FloatRange(min=0, min_open=True),
     help=f"Budget in GB (default: {BUDGET_FRACTION:.0%} of the device's memory: GPU memory on CUDA, system memory "
