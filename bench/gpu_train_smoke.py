@@ -2,17 +2,17 @@
 
     python bench/gpu_train_smoke.py --preset hermes-mistral-7b --steps 30
     python bench/gpu_train_smoke.py --extra "--step-mode small" --extra "--step-mode small --compile"
-    python bench/gpu_train_smoke.py --preset llama-8b --batch-size 8 --seq-length 2048 --lora-rank 16 \
+    python bench/gpu_train_smoke.py --preset llama-8b --batch-size 8 --max-seq-length 2048 --lora-rank 16 \
         --lora-layers 32 --corpus long-tailed --extra=--no-packing --extra=--packing
 
 Builds the preset's exact architecture with random weights (bf16), saves it with the tiny
 model's tokenizer (token ids < 2048 are valid in every preset's vocabulary) into a temporary
 directory, then runs the real CLI (`your-ai train --model DIR ...`) on a corpus and reports, from
 the run's metrics file, useful (non-padding) tokens/s, the step time and the useful tokens per
-step (their share of the batch x seq-length tokens a step could hold), and peak memory, once for
+step (their share of the batch x max-seq-length tokens a step could hold), and peak memory, once for
 each `--extra` set of flags (the same model directory). `--corpus long` (default): documents that
 fill every row; `--corpus long-tailed`: `--records` documents of lognormal word counts (median
-151 words, 90th percentile 525, a few past any --seq-length), as real corpora of primary sources
+151 words, 90th percentile 525, a few past any --max-seq-length), as real corpora of primary sources
 are. Prints a table and writes JSON (`--json-out`).
 """
 
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--preset", default="hermes-mistral-7b")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--seq-length", type=int, default=1024)
+    parser.add_argument("--max-seq-length", "--seq-length", dest="seq_length", type=int, default=1024)
     parser.add_argument("--lora-rank", type=int, default=64)
     parser.add_argument("--lora-layers", type=int, default=16)
     parser.add_argument("--extra", action="append", help="extra flags for `your-ai train`, e.g. '--grad-checkpoint'; "
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="training JSONL (default: the --corpus made here)")
     parser.add_argument("--corpus", choices=("long", "long-tailed"), default="long",
                         help="long: documents made by joining demo-corpus texts, so that every sample fills "
-                        "--seq-length; long-tailed: lognormal lengths (see above)")
+                        "--max-seq-length; long-tailed: lognormal lengths (see above)")
     parser.add_argument("--records", type=int, default=6000, help="records of the long-tailed corpus")
     args = parser.parse_args()
 

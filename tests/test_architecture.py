@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "your_ai"
 
 # Lowest first: a module may import from its own layer and the layers before it, never after.
 LAYERS = [
-    {"__init__", "errors", "files", "hardware", "hub_offline", "lifeline"},
+    {"__init__", "environment", "errors", "files", "hardware", "hub_offline", "lifeline"},
     {"objective"},
     {"data", "sources"},
     {"model"},

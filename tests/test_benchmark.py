@@ -222,7 +222,7 @@ def test_safety_stop(tmp_path, monkeypatch):
 
 def test_bad_safety_threshold_is_named(monkeypatch):
     monkeypatch.setenv(SAFETY_ENV, "lots")
-    with pytest.raises(ValueError, match="YOUR_AI_SAFETY_MIN_AVAILABLE_GB='lots' is not a number"):
+    with pytest.raises(ValueError, match="YOUR_AI_SAFETY_MIN_AVAILABLE_GB='lots' is not a non-negative number of GB"):
         run_benchmark(["tiny"], device="cpu", log_path=None, stream=io.StringIO())
 
 

@@ -113,7 +113,9 @@ def test_processes_started_for_gpus_get_the_run_files_settings_as_flags(tmp_path
 def test_benchmark_takes_a_run_file_with_its_own_options(tmp_path):
     config = run_file(tmp_path / "fit.yaml", "models: tiny\nmax-seq-length: 64\nsteps: 3\nsynthetic: true\n")
     settings = printed("benchmark", "--config", config, "--steps", "2")
-    assert settings["seq_length"] == 64 and settings["steps"] == 2 and settings["synthetic"] is True
+    assert settings["max_seq_length"] == 64 and settings["steps"] == 2 and settings["synthetic"] is True
+    older = run_file(tmp_path / "older.yaml", "seq_length: 32\n")  # the older name of the key still reads
+    assert printed("optimize", "--config", older, "--model", "tiny")["max_seq_length"] == 32
     assert settings["batch_size"] == FitConfig.batch_size and "config" not in settings and "print_config" not in settings
     result = invoke("benchmark", "--config", run_file(tmp_path / "bad.yaml", "max_step: 3\n"))
     assert result.output.startswith("Error: ") and "unknown key 'max_step' (did you mean steps?)" in result.output

@@ -1,5 +1,5 @@
 """What the commands share: failing with one line, checking output paths, relaunching under torchrun,
-loading a model for inference, progress lines."""
+loading a model for inference, progress lines, and the options (and help) several commands take."""
 
 from __future__ import annotations
 
@@ -14,8 +14,15 @@ from your_ai.errors import UserError
 from your_ai.files import check_writable
 from your_ai.hardware import ENGINES
 
-CHECKPOINT_HELP = "LoRA adapter folder (adapter_config.json + adapter_model.safetensors)."
+CHECKPOINT_HELP = ("The fine-tuned LoRA adapter: a training run's output directory, one of its checkpoints or best/ "
+                   "(a folder with adapter_config.json + adapter_model.safetensors).")
+MODEL_KINDS = "preset, hub id (from the local cache), model directory or GGUF file"
+MODEL_HELP = (f"Model: {MODEL_KINDS} (default: the checkpoint's base model, else smollm2-135m, SmolLM2-135M-Instruct; "
+              "`tiny` is a random-weight model for tests).")
+DEVICE_HELP = "cuda, mps or cpu (default: the best available)."
+TRUST_REMOTE_CODE_HELP = "Allow the model's own code to run."
 POSITIVE = click.IntRange(min=1)
+ALPHA_OPTION = click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
 ENGINE_OPTION = click.option(
     "--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
     help="torch, or mlx (Apple's MLX, on Metal; the CPU elsewhere); auto: mlx on Apple Silicon when MLX is installed, "

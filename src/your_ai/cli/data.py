@@ -8,8 +8,15 @@ import sys
 
 import click
 
-from your_ai.cli.common import check_output, fail, is_default
+from your_ai.cli.common import ALPHA_OPTION, check_output, fail, is_default
 from your_ai.files import writing
+
+# the options more than one data command takes
+SKIP_BAD_OPTION = click.option("--skip-bad", is_flag=True,
+                               help="Leave bad lines out (they are still listed) instead of stopping.")
+KEY_OPTION = click.option("--key", metavar="FIELD", help="Treat records with the same FIELD value as exact duplicates.")
+WORKERS_OPTION = click.option("--workers", type=click.IntRange(min=1),
+                              help="Processes that score documents (default: all CPUs).")
 
 
 def _report_bad_line(error) -> None:
@@ -32,9 +39,9 @@ def _show_progress(lines_read: int) -> None:
               help="Share of records for val.jsonl when --val-size is not given.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed for balancing and splitting.")
 @click.option("--no-balance", is_flag=True, help="Keep every tier whole instead of downsampling to the target mix.")
-@click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
-@click.option("--key", metavar="FIELD", help="Treat records with the same FIELD value as exact duplicates.")
-@click.option("--workers", type=click.IntRange(min=1), help="Processes that score documents (default: all CPUs).")
+@SKIP_BAD_OPTION
+@KEY_OPTION
+@WORKERS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction, seed, no_balance, skip_bad, key,
             workers, as_json):
@@ -68,8 +75,8 @@ def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction,
 @click.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Output file (default: <first file>.dedup.jsonl).")
-@click.option("--key", metavar="FIELD", help="Treat records with the same FIELD value as exact duplicates.")
-@click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
+@KEY_OPTION
+@SKIP_BAD_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def deduplicate(files, output, key, skip_bad, as_json):
     """Remove exact and near-duplicate documents from JSONL FILES."""
@@ -88,9 +95,9 @@ def deduplicate(files, output, key, skip_bad, as_json):
 @click.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG with the histograms and tier shares.")
-@click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
-@click.option("--skip-bad", is_flag=True, help="Leave bad lines out (they are still listed) instead of stopping.")
-@click.option("--workers", type=click.IntRange(min=1), help="Processes that score documents (default: all CPUs).")
+@ALPHA_OPTION
+@SKIP_BAD_OPTION
+@WORKERS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def analyze(files, plot, alpha, skip_bad, workers, as_json):
     """Report the authority / entropy / distrust distribution of JSONL FILES."""

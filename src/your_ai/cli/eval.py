@@ -10,7 +10,11 @@ import click
 
 from your_ai.cli.common import (
     CHECKPOINT_HELP,
+    DEVICE_HELP,
     ENGINE_OPTION,
+    MODEL_HELP,
+    MODEL_KINDS,
+    TRUST_REMOTE_CODE_HELP,
     check_output,
     comparison,
     fail,
@@ -27,15 +31,13 @@ from your_ai.eval.gguf_export import (
 from your_ai.eval.suite import SuiteError, load_suite
 from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
 
-MODEL_HELP = ("Preset, hub id or model directory (default: the checkpoint's base model, else smollm2-135m, "
-               "SmolLM2-135M-Instruct; `tiny` is a random-weight model for tests).")
-
 
 @click.command()
 @click.option("--model", help=MODEL_HELP)
 @click.option("--prompt", required=True, help="Text to continue.")
 @click.option("--checkpoint", type=click.Path(), help=CHECKPOINT_HELP)
-@click.option("--max-tokens", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=50, show_default=True,
+              help="New tokens generated at most.")
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True,
               help="Sampling temperature; 0 decodes greedily.")
 @click.option("--seed", type=int, help="Seed for sampling, to repeat an output.")
@@ -43,9 +45,9 @@ MODEL_HELP = ("Preset, hub id or model directory (default: the checkpoint's base
 @click.option("--chat", is_flag=True, help="Require the chat template (already the default when the tokenizer "
               "has one; fails when it has none).")
 @click.option("--compare", is_flag=True, help="Print the base model's and the fine-tuned model's output.")
-@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--device", help=DEVICE_HELP)
 @ENGINE_OPTION
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@click.option("--trust-remote-code", is_flag=True, help=TRUST_REMOTE_CODE_HELP)
 def generate(model, prompt, checkpoint, max_tokens, temperature, seed, raw, chat, compare, device, engine,
              trust_remote_code):
     """Generate text from a model, optionally with a fine-tuned LoRA adapter.
@@ -73,11 +75,13 @@ def generate(model, prompt, checkpoint, max_tokens, temperature, seed, raw, chat
 @click.option("--model", help=MODEL_HELP)
 @click.option("--checkpoint", type=click.Path(), help=CHECKPOINT_HELP)
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="JSONL file to score.")
-@click.option("--max-seq-length", type=click.IntRange(min=2), default=1024, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--max-seq-length", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Truncate records to N tokens, as `train --max-seq-length` does.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Records scored together.")
+@click.option("--device", help=DEVICE_HELP)
 @ENGINE_OPTION
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@click.option("--trust-remote-code", is_flag=True, help=TRUST_REMOTE_CODE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, with a score per record.")
 def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, engine, trust_remote_code, as_json):
     """Cross-entropy and perplexity of a model (with an optional adapter) over a JSONL data set."""
@@ -112,7 +116,7 @@ def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, engine
 @click.option("--checkpoint", required=True, type=click.Path(), help=CHECKPOINT_HELP)
 @click.option("--output", required=True, type=click.Path(), help="Directory for the standalone model "
               "(--format hf), or the .gguf file (--format gguf).")
-@click.option("--model", help="Base model (default: the one the adapter names).")
+@click.option("--model", help=f"Base model: {MODEL_KINDS} (default: the checkpoint's base model).")
 @click.option("--format", "export_format", type=click.Choice(EXPORT_FORMATS), default="hf", show_default=True,
               help="hf: a Hugging Face folder (safetensors); gguf: one file for llama.cpp, LM Studio and Ollama "
                    "(Llama, Mistral and Qwen2 families).")
@@ -120,8 +124,8 @@ def evaluate(model, checkpoint, data, max_seq_length, batch_size, device, engine
               f"(default {DEFAULT_GGUF_QUANTIZATION}; q4_0 to q5_1: 4 and 5 bits, smaller and less exact; "
               "needs --format gguf).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --output.")
-@click.option("--device", help="cuda, mps or cpu (default: the best available).")
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@click.option("--device", help=DEVICE_HELP)
+@click.option("--trust-remote-code", is_flag=True, help=TRUST_REMOTE_CODE_HELP)
 def export(checkpoint, output, model, export_format, quantize, force, device, trust_remote_code):
     """Merge a LoRA adapter into its base model and save a standalone model (safetensors, or GGUF)."""
     if quantize and export_format != "gguf":
@@ -169,9 +173,9 @@ def export(checkpoint, output, model, export_format, quantize, force, device, tr
 @click.option("--lm-eval-limit", type=click.IntRange(min=1), help="Quick run: at most N samples per lm-eval task.")
 @click.option("--lm-eval-fewshot", type=click.IntRange(min=0),
               help="Few-shot examples in each lm-eval prompt (default: each task's own).")
-@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--device", help=DEVICE_HELP)
 @ENGINE_OPTION
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@click.option("--trust-remote-code", is_flag=True, help=TRUST_REMOTE_CODE_HELP)
 @printed_run_file_options
 def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, limit, suite_path, batch_size,
              raw, lm_eval, lm_eval_include, lm_eval_limit, lm_eval_fewshot, device, engine, trust_remote_code):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
 
 from your_ai.cli.common import (
     ENGINE_OPTION,
+    MODEL_KINDS,
     POSITIVE,
     check_output,
     fail,
@@ -25,7 +27,28 @@ from your_ai.fit.plan import (
     check_fit_dora,
     fit_device,
 )
+from your_ai.fit.sweep import FULL_GRID, QUICK_GRID
+from your_ai.step.memory import BUDGET_FRACTION
 from your_ai.step.modes import STEP_MODES
+
+
+def _quick_grid_help() -> str:
+    """``--quick`` in words, from the sweep's own grids: the quick grid, batch {2,4,8} x rank {64,128} x ..."""
+    def values(key: str) -> str:
+        return "{" + ",".join(map(str, QUICK_GRID[key])) + "}"
+
+    def size(grid: dict) -> int:
+        return math.prod(len(choices) for choices in grid.values())
+
+    return (f"the quick grid, batch {values('batch_size')} x rank {values('lora_rank')} x layers "
+            f"{values('lora_layers')} ({size(QUICK_GRID)} configs), instead of the full one ({size(FULL_GRID)}).")
+
+
+QUICK_HELP = _quick_grid_help()
+MAX_MEMORY_OPTION = click.option(
+    "--max-memory", type=click.FloatRange(min=0, min_open=True),
+    help=f"Budget in GB (default: {BUDGET_FRACTION:.0%} of the device's memory: GPU memory on CUDA, system memory "
+         "elsewhere).")
 
 
 @click.command()
@@ -51,8 +74,8 @@ def setup(output, as_json):
               help="Tokens per sample (default: train's default for each model).")
 @click.option("--quantize", type=int, help="4: estimate QLoRA, the decoder linear weights in 4-bit NF4.")
 @click.option("--dora", is_flag=True, help="Estimate DoRA adapters (as `train --dora`), in the plain step.")
-@click.option("--model", "models", multiple=True, help="Estimate this model instead of the presets: a preset, a hub "
-              "id (from the local cache) or a model directory; repeat it or give a comma-separated list.")
+@click.option("--model", "models", multiple=True, help=f"Estimate this model instead of the presets: {MODEL_KINDS}; "
+              "repeat it or give a comma-separated list.")
 @ENGINE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quantize, dora, models, engine, as_json):
@@ -85,7 +108,7 @@ def recommend(memory, batch_size, lora_rank, lora_layers, max_seq_length, quanti
 def _fit_options(function):
     """The fit-test config options shared by ``benchmark`` and ``optimize``."""
     for option in reversed((
-        click.option("--max-seq-length", "--seq-length", "seq_length", type=click.IntRange(min=2),
+        click.option("--max-seq-length", "--seq-length", "max_seq_length", type=click.IntRange(min=2),
                      help="Tokens per sample, as `train --max-seq-length` (default 1024, or the model's context if "
                           "smaller)."),
         click.option("--grad-checkpoint", is_flag=True, help="Recompute activations in the backward pass."),
@@ -93,7 +116,7 @@ def _fit_options(function):
                      default="auto", show_default=True,
                      help="The training step of each fit test, as `train --step-mode`: auto is the fastest that "
                           "fits --max-memory by the estimate."),
-        click.option("--device", help="cuda, mps or cpu (default: the best available; the torch engine)."),
+        click.option("--device", help="cuda, mps or cpu for the torch engine (default: the best available)."),
         ENGINE_OPTION,
         click.option("--synthetic", is_flag=True, help="Random-weight models of each preset's exact architecture: "
                      "measures the fit without downloading anything."),
@@ -115,16 +138,15 @@ def _fit_options(function):
 
 
 @click.command()
-@click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
-              help="Budget in GB (default: 80% of the device's memory: GPU memory on CUDA, system memory elsewhere).")
-@click.option("--models", help="Comma-separated models to test: presets, hub ids (org/name, from the local cache) "
-              "and model directories, mixed (default: the five benchmark presets).")
+@MAX_MEMORY_OPTION
+@click.option("--models", help="Comma-separated models to test: presets, hub ids (org/name, from the local cache), "
+              "model directories and GGUF files, mixed (default: the five benchmark presets).")
 @click.option("--cached", is_flag=True, help="Test every causal language model in the local Hugging Face cache "
               "($HF_HUB_CACHE) instead of the presets.")
 @click.option("--fit-test", "--single-model", "fit_test", metavar="MODEL", help="Run one fit test of MODEL in this "
               "process and print one FIT_TEST_RESULT line (what the benchmark runs in each subprocess).")
 @click.option("--optimize", is_flag=True, help="Sweep batch x rank x layers for each model that passes.")
-@click.option("--quick", is_flag=True, help="With --optimize: the quick grid (12 configs) instead of the full one (96).")
+@click.option("--quick", is_flag=True, help=f"With --optimize: {QUICK_HELP}")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the results as JSON to FILE.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), default=DEFAULT_LOG, show_default=True,
               help="Append every event to this JSONL file.")
@@ -138,7 +160,7 @@ def _fit_options(function):
 @_fit_options
 @printed_run_file_options
 def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log_path, force, batch_size,
-              lora_rank, lora_layers, steps, seq_length, grad_checkpoint, step_mode, device, engine, synthetic, timeout,
+              lora_rank, lora_layers, steps, max_seq_length, grad_checkpoint, step_mode, device, engine, synthetic, timeout,
               gpus, strategy, quantize, dora):
     """Empirically test which models fit this machine, one subprocess per model.
 
@@ -146,7 +168,7 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
     """
     try:
         config = FitConfig(batch_size=batch_size, lora_rank=lora_rank, lora_layers=lora_layers, steps=steps,
-                           seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
+                           seq_length=max_seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
                            quantize=quantize, dora=dora)
         device = fit_device(device, engine)
         check_fit_dora(config, device)
@@ -183,16 +205,15 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
 
 
 @click.command()
-@click.option("--model", required=True, help="Preset, hub id or model directory.")
-@click.option("--max-memory", type=click.FloatRange(min=0, min_open=True),
-              help="Budget in GB (default: 80% of the device's memory).")
-@click.option("--quick", is_flag=True, help="The quick grid: batch {2,4,8} x rank {64,128} x layers {16,24}.")
+@click.option("--model", required=True, help=f"Model: {MODEL_KINDS}.")
+@MAX_MEMORY_OPTION
+@click.option("--quick", is_flag=True, help=f"Sweep {QUICK_HELP}")
 @click.option("--steps", type=POSITIVE, default=SWEEP_STEPS, show_default=True, help="Training steps per config.")
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Where to save the hardware profile (default: <config dir>/profiles/<model>.json).")
 @_fit_options
 @printed_run_file_options
-def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoint, step_mode, device, engine,
+def optimize(model, max_memory, quick, steps, output, max_seq_length, grad_checkpoint, step_mode, device, engine,
              synthetic, timeout, gpus, strategy, quantize, dora):
     """Sweep batch size x LoRA rank x layers for the fastest config that fits; save a hardware profile.
 
@@ -206,7 +227,7 @@ def optimize(model, max_memory, quick, steps, output, seq_length, grad_checkpoin
     try:
         device = fit_device(device, engine)
         outcome = run_optimize(model, max_memory_gb=max_memory, device=device, quick=quick, steps=steps,
-                               timeout_s=timeout, synthetic=synthetic, seq_length=seq_length,
+                               timeout_s=timeout, synthetic=synthetic, seq_length=max_seq_length,
                                grad_checkpoint=grad_checkpoint, step_mode=step_mode, output=output, gpus=gpus,
                                strategy=strategy, quantize=quantize, dora=dora)
     except ModelResolutionError as error:

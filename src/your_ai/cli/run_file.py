@@ -90,7 +90,7 @@ def run_file_values(path: str, ctx: click.Context) -> dict[str, Any]:
 
 def option_names(command: click.Command) -> dict[str, click.Option]:
     """The keys a run file for ``command`` takes, in snake case: each option's parameter name and its flags'
-    names (``--max-seq-length`` and ``--seq-length`` both reach ``seq_length``)."""
+    names (``--max-seq-length`` and ``--seq-length`` both reach ``max_seq_length``)."""
     names: dict[str, click.Option] = {}
     for option in command.params:
         if isinstance(option, click.Option) and option.name not in NOT_IN_RUN_FILES:

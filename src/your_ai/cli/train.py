@@ -8,7 +8,11 @@ import sys
 import click
 
 from your_ai.cli.common import (
+    ALPHA_OPTION,
+    DEVICE_HELP,
+    MODEL_KINDS,
     POSITIVE,
+    TRUST_REMOTE_CODE_HELP,
     check_output,
     comparison,
     fail,
@@ -40,12 +44,12 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
 
 
 @click.command()
-@click.option("--model", help="Preset, hub id or model directory (default: smollm2-135m, SmolLM2-135M-Instruct; "
-              "`tiny` is a random-weight model for tests).")
+@click.option("--model", help=f"Model: {MODEL_KINDS} (default: smollm2-135m, "
+              "SmolLM2-135M-Instruct; `tiny` is a random-weight model for tests).")
 @click.option("--data", type=click.Path(), help="JSONL file, or directory with train.jsonl (+ val.jsonl) "
               "(default: the built-in demo corpus).")
-@click.option("--output-dir", type=click.Path(file_okay=False), help="Where the adapter goes "
-              "(default: models/distrust-<model>).")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="The run's output directory: "
+              "the adapter, checkpoints, metrics (default: models/distrust-<model>).")
 @click.option("--batch-size", type=POSITIVE, help="Samples per micro-batch (default: by model size and device, see docs/training.md).")
 @click.option("--grad-accum", type=POSITIVE, help=f"Micro-batches per optimizer step (default {DEFAULTS['grad_accum']}).")
 @click.option("--lora-rank", type=POSITIVE, help="LoRA rank (default: by model size and device).")
@@ -64,7 +68,7 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
 @click.option("--distrust-mode", type=click.Choice(["weighted", "additive"]),
               help="weighted: per-sample CE weights from the distrust value (default); additive: CE + lambda * d, "
                    "which changes no gradient.")
-@click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
+@ALPHA_OPTION
 @click.option("--lambda-weight", type=float, help=f"Strength of the distrust term (default {DEFAULTS['lambda_weight']}; "
               "[0, 1] when weighted).")
 @click.option("--save-every", type=POSITIVE, help=f"Checkpoint every N steps (default {SAVE_EVERY}; tiny: "
@@ -103,14 +107,15 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
               help="The model's attention kernel (transformers' attn_implementation): sdpa, flex_attention (CUDA; "
                    "packed rows as block masks) or eager; auto (default): see docs/training.md#packing.")
 @click.option("--seed", type=int, help=f"Seed for LoRA init and data order (default {DEFAULTS['seed']}).")
-@click.option("--device", help="cuda, mps or cpu (default: the best available).")
+@click.option("--device", help=DEVICE_HELP)
 @click.option("--engine", type=click.Choice(ENGINES),
               help="torch: PyTorch (CUDA, MPS, CPU); mlx: MLX through mlx-lm, for Apple Silicon "
                    f"({MLX_INSTALL}); auto (default): mlx on Apple Silicon when MLX is installed, else torch. "
                    "A resumed run keeps its engine.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own code to run.")
+@click.option("--trust-remote-code", is_flag=True, help=TRUST_REMOTE_CODE_HELP)
 @click.option("--profile", "profile_file", type=click.Path(dir_okay=False),
-              help="Apply a hardware profile saved by `your-ai optimize` (batch, rank, alpha, layers).")
+              help="Apply a hardware profile saved by `your-ai optimize` (batch size, LoRA rank, alpha and "
+              "layers, --max-seq-length, --quantize).")
 @click.option("--auto-optimize", is_flag=True, help="Apply this model's saved hardware profile; "
               "run the quick optimize sweep first when there is none.")
 @click.option("--gpus", type=POSITIVE, help="Train data-parallel on N GPUs of this machine: runs this command under "

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TextIO
 
+from your_ai.environment import env_number
 from your_ai.files import write_json_atomic
 from your_ai.fit.plan import (
     DEFAULT_LOG,
@@ -58,16 +59,7 @@ SAFETY_MIN_AVAILABLE_GB = 2.0
 
 def safety_min_available_gb() -> float:
     """The available-memory floor below which the benchmark stops (``YOUR_AI_SAFETY_MIN_AVAILABLE_GB``)."""
-    raw = os.environ.get(SAFETY_ENV)
-    if raw is None or not raw.strip():
-        return SAFETY_MIN_AVAILABLE_GB
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{SAFETY_ENV}={raw!r} is not a number of GB") from None
-    if value < 0:
-        raise ValueError(f"{SAFETY_ENV}={raw!r} must be >= 0")
-    return value
+    return env_number(SAFETY_ENV, SAFETY_MIN_AVAILABLE_GB, unit=" of GB")
 
 
 # ---------------------------------------------------------------------------- the models to test

@@ -86,7 +86,7 @@ def convert_into_cache(cache: Path, gguf: Path, say: Callable[[str], None] | Non
         commit = commit_for(gguf)
         target = repo / "snapshots" / commit
         say(f"Converting {gguf.name} (from the {GGUF_PIP_NAME} package) into the Hugging Face cache, "
-            f"once (about 15-20 s): {target}")
+            f"once: {target}")
         started = time.perf_counter()
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=cache))
         try:

@@ -59,7 +59,7 @@ def gguf_file_of(path: Path) -> Path | None:
         return None
     files = sorted(item for item in path.iterdir() if item.suffix.lower() == GGUF_SUFFIX and item.is_file())
     if len(files) > 1:
-        raise InvalidModelNameError(f"model folder {str(path)!r} holds {len(files)} GGUF files "
+        raise InvalidModelNameError(f"model directory {str(path)!r} holds {len(files)} GGUF files "
                                     f"({', '.join(item.name for item in files)}); pass one of them with --model")
     return files[0] if files else None
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from your_ai import __version__
+from your_ai.environment import env_number
 from your_ai.errors import UserError
 
 USER_AGENT = f"your-ai/{__version__} (curated corpus download; https://pypi.org/project/your-ai/)"
@@ -54,10 +55,9 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name, variable in ENVIRONMENT.items():
-            text = environ.get(variable)
-            if text is None or text == "":
-                continue
-            values[name] = _setting(name, variable, text)
+            value = _setting(name, variable, environ)
+            if value is not None:
+                values[name] = value
         return cls(**values)
 
 
@@ -73,21 +73,18 @@ ENVIRONMENT = {
 }
 
 
-def _setting(name: str, variable: str, text: str):
+def _setting(name: str, variable: str, environ):
+    """The setting ``name`` from its environment variable; None when the variable is unset or empty."""
+    text = environ.get(variable)
     if name.endswith("_url"):
+        if not text:
+            return None
         if not text.startswith(("http://", "https://")):
             raise UserError(f"{variable}={text!r} is not an http:// or https:// address")
         return text.rstrip("/")
     if name == "sources_dir":
-        return Path(text).expanduser()
-    kind = int if name == "retries" else float
-    try:
-        value = kind(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise UserError(f"{variable}={text!r} is not a non-negative {'whole ' if kind is int else ''}number")
-    return value
+        return Path(text).expanduser() if text else None
+    return env_number(variable, None, whole=name == "retries", error=UserError, environ=environ)
 
 
 class Client:

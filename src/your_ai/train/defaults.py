@@ -110,7 +110,7 @@ class DefaultChoice:
 def defaults_table() -> str:
     """``RULES`` as a Markdown table, one row per size class and device (``any`` when both devices share a
     rule): what docs/training.md shows."""
-    lines = ["| model | device | batch | LoRA rank | LoRA layers | seq length | learning rate | epochs | save every |",
+    lines = ["| model | device | batch | LoRA rank | LoRA layers | max seq length | learning rate | epochs | save every |",
              "|---|---|---|---|---|---|---|---|---|"]
     for size, label in SIZE_LABELS.items():
         cpu, gpu = RULES[(size, "cpu")], RULES[(size, "gpu")]

@@ -24,13 +24,13 @@ training loop runs the same steps on every rank:
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from your_ai.environment import env_number
 from your_ai.lifeline import end_with_parent, launched_by_agent
 from your_ai.model.load import weight_files
 from your_ai.model.lora import reset_adapters, start_magnitudes
@@ -61,24 +61,11 @@ class World:
         return self.size > 1
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise DistributedError(f"environment variable {name}={raw!r} is not a whole number") from None
-    if value < 0:
-        raise DistributedError(f"environment variable {name}={raw!r} must be >= 0")
-    return value
-
-
 def world_from_env() -> World:
     """``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` as torchrun sets them (none set: one process)."""
-    size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", rank)
+    size = env_number("WORLD_SIZE", 1, whole=True, error=DistributedError)
+    rank = env_number("RANK", 0, whole=True, error=DistributedError)
+    local_rank = env_number("LOCAL_RANK", rank, whole=True, error=DistributedError)
     if size < 1 or rank >= size:
         raise DistributedError(f"RANK={rank} does not fit WORLD_SIZE={size}")
     return World(rank=rank, size=size, local_rank=local_rank)
