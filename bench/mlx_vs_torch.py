@@ -25,7 +25,8 @@ import subprocess
 import sys
 import time
 
-from your_ai.data.records import read_records, tokenize_records
+from your_ai.data.examples import tokenize_records
+from your_ai.data.records import read_records
 from your_ai.data.score_cache import read_file_scores
 from your_ai.model.load import load_tokenizer
 from your_ai.model.lora import LoraSettings
@@ -47,7 +48,7 @@ def batch_examples(model: str, batch_size: int, seq: int):
 
 def torch_steps(model: str, settings: LoraSettings, examples, objective, pad_id: int, steps: int):
     """(first loss, step times, engine peak GB or None) of the torch engine's plain step in fp32 on the CPU."""
-    from your_ai.data.records import collate
+    from your_ai.data.examples import collate
     from your_ai.train.loss import StepLoss
     from your_ai.train.setup import build_optimizer, load_for_training
     from your_ai.train.step import MicroBatch, optimizer_step

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from gpu_train_smoke import long_tailed_corpus
 
+from your_ai.data.examples import tokenize_record
 from your_ai.data.packing import estimate_packing
-from your_ai.data.records import read_records, tokenize_record
+from your_ai.data.records import read_records
 from your_ai.model.load import load_tokenizer
 from your_ai.model.resolve import resolve_model
 from your_ai.train.args import demo_corpus_path

@@ -32,7 +32,8 @@ DEMO = Path(__file__).parents[1] / "src" / "your_ai" / "assets" / "demo_corpus.j
 
 
 def measure(data_file: Path, tokenizer, max_seq_length: int, workers: int, cache_dir: Path) -> dict:
-    from your_ai.data.records import read_records, tokenize_records
+    from your_ai.data.examples import tokenize_records
+    from your_ai.data.records import read_records
     from your_ai.data.score_cache import read_file_scores
     from your_ai.data.token_cache import CachedExamples, cached_tokens
 

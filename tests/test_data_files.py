@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from your_ai.data.records import (
-    PREFIX_CHARS_PER_TOKEN,
-    DataError,
-    Record,
-    check_record,
-    iter_records,
-    tokenize_record,
-)
+from your_ai.data.examples import PREFIX_CHARS_PER_TOKEN, tokenize_record
+from your_ai.data.records import DataError, Record, check_record, iter_records
 
 LINES, BAD_LINE = 2000, 1000
 

@@ -131,7 +131,7 @@ def test_dora_on_a_4_bit_mlx_base_starts_at_the_base_and_trains(tiny_model_dir):
 
 
 def _example():
-    from your_ai.data.records import Example
+    from your_ai.data.examples import Example
 
     ids = IDS[0].tolist()
     return Example(ids, list(ids), 0.1, 5.0)

@@ -19,7 +19,7 @@ mx = pytest.importorskip("mlx.core")
 from mlx import nn  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
-from your_ai.data.records import Example  # noqa: E402
+from your_ai.data.examples import Example  # noqa: E402
 from your_ai.mlx_engine.loss import batch_loss, make_batch  # noqa: E402
 from your_ai.mlx_engine.model import add_lora, load_mlx_model  # noqa: E402
 from your_ai.model.load import load_tokenizer  # noqa: E402
@@ -70,7 +70,7 @@ def test_primary_source_moves_the_adapter_32x_more_than_coordinated_one(tiny_mlx
 def test_the_same_loss_as_the_torch_engine_on_the_same_batch(tiny_mlx, tiny_model_dir):
     import torch
 
-    from your_ai.data.records import collate
+    from your_ai.data.examples import collate
     from your_ai.train.loss import compute_loss
     from your_ai.train.setup import load_for_training
 

@@ -12,13 +12,14 @@ from safetensors.torch import load_file
 from test_fast_step import tiny_lora_model
 from test_train import SMALL, write_corpus
 
+from your_ai.data.examples import DataPosition, Example, collate, tokenize_record
 from your_ai.data.packing import (
     PackedBatchSampler,
     collate_packed,
     estimate_packing,
     pack_lengths,
 )
-from your_ai.data.records import DataPosition, Example, Record, collate, tokenize_record
+from your_ai.data.records import Record
 from your_ai.model.load import load_tokenizer
 from your_ai.model.resolve import resolve_model
 from your_ai.objective.distrust import IGNORE_INDEX, DistrustWeighting

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from your_ai.data.records import read_records, tokenize_records
+from your_ai.data.examples import tokenize_records
+from your_ai.data.records import read_records
 from your_ai.data.score_cache import read_file_scores
 from your_ai.data.token_cache import (
     HEADER_FILE,

@@ -10,14 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from your_ai.data.records import (
-    BatchSampler,
-    DataError,
-    DataPosition,
-    check_record,
-    collate,
-    tokenize_record,
-)
+from your_ai.data.examples import BatchSampler, DataPosition, collate, tokenize_record
+from your_ai.data.records import DataError, check_record
 from your_ai.data.score_cache import read_file_scores
 from your_ai.model.lora import LoraSettings
 from your_ai.objective.distrust import IGNORE_INDEX, empirical_distrust_loss
@@ -154,7 +148,7 @@ def test_labels_cover_only_what_is_learned(tiny):
 
 
 def test_collate_pads_right_and_masks_padding(tiny):
-    from your_ai.data.records import Example
+    from your_ai.data.examples import Example
 
     batch = collate([Example([5, 6, 7], [5, 6, 7], 0.1, 2.0), Example([8], [IGNORE_INDEX], 0.9, 1.0)], pad_token_id=2)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 2, 2]]

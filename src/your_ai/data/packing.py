@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from your_ai.data.records import IGNORE_INDEX, DataPosition, Example, epoch_order
+from your_ai.data.examples import DataPosition, Example, epoch_order
+from your_ai.objective.distrust import IGNORE_INDEX
 
 PACK_WINDOW = 1024  # examples packed together by best-fit decreasing
 PAYS_SAVING = 0.10  # packing is on by default when it would compute at least this share fewer tokens

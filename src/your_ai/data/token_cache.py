@@ -37,13 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from your_ai.data.records import (
-    DataError,
-    Example,
-    Record,
-    checked_records,
-    tokenize_record,
-)
+from your_ai.data.examples import Example, tokenize_record
+from your_ai.data.records import DataError, Record, checked_records
 from your_ai.files import file_sha256
 from your_ai.objective.distrust import IGNORE_INDEX
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from your_ai.data.records import Example, collate, tokenize_record
+from your_ai.data.examples import Example, collate, tokenize_record
 from your_ai.eval.inference import InferenceError, InferenceModel, start_token
 from your_ai.objective.distrust import IGNORE_INDEX, per_sample_cross_entropy
 
@@ -51,7 +51,7 @@ class EvalResult:
 def _batched_scores(im: InferenceModel, examples: Sequence[tuple[list[int], list[int]]], batch_size: int):
     """(mean cross-entropy, target token count) per ``(input_ids, labels)`` example, in order.
 
-    Batches are built as training builds them (``data.records.collate``), grouped by length to keep
+    Batches are built as training builds them (``data.examples.collate``), grouped by length to keep
     padding small.
     """
     pad = im.tokenizer.pad_token_id if im.tokenizer.pad_token_id is not None else 0

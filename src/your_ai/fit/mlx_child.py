@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda
 
-from your_ai.data.records import Example
+from your_ai.data.examples import Example
 from your_ai.fit.faults import injected_fault, trigger_fault
 from your_ai.fit.plan import (
     LEARNING_RATE,

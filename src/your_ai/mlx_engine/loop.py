@@ -22,7 +22,7 @@ from mlx.utils import tree_map
 from rich.console import Console
 from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda
 
-from your_ai.data.records import BatchSampler, DataPosition
+from your_ai.data.examples import BatchSampler, DataPosition
 from your_ai.mlx_engine.checkpoints import MlxCheckpointer
 from your_ai.mlx_engine.loss import (
     MlxBatch,

@@ -1,4 +1,4 @@
-"""The training loss in MLX: a batch of examples (``data.records.collate``'s, carried over to MLX with the
+"""The training loss in MLX: a batch of examples (``data.examples.collate``'s, carried over to MLX with the
 objective's per-sample weights), the per-sample cross-entropy, and the distrust objective as the torch
 engine computes it.
 
@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 from mlx import nn
 
-from your_ai.data.records import Example, collate
+from your_ai.data.examples import Example, collate
 from your_ai.objective.distrust import IGNORE_INDEX, LossParts, empirical_distrust_loss
 from your_ai.train.plan import Objective
 

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from your_ai.data.records import DataPosition
+from your_ai.data.examples import DataPosition
 from your_ai.files import write_json_atomic
 from your_ai.train.checkpoints import (
     load_adapter_weights,

@@ -16,13 +16,13 @@ import torch
 from rich.console import Console
 from transformers import get_cosine_schedule_with_warmup
 
+from your_ai.data.examples import BatchSampler, collate
 from your_ai.data.packing import (
     PackedBatchSampler,
     collate_packed,
     estimate_packing,
     record_lengths,
 )
-from your_ai.data.records import BatchSampler, collate
 from your_ai.hardware import pick_device
 from your_ai.model.load import load_tokenizer
 from your_ai.model.resolve import resolve_model

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from your_ai.data.records import Example, collate
+from your_ai.data.examples import Example, collate
 from your_ai.objective.distrust import LossParts, distrust_objective
 from your_ai.step.head import (
     model_per_sample_cross_entropy,
@@ -22,7 +22,7 @@ def compute_loss(model, batch: dict, objective: Objective, *, fast_head: bool | 
     """One forward pass -> total (to differentiate), mean cross-entropy and mean distrust value.
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` (-100 where not learned),
-    ``auth_weight`` and ``prov_entropy`` (``data.records.collate``), or a packed batch
+    ``auth_weight`` and ``prov_entropy`` (``data.examples.collate``), or a packed batch
     (``data.packing.collate_packed``: several examples a row, each its own sample). Labels are not passed to the model, so the
     model computes no loss of its own. ``fast_head``: the same per-sample cross-entropy without
     the full logits (``your_ai.step.fast``; True or a head name: "auto", "chunked", "liger"), in

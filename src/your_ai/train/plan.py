@@ -11,14 +11,13 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from your_ai.data.examples import Example, tokenize_records
 from your_ai.data.records import (
     TRAIN_FILE,
     VAL_FILE,
-    Example,
     TrainingFiles,
     checked_records,
     no_records,
-    tokenize_records,
     training_files,
 )
 from your_ai.data.score_cache import FileScores, cached_file_scores

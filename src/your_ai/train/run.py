@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from your_ai.data.records import DataPosition
+from your_ai.data.examples import DataPosition
 from your_ai.train import defaults as run_defaults
 from your_ai.train.args import MemoryLimitExceeded, TrainingArgs, default_choice
 from your_ai.train.plan import RunPlan

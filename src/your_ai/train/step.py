@@ -41,7 +41,7 @@ class NonFiniteGradient(ArithmeticError):
 @dataclass
 class MicroBatch:
     """One forward and backward pass of a step: ``batch`` (tensors on the model's device, as
-    ``data.records.collate`` builds it) and the factor on its mean loss."""
+    ``data.examples.collate`` builds it) and the factor on its mean loss."""
 
     batch: dict
     scale: float = 1.0
