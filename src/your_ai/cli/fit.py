@@ -21,7 +21,7 @@ from your_ai.fit.plan import (
     DEFAULT_TIMEOUT_S,
     SWEEP_STEPS,
     FitConfig,
-    check_fit_dora,
+    check_fit_engine,
     fit_device,
 )
 from your_ai.hardware import ENGINES
@@ -148,7 +148,7 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
                            seq_length=seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
                            quantize=quantize, dora=dora)
         device = fit_device(device, engine)
-        check_fit_dora(config, device)
+        check_fit_engine(config, device)
     except ValueError as error:  # --grad-checkpoint with --step-mode fast or selective, --quantize 8, --engine
         fail(str(error))
     if fit_test:
