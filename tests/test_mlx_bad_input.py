@@ -95,3 +95,15 @@ def test_benchmark_refuses_a_torch_step_mode_before_it_starts(tmp_path):
     assert result.exit_code == 2 and "Benchmark:" not in result.output, result.output
     assert result.output.strip() == "Error: --step-mode fast is a step of the torch engine; the MLX engine runs auto or plain"
     assert not log.exists()
+
+
+def test_the_apple_gpu_asked_for_where_there_is_no_metal_is_refused(tmp_path):
+    import mlx.core as mx
+
+    if mx.metal.is_available():
+        pytest.skip("Metal is here: --device mps trains on it")
+    data = str(write_corpus(tmp_path / "train.jsonl", 4))
+    with pytest.raises(TrainingArgsError, match="--device mps: MLX has no Metal GPU here; use --device cpu"):
+        train(TrainingArgs(model="tiny", data=data, max_steps=1, engine="mlx", device="mps",
+                           output_dir=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
