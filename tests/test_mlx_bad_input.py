@@ -107,3 +107,10 @@ def test_the_apple_gpu_asked_for_where_there_is_no_metal_is_refused(tmp_path):
         train(TrainingArgs(model="tiny", data=data, max_steps=1, engine="mlx", device="mps",
                            output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_single_fit_test_on_several_processes_is_refused_on_mlx():
+    result = CliRunner().invoke(main, ["benchmark", "--engine", "mlx", "--single-model", "tiny", "--synthetic",
+                                       "--gpus", "2"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "Error: --gpus 2 runs the torch engine under torchrun; the MLX engine runs one process"

@@ -155,6 +155,7 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
         from your_ai.fit.child import run_single
 
         if gpus > 1:  # the same fit test on N processes, under torchrun
+            _check_processes(gpus, device)
             launch_processes(gpus, device, "benchmark")
         sys.exit(run_single(fit_test, max_memory, device, config, synthetic=synthetic, strategy=strategy))
 
@@ -179,6 +180,16 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
     except Stopped as stop:  # SIGINT or SIGTERM: the running fit test's process group was killed
         fail_stopped(stop)
     sys.exit(0 if report["recommended"] else 1)
+
+
+def _check_processes(gpus: int, device: str | None) -> None:
+    """``plan.check_processes`` as one line: ``--gpus N`` on the MLX engine, or on too few GPUs."""
+    from your_ai.fit.plan import check_processes
+
+    try:
+        check_processes(gpus, device)
+    except ValueError as error:
+        fail(str(error))
 
 
 @click.command()
