@@ -114,3 +114,15 @@ def test_a_single_fit_test_on_several_processes_is_refused_on_mlx():
                                        "--gpus", "2"])
     assert result.exit_code == 2, result.output
     assert result.output.strip() == "Error: --gpus 2 runs the torch engine under torchrun; the MLX engine runs one process"
+
+
+def test_a_model_type_mlx_lm_does_not_have_names_the_model(tiny_model_dir, tmp_path):
+    import shutil
+
+    from your_ai.model.errors import ModelFileError
+
+    odd = shutil.copytree(tiny_model_dir, tmp_path / "odd")
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "model_type": "unheard_of"}))
+    with pytest.raises(ModelFileError, match=f"{odd}: mlx-lm cannot load this model .Model type unheard_of"):
+        load_mlx_model(resolve_model(str(odd)))
