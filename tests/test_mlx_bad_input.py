@@ -79,6 +79,9 @@ def test_mlx_training_in_several_processes_is_refused_before_any_trains(tmp_path
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
     assert "--gpus 2 trains data-parallel with --engine torch; --engine mlx trains in one process" in result.output
     assert not (tmp_path / "out").exists()
+    printed = CliRunner().invoke(main, ["train", "--engine", "mlx", "--model", "tiny", "--data", data, "--gpus", "2",
+                                        "--print-config"])
+    assert printed.exit_code == 2 and "--engine mlx trains in one process" in printed.output, printed.output
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun starts each process
     monkeypatch.setenv("RANK", "0")

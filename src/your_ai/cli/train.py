@@ -149,9 +149,10 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
 
     if profile_file and auto_optimize:
         fail("--profile and --auto-optimize both choose the hardware profile; give one of them")
-    if gpus is not None and gpus > 1 and not print_config:
-        _check_engine_processes(options["engine"], gpus)
-        launch_processes(gpus, options["device"], "train")
+    if gpus is not None and gpus > 1:
+        _check_engine_processes(options["engine"], gpus)  # also for --print-config: a run file that would run
+        if not print_config:
+            launch_processes(gpus, options["device"], "train")
     options = _with_profile(options, profile_file, auto_optimize, say=lambda line: click.echo(line, err=print_config))
     args = TrainingArgs(tensorboard=not no_tensorboard, **options)
     try:
