@@ -24,7 +24,7 @@ from your_ai.fit.plan import (
     DEFAULT_TIMEOUT_S,
     SWEEP_STEPS,
     FitConfig,
-    check_fit_dora,
+    check_fit_engine,
     fit_device,
 )
 from your_ai.fit.sweep import FULL_GRID, QUICK_GRID
@@ -171,13 +171,14 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
                            seq_length=max_seq_length, grad_checkpoint=grad_checkpoint, step_mode=step_mode,
                            quantize=quantize, dora=dora)
         device = fit_device(device, engine)
-        check_fit_dora(config, device)
+        check_fit_engine(config, device)
     except ValueError as error:  # --grad-checkpoint with --step-mode fast or selective, --quantize 8, --engine
         fail(str(error))
     if fit_test:
         from your_ai.fit.child import run_single
 
         if gpus > 1:  # the same fit test on N processes, under torchrun
+            _check_processes(gpus, device)
             launch_processes(gpus, device, "benchmark")
         sys.exit(run_single(fit_test, max_memory, device, config, synthetic=synthetic, strategy=strategy))
 
@@ -202,6 +203,16 @@ def benchmark(max_memory, models, cached, fit_test, optimize, quick, output, log
     except Stopped as stop:  # SIGINT or SIGTERM: the running fit test's process group was killed
         fail_stopped(stop)
     sys.exit(0 if report["recommended"] else 1)
+
+
+def _check_processes(gpus: int, device: str | None) -> None:
+    """``plan.check_processes`` as one line: ``--gpus N`` on the MLX engine, or on too few GPUs."""
+    from your_ai.fit.plan import check_processes
+
+    try:
+        check_processes(gpus, device)
+    except ValueError as error:
+        fail(str(error))
 
 
 @click.command()

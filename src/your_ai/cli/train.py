@@ -154,8 +154,10 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
 
     if profile_file and auto_optimize:
         fail("--profile and --auto-optimize both choose the hardware profile; give one of them")
-    if gpus is not None and gpus > 1 and not print_config:
-        launch_processes(gpus, options["device"], "train")
+    if gpus is not None and gpus > 1:
+        _check_engine_processes(options["engine"], gpus)  # also for --print-config: a run file that would run
+        if not print_config:
+            launch_processes(gpus, options["device"], "train")
     options = _with_profile(options, profile_file, auto_optimize, say=lambda line: click.echo(line, err=print_config))
     args = TrainingArgs(tensorboard=not no_tensorboard, **options)
     try:
@@ -197,6 +199,18 @@ def train(no_tensorboard, profile_file, auto_optimize, gpus, **options):
     if options["data"] is None:  # the demo: show what the fine-tuning changed
         _show_demo_comparison(result.output_dir, options["device"])
     click.echo(f"Try it: your-ai generate --checkpoint {result.output_dir} --prompt \"...\" --compare")
+
+
+def _check_engine_processes(engine: str | None, gpus: int) -> None:
+    """``--gpus N`` is refused before any process starts when the run trains in MLX (one process)."""
+    from your_ai.hardware import pick_engine
+    from your_ai.train.args import check_mlx_processes
+
+    try:
+        if pick_engine(engine) == "mlx":
+            check_mlx_processes(gpus, f"--gpus {gpus}")
+    except ValueError as error:  # MLX asked for and not installed; --gpus on MLX (TrainingArgsError)
+        fail(str(error))
 
 
 def _check_trackers(report_to, no_tensorboard) -> None:

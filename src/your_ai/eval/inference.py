@@ -105,6 +105,27 @@ def read_adapter_config(checkpoint: str | os.PathLike) -> dict:
         raise InferenceError(f"{config_path}: {error}") from None
 
 
+def check_adapter_weights(folder: Path) -> None:
+    """The folder's ``adapter_model.safetensors`` opens: its header reads and covers the file (a truncated or
+    damaged file does not). ``InferenceError`` naming the file otherwise, on either engine."""
+    from safetensors import safe_open
+
+    path = Path(folder) / ADAPTER_WEIGHTS_FILE
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except Exception as error:  # safetensors raises its own error type, and OSError
+        raise InferenceError(f"{path}: cannot be read ({_first_line(error)}): the file is damaged or "
+                             f"incomplete; copy or train the adapter again") from None
+
+
+def _first_line(error: Exception) -> str:
+    """An error's first line of text; with the line after it when it only introduces a list (PyTorch's
+    ``Error(s) in loading state_dict for ...:``)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
 def base_model_of(checkpoint: str | os.PathLike) -> str:
     """The base model an adapter folder was trained on (``base_model_name_or_path``)."""
     config = read_adapter_config(checkpoint)
@@ -135,6 +156,7 @@ def load_for_inference(
     checkpoint_path = Path(checkpoint).expanduser().resolve() if checkpoint is not None else None
     if checkpoint_path is not None:
         read_adapter_config(checkpoint_path)  # fail on a bad folder before loading anything
+        check_adapter_weights(checkpoint_path)
         base_name = model or base_model_of(checkpoint_path)
     else:
         base_name = model_or_default(model)
@@ -153,10 +175,9 @@ def load_for_inference(
             with warnings.catch_warnings():  # PEFT asks transformers a deprecated question on load
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 network = PeftModel.from_pretrained(network, str(checkpoint_path), is_trainable=False)
-        except (RuntimeError, ValueError, KeyError) as error:
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:  # TypeError: a config value's type
             raise InferenceError(
-                f"the adapter in {checkpoint_path} does not fit the base model {base_name!r}: "
-                f"{str(error).strip().splitlines()[0]}"
+                f"the adapter in {checkpoint_path} does not fit the base model {base_name!r}: {_first_line(error)}"
             ) from None
         network.to(device)
     tokenizer = load_tokenizer(_tokenizer_source(resolved, checkpoint_path), trust_remote_code=trust_remote_code)

@@ -158,12 +158,24 @@ def check_fit_dora(config: FitConfig, device: str | None) -> None:
     check_dora(config.dora, config.quantize, "mlx" if device == memory.MLX_DEVICE else "torch")
 
 
-def mlx_step_mode(shape: memory.StepShape, config: FitConfig, budget_gb: float | None) -> StepMode:
-    """The MLX engine's step: the forward through the full logits, every layer recomputed in the backward
-    pass with ``--grad-checkpoint``; ``--step-mode`` auto or plain."""
+def check_fit_engine(config: FitConfig, device: str | None) -> None:
+    """The settings of ``config`` that the engine ``device`` runs cannot take, refused before any fit test
+    starts: ``check_fit_dora``'s, and on MLX a ``--step-mode`` other than auto or plain."""
+    check_fit_dora(config, device)
+    if device == memory.MLX_DEVICE:
+        check_mlx_step_mode(config)
+
+
+def check_mlx_step_mode(config: FitConfig) -> None:
     if config.step_mode not in MLX_STEP_MODES:
         raise ValueError(f"--step-mode {config.step_mode} is a step of the torch engine; the MLX engine runs "
                          f"{' or '.join(MLX_STEP_MODES)}")
+
+
+def mlx_step_mode(shape: memory.StepShape, config: FitConfig, budget_gb: float | None) -> StepMode:
+    """The MLX engine's step: the forward through the full logits, every layer recomputed in the backward
+    pass with ``--grad-checkpoint``; ``--step-mode`` auto or plain."""
+    check_mlx_step_mode(config)
     mode = plain_mode(shape, grad_checkpoint=config.grad_checkpoint, budget_gb=budget_gb)
     recomputed = ", every layer recomputed (--grad-checkpoint)" if config.grad_checkpoint else ""
     within = "" if budget_gb is None else (

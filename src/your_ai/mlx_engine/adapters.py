@@ -70,18 +70,27 @@ def read_adapter_settings(directory: Path) -> tuple[LoraSettings, list[int]]:
     path = Path(directory) / ADAPTER_CONFIG_FILE
     try:
         config = json.loads(path.read_text())
-        rank, alpha = int(config["r"]), float(config["lora_alpha"])
+        rank, alpha = config["r"], float(config["lora_alpha"])
         targets = config["target_modules"]
         layers = config.get("layers_to_transform")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise AdapterFormatError(f"{path}: cannot be read as a LoRA adapter config ({error})") from None
     if config.get("use_rslora"):
         raise AdapterFormatError(f"{path}: rsLoRA adapters are not supported by the MLX engine")
-    layers = [layers] if isinstance(layers, int) else sorted(layers or [])
+    layers = [layers] if isinstance(layers, int) else layers or []
+    if not _whole(rank) or rank < 1:
+        raise AdapterFormatError(f"{path}: r={rank!r} is not a LoRA rank (a whole number >= 1)")
+    if not isinstance(layers, list) or not all(_whole(layer) and layer >= 0 for layer in layers):
+        raise AdapterFormatError(f"{path}: layers_to_transform={layers!r} is not a list of layer indices")
     settings = LoraSettings(rank=rank, alpha=alpha, layers=max(1, len(layers)),
                             target_modules=tuple(sorted(targets) if isinstance(targets, list) else [targets]),
                             dora=bool(config.get("use_dora")))
-    return settings, layers
+    return settings, sorted(layers)
+
+
+def _whole(value) -> bool:
+    """``value`` is a JSON whole number (not a bool, not a float)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_adapter(loaded: MlxModel, directory: Path) -> MlxModel:

@@ -38,6 +38,7 @@ from your_ai.objective.distrust import LossParts
 from your_ai.step.memory import MLX_DEVICE, PeakMemory, default_budget_gb
 from your_ai.train.args import (
     TrainingArgs,
+    TrainingArgsError,
     TrainingError,
     check_lora_rank,
     resume_command,
@@ -114,7 +115,11 @@ def train(given: TrainingArgs, planned: RunPlan, *, stop_after: int | None = Non
 
 
 def use_device(device: str | None) -> str:
-    """MLX's device for ``--device``: the Apple GPU (``mps`` or none given, when Metal is there) or the CPU."""
+    """MLX's device for ``--device``: the Apple GPU (``mps`` or none given, when Metal is there) or the CPU;
+    ``mps`` asked for where there is no Metal is refused, as the torch engine refuses it."""
+    if device == "mps" and not mx.metal.is_available():
+        raise TrainingArgsError("--device mps: MLX has no Metal GPU here; use --device cpu, or leave out --device "
+                                "(MLX then runs on the CPU)")
     mx.set_default_device(mx.cpu if device == "cpu" or not mx.metal.is_available() else mx.gpu)
     return device_label()
 

@@ -20,6 +20,7 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import _get_classes, load_model
 
 from your_ai.model.architecture import Architecture, read_config_values
+from your_ai.model.errors import refused_model_file
 from your_ai.model.load import weight_files
 from your_ai.model.lora import (
     DEFAULT_TARGET_MODULES,
@@ -68,8 +69,10 @@ def load_mlx_model(resolved: ResolvedModel, *, dtype: mx.Dtype | None = None, tr
                    ) -> MlxModel:
     """A resolved model's weights (safetensors, checked as the torch engine checks them) in mlx-lm."""
     weight_files(resolved.path)
-    model, config = load_model(Path(resolved.path), model_config=rope_settings(read_config_values(resolved.path)),
-                               trust_remote_code=trust_remote_code)
+    with refused_model_file(f"{resolved.path}: mlx-lm cannot load this model " + "({reason}); "
+                            "the MLX engine runs the architectures mlx-lm has (--engine torch: transformers')"):
+        model, config = load_model(Path(resolved.path), model_config=rope_settings(read_config_values(resolved.path)),
+                                   trust_remote_code=trust_remote_code)
     return _in_dtype(MlxModel(model, config, dtype or engine_dtype()))
 
 

@@ -341,6 +341,14 @@ def resume_command(args: TrainingArgs, world_size: int = 1) -> str:
     return shlex.join(words)
 
 
+def check_mlx_processes(processes: int, source: str) -> None:
+    """The MLX engine trains in one process: ``processes`` > 1 (``source``: ``--gpus N``, or torchrun's
+    ``WORLD_SIZE``) is refused with ``TrainingArgsError``."""
+    if processes > 1:
+        raise TrainingArgsError(f"{source} trains data-parallel with --engine torch; --engine mlx trains in one "
+                                f"process (leave out --gpus and torchrun)")
+
+
 def check_strategy(strategy: str | None) -> str:
     """The data-parallel strategy asked for: ``ddp`` replicates the model on every rank, ``fsdp`` shards it
     over the ranks; ``auto`` reads as ``ddp`` here (``pick_strategy`` turns it into ``fsdp`` when the

@@ -33,12 +33,13 @@ from your_ai.train.args import (
     TrainingArgs,
     TrainingError,
     check_lora_rank,
+    check_mlx_processes,
     default_choice,
     resume_command,
 )
 from your_ai.train.checkpointer import Checkpointer, Progress
 from your_ai.train.loss import StepLoss, evaluate, global_loss_parts
-from your_ai.train.parallel import Strategy, World, start
+from your_ai.train.parallel import Strategy, World, start, world_from_env
 from your_ai.train.plan import RunData, RunPlan, plan_run, read_run_data
 from your_ai.train.report import (
     MetricsWindow,
@@ -90,6 +91,9 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
         from your_ai.mlx_engine.loop import (
             train as train_in_mlx,  # imports MLX: only when it was chosen
         )
+
+        world = world_from_env()
+        check_mlx_processes(world.size, f"WORLD_SIZE={world.size}")
 
         return train_in_mlx(args, planned, stop_after=stop_after, console=console)
     world, device = start(pick_device(planned.args.device))
