@@ -70,3 +70,37 @@ def test_profile_path_is_per_model(tmp_path, monkeypatch):
     monkeypatch.setenv("YOUR_AI_CONFIG_DIR", str(tmp_path))
     assert profile_path("tiny") == tmp_path / "profiles" / "tiny.json"
     assert profile_path("org/name") == tmp_path / "profiles" / "org--name.json"
+
+
+def test_settings_the_profile_was_not_measured_with_are_named():
+    from your_ai.fit.profiles import settings_differences
+
+    assert settings_differences(PROFILE, {"max_seq_length": None, "quantize": None, "dora": None}) == []
+    assert settings_differences(PROFILE, {"max_seq_length": 32, "quantize": None, "dora": False}) == []
+    assert settings_differences(PROFILE, {"max_seq_length": 64, "quantize": 4, "dora": True}) == [
+        "--max-seq-length 32 (this run: 64)", "full-precision weights (this run: --quantize 4)",
+        "LoRA adapters (this run: DoRA)"]
+    _, note = apply_profile({"model": "tiny", "max_seq_length": 64}, PROFILE, "p.json")
+    assert note.splitlines()[1].startswith("The profile was measured with --max-seq-length 32 (this run: 64): "
+                                           "what fitted there may not fit this run")
+
+
+def test_auto_optimize_measures_again_when_the_saved_profile_had_other_settings(monkeypatch, tmp_path):
+    from your_ai.fit import sweep
+
+    monkeypatch.setenv("YOUR_AI_CONFIG_DIR", str(tmp_path))
+    target = profile_path("tiny")
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps(PROFILE))
+    swept, said = [], []
+    monkeypatch.setattr(sweep, "run_optimize", lambda model, **options: swept.append(options) or {
+        "profile": {**PROFILE, "seq_length": options["seq_length"]}, "path": str(target)})
+    same = sweep.profile_for_training("tiny", profile=None, auto=True, max_memory_gb=None, device="cpu",
+                                      say=said.append, engine="torch", run={"max_seq_length": 32})
+    assert same == (PROFILE, str(target)) and swept == []  # measured with this run's settings: reused
+    longer = sweep.profile_for_training("tiny", profile=None, auto=True, max_memory_gb=None, device="cpu",
+                                        say=said.append, engine="torch", run={"max_seq_length": 64, "dora": True})
+    assert longer[0]["seq_length"] == 64
+    assert (swept[0]["seq_length"], swept[0]["dora"], swept[0]["quick"]) == (64, True, True)
+    assert said == [f"The hardware profile {target} was measured with --max-seq-length 32 (this run: 64); LoRA "
+                    "adapters (this run: DoRA): running the quick optimize sweep for this run's settings."]

@@ -231,6 +231,7 @@ def _with_profile(options: dict, profile_file: str | None, auto_optimize: bool, 
         chosen = optimize.profile_for_training(
             options["model"], profile=profile_file, auto=auto_optimize, max_memory_gb=options["max_memory"],
             device=options["device"], say=say, engine=options["engine"],
+            run={key: options[key] for key in ("max_seq_length", "quantize", "dora")},
         )
         if chosen:
             options, note = profiles.apply_profile(options, *chosen)

@@ -73,4 +73,25 @@ def apply_profile(options: dict, profile: dict, source: str) -> tuple[dict, str]
         applied["quantize"] = int(profile["quantize"])
         taken.append(f"quantize {applied['quantize']}")
     note = f"Applied hardware profile {source}: {', '.join(taken) or 'nothing (all set by flags)'}"
+    differences = settings_differences(profile, options)
+    if differences:
+        note += (f"\nThe profile was measured with {'; '.join(differences)}: what fitted there may not fit this run "
+                 f"(measure this run's settings with `your-ai optimize --model {applied['model']}` and the same flags)")
     return applied, note
+
+
+def settings_differences(profile: dict, run: dict) -> list[str]:
+    """What ``run`` (train's options: ``max_seq_length``, ``quantize``, ``dora``; None where not given, so the
+    profile's value applies) sets differently from what ``profile`` was measured with, one phrase each."""
+    differences = []
+    measured_length, length = profile.get("seq_length"), run.get("max_seq_length")
+    if length is not None and measured_length is not None and int(measured_length) != length:
+        differences.append(f"--max-seq-length {measured_length} (this run: {length})")
+    measured_bits, bits = profile.get("quantize") or None, run.get("quantize")
+    if bits is not None and measured_bits != bits:
+        differences.append(f"{'--quantize ' + str(measured_bits) if measured_bits else 'full-precision weights'} "
+                           f"(this run: --quantize {bits})")
+    if bool(profile.get("dora")) != bool(run.get("dora")):
+        differences.append(f"{'DoRA' if profile.get('dora') else 'LoRA'} adapters "
+                           f"(this run: {'DoRA' if run.get('dora') else 'LoRA'})")
+    return differences

@@ -33,7 +33,7 @@ from your_ai.fit.plan import (
     per_process_estimate_gb,
     resolve_device,
 )
-from your_ai.fit.profiles import load_profile, profile_path
+from your_ai.fit.profiles import load_profile, profile_path, settings_differences
 from your_ai.fit.progress import ProgressLine, now_iso, printer
 from your_ai.fit.result import (
     MIN_STEPS_FOR_SPREAD,
@@ -390,25 +390,35 @@ def _iqr_cell(iqr: list[float] | None) -> str:
 
 def profile_for_training(model: str | None, *, profile: str | None, auto: bool, max_memory_gb: float | None,
                          device: str | None, say: Callable[[str], None],
-                         engine: str | None = None) -> tuple[dict, str] | None:
+                         engine: str | None = None, run: dict | None = None) -> tuple[dict, str] | None:
     """The profile ``train`` should apply: ``--profile FILE``, or with ``--auto-optimize`` the saved
-    profile of this model, measured now with the quick sweep when there is none (on the MLX engine when
-    ``engine``, ``hardware.pick_engine``'s choice, is mlx). None otherwise."""
+    profile of this model, measured now with the quick sweep when there is none or when it was measured with
+    other settings than ``run``'s (train's ``max_seq_length``, ``quantize``, ``dora``: ``settings_differences``),
+    then with ``run``'s (on the MLX engine when ``engine``, ``hardware.pick_engine``'s choice, is mlx).
+    None otherwise."""
     if profile:
         return load_profile(profile), profile
     if not auto:
         return None
 
-    model = model_or_default(model)
+    model, run = model_or_default(model), run or {}
     target = profile_path(model)
     if target.is_file():
-        return load_profile(target), str(target)
-    say(f"No hardware profile for {model} yet: running the quick optimize sweep first.")
+        saved = load_profile(target)
+        differences = settings_differences(saved, run)
+        if not differences:
+            return saved, str(target)
+        say(f"The hardware profile {target} was measured with {'; '.join(differences)}: running the quick "
+            "optimize sweep for this run's settings.")
+    else:
+        say(f"No hardware profile for {model} yet: running the quick optimize sweep first.")
     from your_ai.hardware import pick_engine
 
     if pick_engine(engine) == "mlx":
         device = memory.MLX_DEVICE
-    outcome = run_optimize(model, quick=True, max_memory_gb=max_memory_gb, device=device, say=say)
+    outcome = run_optimize(model, quick=True, max_memory_gb=max_memory_gb, device=device, say=say,
+                           seq_length=run.get("max_seq_length"), quantize=run.get("quantize"),
+                           dora=bool(run.get("dora")))
     if outcome["profile"] is None:
         raise ValueError(f"--auto-optimize: no configuration of {model} fits the memory budget")
     return outcome["profile"], outcome["path"]
