@@ -290,3 +290,20 @@ def test_errors_about_other_files_and_bugs_keep_their_type(tmp_path):
     assert user_message(RuntimeError("a bug")) is None
     assert user_message(OSError(errno.EIO, "Input/output error")) is None
     assert user_message(OSError("transformers' own, without an errno")) is None
+
+
+def test_ctrl_c_inside_a_command_is_one_line_and_exit_code_130():
+    import click
+    from click.testing import CliRunner
+
+    from your_ai.cli import main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    main.add_command(click.Command("interrupted-command", callback=interrupted))
+    try:
+        result = CliRunner().invoke(main, ["interrupted-command"])
+    finally:
+        main.commands.pop("interrupted-command")
+    assert result.exit_code == 130 and result.output == "Stopped by SIGINT.\n"

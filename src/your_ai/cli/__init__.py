@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import threading
 
 import click
@@ -64,7 +65,8 @@ _errors = _ErrorLines()
 
 class _Commands(click.Group):
     """The one place where errors reach the user: a user-caused error ends the command with one ``Error:``
-    line and its exit code; any other error, and every error under --debug, shows its traceback."""
+    line and its exit code; any other error, and every error under --debug, shows its traceback. Ctrl-C
+    ends it with one line and exit code 130 (128 + the signal), as a shell expects."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -74,6 +76,10 @@ class _Commands(click.Group):
             if code is None:
                 raise
             ctx.exit(code)
+        except KeyboardInterrupt as stop:  # Ctrl-C where a command does not stop on its own terms (generate, ...)
+            signum = getattr(stop, "signum", signal.SIGINT)
+            click.echo(f"Stopped by {signal.Signals(signum).name}.", err=True)
+            ctx.exit(128 + signum)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
