@@ -362,7 +362,7 @@ def test_score_file_with_no_records_is_an_error(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n\n", encoding="utf-8")
     rows, errors = score_file(path)
-    assert rows == [] and [str(error) for error in errors] == [f"{path}:0: no records: the file is empty (or holds only blank lines)"]
+    assert rows == [] and [str(error) for error in errors] == [f"{path}: no records: the file is empty (or holds only blank lines)"]
 
 
 # ----------------------------------------------------------------------------- pinned scores

@@ -260,7 +260,7 @@ def test_bad_data_fails_before_anything_is_written(tmp_path):
     data.write_text('{"text": "fine"}\n{"text": "w out of range", "auth_weight": 1.5, "prov_entropy": 2}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: auth_weight=1.5"):
         train(TrainingArgs(output_dir=str(tmp_path / "out"), data=str(data)))
-    with pytest.raises(DataError, match=r"train.jsonl:0: file does not exist"):
+    with pytest.raises(DataError, match=r"train.jsonl: file does not exist"):
         train(TrainingArgs(output_dir=str(tmp_path / "out"), data=str(tmp_path)))
     assert not (tmp_path / "out").exists()
 

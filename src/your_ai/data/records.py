@@ -23,13 +23,14 @@ CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
 class DataError(ValueError):
-    """A bad record: ``file:line: reason``."""
+    """A bad record: ``file:line: reason``; ``file: reason`` for the whole file (``line`` 0: missing, empty,
+    unreadable)."""
 
     def __init__(self, file: str | Path, line: int, reason: str):
         self.file = str(file)
         self.line = line
         self.reason = reason
-        super().__init__(f"{self.file}:{line}: {reason}")
+        super().__init__(f"{self.file}{f':{line}' if line else ''}: {reason}")
 
 
 @dataclass
