@@ -443,14 +443,14 @@ def test_mode_chooser_follows_the_budget():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA heads need a CUDA GPU")
-@pytest.mark.parametrize("head, atol, rtol, min_cosine", [
+@pytest.mark.parametrize("kernel, atol, rtol, min_cosine", [
     ("chunked", 1e-4, 1e-5, 0.9999),  # the Triton cross-entropy kernel: the same numbers
     ("liger", 2e-2, 1e-2, 0.99),  # Liger's fused linear cross-entropy: its own bf16 rounding
 ])
-def test_cuda_heads_match_the_chunked_head_with_pytorch_ops(head, atol, rtol, min_cosine):
-    if head == "liger" and not liger_available():
+def test_cuda_heads_match_the_chunked_head_with_pytorch_ops(kernel, atol, rtol, min_cosine):
+    if kernel == "liger" and not liger_available():
         pytest.skip("Liger's fused linear cross-entropy needs liger_kernel")
-    if head == "chunked" and head_kernel.triton is None:
+    if kernel == "chunked" and head_kernel.triton is None:
         pytest.skip("the head's cross-entropy kernel needs triton")
     torch.manual_seed(4)
     hidden = torch.randn(2, 700, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -458,12 +458,12 @@ def test_cuda_heads_match_the_chunked_head_with_pytorch_ops(head, atol, rtol, mi
     labels = torch.randint(0, 50000, (2, 700), device="cuda")
     labels[0, :100] = -100
     results = {}
-    for name in ("torch", head):
+    for name in ("torch", kernel):
         per_sample = head.linear_cross_entropy_per_sample(hidden, weight, labels, chunk_tokens=256, head=name)
         (grad,) = torch.autograd.grad((per_sample * torch.tensor([2.0, 0.5], device="cuda")).sum(), hidden)
         results[name] = (per_sample.detach(), grad.float())
-    torch.testing.assert_close(results[head][0], results["torch"][0], atol=atol, rtol=rtol)
-    assert F.cosine_similarity(results[head][1].flatten(), results["torch"][1].flatten(), dim=0) > min_cosine
+    torch.testing.assert_close(results[kernel][0], results["torch"][0], atol=atol, rtol=rtol)
+    assert F.cosine_similarity(results[kernel][1].flatten(), results["torch"][1].flatten(), dim=0) > min_cosine
 
 
 def test_gpu_benchmark_script_runs_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
