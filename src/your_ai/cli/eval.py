@@ -14,7 +14,9 @@ from your_ai.cli.common import (
     ENGINE_OPTION,
     MODEL_HELP,
     MODEL_KINDS,
+    SEED,
     TRUST_REMOTE_CODE_HELP,
+    NonNegativeFloat,
     check_output,
     comparison,
     fail,
@@ -38,9 +40,9 @@ from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
 @click.option("--checkpoint", type=click.Path(), help=CHECKPOINT_HELP)
 @click.option("--max-tokens", type=click.IntRange(min=1), default=50, show_default=True,
               help="New tokens generated at most.")
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True,
+@click.option("--temperature", type=NonNegativeFloat(), default=0.7, show_default=True,
               help="Sampling temperature; 0 decodes greedily.")
-@click.option("--seed", type=int, help="Seed for sampling, to repeat an output.")
+@click.option("--seed", type=SEED, help="Seed for sampling, to repeat an output (0 to 2^64-1).")
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, not through the tokenizer's chat template.")
 @click.option("--chat", is_flag=True, help="Require the chat template (already the default when the tokenizer "
               "has one; fails when it has none).")
