@@ -278,3 +278,27 @@ def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(adapter_d
     assert (output / "model.safetensors").is_file() and (output / "tokenizer.json").is_file()
     assert not (output / "keep.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no staging folder left behind
+
+
+def test_export_refuses_an_output_over_the_base_models_own_folder_or_file(adapter_dir, tiny_model_dir, tmp_path):
+    """--force never replaces what the export reads: the base model given with --model, or recorded in the
+    adapter, as a folder, a folder holding it, or a GGUF file."""
+    from your_ai.eval.export import export_gguf
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    before = sorted(p.name for p in base.iterdir())
+    for output in (base, tmp_path):
+        with pytest.raises(InferenceError, match=f"overlaps the base model '{base}'; choose an --output outside"):
+            merge_adapter(adapter_dir, output, model=str(base), force=True)
+    recorded = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, recorded)
+    config = json.loads((recorded / "adapter_config.json").read_text())
+    (recorded / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    with pytest.raises(InferenceError, match="overlaps the base model"):
+        merge_adapter(recorded, base, force=True)
+    gguf = tmp_path / "base.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(InferenceError, match=f"overlaps the base model '{gguf}'"):
+        export_gguf(adapter_dir, gguf, "q8_0", model=str(gguf), force=True)
+    assert sorted(p.name for p in base.iterdir()) == before and gguf.read_bytes() == b"GGUF"
