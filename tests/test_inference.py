@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -302,3 +303,23 @@ def test_export_refuses_an_output_over_the_base_models_own_folder_or_file(adapte
     with pytest.raises(InferenceError, match=f"overlaps the base model '{gguf}'"):
         export_gguf(adapter_dir, gguf, "q8_0", model=str(gguf), force=True)
     assert sorted(p.name for p in base.iterdir()) == before and gguf.read_bytes() == b"GGUF"
+
+
+def test_export_removes_what_a_killed_export_left_and_keeps_a_running_ones(adapter_dir, tmp_path):
+    import socket
+    import subprocess
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # a pid no process has now: the export that was killed
+    host = socket.gethostname()
+    killed = tmp_path / f".merged.{host}-{finished.pid}.abc123"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    killed_file = tmp_path / f".merged.{host}-{finished.pid}.def456.tmp"
+    killed_file.write_bytes(b"half")
+    running = tmp_path / f".merged.{host}-{os.getpid()}.ghi789"  # this process: still writing
+    other_host = tmp_path / f".merged.elsewhere-{finished.pid}.jkl012"  # cannot be told from here
+    running.mkdir()
+    other_host.mkdir()
+    merge_adapter(adapter_dir, tmp_path / "merged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["merged", running.name, other_host.name])

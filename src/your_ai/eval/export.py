@@ -15,6 +15,7 @@ from your_ai.files import (
     check_writable,
     give_default_permissions,
     interrupted_by_signals,
+    remove_leftovers,
     staging_directory,
     temporary_sibling,
     writing,
@@ -45,6 +46,7 @@ def merge_adapter(
     if output_path.is_dir() and any(output_path.iterdir()) and not force:
         raise InferenceError(f"output {str(output_path)!r} exists and is not empty; pass --force to replace it")
     check_writable(output_path.parent, directory=True, shown_as=str(output_path))  # the model is staged there
+    remove_leftovers(output_path)  # of an export that was killed
     merged, tokenizer = _merged(checkpoint_path, model, device, trust_remote_code)
     with interrupted_by_signals(), writing(output_path):  # SIGINT or SIGTERM: the staging folder is removed
         staging = staging_directory(output_path)
@@ -101,6 +103,7 @@ def export_gguf(
     if output_path.exists() and not force:
         raise InferenceError(f"output {str(output_path)!r} exists; pass --force to replace it")
     check_writable(output_path, shown_as=str(output_path))
+    remove_leftovers(output_path)  # of an export that was killed
     base = model or base_model_of(checkpoint_path)
     gguf_architecture(read_config_values(resolve_model(base).path).get("model_type", ""))  # refuse early
     merged, tokenizer = _merged(checkpoint_path, model, device, trust_remote_code)
