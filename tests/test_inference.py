@@ -82,6 +82,13 @@ def test_base_model_named_by_hub_id_comes_from_the_cache(adapter_dir, hub_cache,
     (moved / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelNotAvailableError, match="hf download someone/tiny-copy"):
         inference.load_for_inference(checkpoint=moved)
+    config["base_model_name_or_path"] = str(tmp_path / "moved-model")  # a model folder that has moved
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotAvailableError, match=r"moved-model' does not exist \(the base model "
+                       rf"{moved}/adapter_config.json names\); if it is elsewhere now, pass --model"):
+        inference.load_for_inference(checkpoint=moved)
+    config["base_model_name_or_path"] = "someone/tiny-copy"
+    (moved / "adapter_config.json").write_text(json.dumps(config))
     hub_cache.add("someone/tiny-copy")
     im = inference.load_for_inference(checkpoint=moved)
     assert im.base_name == "someone/tiny-copy" and im.has_adapter
@@ -118,7 +125,8 @@ def test_an_adapter_on_a_base_of_another_shape_is_refused(adapter_dir, tmp_path)
     other = tmp_path / "other-model"
     build_random_model(wider, extra_config={"pad_token_id": 2}).save_pretrained(other)
     assert wider.hidden_size != TINY.architecture.hidden_size
-    with pytest.raises(InferenceError, match=rf"adapter in {adapter_dir.resolve()} does not fit the base model"):
+    with pytest.raises(InferenceError, match=rf"adapter in {adapter_dir.resolve()} does not fit the base model.*"
+                       r"torch.Size\(\[\d+, \d+\]\); pass --model with the base model it was trained on$"):
         inference.load_for_inference(model=str(other), checkpoint=adapter_dir)
 
 

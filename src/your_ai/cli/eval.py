@@ -189,6 +189,7 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
     if not lm_eval and (lm_eval_include or lm_eval_limit or lm_eval_fewshot is not None):
         raise click.UsageError("--lm-eval-include, --lm-eval-limit and --lm-eval-fewshot go with --lm-eval TASKS")
+    _check_distinct_files({"--suite": suite_path, "--truthfulqa": truthfulqa, "--output": output, "--chart": chart})
     check_output("--output", output)
     check_output("--chart", chart)
     try:  # bad files fail before a model is loaded
@@ -237,3 +238,15 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         click.echo(f"Wrote {validation_report.write_report(report, output)}")
     if chart:
         click.echo(f"Wrote {validation_report.plot_radar(report, chart)}")
+
+
+def _check_distinct_files(files: dict[str, str | None]) -> None:
+    """Refuse an output flag (--output, --chart) naming the same file as another of the flags: writing it would
+    replace an input the run reads, or the other output."""
+    from pathlib import Path
+
+    given = [(flag, Path(path).expanduser().resolve()) for flag, path in files.items() if path]
+    for index, (flag, path) in enumerate(given):
+        for other, other_path in given[:index]:
+            if path == other_path:
+                fail(f"{flag} {files[flag]} is the {other} file as well; give {flag} a path of its own")
