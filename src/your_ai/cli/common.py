@@ -54,8 +54,16 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise UserError(where_given(message), exit_code=code)
 
 
+def refuse_empty(flag: str, path: str | None) -> None:
+    """Refuse a path flag given as an empty string (an unset shell variable, say), which would mean the current
+    folder or nothing."""
+    if path is not None and not path.strip():
+        fail(f"{flag} is empty; give the path to write")
+
+
 def check_output(flag: str, path: str | None, directory: bool = False) -> None:
-    """Refuse a flag's output path that cannot be written (``files.check_writable``), before any work."""
+    """Refuse a flag's output path that is empty or cannot be written (``files.check_writable``), before any work."""
+    refuse_empty(flag, path)
     if path:
         check_writable(path, directory=directory, shown_as=f"{flag} {path}")
 

@@ -23,6 +23,7 @@ from your_ai.cli.common import (
     load_inference_model,
     print_answers,
     progress_lines,
+    refuse_empty,
 )
 from your_ai.cli.run_file import printed_run_file_options
 from your_ai.eval.gguf_export import (
@@ -132,6 +133,7 @@ def export(checkpoint, output, model, export_format, quantize, force, device, tr
     """Merge a LoRA adapter into its base model and save a standalone model (safetensors, or GGUF)."""
     if quantize and export_format != "gguf":
         raise click.UsageError("--quantize applies to --format gguf only")
+    refuse_empty("--output", output)  # "" would be the current folder, replaced with --force
     from your_ai.eval.export import export_gguf, merge_adapter
     from your_ai.files import Interrupted
     try:
