@@ -282,6 +282,8 @@ def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(adapter_d
     assert (output / "keep.txt").read_text() == "mine"
     with pytest.raises(InferenceError, match="overlaps the checkpoint"):
         merge_adapter(adapter_dir, adapter_dir, force=True)
+    with pytest.raises(InferenceError, match="keep.txt' exists and is not a directory; give a folder's path"):
+        merge_adapter(adapter_dir, output / "keep.txt", force=True)
     path = merge_adapter(adapter_dir, output, force=True)
     assert path == output.resolve()
     assert (output / "model.safetensors").is_file() and (output / "tokenizer.json").is_file()

@@ -42,7 +42,8 @@ def merge_adapter(
     """
     output_path, checkpoint_path = _paths(checkpoint, output, model)
     if output_path.exists() and not output_path.is_dir():
-        raise InferenceError(f"output {str(output_path)!r} exists and is not a directory")
+        raise InferenceError(f"output {str(output_path)!r} exists and is not a directory; give a folder's path "
+                             "(--format gguf writes one file)")
     if output_path.is_dir() and any(output_path.iterdir()) and not force:
         raise InferenceError(f"output {str(output_path)!r} exists and is not empty; pass --force to replace it")
     check_writable(output_path.parent, directory=True, shown_as=str(output_path))  # the model is staged there
