@@ -115,6 +115,11 @@ def test_bad_checkpoint_folders_are_named_with_the_missing_file(adapter_dir, tmp
     with pytest.raises(InferenceError, match="does not name its base model.*--model"):
         inference.load_for_inference(checkpoint=nameless)
     assert inference.load_for_inference(model="tiny", checkpoint=nameless).has_adapter
+    config["peft_type"] = "NO_SUCH_METHOD"  # a damaged config is the file's fault, not the base model's
+    (nameless / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(InferenceError, match=rf"^{nameless}/adapter_config.json: a value PEFT cannot use "
+                       r"\('NO_SUCH_METHOD'\); restore the file"):
+        inference.load_for_inference(model="tiny", checkpoint=nameless)
 
 
 def test_an_adapter_on_a_base_of_another_shape_is_refused(adapter_dir, tmp_path):

@@ -176,7 +176,12 @@ def load_for_inference(
             with warnings.catch_warnings():  # PEFT asks transformers a deprecated question on load
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 network = PeftModel.from_pretrained(network, str(checkpoint_path), is_trainable=False)
-        except (RuntimeError, ValueError, KeyError, TypeError) as error:  # TypeError: a config value's type
+        except (KeyError, TypeError) as error:  # an unknown peft_type, a value of the wrong type
+            raise InferenceError(
+                f"{checkpoint_path / ADAPTER_CONFIG_FILE}: a value PEFT cannot use ({_first_line(error)}); "
+                f"restore the file (copy or train the adapter again)"
+            ) from None
+        except (RuntimeError, ValueError) as error:  # weights of other shapes, target modules the base lacks
             raise InferenceError(
                 f"the adapter in {checkpoint_path} does not fit the base model {base_name!r}: "
                 f"{_first_line(error).rstrip('.')}; pass --model with the base model it was trained on"
