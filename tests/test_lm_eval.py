@@ -143,6 +143,16 @@ def test_a_task_whose_data_cannot_be_read_fails_with_one_line_naming_the_file(tm
         assert result.output.count("\n") == 1, result.output
 
 
+def test_more_few_shot_examples_than_the_task_holds_names_the_flag(task_folder):
+    from your_ai.eval import inference, lm_eval_tasks
+
+    prepared = lm_eval_tasks.prepare_tasks(["tiny_mc"], [str(task_folder)])
+    im = inference.load_for_inference("tiny", device="cpu")
+    with pytest.raises(lm_eval_tasks.LmEvalError, match=r"failed on tiny_mc: Sample larger than population.* "
+                       r"\(--lm-eval-fewshot 50 asks for more examples than the task has to draw from\)$"):
+        lm_eval_tasks.run_tasks(im, prepared, num_fewshot=50)
+
+
 def test_missing_lm_eval_names_the_flag_and_the_install_command(monkeypatch):
     from click.testing import CliRunner
 

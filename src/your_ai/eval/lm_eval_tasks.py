@@ -378,7 +378,10 @@ def run_tasks(im, prepared: PreparedTasks, *, limit: int | None = None, num_fews
                                                      limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
                                                      log_samples=True)
         except task_errors() as error:
-            raise LmEvalError(f"--lm-eval: lm-eval failed on {', '.join(prepared.built)}: {_first_line(error)}") from None
+            hint = (f" (--lm-eval-fewshot {num_fewshot} asks for more examples than the task has to draw from)"
+                    if num_fewshot and "larger than population" in str(error) else "")
+            raise LmEvalError(f"--lm-eval: lm-eval failed on {', '.join(prepared.built)}: "
+                              f"{_first_line(error)}{hint}") from None
         if announce:
             announce(f"{label}: lm-eval: done, {time.monotonic() - started:.0f} s elapsed")
     return result
