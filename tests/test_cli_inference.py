@@ -89,6 +89,35 @@ def test_generate_usage_and_checkpoint_errors(tmp_path):
     assert f"checkpoint '{tmp_path}' is not a LoRA adapter folder: it has no adapter_config.json" in result.stderr
 
 
+def test_generate_refuses_a_nan_temperature_and_a_seed_out_of_range():
+    from click.testing import CliRunner
+
+    from your_ai.cli import main
+
+    runner = CliRunner()
+    for flags, named in ((["--temperature", "nan"], "'--temperature': 'nan' is not a number >= 0"),
+                         (["--seed", str(2**64)], "'--seed': 18446744073709551616 is not in the range"),
+                         (["--seed", "-1"], "'--seed': -1 is not in the range")):
+        result = runner.invoke(main, ["generate", "--model", "tiny", "--prompt", "hi", *flags])
+        assert result.exit_code == 2 and named in result.output, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_empty_output_path_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from your_ai.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("kept")
+    for command in (["export", "--checkpoint", str(tmp_path / "adapter"), "--force", "--output", ""],
+                    ["validate", "--model", "tiny", "--output", ""], ["validate", "--model", "tiny", "--chart", " "]):
+        result = CliRunner().invoke(main, command)
+        flag = command[-2]
+        assert result.exit_code == 2 and result.output == f"Error: {flag} is empty; give the path to write\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
 def test_evaluate_json_and_bad_lines(adapter_dir, tmp_path):
     data = tmp_path / "val.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,23 @@ def test_a_malformed_truthfulqa_file_exits_1_before_loading_a_model(tmp_path):
     result = run_cli("--truthfulqa", str(bad), "--limit", "1")
     assert result.returncode == 1
     assert f"Error: {bad}:3: expected 7 fields, found 4" in result.stderr and result.stdout == ""
+
+
+def test_an_output_naming_an_input_or_the_other_output_is_refused_before_the_run(tmp_path):
+    from click.testing import CliRunner
+
+    from your_ai.cli import main
+
+    suite = tmp_path / "suite.json"
+    suite.write_text("{}")  # refused before it is read
+    cases = ((["--suite", str(suite), "--output", str(suite)], f"--output {suite} is the --suite file as well"),
+             (["--truthfulqa", str(FIXTURE), "--chart", str(FIXTURE)], "--chart .* is the --truthfulqa file as well"),
+             (["--output", "r.out", "--chart", "./r.out"], r"--chart \./r\.out is the --output file as well"))
+    for flags, named in cases:
+        result = CliRunner().invoke(main, ["validate", "--model", str(tmp_path / "no-model"), *flags])
+        assert result.exit_code == 2, result.output
+        assert re.fullmatch(f"Error: {named}; give --\\w+ a path of its own\n", result.output), result.output
+    assert suite.read_text() == "{}" and FIXTURE.is_file()
 
 
 def test_usage_model_and_suite_errors(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -81,6 +82,13 @@ def test_base_model_named_by_hub_id_comes_from_the_cache(adapter_dir, hub_cache,
     (moved / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelNotAvailableError, match="hf download someone/tiny-copy"):
         inference.load_for_inference(checkpoint=moved)
+    config["base_model_name_or_path"] = str(tmp_path / "moved-model")  # a model folder that has moved
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotAvailableError, match=r"moved-model' does not exist \(the base model "
+                       rf"{moved}/adapter_config.json names\); if it is elsewhere now, pass --model"):
+        inference.load_for_inference(checkpoint=moved)
+    config["base_model_name_or_path"] = "someone/tiny-copy"
+    (moved / "adapter_config.json").write_text(json.dumps(config))
     hub_cache.add("someone/tiny-copy")
     im = inference.load_for_inference(checkpoint=moved)
     assert im.base_name == "someone/tiny-copy" and im.has_adapter
@@ -107,6 +115,11 @@ def test_bad_checkpoint_folders_are_named_with_the_missing_file(adapter_dir, tmp
     with pytest.raises(InferenceError, match="does not name its base model.*--model"):
         inference.load_for_inference(checkpoint=nameless)
     assert inference.load_for_inference(model="tiny", checkpoint=nameless).has_adapter
+    config["peft_type"] = "NO_SUCH_METHOD"  # a damaged config is the file's fault, not the base model's
+    (nameless / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(InferenceError, match=rf"^{nameless}/adapter_config.json: a value PEFT cannot use "
+                       r"\('NO_SUCH_METHOD'\); restore the file"):
+        inference.load_for_inference(model="tiny", checkpoint=nameless)
 
 
 def test_an_adapter_on_a_base_of_another_shape_is_refused(adapter_dir, tmp_path):
@@ -117,7 +130,8 @@ def test_an_adapter_on_a_base_of_another_shape_is_refused(adapter_dir, tmp_path)
     other = tmp_path / "other-model"
     build_random_model(wider, extra_config={"pad_token_id": 2}).save_pretrained(other)
     assert wider.hidden_size != TINY.architecture.hidden_size
-    with pytest.raises(InferenceError, match=rf"adapter in {adapter_dir.resolve()} does not fit the base model"):
+    with pytest.raises(InferenceError, match=rf"adapter in {adapter_dir.resolve()} does not fit the base model.*"
+                       r"torch.Size\(\[\d+, \d+\]\); pass --model with the base model it was trained on$"):
         inference.load_for_inference(model=str(other), checkpoint=adapter_dir)
 
 
@@ -273,8 +287,54 @@ def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(adapter_d
     assert (output / "keep.txt").read_text() == "mine"
     with pytest.raises(InferenceError, match="overlaps the checkpoint"):
         merge_adapter(adapter_dir, adapter_dir, force=True)
+    with pytest.raises(InferenceError, match="keep.txt' exists and is not a directory; give a folder's path"):
+        merge_adapter(adapter_dir, output / "keep.txt", force=True)
     path = merge_adapter(adapter_dir, output, force=True)
     assert path == output.resolve()
     assert (output / "model.safetensors").is_file() and (output / "tokenizer.json").is_file()
     assert not (output / "keep.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no staging folder left behind
+
+
+def test_export_refuses_an_output_over_the_base_models_own_folder_or_file(adapter_dir, tiny_model_dir, tmp_path):
+    """--force never replaces what the export reads: the base model given with --model, or recorded in the
+    adapter, as a folder, a folder holding it, or a GGUF file."""
+    from your_ai.eval.export import export_gguf
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    before = sorted(p.name for p in base.iterdir())
+    for output in (base, tmp_path):
+        with pytest.raises(InferenceError, match=f"overlaps the base model '{base}'; choose an --output outside"):
+            merge_adapter(adapter_dir, output, model=str(base), force=True)
+    recorded = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, recorded)
+    config = json.loads((recorded / "adapter_config.json").read_text())
+    (recorded / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    with pytest.raises(InferenceError, match="overlaps the base model"):
+        merge_adapter(recorded, base, force=True)
+    gguf = tmp_path / "base.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(InferenceError, match=f"overlaps the base model '{gguf}'"):
+        export_gguf(adapter_dir, gguf, "q8_0", model=str(gguf), force=True)
+    assert sorted(p.name for p in base.iterdir()) == before and gguf.read_bytes() == b"GGUF"
+
+
+def test_export_removes_what_a_killed_export_left_and_keeps_a_running_ones(adapter_dir, tmp_path):
+    import socket
+    import subprocess
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # a pid no process has now: the export that was killed
+    host = socket.gethostname()
+    killed = tmp_path / f".merged.{host}-{finished.pid}.abc123"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    killed_file = tmp_path / f".merged.{host}-{finished.pid}.def456.tmp"
+    killed_file.write_bytes(b"half")
+    running = tmp_path / f".merged.{host}-{os.getpid()}.ghi789"  # this process: still writing
+    other_host = tmp_path / f".merged.elsewhere-{finished.pid}.jkl012"  # cannot be told from here
+    running.mkdir()
+    other_host.mkdir()
+    merge_adapter(adapter_dir, tmp_path / "merged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["merged", running.name, other_host.name])

@@ -126,6 +126,33 @@ def test_unknown_task_and_misused_flags_fail_with_one_line():
     assert result.exit_code == 2 and "go with --lm-eval TASKS" in result.output
 
 
+def test_a_task_whose_data_cannot_be_read_fails_with_one_line_naming_the_file(tmp_path):
+    from click.testing import CliRunner
+
+    from your_ai.cli import main
+
+    data = tmp_path / "rows.jsonl"
+    (tmp_path / "tiny_mc.yaml").write_text(TASK_YAML.format(data=data))
+    for rows, named in ((json.dumps(ROWS[0]) + "\nnot json\n", f"its data ({data}) cannot be read: JSON parse error"),
+                        (json.dumps({**ROWS[0], "answer": 7}) + "\n", "a target index past the list of choices")):
+        data.write_text(rows)
+        result = CliRunner().invoke(main, ["validate", "--model", "tiny", "--lm-eval", "tiny_mc",
+                                           "--lm-eval-include", str(tmp_path)])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("Error: --lm-eval tiny_mc: ") and named in result.output
+        assert result.output.count("\n") == 1, result.output
+
+
+def test_more_few_shot_examples_than_the_task_holds_names_the_flag(task_folder):
+    from your_ai.eval import inference, lm_eval_tasks
+
+    prepared = lm_eval_tasks.prepare_tasks(["tiny_mc"], [str(task_folder)])
+    im = inference.load_for_inference("tiny", device="cpu")
+    with pytest.raises(lm_eval_tasks.LmEvalError, match=r"failed on tiny_mc: Sample larger than population.* "
+                       r"\(--lm-eval-fewshot 50 asks for more examples than the task has to draw from\)$"):
+        lm_eval_tasks.run_tasks(im, prepared, num_fewshot=50)
+
+
 def test_missing_lm_eval_names_the_flag_and_the_install_command(monkeypatch):
     from click.testing import CliRunner
 

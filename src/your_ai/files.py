@@ -13,10 +13,13 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
 import tempfile
 import threading
 from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -154,7 +157,8 @@ def temporary_sibling(target: str | os.PathLike, mode: str = "wb") -> IO:
     target.parent.mkdir(parents=True, exist_ok=True)
     encoding = None if "b" in mode else "utf-8"
     handle = tempfile.NamedTemporaryFile(
-        mode, dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False, encoding=encoding
+        mode, dir=target.parent, prefix=f".{target.name}.{_writer()}.", suffix=".tmp", delete=False,
+        encoding=encoding,
     )
     give_default_permissions(handle.name)
     return handle
@@ -164,7 +168,42 @@ def staging_directory(target: str | os.PathLike) -> Path:
     """A new hidden folder beside ``target`` (its parents created), to fill and then rename to ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{_writer()}.", dir=target.parent))
+
+
+def _writer() -> str:
+    """This process as the names of its temporary siblings carry it (host-pid), so that a later run can tell
+    the leftovers of a writer that was killed (``remove_leftovers``)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_leftovers(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of ``target`` (``temporary_sibling``, ``staging_directory``) that a process
+    of this host left when it was killed (SIGKILL, the out-of-memory killer); those of a running process stay.
+    Returns the paths removed."""
+    target = Path(target)
+    host, removed = socket.gethostname(), []
+    for entry in target.parent.glob(f".{glob_escape(target.name)}.*"):
+        rest = entry.name[len(target.name) + 2:].removesuffix(".tmp")
+        writer_host, _, pid = rest.rpartition(".")[0].rpartition("-")
+        if writer_host != host or not pid.isdigit() or _running(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextmanager

@@ -3,6 +3,7 @@ loading a model for inference, progress lines, and the options (and help) severa
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import sys
@@ -22,6 +23,22 @@ MODEL_HELP = (f"Model: {MODEL_KINDS} (default: the checkpoint's base model, else
 DEVICE_HELP = "cuda, mps or cpu (default: the best available)."
 TRUST_REMOTE_CODE_HELP = "Allow the model's own code to run."
 POSITIVE = click.IntRange(min=1)
+SEED = click.IntRange(min=0, max=2**64 - 1)  # what both engines' random generators take
+
+
+class NonNegativeFloat(click.FloatRange):
+    """A number >= 0; ``nan``, which ``FloatRange`` lets through, is refused too."""
+
+    def __init__(self):
+        super().__init__(min=0.0)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number >= 0.", param, ctx)
+        return number
+
+
 ALPHA_OPTION = click.option("--alpha", type=float, help="Distrust alpha in [2.3, 3.0] (default 2.7).")
 ENGINE_OPTION = click.option(
     "--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
@@ -37,8 +54,16 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise UserError(where_given(message), exit_code=code)
 
 
+def refuse_empty(flag: str, path: str | None) -> None:
+    """Refuse a path flag given as an empty string (an unset shell variable, say), which would mean the current
+    folder or nothing."""
+    if path is not None and not path.strip():
+        fail(f"{flag} is empty; give the path to write")
+
+
 def check_output(flag: str, path: str | None, directory: bool = False) -> None:
-    """Refuse a flag's output path that cannot be written (``files.check_writable``), before any work."""
+    """Refuse a flag's output path that is empty or cannot be written (``files.check_writable``), before any work."""
+    refuse_empty(flag, path)
     if path:
         check_writable(path, directory=directory, shown_as=f"{flag} {path}")
 

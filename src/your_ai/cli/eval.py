@@ -14,13 +14,16 @@ from your_ai.cli.common import (
     ENGINE_OPTION,
     MODEL_HELP,
     MODEL_KINDS,
+    SEED,
     TRUST_REMOTE_CODE_HELP,
+    NonNegativeFloat,
     check_output,
     comparison,
     fail,
     load_inference_model,
     print_answers,
     progress_lines,
+    refuse_empty,
 )
 from your_ai.cli.run_file import printed_run_file_options
 from your_ai.eval.gguf_export import (
@@ -38,9 +41,9 @@ from your_ai.eval.truthfulqa import TruthfulQAError, read_truthfulqa
 @click.option("--checkpoint", type=click.Path(), help=CHECKPOINT_HELP)
 @click.option("--max-tokens", type=click.IntRange(min=1), default=50, show_default=True,
               help="New tokens generated at most.")
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.7, show_default=True,
+@click.option("--temperature", type=NonNegativeFloat(), default=0.7, show_default=True,
               help="Sampling temperature; 0 decodes greedily.")
-@click.option("--seed", type=int, help="Seed for sampling, to repeat an output.")
+@click.option("--seed", type=SEED, help="Seed for sampling, to repeat an output (0 to 2^64-1).")
 @click.option("--raw", is_flag=True, help="Send the prompt as plain text, not through the tokenizer's chat template.")
 @click.option("--chat", is_flag=True, help="Require the chat template (already the default when the tokenizer "
               "has one; fails when it has none).")
@@ -130,6 +133,7 @@ def export(checkpoint, output, model, export_format, quantize, force, device, tr
     """Merge a LoRA adapter into its base model and save a standalone model (safetensors, or GGUF)."""
     if quantize and export_format != "gguf":
         raise click.UsageError("--quantize applies to --format gguf only")
+    refuse_empty("--output", output)  # "" would be the current folder, replaced with --force
     from your_ai.eval.export import export_gguf, merge_adapter
     from your_ai.files import Interrupted
     try:
@@ -187,6 +191,7 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         raise click.UsageError("--compare needs --checkpoint DIR (the fine-tuned adapter to compare with the base)")
     if not lm_eval and (lm_eval_include or lm_eval_limit or lm_eval_fewshot is not None):
         raise click.UsageError("--lm-eval-include, --lm-eval-limit and --lm-eval-fewshot go with --lm-eval TASKS")
+    _check_distinct_files({"--suite": suite_path, "--truthfulqa": truthfulqa, "--output": output, "--chart": chart})
     check_output("--output", output)
     check_output("--chart", chart)
     try:  # bad files fail before a model is loaded
@@ -235,3 +240,15 @@ def validate(model, checkpoint, output, chart, compare, max_tokens, truthfulqa, 
         click.echo(f"Wrote {validation_report.write_report(report, output)}")
     if chart:
         click.echo(f"Wrote {validation_report.plot_radar(report, chart)}")
+
+
+def _check_distinct_files(files: dict[str, str | None]) -> None:
+    """Refuse an output flag (--output, --chart) naming the same file as another of the flags: writing it would
+    replace an input the run reads, or the other output."""
+    from pathlib import Path
+
+    given = [(flag, Path(path).expanduser().resolve()) for flag, path in files.items() if path]
+    for index, (flag, path) in enumerate(given):
+        for other, other_path in given[:index]:
+            if path == other_path:
+                fail(f"{flag} {files[flag]} is the {other} file as well; give {flag} a path of its own")

@@ -10,11 +10,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from your_ai.eval.inference import InferenceError, load_for_inference
+from your_ai.eval.inference import InferenceError, base_model_of, load_for_inference
 from your_ai.files import (
     check_writable,
     give_default_permissions,
     interrupted_by_signals,
+    remove_leftovers,
     staging_directory,
     temporary_sibling,
     writing,
@@ -39,12 +40,14 @@ def merge_adapter(
     replaced only with ``force``. An ``output`` that cannot be written is refused before the model is
     loaded (``OutputError``).
     """
-    output_path, checkpoint_path = _paths(checkpoint, output)
+    output_path, checkpoint_path = _paths(checkpoint, output, model)
     if output_path.exists() and not output_path.is_dir():
-        raise InferenceError(f"output {str(output_path)!r} exists and is not a directory")
+        raise InferenceError(f"output {str(output_path)!r} exists and is not a directory; give a folder's path "
+                             "(--format gguf writes one file)")
     if output_path.is_dir() and any(output_path.iterdir()) and not force:
         raise InferenceError(f"output {str(output_path)!r} exists and is not empty; pass --force to replace it")
     check_writable(output_path.parent, directory=True, shown_as=str(output_path))  # the model is staged there
+    remove_leftovers(output_path)  # of an export that was killed
     merged, tokenizer = _merged(checkpoint_path, model, device, trust_remote_code)
     with interrupted_by_signals(), writing(output_path):  # SIGINT or SIGTERM: the staging folder is removed
         staging = staging_directory(output_path)
@@ -88,20 +91,20 @@ def export_gguf(
         gguf_architecture,
         write_gguf,
     )
-    from your_ai.eval.inference import base_model_of
     from your_ai.model.architecture import read_config_values
     from your_ai.model.resolve import resolve_model
 
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     if quantization not in GGUF_QUANTIZATIONS:
         raise GgufExportError(f"--quantize {quantization!r} is not one of {', '.join(GGUF_QUANTIZATIONS)}")
-    output_path, checkpoint_path = _paths(checkpoint, output)
+    output_path, checkpoint_path = _paths(checkpoint, output, model)
     if output_path.is_dir():
         raise InferenceError(f"output {str(output_path)!r} is a directory; give the GGUF file's path "
                              f"(for example {output_path / 'model.gguf'})")
     if output_path.exists() and not force:
         raise InferenceError(f"output {str(output_path)!r} exists; pass --force to replace it")
     check_writable(output_path, shown_as=str(output_path))
+    remove_leftovers(output_path)  # of an export that was killed
     base = model or base_model_of(checkpoint_path)
     gguf_architecture(read_config_values(resolve_model(base).path).get("model_type", ""))  # refuse early
     merged, tokenizer = _merged(checkpoint_path, model, device, trust_remote_code)
@@ -119,13 +122,29 @@ def export_gguf(
     return output_path
 
 
-def _paths(checkpoint, output) -> tuple[Path, Path]:
-    """``output`` and ``checkpoint`` as absolute paths; ``InferenceError`` when one lies inside the other."""
+def _paths(checkpoint, output, model: str | None = None) -> tuple[Path, Path]:
+    """``output`` and ``checkpoint`` as absolute paths; ``InferenceError`` when ``output`` and the checkpoint, or
+    ``output`` and the base model's own folder or file (``model``, else the checkpoint's base), lie one inside the
+    other: replacing ``output`` would destroy what the export reads."""
     output_path = Path(output).expanduser().resolve()
     checkpoint_path = Path(checkpoint).expanduser().resolve()
-    if output_path == checkpoint_path or checkpoint_path in output_path.parents or output_path in checkpoint_path.parents:
-        raise InferenceError(f"output {str(output_path)!r} overlaps the checkpoint {str(checkpoint_path)!r}")
+    inputs = {"the checkpoint": checkpoint_path}
+    base = model or _recorded_base(checkpoint_path)
+    if base and Path(base).expanduser().exists():  # a model directory or GGUF file, not a preset or hub id
+        inputs["the base model"] = Path(base).expanduser().resolve()
+    for role, path in inputs.items():
+        if output_path == path or path in output_path.parents or output_path in path.parents:
+            raise InferenceError(f"output {str(output_path)!r} overlaps {role} {str(path)!r}; "
+                                 "choose an --output outside it")
     return output_path, checkpoint_path
+
+
+def _recorded_base(checkpoint_path: Path) -> str | None:
+    """The checkpoint's recorded base model, or None when its folder cannot tell (loading it reports why)."""
+    try:
+        return base_model_of(checkpoint_path)
+    except InferenceError:
+        return None
 
 
 def _merged(checkpoint_path: Path, model: str | None, device: str | None, trust_remote_code: bool):

@@ -33,6 +33,7 @@ import torch
 from your_ai.errors import UserError
 from your_ai.files import read_json_object
 from your_ai.hardware import pick_device, pick_engine, training_dtype
+from your_ai.model.errors import InvalidModelNameError, ModelNotAvailableError
 from your_ai.model.load import load_model, load_tokenizer
 from your_ai.model.resolve import ResolvedModel, model_or_default, resolve_model
 from your_ai.step.memory import MLX_DEVICE
@@ -160,7 +161,7 @@ def load_for_inference(
         base_name = model or base_model_of(checkpoint_path)
     else:
         base_name = model_or_default(model)
-    resolved = resolve_model(base_name)
+    resolved = _resolve_base(base_name, checkpoint_path if checkpoint_path is not None and not model else None)
     if pick_engine(engine) == "mlx":
         return _load_on_mlx(resolved, base_name, checkpoint_path, device, trust_remote_code)
     device = pick_device(device)
@@ -175,14 +176,33 @@ def load_for_inference(
             with warnings.catch_warnings():  # PEFT asks transformers a deprecated question on load
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 network = PeftModel.from_pretrained(network, str(checkpoint_path), is_trainable=False)
-        except (RuntimeError, ValueError, KeyError, TypeError) as error:  # TypeError: a config value's type
+        except (KeyError, TypeError) as error:  # an unknown peft_type, a value of the wrong type
             raise InferenceError(
-                f"the adapter in {checkpoint_path} does not fit the base model {base_name!r}: {_first_line(error)}"
+                f"{checkpoint_path / ADAPTER_CONFIG_FILE}: a value PEFT cannot use ({_first_line(error)}); "
+                f"restore the file (copy or train the adapter again)"
+            ) from None
+        except (RuntimeError, ValueError) as error:  # weights of other shapes, target modules the base lacks
+            raise InferenceError(
+                f"the adapter in {checkpoint_path} does not fit the base model {base_name!r}: "
+                f"{_first_line(error).rstrip('.')}; pass --model with the base model it was trained on"
             ) from None
         network.to(device)
     tokenizer = load_tokenizer(_tokenizer_source(resolved, checkpoint_path), trust_remote_code=trust_remote_code)
     network.eval()
     return InferenceModel(network, tokenizer, base_name, checkpoint_path, device)
+
+
+def _resolve_base(base_name: str, recorded_in: Path | None) -> ResolvedModel:
+    """``resolve_model(base_name)``; when the name comes from the adapter folder ``recorded_in`` and no such model is
+    found (it has moved, say), the message says where the name was read and to pass ``--model``."""
+    try:
+        return resolve_model(base_name)
+    except (ModelNotAvailableError, InvalidModelNameError) as error:
+        if recorded_in is None:
+            raise
+        error.args = (f"{error} (the base model {recorded_in / ADAPTER_CONFIG_FILE} names); if it is elsewhere now, "
+                      f"pass --model with its place",)
+        raise
 
 
 def _tokenizer_source(resolved: ResolvedModel, checkpoint: Path | None) -> ResolvedModel:

@@ -97,6 +97,8 @@ class PreparedTasks:
 def quiet_lm_eval() -> None:
     """Keep lm-eval's and datasets' chatter (config defaults, data-preparation bars) off the console."""
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    # a data file it cannot parse: prepare_tasks reports it in its own line
+    logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
     import datasets
 
     datasets.disable_progress_bars()
@@ -119,6 +121,8 @@ def prepare_tasks(names: list[str], include: tuple | list = ()) -> PreparedTasks
     if not hasattr(TaskManager, "load"):  # the task API of lm-eval 0.4.13
         raise LmEvalError(f"--lm-eval needs lm-evaluation-harness 0.4.13 or later (found {_lm_eval_version()}): "
                           f"pip install -U 'your-ai[lm-eval]'", exit_code=2)
+    from datasets.exceptions import DatasetGenerationError
+
     manager = TaskManager(include_path=folders or None)
     known = manager.task_index
     for name in names:
@@ -131,6 +135,8 @@ def prepare_tasks(names: list[str], include: tuple | list = ()) -> PreparedTasks
             built[name] = _build(manager, name)
         except OSError as error:  # data not available: not cached while offline, a missing file, ...
             skipped.append(SkippedTask(name, unavailable_reason(error, name, offline)))
+        except DatasetGenerationError as error:  # data there but unreadable: a bad line in a JSONL file, ...
+            raise LmEvalError(unreadable_data_line(name, error)) from None
         except task_errors() as error:
             raise LmEvalError(f"--lm-eval {name}: lm-eval cannot build this task: {_first_line(error)}") from None
     prepared = PreparedTasks(names, built, skipped, manager, folders, offline)
@@ -171,14 +177,43 @@ def task_errors() -> tuple[type[Exception], ...]:
     """What lm-eval raises for a task its YAML describes wrongly (a bad field, split or template)."""
     from jinja2 import TemplateError
 
-    return ValueError, TypeError, KeyError, ImportError, TemplateError
+    return ValueError, TypeError, KeyError, IndexError, ImportError, TemplateError
 
 
 def _first_line(error: BaseException) -> str:
     if isinstance(error, KeyError) and error.args:
         return f"no {error.args[0]!r} (a split, column or field that the task's YAML names?)"
+    if isinstance(error, IndexError):
+        return f"{error} (a target index past the list of choices, in the data or doc_to_target?)"
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def unreadable_data_line(name: str, error: BaseException) -> str:
+    """One line for a task whose data files are there but cannot be read (``datasets`` failed to parse them)."""
+    cause = error.__cause__ or error
+    files = _data_files(error)
+    where = f" ({files})" if files else ""
+    return (f"--lm-eval {name}: its data{where} cannot be read: {_first_line(cause)}; "
+            f"fix the file, or the data files the task's YAML names")
+
+
+def _data_files(error: BaseException) -> str:
+    """The ``data_files`` of the lm-eval Task whose loading raised ``error``, as text ("" when none)."""
+    from lm_eval.api.task import Task
+
+    files: Any = None
+    trace = error.__traceback__
+    while trace is not None:
+        owner = trace.tb_frame.f_locals.get("self")
+        if isinstance(owner, Task):
+            files = (getattr(owner.config, "dataset_kwargs", None) or {}).get("data_files")
+        trace = trace.tb_next
+    if isinstance(files, dict):
+        files = list(files.values())
+    if isinstance(files, (list, tuple)):
+        return ", ".join(str(f) for f in files)
+    return str(files) if files else ""
 
 
 def failing_dataset(error: BaseException) -> tuple[str, str, str | None] | None:
@@ -343,7 +378,10 @@ def run_tasks(im, prepared: PreparedTasks, *, limit: int | None = None, num_fews
                                                      limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
                                                      log_samples=True)
         except task_errors() as error:
-            raise LmEvalError(f"--lm-eval: lm-eval failed on {', '.join(prepared.built)}: {_first_line(error)}") from None
+            hint = (f" (--lm-eval-fewshot {num_fewshot} asks for more examples than the task has to draw from)"
+                    if num_fewshot and "larger than population" in str(error) else "")
+            raise LmEvalError(f"--lm-eval: lm-eval failed on {', '.join(prepared.built)}: "
+                              f"{_first_line(error)}{hint}") from None
         if announce:
             announce(f"{label}: lm-eval: done, {time.monotonic() - started:.0f} s elapsed")
     return result
