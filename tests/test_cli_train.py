@@ -210,3 +210,13 @@ def test_a_run_follows_the_users_umask(tmp_path, tiny_model_dir):
     checkpoint = run / "checkpoints" / "step-000002"
     assert checkpoint.stat().st_mode & 0o777 == 0o755  # tempfile.mkdtemp makes 0700
     assert all(path.stat().st_mode & 0o777 == 0o644 for path in checkpoint.iterdir())
+
+
+def test_a_seed_the_random_generators_cannot_take_is_refused_by_the_flag():
+    from click.testing import CliRunner
+
+    from your_ai.cli import main
+
+    for seed in ("-3", str(2**64)):
+        result = CliRunner().invoke(main, ["train", "--model", "tiny", "--seed", seed])
+        assert result.exit_code == 2 and f"Invalid value for '--seed': {seed} is not in the range" in result.output

@@ -12,6 +12,7 @@ from your_ai.cli.common import (
     DEVICE_HELP,
     MODEL_KINDS,
     POSITIVE,
+    SEED,
     TRUST_REMOTE_CODE_HELP,
     check_output,
     comparison,
@@ -106,7 +107,7 @@ DEMO_SAVE_EVERY, SAVE_EVERY = RULES[("demo", "cpu")].save_every, RULES[("large",
 @click.option("--attn-implementation", type=click.Choice(["auto", *ATTN_IMPLEMENTATIONS]),
               help="The model's attention kernel (transformers' attn_implementation): sdpa, flex_attention (CUDA; "
                    "packed rows as block masks) or eager; auto (default): see docs/training.md#packing.")
-@click.option("--seed", type=int, help=f"Seed for LoRA init and data order (default {DEFAULTS['seed']}).")
+@click.option("--seed", type=SEED, help=f"Seed for LoRA init and data order, 0 to 2^64-1 (default {DEFAULTS['seed']}).")
 @click.option("--device", help=DEVICE_HELP)
 @click.option("--engine", type=click.Choice(ENGINES),
               help="torch: PyTorch (CUDA, MPS, CPU); mlx: MLX through mlx-lm, for Apple Silicon "
