@@ -167,6 +167,23 @@ def staging_directory(target: str | os.PathLike) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
 
 
+def remove_abandoned(folder: str | os.PathLike, prefix: str) -> None:
+    """Remove the files and folders in ``folder`` named ``PREFIX<pid>-...`` whose process is gone (a run killed
+    with SIGKILL, or a machine that went down, leaves its temporary files behind)."""
+    import shutil
+
+    for path in Path(folder).glob(f"{prefix}*"):
+        try:
+            os.kill(int(path.name[len(prefix):].split("-")[0]), 0)
+        except ProcessLookupError:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        except (ValueError, OSError):
+            continue
+
+
 @contextmanager
 def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write ``target`` through a temporary sibling that replaces it only if the block succeeds;
@@ -241,6 +258,15 @@ def interrupted_by_signals(error: type[Interrupted] = Interrupted) -> Iterator[N
 
 
 _interrupting = threading.Event()  # set while interrupted_by_signals' handlers are installed
+
+
+def start_pool_worker() -> None:
+    """In a process of a ``multiprocessing`` pool (its initializer): Ctrl-C, which reaches the whole process
+    group, is left to the parent, which stops the pool; SIGTERM ends the process at once, as the pool's
+    ``terminate`` expects (a forked worker would otherwise inherit ``interrupted_by_signals``' handlers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _interrupting.clear()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

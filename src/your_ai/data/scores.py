@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from your_ai.data.records import DataError, Record, iter_records, no_records
+from your_ai.files import start_pool_worker
 from your_ai.objective.distrust import DEFAULT_ALPHA, empirical_distrust_loss
 from your_ai.objective.scoring import DocumentScore, score_document
 
@@ -86,7 +87,7 @@ def score_records(records: Iterable[Record], workers: int = 1) -> Iterator[tuple
             yield from merge(chunk, _score_texts(unscored(chunk)))
         return
 
-    with multiprocessing.get_context().Pool(workers) as pool:
+    with multiprocessing.get_context().Pool(workers, start_pool_worker) as pool:
         window: deque = deque()
         for chunk in itertools.chain(head, pending):
             window.append((chunk, pool.apply_async(_score_texts, (unscored(chunk),))))

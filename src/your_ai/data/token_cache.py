@@ -39,7 +39,7 @@ import numpy as np
 
 from your_ai.data.examples import Example, tokenize_record
 from your_ai.data.records import DataError, Record, checked_records
-from your_ai.files import file_sha256
+from your_ai.files import file_sha256, remove_abandoned, start_pool_worker
 from your_ai.objective.distrust import IGNORE_INDEX
 
 # Raise when tokenize_record's rules for a record kind change: every entry built before is then unused.
@@ -184,7 +184,7 @@ def build_entry(path: Path, key: str, records: Iterable[Record], tokenizer, max_
     """Tokenize ``records`` into a new entry at ``path``, written in a staging directory beside it
     and renamed into place when complete. An entry that another process completed first is used."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_staging(path.parent)
+    remove_abandoned(path.parent, STAGING_PREFIX)  # of builds killed before they finished
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=path.parent))
     try:
         _write_entry(staging, key, _tokenized(records, tokenizer, max_seq_length, workers))
@@ -197,17 +197,6 @@ def build_entry(path: Path, key: str, records: Iterable[Record], tokenizer, max_
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return open_entry(path, key)
-
-
-def _remove_abandoned_staging(cache_dir: Path) -> None:
-    """Remove the staging directories of builds whose process is gone (killed mid-build)."""
-    for staging in cache_dir.glob(f"{STAGING_PREFIX}*"):
-        try:
-            os.kill(int(staging.name[len(STAGING_PREFIX):].split("-")[0]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(staging, ignore_errors=True)
-        except (ValueError, OSError):
-            continue
 
 
 def remove_entry(path: Path) -> None:
@@ -277,6 +266,7 @@ _WORKER: dict = {}
 
 
 def _start_worker(tokenizer, max_seq_length: int) -> None:
+    start_pool_worker()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # this process is one of several already
     _WORKER.update(tokenizer=tokenizer, max_seq_length=max_seq_length)
 
