@@ -260,14 +260,6 @@ def interrupted_by_signals(error: type[Interrupted] = Interrupted) -> Iterator[N
 _interrupting = threading.Event()  # set while interrupted_by_signals' handlers are installed
 
 
-def start_pool_worker() -> None:
-    """In a process of a ``multiprocessing`` pool (its initializer): Ctrl-C, which reaches the whole process
-    group, is left to the parent, which stops the pool; SIGTERM ends the process at once, as the pool's
-    ``terminate`` expects (a forked worker would otherwise inherit ``interrupted_by_signals``' handlers)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _interrupting.clear()
-
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_file(path, "w") as handle:

@@ -26,11 +26,9 @@ import contextlib
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import shutil
 import tempfile
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,8 @@ import numpy as np
 
 from your_ai.data.examples import Example, tokenize_record
 from your_ai.data.records import DataError, Record, checked_records
-from your_ai.files import file_sha256, remove_abandoned, start_pool_worker
+from your_ai.data.workers import ordered_map
+from your_ai.files import file_sha256, remove_abandoned
 from your_ai.objective.distrust import IGNORE_INDEX
 
 # Raise when tokenize_record's rules for a record kind change: every entry built before is then unused.
@@ -246,14 +245,9 @@ def _tokenized(records: Iterable[Record], tokenizer, max_seq_length: int, worker
         for chunk in itertools.chain(head, pending):
             yield [tokenize_record(record, tokenizer, max_seq_length) for record in chunk]
         return
-    with multiprocessing.get_context().Pool(workers, _start_worker, (tokenizer, max_seq_length)) as pool:
-        window: deque = deque()
-        for chunk in itertools.chain(head, pending):
-            window.append(pool.apply_async(_tokenize_chunk, (chunk,)))
-            if len(window) > 2 * workers:
-                yield _results(window.popleft().get())
-        while window:
-            yield _results(window.popleft().get())
+    for results in ordered_map(_tokenize_chunk, itertools.chain(head, pending), workers, _start_worker,
+                               (tokenizer, max_seq_length)):
+        yield _results(results)
 
 
 def _results(chunk: list | tuple) -> list[tuple[list[int], list[int], bool]]:
@@ -266,7 +260,6 @@ _WORKER: dict = {}
 
 
 def _start_worker(tokenizer, max_seq_length: int) -> None:
-    start_pool_worker()
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # this process is one of several already
     _WORKER.update(tokenizer=tokenizer, max_seq_length=max_seq_length)
 
