@@ -25,11 +25,16 @@ def ordered_map(function: Callable[[Any], Any], tasks: Iterable[Any], workers: i
     """``function(task)`` for every task, computed in ``workers`` processes, yielded in the order of ``tasks``.
     ``function`` and its results must pickle; an exception it raises is raised here."""
     context = multiprocessing.get_context()
+    forked = context.get_start_method() == "fork"
     started = []
     try:
         for _ in range(workers):
             parent_end, child_end = context.Pipe()
-            process = context.Process(target=_serve, args=(child_end, function, initializer, initargs), daemon=True)
+            # a forked worker holds copies of the parent's ends of the pipes so far, its own included: it closes
+            # them, so that each pipe closes when the parent is gone
+            parent_ends = [connection for _, connection in started] + [parent_end] if forked else []
+            process = context.Process(target=_serve, args=(child_end, function, initializer, initargs, parent_ends),
+                                      daemon=True)
             process.start()
             child_end.close()
             started.append((process, parent_end))
@@ -77,9 +82,11 @@ def _receive(process, connection) -> Any:
     return value
 
 
-def _serve(connection, function, initializer, initargs) -> None:
+def _serve(connection, function, initializer, initargs, parent_ends) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for inherited in parent_ends:
+        inherited.close()
     if initializer is not None:
         initializer(*initargs)
     while True:
