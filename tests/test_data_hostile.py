@@ -60,6 +60,12 @@ def test_a_fifo_a_symlink_loop_and_a_dangling_link_are_named_for_what_they_are(t
             list(iter_records(path))
         with pytest.raises(DataError, match=EXPECTED[kind]):  # train --data
             training_files(path)
+        folder = tmp_path / f"data-{kind}"
+        folder.mkdir()
+        (folder / "train.jsonl").write_text(GOOD)
+        (folder / "val.jsonl").symlink_to(path)  # a data directory's val.jsonl: named, not left out unsaid
+        with pytest.raises(DataError, match="val.jsonl: is a (named pipe|symbolic link)"):
+            training_files(folder)
 
 
 def test_a_failed_prepare_leaves_no_output_directory_behind(tmp_path):

@@ -309,11 +309,14 @@ def training_files(path: str | Path) -> TrainingFiles:
     """``path`` is a JSONL file (train only) or a directory holding train.jsonl and optionally val.jsonl."""
     path = Path(path)
     if path.is_dir():
-        train = path / TRAIN_FILE
-        if not train.is_file():
+        train, val = path / TRAIN_FILE, path / VAL_FILE
+        if not os.path.lexists(train):
             raise DataError(train, 0, f"file does not exist (a data directory needs {TRAIN_FILE}, optionally {VAL_FILE})")
-        val = path / VAL_FILE
-        return TrainingFiles(train=train, val=val if val.is_file() else None)
+        for file in (train, val) if os.path.lexists(val) else (train,):
+            reason = not_a_file(file)
+            if reason:
+                raise DataError(file, 0, reason)
+        return TrainingFiles(train=train, val=val if os.path.lexists(val) else None)
     reason = not_a_file(path)
     if reason:
         raise DataError(path, 0, reason)
