@@ -156,6 +156,8 @@ def score(text, file_path, year, source, source_type, url, publisher, as_json):
     if given:
         raise click.UsageError(f"{', '.join(given)} apply to TEXT only; with --file each record carries its own metadata")
     rows, errors = score_file(file_path)
+    if len(errors) == 1 and not errors[0].line:  # the whole file: empty, or not readable
+        fail(str(errors[0]), code=1)
     if errors:
         for error in errors:
             click.echo(str(error), err=True)
