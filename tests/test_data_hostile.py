@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,23 @@ def test_a_full_cache_disk_names_the_cache_not_the_output(tmp_path, monkeypatch,
         monkeypatch.setenv("YOUR_AI_CACHE", str(full))
         with pytest.raises(OutputError, match=f"cannot write {full}/models/tiny-.*no space left"):
             tiny_model_dir()
+
+
+def test_the_near_form_of_a_long_record_takes_a_few_times_its_size(monkeypatch):
+    import tracemalloc
+
+    from your_ai.data import dedup
+
+    text = "Word, word. " * 200_000  # 2.4 MB of short words: a string per word would be ~20 times that
+    tracemalloc.start()
+    try:
+        form = dedup.near_form(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert form == ("word word " * 200_000).strip()
+    assert peak < 6 * len(text), f"{peak / len(text):.1f} times the text"
+    monkeypatch.setattr(dedup, "_SLICE", 5)  # whitespace runs and punctuation across slices
+    for sample in ("  Hello,   World! ", "a .  . b", "x_y  z\u00a0\u00a0 w ", "\ufb01ne   \u216b", ". . . ."):
+        whole = unicodedata.normalize("NFKC", sample).casefold()
+        assert dedup.near_form(sample) == " ".join(dedup._PUNCTUATION.sub("", whole).split())
