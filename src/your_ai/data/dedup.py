@@ -30,7 +30,7 @@ from your_ai.files import atomic_file
 
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
 _WHITESPACE = re.compile(r"\s+")
-_SLICE = 1 << 20  # characters
+_SLICE = 1 << 16  # characters
 
 
 def exact_form(text: str) -> str:
