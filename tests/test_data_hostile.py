@@ -238,3 +238,14 @@ def test_the_near_form_of_a_long_record_takes_a_few_times_its_size(monkeypatch):
     for sample in ("  Hello,   World! ", "a .  . b", "x_y  z\u00a0\u00a0 w ", "\ufb01ne   \u216b", ". . . ."):
         whole = unicodedata.normalize("NFKC", sample).casefold()
         assert dedup.near_form(sample) == " ".join(dedup._PUNCTUATION.sub("", whole).split())
+
+
+def test_deduplicate_may_write_over_one_of_its_inputs(tmp_path):
+    from your_ai.data.dedup import deduplicate
+
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(GOOD + GOOD.replace("\n", "\r\n") + '{"text": "Another document."}\n', encoding="utf-8")
+    report = deduplicate([raw], raw)
+    assert (report.read, report.written) == (3, 2)
+    assert raw.read_text(encoding="utf-8").splitlines() == [GOOD.strip(), '{"text": "Another document."}']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.jsonl"]
