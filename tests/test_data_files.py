@@ -121,7 +121,8 @@ def test_an_empty_file_fails_with_no_records_in_every_command(tmp_path, command)
     result = run_cli(*command, path, cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "no records" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "dedup.jsonl").exists() and not (tmp_path / "out" / "train.jsonl").exists()
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one line, not a count of "bad lines"
+    assert not (tmp_path / "dedup.jsonl").exists() and not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- long records

@@ -206,6 +206,23 @@ def _running(pid: int) -> bool:
     return True
 
 
+def remove_abandoned(folder: str | os.PathLike, prefix: str) -> None:
+    """Remove the files and folders in ``folder`` named ``PREFIX<pid>-...`` whose process is gone (a run killed
+    with SIGKILL, or a machine that went down, leaves its temporary files behind)."""
+    import shutil
+
+    for path in Path(folder).glob(f"{prefix}*"):
+        try:
+            os.kill(int(path.name[len(prefix):].split("-")[0]), 0)
+        except ProcessLookupError:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        except (ValueError, OSError):
+            continue
+
+
 @contextmanager
 def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write ``target`` through a temporary sibling that replaces it only if the block succeeds;
@@ -280,6 +297,7 @@ def interrupted_by_signals(error: type[Interrupted] = Interrupted) -> Iterator[N
 
 
 _interrupting = threading.Event()  # set while interrupted_by_signals' handlers are installed
+
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -9,7 +9,7 @@ import sys
 import click
 
 from your_ai.cli.common import ALPHA_OPTION, check_output, fail, is_default
-from your_ai.files import writing
+from your_ai.files import interrupted_by_signals, writing
 
 # the options more than one data command takes
 SKIP_BAD_OPTION = click.option("--skip-bad", is_flag=True,
@@ -58,7 +58,7 @@ def prepare(more_inputs, inputs, output_dir, train_size, val_size, val_fraction,
     from your_ai.data.scores import default_workers
 
     try:
-        with writing(output_dir):
+        with interrupted_by_signals(), writing(output_dir):  # SIGINT or SIGTERM: the temporary files are removed
             report = prepare_data(
                 list(inputs) + list(more_inputs), output_dir, train_size=train_size, val_size=val_size,
                 val_fraction=val_fraction, seed=seed, balance=not no_balance, skip_bad=skip_bad, key=key,
@@ -86,7 +86,8 @@ def deduplicate(files, output, key, skip_bad, as_json):
     from your_ai.data.inputs import PrepareError
 
     try:
-        report = deduplicate_files(files, output, key=key, skip_bad=skip_bad, on_error=_report_bad_line)
+        with interrupted_by_signals():  # SIGINT or SIGTERM: the temporary file is removed
+            report = deduplicate_files(files, output, key=key, skip_bad=skip_bad, on_error=_report_bad_line)
     except PrepareError as error:
         fail(str(error), code=1)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_deduplicate_report(report))
@@ -155,6 +156,8 @@ def score(text, file_path, year, source, source_type, url, publisher, as_json):
     if given:
         raise click.UsageError(f"{', '.join(given)} apply to TEXT only; with --file each record carries its own metadata")
     rows, errors = score_file(file_path)
+    if len(errors) == 1 and not errors[0].line:  # the whole file: empty, or not readable
+        fail(str(errors[0]), code=1)
     if errors:
         for error in errors:
             click.echo(str(error), err=True)

@@ -29,6 +29,8 @@ from your_ai.data.records import DataError, Record
 from your_ai.files import atomic_file
 
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
+_WHITESPACE = re.compile(r"\s+")
+_SLICE = 1 << 16  # characters
 
 
 def exact_form(text: str) -> str:
@@ -40,7 +42,16 @@ def near_form(text: str) -> str:
     """Text as compared for near duplicates: NFKC, case-folded, punctuation removed,
     whitespace runs collapsed to one space."""
     text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_PUNCTUATION.sub("", text).split())
+    pieces: list[str] = []
+    # a slice at a time: a regular expression's substitution (or split) holds an object per match, which for a
+    # long record is many times the text; a whitespace run across two slices still becomes one space
+    for start in range(0, len(text), _SLICE):
+        piece = _WHITESPACE.sub(" ", _PUNCTUATION.sub("", text[start:start + _SLICE]))
+        if pieces and pieces[-1].endswith(" ") and piece.startswith(" "):
+            piece = piece[1:]
+        if piece:
+            pieces.append(piece)
+    return "".join(pieces).strip()
 
 
 def text_hash(text: str) -> int:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from your_ai.data.records import DataError, Record, iter_records
+from your_ai.data.records import DataError, Record, iter_records, not_a_file
 
 
 class PrepareError(RuntimeError):
@@ -49,7 +49,7 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
             for match in found:
                 add(match)
         else:
-            raise PrepareError(f"input {text} does not exist")
+            raise PrepareError(f"input {text}: {not_a_file(path)}")
     if not files:
         raise PrepareError("no input files given")
     return files

@@ -20,6 +20,7 @@ Tiers and the target mix: ``your_ai.data.balance``; duplicates: ``your_ai.data.d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from array import array
@@ -50,7 +51,7 @@ from your_ai.data.inputs import (
 )
 from your_ai.data.records import DataError, Record
 from your_ai.data.scores import Scores, score_records
-from your_ai.files import temporary_sibling
+from your_ai.files import remove_abandoned, temporary_sibling
 from your_ai.objective.scoring_rules import METADATA_FIELDS
 
 CONTENT_FIELDS = {"text": ("text",), "chat": ("messages",), "prompt": ("prompt", "completion")}
@@ -125,11 +126,12 @@ def prepare(
     split_sizes(0, train_size, val_size, val_fraction)  # check the arguments before any work
     files = expand_inputs(inputs)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     targets = {name: out / f"{name}.jsonl" for name in ("train", "val")}
     for path in files:
         if any(path.resolve() == target.resolve() for target in targets.values()):
             raise PrepareError(f"input {path} is also an output of this run; choose another --output")
+    created = not out.is_dir()  # removed again when the run writes nothing
+    out.mkdir(parents=True, exist_ok=True)
     report = PrepareReport(files=[str(p) for p in files], output_dir=str(out), seed=seed)
     report.requested = {"train_size": train_size, "val_size": val_size, "val_fraction": val_fraction}
     report.outputs = {**{name: str(path) for name, path in targets.items()}, "report": str(out / REPORT_NAME)}
@@ -137,7 +139,7 @@ def prepare(
     try:
         errors = ErrorLog(on_error, skip_bad)
         records = first_occurrences(files, Deduplicator(key), errors, report, on_progress)
-        with scratch.open("prepare-spill") as spill:
+        with scratch.open("spill") as spill:
             offsets, tiers = _spill(errors.good(score_records(records, workers)), spill, report)
         report.bad, report.errors = errors.count, errors.messages
         if errors.failing:
@@ -151,20 +153,29 @@ def prepare(
         written["report"] = Path(sink.name)
         for name, path in written.items():
             os.replace(path, report.outputs[name])
+        created = False
         return report
     finally:
         scratch.remove()
+        if created:
+            with contextlib.suppress(OSError):  # something else was put there meanwhile
+                out.rmdir()
+
+
+SCRATCH_PREFIX = ".prepare-"  # + the process id: the hidden temporary files of a run
 
 
 class _Scratch:
-    """The temporary files of a run, beside its outputs; whatever was not renamed into place is removed."""
+    """The temporary files of a run, beside its outputs; whatever was not renamed into place is removed, and
+    those of runs killed before they could remove theirs are removed when the next run starts."""
 
     def __init__(self, directory: Path):
         self.directory = directory
         self.paths: list[Path] = []
+        remove_abandoned(directory, SCRATCH_PREFIX)
 
     def open(self, name: str) -> IO:
-        handle = temporary_sibling(self.directory / name)
+        handle = temporary_sibling(self.directory / f"{SCRATCH_PREFIX[1:]}{os.getpid()}-{name}")
         self.paths.append(Path(handle.name))
         return handle
 

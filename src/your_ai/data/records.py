@@ -9,8 +9,13 @@ The records become tokenised examples and batches in ``data.examples``.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import re
+import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +24,7 @@ from your_ai.objective.distrust import AUTHORITY_MAX, AUTHORITY_MIN
 from your_ai.objective.scoring_rules import METADATA_FIELDS
 
 BOM = b"\xef\xbb\xbf"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -90,8 +96,33 @@ def count_lines(path: str | Path) -> int:
     return sum(1 for _ in _non_blank_lines(path))
 
 
+def not_a_file(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a data file when it is not a regular file that exists (a directory, a
+    named pipe or device, a broken or looping symbolic link); ``None`` when it can."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        return "file does not exist"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symbolic link that leads back to itself (a loop); point it at a file"
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a JSONL file"
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket or device"
+        return f"is {kind}, not a regular file; save the data to a file first"
+    return None
+
+
 def _non_blank_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
     path = Path(path)
+    reason = not_a_file(path)
+    if reason:
+        raise DataError(path, 0, reason)
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -130,9 +161,24 @@ def _parse_line(raw: bytes, path: Path, line_number: int) -> tuple[int, Any] | D
             f"({error.reason}); save the file as UTF-8",
         )
     try:
-        return line_number, json.loads(line)
+        value = json.loads(line)
     except json.JSONDecodeError as error:
         return DataError(path, line_number, f"not valid JSON ({error.msg}): {line[:200].strip()[:60]!r}")
+    except RecursionError:
+        return DataError(path, line_number, "JSON nested too deeply to read; flatten the record")
+    except ValueError:  # the one other error json.loads raises: an integer of more digits than Python converts
+        return DataError(path, line_number, f"holds a number of more than {sys.get_int_max_str_digits()} digits; "
+                                            "write it as a string or remove it")
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            return DataError(
+                path, line_number,
+                f"not text: the escape \\u{ord(error.object[error.start]):04x} is half of a UTF-16 surrogate pair "
+                "with no other half; remove it or give the whole character",
+            )
+    return line_number, value
 
 
 def check_record(value: Any, file: str | Path, line: int) -> Record:
@@ -263,11 +309,15 @@ def training_files(path: str | Path) -> TrainingFiles:
     """``path`` is a JSONL file (train only) or a directory holding train.jsonl and optionally val.jsonl."""
     path = Path(path)
     if path.is_dir():
-        train = path / TRAIN_FILE
-        if not train.is_file():
+        train, val = path / TRAIN_FILE, path / VAL_FILE
+        if not os.path.lexists(train):
             raise DataError(train, 0, f"file does not exist (a data directory needs {TRAIN_FILE}, optionally {VAL_FILE})")
-        val = path / VAL_FILE
-        return TrainingFiles(train=train, val=val if val.is_file() else None)
-    if not path.exists():
-        raise DataError(path, 0, "file does not exist")
+        for file in (train, val) if os.path.lexists(val) else (train,):
+            reason = not_a_file(file)
+            if reason:
+                raise DataError(file, 0, reason)
+        return TrainingFiles(train=train, val=val if os.path.lexists(val) else None)
+    reason = not_a_file(path)
+    if reason:
+        raise DataError(path, 0, reason)
     return TrainingFiles(train=path, val=None)

@@ -9,7 +9,6 @@ for ``your-ai score --file`` (beside the values it carries, if any).
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from your_ai.data.records import DataError, Record, iter_records, no_records
+from your_ai.data.workers import ordered_map
 from your_ai.objective.distrust import DEFAULT_ALPHA, empirical_distrust_loss
 from your_ai.objective.scoring import DocumentScore, score_document
 
@@ -58,7 +58,7 @@ def score_records(records: Iterable[Record], workers: int = 1) -> Iterator[tuple
 
     Carried scores are kept as they are; other records are scored by
     ``your_ai.objective.scoring.score_document``, in ``workers`` processes when above 1 (in chunks of
-    ``SCORE_CHUNK`` records, with a bounded number in flight, so memory stays flat). A record
+    ``SCORE_CHUNK`` records, one in flight per process, so memory stays flat). A record
     the scorer rejects gives a ``DataError`` naming its file and line instead of scores.
     """
     def chunks() -> Iterator[list[Record]]:
@@ -86,16 +86,15 @@ def score_records(records: Iterable[Record], workers: int = 1) -> Iterator[tuple
             yield from merge(chunk, _score_texts(unscored(chunk)))
         return
 
-    with multiprocessing.get_context().Pool(workers) as pool:
-        window: deque = deque()
+    window: deque = deque()  # the chunks sent, in order, each until its results come back
+
+    def sent() -> Iterator[list[tuple[str, dict]]]:
         for chunk in itertools.chain(head, pending):
-            window.append((chunk, pool.apply_async(_score_texts, (unscored(chunk),))))
-            if len(window) > 2 * workers:
-                done, result = window.popleft()
-                yield from merge(done, result.get())
-        while window:
-            done, result = window.popleft()
-            yield from merge(done, result.get())
+            window.append(chunk)
+            yield unscored(chunk)
+
+    for results in ordered_map(_score_texts, sent(), workers):
+        yield from merge(window.popleft(), results)
 
 
 @dataclass(frozen=True)

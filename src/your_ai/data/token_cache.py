@@ -26,11 +26,9 @@ import contextlib
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import shutil
 import tempfile
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,8 @@ import numpy as np
 
 from your_ai.data.examples import Example, tokenize_record
 from your_ai.data.records import DataError, Record, checked_records
-from your_ai.files import file_sha256
+from your_ai.data.workers import ordered_map
+from your_ai.files import file_sha256, remove_abandoned
 from your_ai.objective.distrust import IGNORE_INDEX
 
 # Raise when tokenize_record's rules for a record kind change: every entry built before is then unused.
@@ -184,7 +183,7 @@ def build_entry(path: Path, key: str, records: Iterable[Record], tokenizer, max_
     """Tokenize ``records`` into a new entry at ``path``, written in a staging directory beside it
     and renamed into place when complete. An entry that another process completed first is used."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_staging(path.parent)
+    remove_abandoned(path.parent, STAGING_PREFIX)  # of builds killed before they finished
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=path.parent))
     try:
         _write_entry(staging, key, _tokenized(records, tokenizer, max_seq_length, workers))
@@ -197,17 +196,6 @@ def build_entry(path: Path, key: str, records: Iterable[Record], tokenizer, max_
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return open_entry(path, key)
-
-
-def _remove_abandoned_staging(cache_dir: Path) -> None:
-    """Remove the staging directories of builds whose process is gone (killed mid-build)."""
-    for staging in cache_dir.glob(f"{STAGING_PREFIX}*"):
-        try:
-            os.kill(int(staging.name[len(STAGING_PREFIX):].split("-")[0]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(staging, ignore_errors=True)
-        except (ValueError, OSError):
-            continue
 
 
 def remove_entry(path: Path) -> None:
@@ -257,14 +245,9 @@ def _tokenized(records: Iterable[Record], tokenizer, max_seq_length: int, worker
         for chunk in itertools.chain(head, pending):
             yield [tokenize_record(record, tokenizer, max_seq_length) for record in chunk]
         return
-    with multiprocessing.get_context().Pool(workers, _start_worker, (tokenizer, max_seq_length)) as pool:
-        window: deque = deque()
-        for chunk in itertools.chain(head, pending):
-            window.append(pool.apply_async(_tokenize_chunk, (chunk,)))
-            if len(window) > 2 * workers:
-                yield _results(window.popleft().get())
-        while window:
-            yield _results(window.popleft().get())
+    for results in ordered_map(_tokenize_chunk, itertools.chain(head, pending), workers, _start_worker,
+                               (tokenizer, max_seq_length)):
+        yield _results(results)
 
 
 def _results(chunk: list | tuple) -> list[tuple[list[int], list[int], bool]]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from your_ai.files import give_default_permissions, staging_directory
+from your_ai.files import give_default_permissions, staging_directory, writing
 from your_ai.model import default_model, gguf_input
 from your_ai.model.architecture import (
     Architecture,
@@ -316,6 +316,12 @@ def tiny_model_dir() -> Path:
     target = your_ai_cache_dir() / "models" / f"tiny-{fingerprint}"
     if (target / "model.safetensors").is_file():
         return target
+    with writing(target):  # a full or read-only cache is named as such, not as the command's output
+        _build_tiny_model(target, assets)
+    return target
+
+
+def _build_tiny_model(target: Path, assets: Path) -> None:
     staging = staging_directory(target)
     try:
         model = build_random_model(TINY.architecture, seed=TINY_SEED, extra_config=_tiny_token_ids(assets))
@@ -331,7 +337,6 @@ def tiny_model_dir() -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _tiny_token_ids(assets: Path) -> dict:

@@ -23,6 +23,7 @@ from your_ai.data.packing import (
     estimate_packing,
     record_lengths,
 )
+from your_ai.files import interrupted_by_signals
 from your_ai.hardware import pick_device
 from your_ai.model.load import load_tokenizer
 from your_ai.model.resolve import resolve_model
@@ -100,7 +101,8 @@ def train(args: TrainingArgs, *, stop_after: int | None = None, console=None) ->
     use_expandable_segments(device)
     run = None
     try:
-        run = _set_up(args, planned, world, device, console)
+        with interrupted_by_signals():  # SIGTERM as well as Ctrl-C stops the set-up (a cache build) cleanly
+            run = _set_up(args, planned, world, device, console)
         with open_reporting(run.args, run.planned.output_dir, run.progress.step, run.progress.resumed_from is not None,
                             writer=run.strategy.is_writer) as sinks:
             final_loss, stopped_early, stopped_by = _loop(run, sinks, stop_after)
