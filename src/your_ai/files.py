@@ -188,10 +188,7 @@ def remove_leftovers(target: str | os.PathLike) -> list[Path]:
         writer_host, _, pid = rest.rpartition(".")[0].rpartition("-")
         if writer_host != host or not pid.isdigit() or _running(int(pid)):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        _remove(entry)
         removed.append(entry)
     return removed
 
@@ -209,18 +206,17 @@ def _running(pid: int) -> bool:
 def remove_abandoned(folder: str | os.PathLike, prefix: str) -> None:
     """Remove the files and folders in ``folder`` named ``PREFIX<pid>-...`` whose process is gone (a run killed
     with SIGKILL, or a machine that went down, leaves its temporary files behind)."""
-    import shutil
+    for path in Path(folder).glob(f"{glob_escape(prefix)}*"):
+        pid = path.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            _remove(path)
 
-    for path in Path(folder).glob(f"{prefix}*"):
-        try:
-            os.kill(int(path.name[len(prefix):].split("-")[0]), 0)
-        except ProcessLookupError:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        except (ValueError, OSError):
-            continue
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextmanager
