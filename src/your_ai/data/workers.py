@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -35,9 +36,10 @@ def ordered_map(function: Callable[[Any], Any], tasks: Iterable[Any], workers: i
             parent_ends = [connection for _, connection in started] + [parent_end] if forked else []
             process = context.Process(target=_serve, args=(child_end, function, initializer, initargs, parent_ends),
                                       daemon=True)
-            process.start()
+            with _signals_held():  # until the worker ignores them: none may reach it with the parent's handler
+                process.start()
+                started.append((process, parent_end))  # before a held signal is delivered: it is killed then
             child_end.close()
-            started.append((process, parent_end))
         yield from _in_order(iter(tasks), started)
     finally:
         for process, connection in started:
@@ -82,9 +84,24 @@ def _receive(process, connection) -> Any:
     return value
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (blocked) while inside; one that came meanwhile is delivered on leaving. A
+    process started inside is born with them blocked."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _serve(connection, function, initializer, initargs, parent_ends) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held back since the start (``_signals_held``)
     for inherited in parent_ends:
         inherited.close()
     if initializer is not None:
